@@ -1,0 +1,35 @@
+"""Echo backend: the caller hears themself after a fixed delay (a line check).
+
+The delay is a block of silence queued before the first echoed audio, so echo costs no
+task and no timer: the pacer's clock does the waiting.
+"""
+
+from __future__ import annotations
+
+from .base import Backend, BackendSession, CallControl, CallInfo
+
+
+class EchoSession(BackendSession):
+    __slots__ = ("_control", "_delay_bytes")
+
+    def __init__(self, control: CallControl, delay_ms: int) -> None:
+        self._control = control
+        self._delay_bytes = delay_ms * 16
+
+    async def start(self) -> None:
+        if self._delay_bytes:
+            self._control.play(bytes(self._delay_bytes))
+
+    def on_audio(self, pcm: bytes) -> None:
+        self._control.play(pcm)
+
+
+class EchoBackend(Backend):
+    name = "echo"
+
+    def __init__(self, delay_ms: int = 200) -> None:
+        self.delay_ms = delay_ms
+
+    def create(self, call: CallInfo, control: CallControl) -> BackendSession:
+        delay = call.settings.get("echo_delay_ms", self.delay_ms)
+        return EchoSession(control, int(delay) if isinstance(delay, int | float) else self.delay_ms)

@@ -1,0 +1,223 @@
+"""The call bridge: one AudioSocket connection <-> one backend session.
+
+``Call`` is what the pacer ticks (it writes one frame per tick), what the server feeds
+(caller audio, DTMF, end of stream) and what the backend controls (``CallControl``:
+play, mark, clear, hangup). It owns the per-call playout buffer, and counts the
+per-call figures the metrics and the call record need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, MutableMapping
+from typing import Any, Final
+
+from .audiosocket import HANGUP_FRAME, HEADER, Kind
+from .backends.base import BackendError, BackendSession, CallInfo
+from .config import Config
+from .metrics import Metrics
+from .playout import FRAME_BYTES, PlayoutBuffer
+
+log = logging.getLogger("audiosocket_gw.call")
+
+FRAME_HEADER: Final = HEADER.pack(Kind.SLIN, FRAME_BYTES)
+SILENCE_FRAME: Final = FRAME_HEADER + bytes(FRAME_BYTES)
+
+
+class CallLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the call id."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        return f"call {self.extra['call_id'] if self.extra else '?'}: {msg}", kwargs
+
+
+class Call:
+    """One live call. Created by the server once the UUID frame has been accepted."""
+
+    def __init__(
+        self,
+        info: CallInfo,
+        transport: asyncio.Transport,
+        *,
+        backend_name: str,
+        config: Config,
+        metrics: Metrics,
+        on_end: Callable[[Call], None],
+    ) -> None:
+        self.info = info
+        self.call_id = info.call_id
+        self.transport = transport
+        self.backend_name = backend_name
+        self.config = config
+        self.metrics = metrics
+        self.stats = metrics.stats
+        self.log = CallLog(log, {"call_id": info.call_id})
+        self.playout = PlayoutBuffer(max_bytes=int(config.playout_max_seconds * 16000))
+        self.session: BackendSession | None = None
+        self._on_end = on_end
+        self._stall_since: float | None = None
+        self._odd = b""
+        self.started_at = time.monotonic()
+        self.first_audio_at: float | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.ended = False
+        self.end_reason: str | None = None
+        self.outcome: str | None = None
+        self.transcripts: list[tuple[float, str, str]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<Call {self.call_id} backend={self.backend_name}>"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def attach(self, session: BackendSession) -> None:
+        self.session = session
+        self._spawn(self._start_session(session), "start")
+
+    async def _start_session(self, session: BackendSession) -> None:
+        try:
+            await session.start()
+        except BackendError as exc:
+            self.log.warning("backend %s could not start: %s", self.backend_name, exc)
+            self.metrics.backend_errors.labels(self.backend_name, exc.reason).inc()
+            self.end("backend-unavailable", outcome="backend_error")
+        except Exception:
+            self.log.exception("backend %s crashed while starting", self.backend_name)
+            self.metrics.backend_errors.labels(self.backend_name, "crash").inc()
+            self.end("backend-crash", outcome="backend_error")
+
+    def _spawn(self, coro: Any, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.call_id}:{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def end(self, reason: str, *, outcome: str, send_hangup: bool = True) -> None:
+        """End the call once: stop pacing, tell Asterisk (00 00 00 + close), close backend."""
+        if self.ended:
+            return
+        self.ended = True
+        self.end_reason = reason
+        self.outcome = outcome
+        transport = self.transport
+        if send_hangup and not transport.is_closing():
+            transport.write(HANGUP_FRAME)
+        if not transport.is_closing():
+            transport.close()
+        duration = time.monotonic() - self.started_at
+        self.log.info(
+            "ended: %s (outcome %s, %.1f s, %d frames in, %d out)",
+            reason, outcome, duration, self.frames_in, self.frames_out,
+        )
+        self.metrics.calls.labels(self.backend_name, outcome).inc()
+        self.metrics.call_duration.labels(self.backend_name).observe(duration)
+        self._on_end(self)
+        if self.session is not None:
+            self._spawn(self._close_session(self.session, reason), "close")
+
+    async def _close_session(self, session: BackendSession, reason: str) -> None:
+        try:
+            await asyncio.wait_for(session.close(reason), timeout=5.0)
+        except Exception:
+            self.log.exception("backend close failed")
+
+    async def wait_closed(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- from the server (Asterisk -> gateway) ---------------------------------
+
+    def on_caller_audio(self, pcm: bytes) -> None:
+        self.frames_in += 1
+        stats = self.stats
+        stats.frames_in += 1
+        stats.bytes_in += len(pcm)
+        if self._odd:
+            pcm = self._odd + pcm
+            self._odd = b""
+        if len(pcm) & 1:
+            self._odd = pcm[-1:]
+            pcm = pcm[:-1]
+        session = self.session
+        if session is not None and pcm:
+            session.on_audio(pcm)
+
+    def on_dtmf(self, digit: str) -> None:
+        self.log.debug("DTMF %s", digit)
+        if self.session is not None:
+            self.session.on_dtmf(digit)
+
+    # -- pacer -----------------------------------------------------------------
+
+    def on_tick(self) -> None:
+        transport = self.transport
+        if transport.get_write_buffer_size() > self.config.write_buffer_limit:
+            self.stats.frames_dropped_slow_peer += 1
+            now = time.monotonic()
+            if self._stall_since is None:
+                self._stall_since = now
+                self.log.warning("Asterisk is not reading; dropping frames")
+            elif now - self._stall_since > self.config.write_stall_timeout:
+                self.transport.abort()
+                self.end("slow-peer", outcome="slow_peer", send_hangup=False)
+            return
+        self._stall_since = None
+        playout = self.playout
+        frame = playout.pop_frame()
+        if frame is None:
+            transport.write(SILENCE_FRAME)
+            if playout.streaming:
+                self.stats.underruns += 1
+        else:
+            transport.write(FRAME_HEADER + frame)
+            if self.first_audio_at is None:
+                self.first_audio_at = now = time.monotonic()
+                self.metrics.time_to_first_audio.labels(self.backend_name).observe(
+                    now - self.started_at
+                )
+        self.frames_out += 1
+        self.stats.frames_out += 1
+        marks = playout.reached_marks()
+        if marks and self.session is not None:
+            self.session.on_marks(marks)
+
+    # -- CallControl (backend -> call) -----------------------------------------
+
+    def play(self, pcm: bytes, item_id: str | None = None) -> None:
+        if self.ended:
+            return
+        self.playout.streaming = True
+        if not self.playout.push(pcm, item_id):
+            self.log.warning("playout buffer full (%.0f ms); audio dropped", self.playout.pending_ms)
+
+    def end_of_audio(self) -> None:
+        self.playout.streaming = False
+
+    def mark(self, name: str) -> None:
+        if self.playout.mark(name) and self.session is not None:
+            asyncio.get_running_loop().call_soon(self._report_marks, [name])
+
+    def clear(self) -> None:
+        names = self.playout.clear()
+        if names:
+            asyncio.get_running_loop().call_soon(self._report_marks, names)
+
+    def _report_marks(self, names: list[str]) -> None:
+        if self.session is not None and not self.ended:
+            self.session.on_marks(names)
+
+    def played_ms(self, item_id: str) -> int:
+        return self.playout.played_ms(item_id)
+
+    @property
+    def bot_audio_pending(self) -> bool:
+        return self.playout.has_audio
+
+    def transcript(self, role: str, text: str) -> None:
+        self.transcripts.append((time.time(), role, text))
+
+    def hangup(self, reason: str) -> None:
+        self.end(reason, outcome="gateway_hangup")

@@ -1,0 +1,170 @@
+"""Command line: ``audiosocket-gw serve | simulate | demo | bench``.
+
+The names, flags and environment variables here are a contract other tools script
+against: keep them. Every flag of ``serve`` mirrors a ``Config`` field and its
+``AIGW_`` environment variable (the flag wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, Config, ConfigError, parse_hostport
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the gateway",
+                       description="Run the AudioSocket gateway (AudioSocket TCP + HTTP API).")
+    p.add_argument("--audiosocket", metavar="HOST:PORT",
+                   help=f"AudioSocket listen address (env AIGW_AUDIOSOCKET, default "
+                        f"{DEFAULT_AUDIOSOCKET})")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help=f"HTTP address for /metrics, /healthz and the API (env AIGW_HTTP, "
+                        f"default {DEFAULT_HTTP})")
+    p.add_argument("--backend", choices=["echo", "openai", "twilio-stream"],
+                   help="backend for calls (env AIGW_BACKEND, default echo)")
+    p.add_argument("--data-dir", metavar="DIR", help="state directory (env AIGW_DATA_DIR)")
+    p.add_argument("--config", metavar="FILE", help="tenants/agents TOML file (env AIGW_CONFIG)")
+    p.add_argument("--allow-unregistered", action="store_true", default=None,
+                   help="accept any call UUID with the default agent "
+                        "(env AIGW_ALLOW_UNREGISTERED=1)")
+    p.add_argument("--echo-delay-ms", type=int, metavar="MS",
+                   help="echo backend delay (env AIGW_ECHO_DELAY_MS, default 200)")
+    p.add_argument("--max-connections", type=int, metavar="N",
+                   help="concurrent AudioSocket connections (env AIGW_MAX_CONNECTIONS)")
+    p.add_argument("--shutdown-grace", type=float, metavar="S",
+                   help="seconds calls may continue after SIGTERM (env AIGW_SHUTDOWN_GRACE)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="env AIGW_LOG_LEVEL, default info")
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+
+
+def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("simulate", help="place simulated Asterisk calls at a gateway",
+                       description="Act as Asterisk: place N concurrent AudioSocket calls.")
+    p.add_argument("--target", default=DEFAULT_AUDIOSOCKET, metavar="HOST:PORT",
+                   help=f"gateway AudioSocket address (default {DEFAULT_AUDIOSOCKET})")
+    p.add_argument("--calls", type=int, default=1, metavar="N")
+    p.add_argument("--seconds", type=float, default=5.0, metavar="S")
+    p.add_argument("--wav", metavar="FILE", help="caller audio (default: generated speech-like)")
+    p.add_argument("--dtmf", metavar="DIGITS", default="",
+                   help="digits to send, one per second from t=1 s")
+    p.add_argument("--ramp", type=float, default=0.0, metavar="S", help="spread call starts")
+    p.add_argument("--out-dir", metavar="DIR", help="write a WAV of what each call heard")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiosocket-gw",
+        description="Asterisk AudioSocket gateway for AI phone agents.",
+    )
+    parser.add_argument("--version", action="version", version=f"audiosocket-gw {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _serve_parser(sub)
+    _simulate_parser(sub)
+    d = sub.add_parser("demo", help="start a gateway, place simulated calls, print a report")
+    d.add_argument("--calls", type=int, default=3)
+    d.add_argument("--seconds", type=float, default=4.0)
+    b = sub.add_parser("bench", help="benchmark the gateway with simulated calls")
+    b.add_argument("--calls", type=int, nargs="+", default=[50, 100, 200],
+                   help="concurrency levels to run")
+    b.add_argument("--seconds", type=float, default=15.0)
+    b.add_argument("--out", default="bench/results.json", help="JSON file for the figures")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        cfg = Config.from_env(
+            audiosocket=args.audiosocket,
+            http=args.http,
+            backend=args.backend,
+            data_dir=args.data_dir,
+            config=args.config,
+            allow_unregistered=args.allow_unregistered,
+            echo_delay_ms=args.echo_delay_ms,
+            max_connections=args.max_connections,
+            shutdown_grace=args.shutdown_grace,
+            log_level=args.log_level,
+        )
+    except ConfigError as exc:
+        print(f"audiosocket-gw: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(cfg.log_level)
+    from .app import Gateway
+
+    async def run() -> None:
+        gw = Gateway(cfg)
+        await gw.serve(ready_file=args.ready_file)
+
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        print(f"audiosocket-gw: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"audiosocket-gw: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulator import load_wav_8k, run_simulation
+    from .simulator.pbx import CallPlan, format_report, speech_like
+
+    try:
+        host, port = parse_hostport(args.target, setting="--target")
+    except ConfigError as exc:
+        print(f"audiosocket-gw simulate: {exc}", file=sys.stderr)
+        return 2
+    audio = load_wav_8k(args.wav) if args.wav else None
+    dtmf = [(1.0 + i, d) for i, d in enumerate(args.dtmf)]
+    plans = [
+        CallPlan(
+            seconds=args.seconds,
+            audio=audio if audio is not None else speech_like(args.seconds + 1, seed=i),
+            index=i,
+            dtmf=list(dtmf),
+        )
+        for i in range(args.calls)
+    ]
+    report = asyncio.run(
+        run_simulation(host, port, plans=plans, out_dir=args.out_dir, ramp_s=args.ramp)
+    )
+    if args.json:
+        print(json.dumps({"summary": report.summary(),
+                          "calls": [c.summary() for c in report.calls]}, indent=2))
+    else:
+        print(format_report(report))
+    return 0 if report.ok_calls == len(report.calls) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "simulate":
+        return _simulate(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return asyncio.run(run_demo(calls=args.calls, seconds=args.seconds))
+    if args.command == "bench":
+        from .bench import run_bench
+
+        return asyncio.run(run_bench(levels=args.calls, seconds=args.seconds, out=args.out))
+    return 2  # pragma: no cover

@@ -1,0 +1,152 @@
+"""Runtime settings of one gateway process.
+
+One typed ``Config``; every field can come from the CLI or from the environment
+(prefix ``AIGW_``), the CLI winning (uvicorn's pattern). Secrets such as
+``OPENAI_API_KEY`` are read from the environment only and never logged: ``Config``'s
+``repr`` leaves them out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_AUDIOSOCKET = "127.0.0.1:9092"
+DEFAULT_HTTP = "127.0.0.1:9094"
+BACKENDS = ("echo", "openai", "twilio-stream")
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names the setting."""
+
+
+def parse_hostport(value: str, *, setting: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[v6]:PORT`` -> (host, port). Port 0 means "any free port"."""
+    value = value.strip()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"{setting}: expected [IPv6]:PORT, got {value!r}")
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = value.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(f"{setting}: expected HOST:PORT, got {value!r}")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ConfigError(f"{setting}: port must be a number, got {port_s!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{setting}: port {port} out of range")
+    return host, port
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _env_bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Config:
+    # Listeners
+    audiosocket: str = DEFAULT_AUDIOSOCKET
+    http: str = DEFAULT_HTTP
+    # Behaviour
+    backend: str = "echo"
+    data_dir: str = "./data"
+    config: str | None = None
+    allow_unregistered: bool = False
+    echo_delay_ms: int = 200
+    # Limits
+    max_connections: int = 1000
+    max_payload: int = 65535
+    playout_max_seconds: float = 120.0
+    # Timeouts (seconds)
+    uuid_timeout: float = 5.0
+    shutdown_grace: float = 10.0
+    write_stall_timeout: float = 5.0
+    write_buffer_limit: int = 64 * 1024
+    log_level: str = "info"
+    # Secrets: environment only, excluded from repr.
+    openai_api_key: str | None = field(default=None, repr=False)
+
+    ENV: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "audiosocket": "AIGW_AUDIOSOCKET",
+            "http": "AIGW_HTTP",
+            "backend": "AIGW_BACKEND",
+            "data_dir": "AIGW_DATA_DIR",
+            "config": "AIGW_CONFIG",
+            "allow_unregistered": "AIGW_ALLOW_UNREGISTERED",
+            "echo_delay_ms": "AIGW_ECHO_DELAY_MS",
+            "max_connections": "AIGW_MAX_CONNECTIONS",
+            "uuid_timeout": "AIGW_UUID_TIMEOUT",
+            "shutdown_grace": "AIGW_SHUTDOWN_GRACE",
+            "log_level": "AIGW_LOG_LEVEL",
+            "openai_api_key": "OPENAI_API_KEY",
+        },
+        repr=False,
+        compare=False,
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Defaults, then the environment, then explicit ``overrides`` (None = not given)."""
+        env = os.environ if env is None else env
+        cfg = cls()
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in cfg.ENV.items():
+            if var in env and env[var] != "":
+                setattr(cfg, name, _coerce(name, types[name], env[var], var))
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(cfg, name, value)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        parse_hostport(self.audiosocket, setting="--audiosocket/AIGW_AUDIOSOCKET")
+        parse_hostport(self.http, setting="--http/AIGW_HTTP")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend/AIGW_BACKEND: {self.backend!r} is not one of {BACKENDS}")
+        if self.echo_delay_ms < 0:
+            raise ConfigError("echo delay must be >= 0 ms")
+        if self.max_connections < 1:
+            raise ConfigError("max connections must be >= 1")
+        if self.uuid_timeout <= 0 or self.shutdown_grace < 0:
+            raise ConfigError("timeouts must be positive")
+
+    @property
+    def audiosocket_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.audiosocket, setting="audiosocket")
+
+    @property
+    def http_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.http, setting="http")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def _coerce(name: str, typ: object, raw: str, var: str) -> object:
+    t = str(typ)
+    try:
+        if t.startswith("bool"):
+            return _env_bool(raw)
+        if t.startswith("int"):
+            return int(raw)
+        if t.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{var}: cannot read {raw!r} as {t} for {name}") from None
+    return raw

@@ -1,0 +1,133 @@
+"""One 20 ms clock for every call.
+
+Asterisk's AudioSocket has no playout buffer on the way back: every frame the gateway
+writes goes out as RTP at once. So the gateway must write exactly one 20 ms frame per
+call every 20 ms, bot audio or silence (silence also keeps Asterisk's 2 s inactivity
+timer from hanging up). Per-call sleeping tasks do not scale to hundreds of calls, so a
+single task ticks on an absolute monotonic schedule (frame ``n`` is due at
+``start + n * period``: no drift) and writes the next frame of every active stream.
+
+``Schedule`` is the sans-I/O bookkeeping (testable with an injected clock); ``Pacer``
+is the thin asyncio shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Final, Protocol
+
+log = logging.getLogger(__name__)
+
+PERIOD: Final = 0.020
+
+
+class Schedule:
+    """Absolute tick schedule with bounded catch-up.
+
+    ``due(now)`` says how many ticks to run now. A tick that is late by less than
+    ``max_catchup`` periods is run late (the next deadline does not move, so there is no
+    drift); when the loop was blocked longer, the missed ticks beyond that are skipped
+    and counted in ``missed`` (bursting them would reach the caller as an RTP burst).
+    """
+
+    __slots__ = ("_n", "max_catchup", "missed", "period", "start", "ticks")
+
+    def __init__(self, start: float, period: float = PERIOD, max_catchup: int = 2) -> None:
+        self.start = start
+        self.period = period
+        self.max_catchup = max_catchup
+        self._n = 0
+        self.ticks = 0
+        self.missed = 0
+
+    @property
+    def next_deadline(self) -> float:
+        return self.start + self._n * self.period
+
+    def due(self, now: float) -> tuple[int, float]:
+        """Return (ticks to run now, lateness of the first of them in seconds)."""
+        deadline = self.next_deadline
+        if now < deadline:
+            return 0, 0.0
+        behind = int((now - deadline) / self.period) + 1
+        if behind > self.max_catchup:
+            skipped = behind - self.max_catchup
+            self.missed += skipped
+            self._n += skipped
+            behind = self.max_catchup
+        lateness = now - self.next_deadline
+        self._n += behind
+        self.ticks += behind
+        return behind, lateness
+
+
+class PacedStream(Protocol):
+    def on_tick(self) -> None:
+        """Write the next frame. Must not block and should not raise."""
+
+
+class Pacer:
+    """The single asyncio task that drives every ``PacedStream``."""
+
+    def __init__(
+        self,
+        *,
+        period: float = PERIOD,
+        on_tick_stats: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self.period = period
+        self._streams: dict[PacedStream, None] = {}
+        self._snapshot: tuple[PacedStream, ...] = ()
+        self._task: asyncio.Task[None] | None = None
+        self._on_tick_stats = on_tick_stats
+        self.schedule: Schedule | None = None
+        self.errors = 0
+
+    def add(self, stream: PacedStream) -> None:
+        self._streams[stream] = None
+        self._snapshot = tuple(self._streams)
+
+    def remove(self, stream: PacedStream) -> None:
+        if self._streams.pop(stream, 0) is None:
+            self._snapshot = tuple(self._streams)
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="pacer")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        sched = self.schedule = Schedule(loop.time(), self.period)
+        stats = self._on_tick_stats
+        while True:
+            fut = loop.create_future()
+            handle = loop.call_at(sched.next_deadline, fut.set_result, None)
+            try:
+                await fut
+            finally:
+                handle.cancel()
+            n, lateness = sched.due(loop.time())
+            for _ in range(n):
+                for stream in self._snapshot:
+                    try:
+                        stream.on_tick()
+                    except Exception:
+                        self.errors += 1
+                        log.exception("pacer: stream %r failed on tick; removing it", stream)
+                        self.remove(stream)
+            if stats is not None and n:
+                stats(lateness, len(self._snapshot) * n)

@@ -1,0 +1,83 @@
+"""Run the real gateway as a child process (for the demo and the benchmark).
+
+The child binds port 0 (any free port) unless told otherwise and writes its real
+addresses to a ready file, so nothing fails because a default port is taken; the
+parent always terminates it (SIGTERM, then SIGKILL) so no process is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from .config import parse_hostport
+
+
+class GatewayProcess:
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 log_path: str | None = None) -> None:
+        self.args = list(args)
+        self.env = env
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.audiosocket: tuple[str, int] = ("127.0.0.1", 0)
+        self.http: tuple[str, int] = ("127.0.0.1", 0)
+        self._tmp = tempfile.TemporaryDirectory(prefix="aigw-")
+        self._log = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def __aenter__(self) -> GatewayProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def start(self, timeout: float = 20.0) -> None:
+        ready = Path(self._tmp.name) / "ready.json"
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("AIGW_DATA_DIR", str(Path(self._tmp.name) / "data"))
+        out = open(self.log_path, "ab") if self.log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115
+        self._log = out if self.log_path else None
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "audiosocket_gw", "serve", "--ready-file", str(ready),
+            *self.args, env=env, stdout=out, stderr=out,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not ready.exists():
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"gateway exited with code {self.proc.returncode} at start")
+            if loop.time() > deadline:
+                await self.stop()
+                raise RuntimeError("gateway did not start in time")
+            await asyncio.sleep(0.05)
+        info = json.loads(ready.read_text())
+        self.audiosocket = parse_hostport(info["audiosocket"], setting="audiosocket")
+        self.http = parse_hostport(info["http"], setting="http")
+
+    async def stop(self, timeout: float = 15.0) -> int | None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._tmp.cleanup()
+        return None if proc is None else proc.returncode

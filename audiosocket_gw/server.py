@@ -1,0 +1,293 @@
+"""The AudioSocket TCP server: a thin asyncio layer over ``audiosocket.Decoder``.
+
+One ``asyncio.Protocol`` per connection (no reader task per call). The protocol waits
+for the UUID frame, asks the ``CallRegistry`` whether the id is expected, then hands
+the connection to a ``Call`` and feeds it audio and DTMF. Everything that is wrong on
+one connection ends that connection only, with one log line and one counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Final
+
+from . import audiosocket as asp
+from .backends.base import Backend, CallInfo
+from .call import Call
+from .config import Config
+from .metrics import Metrics
+from .pacer import Pacer
+
+log = logging.getLogger("audiosocket_gw.server")
+
+_SLIN: Final = int(asp.Kind.SLIN)
+
+
+class CallRegistry:
+    """Call ids the gateway expects (pre-registered by routing or Originate).
+
+    Entries expire after ``ttl`` seconds if no AudioSocket claims them. With
+    ``allow_unregistered`` any UUID is accepted with the default agent.
+    """
+
+    def __init__(self, *, allow_unregistered: bool, ttl: float = 120.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.allow_unregistered = allow_unregistered
+        self.ttl = ttl
+        self._clock = clock
+        self._expected: dict[str, tuple[CallInfo, float]] = {}
+
+    def register(self, info: CallInfo) -> None:
+        self._purge()
+        self._expected[info.call_id] = (info, self._clock() + self.ttl)
+
+    def claim(self, call_id: str) -> CallInfo | None:
+        self._purge()
+        entry = self._expected.pop(call_id, None)
+        if entry is not None:
+            return entry[0]
+        if self.allow_unregistered:
+            return CallInfo(call_id=call_id)
+        return None
+
+    def _purge(self) -> None:
+        now = self._clock()
+        stale = [k for k, (_, exp) in self._expected.items() if exp < now]
+        for k in stale:
+            del self._expected[k]
+
+
+class AudioSocketProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_bytes", "_rejected", "_server", "_timer", "call", "decoder", "peer", "transport"
+    )
+
+    def __init__(self, server: AudioSocketServer) -> None:
+        self._server = server
+        self.decoder = asp.Decoder(max_payload=server.config.max_payload)
+        self.transport: asyncio.Transport | None = None
+        self.call: Call | None = None
+        self.peer = "?"
+        self._timer: asyncio.TimerHandle | None = None
+        self._bytes = 0
+        self._rejected = False
+
+    # -- asyncio callbacks -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server = self._server
+        if not server.accepting:
+            self._reject("shutting_down", "gateway is shutting down")
+            return
+        if len(server.connections) >= server.config.max_connections:
+            self._reject("capacity", f"at capacity ({server.config.max_connections} connections)")
+            return
+        server.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(server.config.uuid_timeout, self._uuid_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self._bytes += len(data)
+        dec = self.decoder
+        dec.feed(data)
+        call = self.call
+        try:
+            while (ev := dec.next_event()) is not None:
+                if call is not None and type(ev) is asp.Audio and ev.kind == _SLIN:
+                    call.on_caller_audio(ev.data)
+                    continue
+                self._event(ev)
+                call = self.call
+                if self.transport is None or self.transport.is_closing():
+                    return
+        except asp.ProtocolError as exc:
+            self._protocol_error(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close; connection_lost does the rest
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self._server
+        server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.call is not None:
+            try:
+                self.decoder.eof()
+            except asp.ProtocolError as perr:
+                self._server.metrics.protocol_errors.labels(perr.reason).inc()
+                self.call.log.info("closed mid-frame: %s", perr)
+            self.call.end("caller-hangup", outcome="completed", send_hangup=False)
+        elif self._bytes == 0 and not self._rejected:
+            # Asterisk connects before checking the channel is answered, then closes
+            # without a byte ("Channel is not answered"): not worth more than debug.
+            log.debug("connection from %s closed before sending anything", self.peer)
+            server.metrics.connections_rejected.labels("closed_before_uuid").inc()
+
+    # -- events ------------------------------------------------------------------
+
+    def _event(self, ev: asp.Event) -> None:
+        call = self.call
+        if isinstance(ev, asp.CallUUID):
+            self._on_uuid(str(ev.uuid))
+        elif call is None:  # pragma: no cover - the decoder enforces UUID first
+            self._protocol_error(asp.UnexpectedFrame("frame before UUID"))
+        elif isinstance(ev, asp.Audio):
+            self._protocol_error(
+                asp.BadPayload(f"audio kind 0x{ev.kind:02x} ({ev.rate} Hz) not supported here")
+            )
+        elif isinstance(ev, asp.Dtmf):
+            call.on_dtmf(ev.digit)
+        elif isinstance(ev, asp.Hangup):
+            call.end("caller-hangup", outcome="completed", send_hangup=False)
+        elif isinstance(ev, asp.ErrorFrame):
+            call.log.warning("Asterisk sent an error frame (code %s)", ev.code)
+            call.end("asterisk-error", outcome="asterisk_error", send_hangup=False)
+
+    def _on_uuid(self, call_id: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        server = self._server
+        if call_id in server.calls:
+            self._reject("duplicate", f"call {call_id} is already connected", hangup=True)
+            return
+        info = server.registry.claim(call_id)
+        if info is None:
+            self._reject("unregistered", f"call id {call_id} was not registered", hangup=True)
+            return
+        assert self.transport is not None
+        self.call = server.open_call(info, self.transport)
+
+    def _uuid_timeout(self) -> None:
+        self._timer = None
+        if self.call is None:
+            self._reject("uuid_timeout", "no UUID frame within the timeout")
+
+    def _protocol_error(self, exc: asp.ProtocolError) -> None:
+        server = self._server
+        server.metrics.protocol_errors.labels(exc.reason).inc()
+        if self.call is not None:
+            self.call.log.warning("protocol error from %s: %s", self.peer, exc)
+            self.call.end("protocol-error", outcome="protocol_error")
+        else:
+            log.warning("protocol error from %s before call start: %s", self.peer, exc)
+            self._close(hangup=True)
+
+    def _reject(self, reason: str, why: str, *, hangup: bool = False) -> None:
+        self._rejected = True
+        log.warning("rejected connection from %s: %s", self.peer, why)
+        self._server.metrics.connections_rejected.labels(reason).inc()
+        self._close(hangup=hangup)
+
+    def _close(self, *, hangup: bool) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if hangup:
+                t.write(asp.HANGUP_FRAME)
+            t.close()
+
+
+class AudioSocketServer:
+    """Owns the listening socket, the live connections and calls, and the pacer."""
+
+    def __init__(
+        self,
+        config: Config,
+        backend: Backend,
+        metrics: Metrics,
+        registry: CallRegistry,
+        pacer: Pacer,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.metrics = metrics
+        self.registry = registry
+        self.pacer = pacer
+        self.connections: set[AudioSocketProtocol] = set()
+        self.calls: dict[str, Call] = {}
+        self.accepting = True
+        self._server: asyncio.Server | None = None
+        self._ended: set[Call] = set()
+        self.on_call_start: list[Callable[[Call], None]] = []
+        self.on_call_end: list[Callable[[Call], None]] = []
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None
+        sockname = self._server.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    async def start(self) -> None:
+        host, port = self.config.audiosocket_addr
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: AudioSocketProtocol(self), host, port, reuse_address=True, backlog=1024
+        )
+        self.pacer.start()
+        log.info("AudioSocket listening on %s:%d", *self.address)
+
+    def open_call(self, info: CallInfo, transport: asyncio.Transport) -> Call:
+        call = Call(
+            info,
+            transport,
+            backend_name=self.backend.name,
+            config=self.config,
+            metrics=self.metrics,
+            on_end=self._call_ended,
+        )
+        self.calls[info.call_id] = call
+        self.metrics.active_calls.labels(self.backend.name).inc()
+        self.pacer.add(call)
+        call.log.info("connected (tenant %s, agent %s)", info.tenant, info.agent)
+        call.attach(self.backend.create(info, call))
+        for cb in self.on_call_start:
+            cb(call)
+        return call
+
+    def _call_ended(self, call: Call) -> None:
+        self.pacer.remove(call)
+        if self.calls.pop(call.call_id, None) is not None:
+            self.metrics.active_calls.labels(self.backend.name).dec()
+        self._ended.add(call)
+        for cb in self.on_call_end:
+            cb(call)
+        asyncio.get_running_loop().create_task(self._reap(call))
+
+    async def _reap(self, call: Call) -> None:
+        await call.wait_closed()
+        self._ended.discard(call)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let calls finish for ``grace`` seconds, hang up the rest."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        self.accepting = False
+        if self._server is not None:
+            self._server.close()
+        if self.calls:
+            log.info("shutdown: waiting up to %.1f s for %d calls", grace, len(self.calls))
+            deadline = asyncio.get_running_loop().time() + grace
+            while self.calls and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+        for call in list(self.calls.values()):
+            call.end("shutdown", outcome="shutdown")
+        for conn in list(self.connections):
+            conn._close(hangup=False)
+        for call in list(self._ended):
+            await call.wait_closed()
+        await self.pacer.stop()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self.backend.aclose()

@@ -1,0 +1,373 @@
+"""Simulated Asterisk calls over real AudioSocket TCP.
+
+Each call behaves as Asterisk's ``AudioSocket()`` application does (PROTOCOLS.md 1):
+connect, send the 16-byte UUID frame first, then one audio frame per packetisation
+interval (320 bytes every 20 ms by default, 480 every 30 ms for a 30 ms SIP caller),
+DTMF as one 0x03 frame per digit, and at the end close the socket without any frame
+(caller hangup). It applies Asterisk's 2 s rule: if neither side sent anything for
+2 s, the call drops. It records every frame the gateway sends with its arrival time.
+
+One ticker task sends for every call (as Asterisk's channel threads would, but
+without a task per call), with calls spread over four phase slots so the gateway sees
+arrivals spread across its 20 ms tick, as with real independent channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import audiosocket as asp
+from .audio import FRAME_SAMPLES, RATE, read_tag, speech_like, tag_frames, write_wav
+
+INACTIVITY_S: Final = 2.0
+PHASES: Final = 4
+SILENT_LEVEL: Final = 256.0
+
+
+@dataclass
+class CallPlan:
+    """What one simulated caller does."""
+
+    seconds: float
+    audio: npt.NDArray[np.int16] | None = None  # None: a silent caller (sends no frames)
+    call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    index: int = 0
+    frame_ms: int = 20
+    dtmf: list[tuple[float, str]] = field(default_factory=list)
+    tagged: bool = False
+
+
+@dataclass
+class CallReport:
+    call_id: str
+    connected: bool = False
+    ended_by: str = "pending"  # simulator | gateway-hangup | gateway-close | inactivity | error
+    error: str | None = None
+    frames_sent: int = 0
+    frames_received: int = 0
+    bytes_received: int = 0
+    first_frame_s: float | None = None
+    first_audio_s: float | None = None
+    jitter_p50_ms: float | None = None
+    jitter_p99_ms: float | None = None
+    max_gap_ms: float | None = None
+    gaps_over_40ms: int = 0
+    transit_ms: list[float] = field(default_factory=list, repr=False)
+    wav: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.connected and self.ended_by == "simulator" and self.error is None
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("transit_ms")
+        d["ok"] = self.ok
+        return d
+
+
+@dataclass
+class SimulationReport:
+    calls: list[CallReport]
+    seconds: float
+
+    def _values(self, attr: str) -> list[float]:
+        return [v for c in self.calls if (v := getattr(c, attr)) is not None]
+
+    @property
+    def ok_calls(self) -> int:
+        return sum(c.ok for c in self.calls)
+
+    def summary(self) -> dict[str, Any]:
+        transit = [t for c in self.calls for t in c.transit_ms]
+        jitter50 = self._values("jitter_p50_ms")
+        jitter99 = self._values("jitter_p99_ms")
+        first = self._values("first_audio_s")
+        return {
+            "calls": len(self.calls),
+            "ok": self.ok_calls,
+            "failed": len(self.calls) - self.ok_calls,
+            "ended_by": _count(c.ended_by for c in self.calls),
+            "frames_sent": sum(c.frames_sent for c in self.calls),
+            "frames_received": sum(c.frames_received for c in self.calls),
+            "gaps_over_40ms": sum(c.gaps_over_40ms for c in self.calls),
+            "max_gap_ms": max(self._values("max_gap_ms"), default=None),
+            "jitter_p50_ms": _pct(jitter50, 50),
+            "jitter_p99_ms": max(jitter99, default=None),
+            "first_audio_p50_s": _pct(first, 50),
+            "first_audio_max_s": max(first, default=None),
+            "transit_p50_ms": _pct(transit, 50),
+            "transit_p99_ms": _pct(transit, 99),
+            "errors": [c.error for c in self.calls if c.error][:10],
+        }
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values), p))
+
+
+class _SimCall(asyncio.Protocol):
+    """The Asterisk end of one AudioSocket connection."""
+
+    def __init__(self, plan: CallPlan, report: CallReport) -> None:
+        self.plan = plan
+        self.report = report
+        self.decoder = asp.Decoder(require_uuid_first=False)
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+        self.arrivals: list[float] = []
+        self.frames: list[bytes] = []
+        self.send_times: dict[int, float] = {}
+        self.started = 0.0
+        self.last_activity = 0.0
+        self.frame_bytes = plan.frame_ms * 16
+        self.pcm = b"" if plan.audio is None else plan.audio.tobytes()
+        self.offset = 0
+        self.seq = 0
+        self.dtmf = sorted(plan.dtmf)
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.started = self.last_activity = time.monotonic()
+        self.report.connected = True
+        transport.write(asp.encode_uuid(self.plan.call_id))
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.last_activity = now
+        self.decoder.feed(data)
+        try:
+            while (ev := self.decoder.next_event()) is not None:
+                if isinstance(ev, asp.Audio):
+                    self.arrivals.append(now)
+                    self.frames.append(ev.data)
+                elif isinstance(ev, asp.Hangup):
+                    self._finish("gateway-hangup")
+                    return
+                else:  # Asterisk would kill the call on any other kind
+                    self._finish("error", f"gateway sent a non-audio frame: {ev!r}")
+                    return
+        except asp.ProtocolError as exc:
+            self._finish("error", f"gateway broke the protocol: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done:
+            self.done = True
+            self.report.ended_by = "gateway-close"
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _finish(self, how: str, error: str | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.report.ended_by = how
+        self.report.error = error
+        if self.transport is not None:
+            self.transport.close()
+
+    def tick(self, now: float) -> None:
+        """Send what is due at ``now`` (called by the shared ticker on this call's phase)."""
+        if self.done or self.transport is None:
+            return
+        elapsed = now - self.started
+        if elapsed >= self.plan.seconds:
+            self._finish("simulator")
+            return
+        if now - self.last_activity > INACTIVITY_S:
+            self._finish("inactivity", "no audio either way for 2 s (Asterisk would hang up)")
+            return
+        while self.dtmf and self.dtmf[0][0] <= elapsed:
+            self.transport.write(asp.encode_dtmf(self.dtmf.pop(0)[1]))
+            self.last_activity = now
+        if not self.pcm:
+            return
+        chunk = self.pcm[self.offset : self.offset + self.frame_bytes]
+        if len(chunk) < self.frame_bytes:
+            self.offset = 0
+            chunk = self.pcm[: self.frame_bytes]
+        self.offset += self.frame_bytes
+        self.transport.write(asp.encode_audio(chunk))
+        if self.plan.tagged:
+            self.send_times[self.seq] = now
+        self.seq += 1
+        self.report.frames_sent += 1
+        self.last_activity = now
+
+    def analyse(self, out_dir: Path | None, transit_offset_s: float) -> None:
+        r = self.report
+        r.frames_received = len(self.frames)
+        r.bytes_received = sum(len(f) for f in self.frames)
+        if not self.arrivals:
+            return
+        r.first_frame_s = self.arrivals[0] - self.started
+        for t, f in zip(self.arrivals, self.frames, strict=True):
+            if np.abs(np.frombuffer(f[: len(f) & ~1], dtype="<i2").astype(np.int32)).mean() >= (
+                SILENT_LEVEL
+            ):
+                r.first_audio_s = t - self.started
+                break
+        gaps = np.diff(np.asarray(self.arrivals)) * 1000.0
+        if len(gaps):
+            jitter = np.abs(gaps - 20.0)
+            r.jitter_p50_ms = float(np.percentile(jitter, 50))
+            r.jitter_p99_ms = float(np.percentile(jitter, 99))
+            r.max_gap_ms = float(gaps.max())
+            r.gaps_over_40ms = int((gaps > 40.0).sum())
+        if self.plan.tagged:
+            for t, f in zip(self.arrivals, self.frames, strict=True):
+                seq = read_tag(f, self.plan.index)
+                if seq is not None and seq in self.send_times:
+                    r.transit_ms.append((t - self.send_times[seq] - transit_offset_s) * 1000.0)
+        if out_dir is not None:
+            path = out_dir / f"call-{self.plan.index:03d}-{self.plan.call_id}.wav"
+            write_wav(path, b"".join(self.frames))
+            r.wav = str(path)
+
+
+async def run_simulation(
+    host: str,
+    port: int,
+    *,
+    calls: int = 1,
+    seconds: float = 5.0,
+    audio: npt.NDArray[np.int16] | None = None,
+    plans: list[CallPlan] | None = None,
+    out_dir: str | Path | None = None,
+    ramp_s: float = 0.0,
+    tagged: bool = False,
+    transit_offset_ms: float = 0.0,
+    connect_timeout: float = 2.0,
+) -> SimulationReport:
+    """Place ``calls`` concurrent calls (or the given ``plans``) and report on each.
+
+    ``ramp_s`` spreads the call starts; ``transit_offset_ms`` is subtracted from
+    measured transit (for example the echo backend's configured delay).
+    """
+    if plans is None:
+        plans = []
+        for i in range(calls):
+            samples = audio if audio is not None else speech_like(seconds + 1.0, seed=i)
+            if tagged:
+                samples = tag_frames(samples, i)
+            plans.append(CallPlan(seconds=seconds, audio=samples, index=i, tagged=tagged))
+    out_path = Path(out_dir) if out_dir else None
+    if out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    reports = [CallReport(call_id=p.call_id) for p in plans]
+    sims: list[_SimCall | None] = [None] * len(plans)
+    period = 0.020
+    slots: list[list[_SimCall]] = [[] for _ in range(PHASES)]
+
+    async def connect(i: int, plan: CallPlan) -> None:
+        if ramp_s and len(plans) > 1:
+            await asyncio.sleep(ramp_s * i / (len(plans) - 1))
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _SimCall(plan, reports[i]), host, port),
+                connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            reports[i].ended_by = "error"
+            reports[i].error = f"connect failed: {exc!r}"
+            return
+        sims[i] = proto
+        slots[i % PHASES].append(proto)
+
+    connecting = [loop.create_task(connect(i, p)) for i, p in enumerate(plans)]
+
+    async def ticker() -> None:
+        start = loop.time()
+        n = 0
+        while True:
+            slot = n % PHASES
+            deadline = start + n * period / PHASES
+            delay = deadline - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = time.monotonic()
+            for sim in slots[slot]:
+                sim.tick(now)
+            n += 1
+
+    tick_task = loop.create_task(ticker())
+    try:
+        await asyncio.gather(*connecting)
+        live = [s for s in sims if s is not None]
+        # Every call ends by itself: its own duration, a gateway hangup, or a close.
+        limit = max(p.seconds for p in plans) + ramp_s + INACTIVITY_S + 5.0
+        if live:
+            await asyncio.wait([s.closed for s in live], timeout=limit)
+    finally:
+        tick_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tick_task
+    for sim in sims:
+        if sim is None:
+            continue
+        if not sim.closed.done():
+            sim._finish("error", "call did not end in time")
+            if sim.transport is not None:
+                sim.transport.abort()
+        sim.analyse(out_path, transit_offset_ms / 1000.0)
+    return SimulationReport(calls=reports, seconds=max((p.seconds for p in plans), default=0))
+
+
+def format_report(report: SimulationReport) -> str:
+    """A human-readable table of a simulation."""
+    s = report.summary()
+    lines = [
+        f"calls: {s['calls']}  ok: {s['ok']}  failed: {s['failed']}  ended_by: {s['ended_by']}",
+        f"frames sent/received: {s['frames_sent']}/{s['frames_received']}  "
+        f"gaps > 40 ms: {s['gaps_over_40ms']}  max gap: {_fmt(s['max_gap_ms'])} ms",
+        f"inter-arrival jitter p50: {_fmt(s['jitter_p50_ms'])} ms  "
+        f"p99 (worst call): {_fmt(s['jitter_p99_ms'])} ms",
+        f"time to first audio p50: {_fmt(s['first_audio_p50_s'], 3)} s  "
+        f"max: {_fmt(s['first_audio_max_s'], 3)} s",
+    ]
+    if s["transit_p50_ms"] is not None:
+        lines.append(
+            f"frame transit p50: {_fmt(s['transit_p50_ms'])} ms  p99: {_fmt(s['transit_p99_ms'])} ms"
+        )
+    lines.append("")
+    lines.append(f"{'#':>3} {'call id':36} {'ended by':15} {'rx':>5} {'1st audio':>9} "
+                 f"{'jit p99':>7} {'gaps':>4}")
+    for i, c in enumerate(report.calls[:20]):
+        lines.append(
+            f"{i:>3} {c.call_id:36} {c.ended_by:15} {c.frames_received:>5} "
+            f"{_fmt(c.first_audio_s, 3):>9} {_fmt(c.jitter_p99_ms):>7} {c.gaps_over_40ms:>4}"
+        )
+    if len(report.calls) > 20:
+        lines.append(f"... {len(report.calls) - 20} more")
+    for e in s["errors"]:
+        lines.append(f"error: {e}")
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+__all__ = ["FRAME_SAMPLES", "RATE", "CallPlan", "CallReport", "SimulationReport",
+           "format_report", "run_simulation"]
