@@ -12,11 +12,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from .audiosocket import HANGUP_FRAME, HEADER, Kind
 from .backends.base import BackendError, BackendSession, CallInfo
 from .config import Config
+from .dsp.vad import VadConfig, VadEvent, VoiceActivityDetector, frame_level
 from .metrics import Metrics
 from .playout import FRAME_BYTES, PlayoutBuffer
 
@@ -24,6 +25,19 @@ log = logging.getLogger("audiosocket_gw.call")
 
 FRAME_HEADER: Final = HEADER.pack(Kind.SLIN, FRAME_BYTES)
 SILENCE_FRAME: Final = FRAME_HEADER + bytes(FRAME_BYTES)
+
+
+class AudioTap(Protocol):
+    """Sees both directions of a call: debug dumps and the gateway's own recording."""
+
+    def caller(self, pcm: bytes) -> None:
+        """Caller audio as it arrives (8 kHz slin)."""
+
+    def bot(self, frame: bytes | None) -> None:
+        """The frame the pacer wrote this tick (None = silence)."""
+
+    def close(self) -> None:
+        """The call ended."""
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
@@ -68,6 +82,17 @@ class Call:
         self.outcome: str | None = None
         self.transcripts: list[tuple[float, str, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        # Barge-in: local VAD on caller audio, raised above the bot's echo level.
+        self.vad = VoiceActivityDetector(
+            VadConfig(threshold=config.vad_threshold, onset_ms=config.vad_onset_ms)
+        ) if config.barge_in else None
+        self.caller_speaking = False
+        self.last_caller_speech = self.started_at
+        self.last_bot_audio = self.started_at
+        self._bot_level = 0.0
+        self._cut_onset: float | None = None  # speech onset of a pending barge-in cut
+        self.barge_ins = 0
+        self.taps: list[AudioTap] = []
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} backend={self.backend_name}>"
@@ -115,8 +140,31 @@ class Call:
         self.metrics.calls.labels(self.backend_name, outcome).inc()
         self.metrics.call_duration.labels(self.backend_name).observe(duration)
         self._on_end(self)
+        for tap in self.taps:
+            try:
+                tap.close()
+            except Exception:
+                self.log.exception("audio tap failed to close")
         if self.session is not None:
             self._spawn(self._close_session(self.session, reason), "close")
+
+    def barge_in(self, source: str, *, onset: float | None = None) -> None:
+        """The caller spoke over the bot: drop queued bot audio now, tell the backend.
+
+        The cut takes effect on the next pacer tick (that frame is silence); the
+        backend is then told (``on_barge_in``) so it can truncate and cancel with the
+        exact milliseconds already played (``played_ms``).
+        """
+        if not self.playout.has_audio:
+            return
+        self.barge_ins += 1
+        self._cut_onset = time.monotonic() if onset is None else onset
+        self.metrics.barge_ins.labels(self.backend_name, source).inc()
+        self.log.debug("barge-in (%s): %.0f ms of bot audio dropped", source,
+                       self.playout.pending_ms)
+        self.clear()
+        if self.session is not None:
+            self.session.on_barge_in()
 
     async def _close_session(self, session: BackendSession, reason: str) -> None:
         try:
@@ -141,6 +189,21 @@ class Call:
         if len(pcm) & 1:
             self._odd = pcm[-1:]
             pcm = pcm[:-1]
+        vad = self.vad
+        if vad is not None and pcm:
+            bot_pending = self.playout.has_audio
+            ev = vad.process(pcm, self._bot_level if bot_pending else 0.0)
+            if ev is VadEvent.SPEECH_START:
+                self.caller_speaking = True
+                if bot_pending:
+                    onset = time.monotonic() - vad.config.onset_ms / 1000.0
+                    self.barge_in("local-vad", onset=onset)
+            elif ev is VadEvent.SPEECH_STOP:
+                self.caller_speaking = False
+            if self.caller_speaking:
+                self.last_caller_speech = time.monotonic()
+        for tap in self.taps:
+            tap.caller(pcm)
         session = self.session
         if session is not None and pcm:
             session.on_audio(pcm)
@@ -171,13 +234,24 @@ class Call:
             transport.write(SILENCE_FRAME)
             if playout.streaming:
                 self.stats.underruns += 1
+            if self._cut_onset is not None:
+                self.metrics.barge_in.labels(self.backend_name).observe(
+                    time.monotonic() - self._cut_onset
+                )
+                self._cut_onset = None
         else:
             transport.write(FRAME_HEADER + frame)
+            if self.vad is not None:
+                self._bot_level = frame_level(frame)
+            self.last_bot_audio = now = time.monotonic()
             if self.first_audio_at is None:
-                self.first_audio_at = now = time.monotonic()
+                self.first_audio_at = now
                 self.metrics.time_to_first_audio.labels(self.backend_name).observe(
                     now - self.started_at
                 )
+        if self.taps:
+            for tap in self.taps:
+                tap.bot(frame)
         self.frames_out += 1
         self.stats.frames_out += 1
         marks = playout.reached_marks()
@@ -191,7 +265,9 @@ class Call:
             return
         self.playout.streaming = True
         if not self.playout.push(pcm, item_id):
-            self.log.warning("playout buffer full (%.0f ms); audio dropped", self.playout.pending_ms)
+            self.log.warning(
+                "playout buffer full (%.0f ms); audio dropped", self.playout.pending_ms
+            )
 
     def end_of_audio(self) -> None:
         self.playout.streaming = False

@@ -42,7 +42,7 @@ timestamps.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum
+from enum import Enum, StrEnum
 from types import MappingProxyType
 
 __all__ = [
@@ -60,8 +60,8 @@ __all__ = [
 ]
 
 
-class CallStatus(str, Enum):
-    """Twilio's call statuses; ``.value`` is the exact Twilio string."""
+class CallStatus(StrEnum):
+    """Twilio's call statuses; the value (and ``str()``) is the exact Twilio string."""
 
     QUEUED = "queued"
     RINGING = "ringing"
@@ -76,9 +76,6 @@ class CallStatus(str, Enum):
     def is_terminal(self) -> bool:
         """True for statuses a call never leaves."""
         return self in TERMINAL
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class CallInput(Enum):

@@ -66,6 +66,10 @@ class Config:
     config: str | None = None
     allow_unregistered: bool = False
     echo_delay_ms: int = 200
+    # Barge-in (local VAD on caller audio; mean |sample| thresholds)
+    barge_in: bool = True
+    vad_threshold: float = 600.0
+    vad_onset_ms: int = 80
     # Limits
     max_connections: int = 1000
     max_payload: int = 65535
@@ -75,6 +79,7 @@ class Config:
     shutdown_grace: float = 10.0
     write_stall_timeout: float = 5.0
     write_buffer_limit: int = 64 * 1024
+    socket_sndbuf: int = 32 * 1024  # small kernel buffer: a stalled Asterisk shows up fast
     log_level: str = "info"
     # Secrets: environment only, excluded from repr.
     openai_api_key: str | None = field(default=None, repr=False)
@@ -92,6 +97,9 @@ class Config:
             "uuid_timeout": "AIGW_UUID_TIMEOUT",
             "shutdown_grace": "AIGW_SHUTDOWN_GRACE",
             "log_level": "AIGW_LOG_LEVEL",
+            "barge_in": "AIGW_BARGE_IN",
+            "vad_threshold": "AIGW_VAD_THRESHOLD",
+            "vad_onset_ms": "AIGW_VAD_ONSET_MS",
             "openai_api_key": "OPENAI_API_KEY",
         },
         repr=False,

@@ -70,7 +70,8 @@ async def run_demo(calls: int = 3, seconds: float = 4.0) -> int:
         print(format_report(report))
         m = await asyncio.to_thread(fetch_metrics, *gw.http)
     print("\ngateway metrics (from its /metrics):")
-    print(f"  calls completed:        {m.get('aigw_calls_total{backend=echo,outcome=completed}', 0):.0f}")
+    completed = m.get("aigw_calls_total{backend=echo,outcome=completed}", 0)
+    print(f"  calls completed:        {completed:.0f}")
     print(f"  frames received / sent: {m.get('aigw_frames_received_total', 0):.0f} / "
           f"{m.get('aigw_frames_sent_total', 0):.0f}")
     print(f"  playout underruns:      {m.get('aigw_playout_underruns_total', 0):.0f}")

@@ -112,6 +112,17 @@ class Metrics:
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
+        self.barge_ins = Counter(
+            "aigw_barge_ins", "Bot audio cut because the caller spoke over it, by source.",
+            ["backend", "source"], registry=r,
+        )
+        self.barge_in = Histogram(
+            "aigw_barge_in_seconds",
+            "From the caller's speech onset to the first silent frame written (barge-in cut).",
+            ["backend"],
+            buckets=(0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 1.0),
+            registry=r,
+        )
         self.call_duration = Histogram(
             "aigw_call_duration_seconds",
             "AudioSocket duration of finished calls.",

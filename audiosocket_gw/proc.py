@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from .config import parse_hostport
 
@@ -29,7 +30,7 @@ class GatewayProcess:
         self.audiosocket: tuple[str, int] = ("127.0.0.1", 0)
         self.http: tuple[str, int] = ("127.0.0.1", 0)
         self._tmp = tempfile.TemporaryDirectory(prefix="aigw-")
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -44,18 +45,19 @@ class GatewayProcess:
                         tb: TracebackType | None) -> None:
         await self.stop()
 
-    async def start(self, timeout: float = 20.0) -> None:
+    async def start(self, start_within: float = 20.0) -> None:
         ready = Path(self._tmp.name) / "ready.json"
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("AIGW_DATA_DIR", str(Path(self._tmp.name) / "data"))
-        out = open(self.log_path, "ab") if self.log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115
-        self._log = out if self.log_path else None
+        out: IO[bytes] | int = asyncio.subprocess.DEVNULL
+        if self.log_path:
+            out = self._log = await asyncio.to_thread(open, self.log_path, "ab")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "audiosocket_gw", "serve", "--ready-file", str(ready),
             *self.args, env=env, stdout=out, stderr=out,
         )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + start_within
         while not ready.exists():
             if self.proc.returncode is not None:
                 raise RuntimeError(f"gateway exited with code {self.proc.returncode} at start")
@@ -67,12 +69,12 @@ class GatewayProcess:
         self.audiosocket = parse_hostport(info["audiosocket"], setting="audiosocket")
         self.http = parse_hostport(info["http"], setting="http")
 
-    async def stop(self, timeout: float = 15.0) -> int | None:
+    async def stop(self, stop_within: float = 15.0) -> int | None:
         proc = self.proc
         if proc is not None and proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
+                await asyncio.wait_for(proc.wait(), stop_within)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

@@ -9,6 +9,7 @@ one connection ends that connection only, with one log line and one counter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -86,6 +87,9 @@ class AudioSocketProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._server.config.socket_sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                self._server.config.socket_sndbuf)
         server = self._server
         if not server.accepting:
             self._reject("shutting_down", "gateway is shutting down")
@@ -113,6 +117,7 @@ class AudioSocketProtocol(asyncio.Protocol):
                     return
         except asp.ProtocolError as exc:
             self._protocol_error(exc)
+        self._server.pacer.poll()
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close; connection_lost does the rest
@@ -221,6 +226,7 @@ class AudioSocketServer:
         self.accepting = True
         self._server: asyncio.Server | None = None
         self._ended: set[Call] = set()
+        self._drained = asyncio.Event()
         self.on_call_start: list[Callable[[Call], None]] = []
         self.on_call_end: list[Callable[[Call], None]] = []
 
@@ -262,6 +268,8 @@ class AudioSocketServer:
         if self.calls.pop(call.call_id, None) is not None:
             self.metrics.active_calls.labels(self.backend.name).dec()
         self._ended.add(call)
+        if not self.calls:
+            self._drained.set()
         for cb in self.on_call_end:
             cb(call)
         asyncio.get_running_loop().create_task(self._reap(call))
@@ -278,9 +286,9 @@ class AudioSocketServer:
             self._server.close()
         if self.calls:
             log.info("shutdown: waiting up to %.1f s for %d calls", grace, len(self.calls))
-            deadline = asyncio.get_running_loop().time() + grace
-            while self.calls and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), grace)
         for call in list(self.calls.values()):
             call.end("shutdown", outcome="shutdown")
         for conn in list(self.connections):

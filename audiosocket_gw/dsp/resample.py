@@ -11,8 +11,9 @@ How: a windowed-sinc low-pass (``numpy.kaiser``, beta 5, ``20 * factor + 1`` tap
 61 taps for x3 and 41 for x2, the same length scipy's ``resample_poly`` builds) with its
 cutoff at 0.95 of the lower Nyquist frequency (3.8 kHz for the 8 kHz side: -0.7 dB at
 3.4 kHz, more than 55 dB down above 4.6 kHz). The taps are quantised to 16 fractional
-bits and the convolution runs in int64, so the result does not depend on the summation
-order numpy or BLAS happen to choose: chunked and one-shot output are bit-identical. The
+bits, so every product and partial sum is an integer below 2**40 and the float64 matrix
+products are exact whatever summation order BLAS chooses: chunked and one-shot output are
+bit-identical. The
 group delay is ``10 * factor`` high-rate samples = 1.25 ms in both directions (see
 ``latency_ms``). Upsampling multiplies the taps by the factor so the level is preserved.
 Output is rounded and clipped to int16.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 __all__ = ["StreamResampler"]
 
@@ -34,20 +35,30 @@ _INT16_MIN = -32768
 _INT16_MAX = 32767
 
 _IntArray = npt.NDArray[np.int64]
+_FloatArray = npt.NDArray[np.float64]
 
 
-def _design_taps(factor: int) -> _IntArray:
-    """Low-pass taps for a rate change by ``factor`` (gain ``factor``, fixed point)."""
+def _design_taps(factor: int, gain: float) -> _IntArray:
+    """Fixed-point low-pass taps for a rate change by ``factor``, with DC gain ``gain``."""
     half_len = 10 * factor
     n = np.arange(2 * half_len + 1, dtype=np.float64)
     fc = _CUTOFF / factor  # relative to the high-rate Nyquist frequency
     taps = fc * np.sinc(fc * (n - half_len)) * np.kaiser(2 * half_len + 1, _KAISER_BETA)
-    taps *= factor / taps.sum()
+    taps *= gain / taps.sum()
     return np.round(taps * (1 << _FRAC_BITS)).astype(np.int64)
 
 
-def _to_int16_bytes(acc: _IntArray) -> bytes:
-    out: _IntArray = np.clip((acc + _ROUND) >> _FRAC_BITS, _INT16_MIN, _INT16_MAX)
+def _windows(buf: _FloatArray, width: int) -> _FloatArray:
+    """Read-only (len - width + 1, width) view of overlapping windows of ``buf``."""
+    step = buf.strides[0]
+    shape = (buf.size - width + 1, width)
+    view: _FloatArray = as_strided(buf, shape=shape, strides=(step, step), writeable=False)
+    return view
+
+
+def _to_int16_bytes(acc: _FloatArray) -> bytes:
+    fixed = acc.astype(np.int64)  # exact: acc holds integers far below 2**53
+    out: _IntArray = np.clip((fixed + _ROUND) >> _FRAC_BITS, _INT16_MIN, _INT16_MAX)
     return out.astype("<i2").tobytes()
 
 
@@ -75,19 +86,23 @@ class StreamResampler:
         self._up = out_rate > in_rate
         self._half_len = 10 * self._factor if self._factor > 1 else 0
         self._high_rate = high
-        taps = _design_taps(self._factor) if self._factor > 1 else np.ones(1, np.int64)
+        if self._factor > 1:
+            # Zero-stuffing divides the level by the factor: upsampling taps make it up.
+            taps = _design_taps(self._factor, float(self._factor) if self._up else 1.0)
+        else:
+            taps = np.ones(1, np.int64)
         if self._up:
             # Polyphase matrix: phase p uses taps[p::L]; row k of the input windows
             # (oldest..newest) dotted with column p gives output sample k * L + p.
             n_sub = -(-taps.size // self._factor)
-            padded = np.zeros(n_sub * self._factor, np.int64)
+            padded = np.zeros(n_sub * self._factor, np.float64)
             padded[: taps.size] = taps
-            self._matrix: _IntArray = padded.reshape(n_sub, self._factor)[::-1].copy()
+            self._matrix: _FloatArray = padded.reshape(n_sub, self._factor)[::-1].copy()
             self._window = n_sub
         else:
-            self._matrix = taps[::-1].reshape(-1, 1).copy()
+            self._matrix = taps[::-1].astype(np.float64).reshape(-1, 1)
             self._window = taps.size
-        self._history: _IntArray = np.zeros(0, np.int64)
+        self._history: _FloatArray = np.zeros(0, np.float64)
         self._skip = 0
         self._pending = b""
         self.reset()
@@ -109,7 +124,7 @@ class StreamResampler:
 
     def reset(self) -> None:
         """Forget all state (history, decimation phase, pending odd byte)."""
-        self._history = np.zeros(self._window - 1, np.int64)
+        self._history = np.zeros(self._window - 1, np.float64)
         self._skip = 0
         self._pending = b""
 
@@ -120,7 +135,7 @@ class StreamResampler:
         self._pending = data[usable:]
         if usable == 0:
             return b""
-        samples = np.frombuffer(data, dtype="<i2", count=usable // 2).astype(np.int64)
+        samples = np.frombuffer(data, dtype="<i2", count=usable // 2).astype(np.float64)
         return self._run(samples)
 
     def flush(self) -> bytes:
@@ -129,16 +144,16 @@ class StreamResampler:
             self.reset()
             return b""
         pad = -(-self._half_len // self._factor) if self._up else self._half_len
-        tail = self._run(np.zeros(pad, np.int64))
+        tail = self._run(np.zeros(pad, np.float64))
         self.reset()
         return tail
 
-    def _run(self, samples: _IntArray) -> bytes:
+    def _run(self, samples: _FloatArray) -> bytes:
         if self._factor == 1:
-            return _to_int16_bytes(samples << _FRAC_BITS)
+            return _to_int16_bytes(samples * (1 << _FRAC_BITS))
         buf = np.concatenate((self._history, samples))
         self._history = buf[buf.size - (self._window - 1) :]
-        windows = sliding_window_view(buf, self._window)
+        windows = _windows(buf, self._window)
         if self._up:
             return _to_int16_bytes((windows @ self._matrix).reshape(-1))
         # Row r of ``windows`` ends at input sample r of this chunk; keep the rows whose

@@ -8,14 +8,15 @@ DTMF as one 0x03 frame per digit, and at the end close the socket without any fr
 2 s, the call drops. It records every frame the gateway sends with its arrival time.
 
 One ticker task sends for every call (as Asterisk's channel threads would, but
-without a task per call), with calls spread over four phase slots so the gateway sees
-arrivals spread across its 20 ms tick, as with real independent channels.
+without a task per call); each call keeps its own schedule from its own start, so the
+gateway sees arrivals spread across its 20 ms tick, as with real independent channels.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -26,10 +27,17 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import audiosocket as asp
-from .audio import FRAME_SAMPLES, RATE, read_tag, speech_like, tag_frames, write_wav
+from .audio import (
+    FRAME_SAMPLES,
+    RATE,
+    read_tag,
+    speech_like,
+    tag_frames,
+    write_wav,
+)
 
 INACTIVITY_S: Final = 2.0
-PHASES: Final = 4
+BATCH_S: Final = 0.001
 SILENT_LEVEL: Final = 256.0
 
 
@@ -62,6 +70,7 @@ class CallReport:
     max_gap_ms: float | None = None
     gaps_over_40ms: int = 0
     transit_ms: list[float] = field(default_factory=list, repr=False)
+    jitter_ms: list[float] = field(default_factory=list, repr=False)
     wav: str | None = None
 
     @property
@@ -71,6 +80,7 @@ class CallReport:
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("transit_ms")
+        d.pop("jitter_ms")
         d["ok"] = self.ok
         return d
 
@@ -89,6 +99,7 @@ class SimulationReport:
 
     def summary(self) -> dict[str, Any]:
         transit = [t for c in self.calls for t in c.transit_ms]
+        pooled = [j for c in self.calls for j in c.jitter_ms]
         jitter50 = self._values("jitter_p50_ms")
         jitter99 = self._values("jitter_p99_ms")
         first = self._values("first_audio_s")
@@ -103,6 +114,8 @@ class SimulationReport:
             "max_gap_ms": max(self._values("max_gap_ms"), default=None),
             "jitter_p50_ms": _pct(jitter50, 50),
             "jitter_p99_ms": max(jitter99, default=None),
+            "pooled_jitter_p50_ms": _pct(pooled, 50),
+            "pooled_jitter_p99_ms": _pct(pooled, 99),
             "first_audio_p50_s": _pct(first, 50),
             "first_audio_max_s": max(first, default=None),
             "transit_p50_ms": _pct(transit, 50),
@@ -134,6 +147,8 @@ class _SimCall(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self.arrivals: list[float] = []
+        self.chunks: list[tuple[float, bytes]] = []
+        self.decoded = False
         self.frames: list[bytes] = []
         self.send_times: dict[int, float] = {}
         self.started = 0.0
@@ -144,38 +159,55 @@ class _SimCall(asyncio.Protocol):
         self.seq = 0
         self.dtmf = sorted(plan.dtmf)
         self.done = False
+        self.next_send = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.started = self.last_activity = time.monotonic()
+        self.started = self.last_activity = self.next_send = time.monotonic()
         self.report.connected = True
         transport.write(asp.encode_uuid(self.plan.call_id))
 
     def data_received(self, data: bytes) -> None:
+        # Only stamp and keep the bytes here: decoding later keeps this callback short,
+        # so a burst of 200 calls' frames is time-stamped close to when it arrived.
         now = time.monotonic()
         self.last_activity = now
-        self.decoder.feed(data)
-        try:
-            while (ev := self.decoder.next_event()) is not None:
-                if isinstance(ev, asp.Audio):
-                    self.arrivals.append(now)
-                    self.frames.append(ev.data)
-                elif isinstance(ev, asp.Hangup):
-                    self._finish("gateway-hangup")
-                    return
-                else:  # Asterisk would kill the call on any other kind
-                    self._finish("error", f"gateway sent a non-audio frame: {ev!r}")
-                    return
-        except asp.ProtocolError as exc:
-            self._finish("error", f"gateway broke the protocol: {exc}")
+        self.chunks.append((now, data))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done:
             self.done = True
-            self.report.ended_by = "gateway-close"
+            self._decode()
+            if self.report.ended_by == "pending":
+                self.report.ended_by = "gateway-close"
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def _decode(self) -> None:
+        """Turn the received bytes into frames with arrival times (once)."""
+        if self.decoded:
+            return
+        self.decoded = True
+        dec = self.decoder
+        try:
+            for t, data in self.chunks:
+                dec.feed(data)
+                while (ev := dec.next_event()) is not None:
+                    if isinstance(ev, asp.Audio):
+                        self.arrivals.append(t)
+                        self.frames.append(ev.data)
+                    elif isinstance(ev, asp.Hangup):
+                        if self.report.ended_by == "pending":
+                            self.report.ended_by = "gateway-hangup"
+                        return
+                    else:  # Asterisk would kill the call on any other kind
+                        self.report.ended_by = "error"
+                        self.report.error = f"gateway sent a non-audio frame: {ev!r}"
+                        return
+        except asp.ProtocolError as exc:
+            self.report.ended_by = "error"
+            self.report.error = f"gateway broke the protocol: {exc}"
 
     def _finish(self, how: str, error: str | None = None) -> None:
         if self.done:
@@ -186,35 +218,43 @@ class _SimCall(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def tick(self, now: float) -> None:
-        """Send what is due at ``now`` (called by the shared ticker on this call's phase)."""
+    def tick(self, now: float, horizon: float) -> float:
+        """Send what is due by ``horizon`` (>= now); return when this call next needs a tick."""
         if self.done or self.transport is None:
-            return
+            return float("inf")
         elapsed = now - self.started
         if elapsed >= self.plan.seconds:
             self._finish("simulator")
-            return
+            return float("inf")
         if now - self.last_activity > INACTIVITY_S:
             self._finish("inactivity", "no audio either way for 2 s (Asterisk would hang up)")
-            return
+            return float("inf")
         while self.dtmf and self.dtmf[0][0] <= elapsed:
             self.transport.write(asp.encode_dtmf(self.dtmf.pop(0)[1]))
             self.last_activity = now
+        period = self.plan.frame_ms / 1000.0
         if not self.pcm:
-            return
-        chunk = self.pcm[self.offset : self.offset + self.frame_bytes]
-        if len(chunk) < self.frame_bytes:
-            self.offset = 0
-            chunk = self.pcm[: self.frame_bytes]
-        self.offset += self.frame_bytes
-        self.transport.write(asp.encode_audio(chunk))
-        if self.plan.tagged:
-            self.send_times[self.seq] = now
-        self.seq += 1
-        self.report.frames_sent += 1
-        self.last_activity = now
+            self.next_send = now + period
+            return self.next_send
+        while self.next_send <= horizon:
+            chunk = self.pcm[self.offset : self.offset + self.frame_bytes]
+            if len(chunk) < self.frame_bytes:
+                self.offset = 0
+                chunk = self.pcm[: self.frame_bytes]
+            self.offset += self.frame_bytes
+            self.transport.write(asp.encode_audio(chunk))
+            if self.plan.tagged:
+                self.send_times[self.seq] = now
+            self.seq += 1
+            self.report.frames_sent += 1
+            self.last_activity = now
+            self.next_send += period
+            if now - self.next_send > 2 * period:  # stalled: do not burst, skip ahead
+                self.next_send = now + period
+        return self.next_send
 
     def analyse(self, out_dir: Path | None, transit_offset_s: float) -> None:
+        self._decode()
         r = self.report
         r.frames_received = len(self.frames)
         r.bytes_received = sum(len(f) for f in self.frames)
@@ -230,6 +270,7 @@ class _SimCall(asyncio.Protocol):
         gaps = np.diff(np.asarray(self.arrivals)) * 1000.0
         if len(gaps):
             jitter = np.abs(gaps - 20.0)
+            r.jitter_ms = jitter.tolist()
             r.jitter_p50_ms = float(np.percentile(jitter, 50))
             r.jitter_p99_ms = float(np.percentile(jitter, 99))
             r.max_gap_ms = float(gaps.max())
@@ -277,8 +318,8 @@ async def run_simulation(
     loop = asyncio.get_running_loop()
     reports = [CallReport(call_id=p.call_id) for p in plans]
     sims: list[_SimCall | None] = [None] * len(plans)
-    period = 0.020
-    slots: list[list[_SimCall]] = [[] for _ in range(PHASES)]
+    heap: list[tuple[float, int, _SimCall]] = []
+    wake = asyncio.Event()
 
     async def connect(i: int, plan: CallPlan) -> None:
         if ramp_s and len(plans) > 1:
@@ -293,23 +334,32 @@ async def run_simulation(
             reports[i].error = f"connect failed: {exc!r}"
             return
         sims[i] = proto
-        slots[i % PHASES].append(proto)
+        heapq.heappush(heap, (time.monotonic(), i, proto))
+        wake.set()
 
     connecting = [loop.create_task(connect(i, p)) for i, p in enumerate(plans)]
 
     async def ticker() -> None:
-        start = loop.time()
-        n = 0
+        # Each call keeps its own 20 ms (or 30 ms) schedule from its own start, so the
+        # phases are spread like independent Asterisk channels. Calls due within the
+        # same millisecond are sent in one wake-up.
         while True:
-            slot = n % PHASES
-            deadline = start + n * period / PHASES
-            delay = deadline - loop.time()
+            if not heap:
+                wake.clear()
+                await wake.wait()
+                continue
+            delay = heap[0][0] - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+                continue
             now = time.monotonic()
-            for sim in slots[slot]:
-                sim.tick(now)
-            n += 1
+            while heap and heap[0][0] <= now + BATCH_S:
+                _, i, sim = heapq.heappop(heap)
+                nxt = sim.tick(now, now + BATCH_S)
+                if nxt != float("inf"):
+                    heapq.heappush(heap, (nxt, i, sim))
 
     tick_task = loop.create_task(ticker())
     try:
@@ -348,7 +398,8 @@ def format_report(report: SimulationReport) -> str:
     ]
     if s["transit_p50_ms"] is not None:
         lines.append(
-            f"frame transit p50: {_fmt(s['transit_p50_ms'])} ms  p99: {_fmt(s['transit_p99_ms'])} ms"
+            f"frame transit p50: {_fmt(s['transit_p50_ms'])} ms  "
+            f"p99: {_fmt(s['transit_p99_ms'])} ms"
         )
     lines.append("")
     lines.append(f"{'#':>3} {'call id':36} {'ended by':15} {'rx':>5} {'1st audio':>9} "
@@ -370,4 +421,4 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 
 
 __all__ = ["FRAME_SAMPLES", "RATE", "CallPlan", "CallReport", "SimulationReport",
-           "format_report", "run_simulation"]
+           "format_report", "run_simulation", "speech_like"]

@@ -1,0 +1,43 @@
+# audiosocket-gw: every target sets up (or reuses) its own virtualenv in .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+ARGS   ?=
+
+.PHONY: all venv demo run test lint bench deploy undeploy clean
+
+all: test
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## demo: start the real gateway on free ports, place simulated calls, print a report
+demo: $(STAMP)
+	$(BIN)/audiosocket-gw demo
+
+## run: run the gateway in the foreground (ARGS="--backend openai ...")
+run: $(STAMP)
+	$(BIN)/audiosocket-gw serve $(ARGS)
+
+## test: the whole test suite (real sockets, no network beyond loopback)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+
+## lint: ruff + mypy (strict) on the package
+lint: $(STAMP)
+	$(BIN)/ruff check audiosocket_gw tests
+	$(BIN)/mypy audiosocket_gw
+
+## bench: concurrent simulated calls against a separate gateway process
+bench: $(STAMP)
+	$(BIN)/audiosocket-gw bench --out bench/results.json $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

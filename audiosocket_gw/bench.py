@@ -1,0 +1,158 @@
+"""``make bench``: how many calls one core carries in real time, and how well.
+
+For each concurrency level a fresh gateway runs as a separate process (echo backend,
+20 ms delay) and the PBX simulator in this process places that many tagged calls. We
+read the gateway's CPU time and RSS from /proc and its own counters from /metrics, and
+the simulator measures what a caller would: frame transit (caller frame in -> the same
+frame echoed out, minus the configured 20 ms echo delay), inter-arrival jitter, gaps.
+
+Figures:
+- ``cpu_s_per_call_s``: gateway CPU seconds per second of call (user + system);
+  ``calls_per_core`` = 1 / that: calls one fully used core would carry.
+- ``underruns``: gateway playout underruns + pacer missed ticks + simulator gaps > 40 ms
+  (all three must be zero for a level to count as real time).
+- ``rss_per_call_kib``: (RSS under load - RSS idle) / calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from .demo import fetch_metrics, histogram_quantile
+from .proc import GatewayProcess
+from .simulator.pbx import run_simulation
+
+ECHO_DELAY_MS = 20
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+async def bench_level(calls: int, seconds: float) -> dict[str, Any]:
+    args = ["--allow-unregistered", "--backend", "echo", "--echo-delay-ms", str(ECHO_DELAY_MS),
+            "--audiosocket", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-level", "warning",
+            "--max-connections", str(max(1000, calls * 2))]
+    env = dict(os.environ)
+    env.pop("AIGW_AUDIOSOCKET", None)
+    env.pop("AIGW_HTTP", None)
+    async with GatewayProcess(*args, env=env) as gw:
+        await asyncio.sleep(0.5)
+        rss_idle = _rss_kib(gw.pid)
+        ramp = min(2.0, calls / 100)
+        sim = asyncio.create_task(
+            run_simulation(*gw.audiosocket, calls=calls, seconds=seconds, tagged=True,
+                           ramp_s=ramp, transit_offset_ms=ECHO_DELAY_MS)
+        )
+        # Measure CPU over the window when every call is up.
+        await asyncio.sleep(ramp + 1.0)
+        cpu0, t0 = _cpu_seconds(gw.pid), time.monotonic()
+        window = max(1.0, seconds - 2.0)
+        await asyncio.sleep(window / 2)
+        rss_load = _rss_kib(gw.pid)
+        await asyncio.sleep(window / 2)
+        cpu1, t1 = _cpu_seconds(gw.pid), time.monotonic()
+        report = await sim
+        m = await asyncio.to_thread(fetch_metrics, *gw.http)
+    s = report.summary()
+    cpu_per_call_s = (cpu1 - cpu0) / ((t1 - t0) * calls)
+    underruns = int(m.get("aigw_playout_underruns_total", 0))
+    missed = int(m.get("aigw_pacer_missed_ticks_total", 0))
+    lat99 = histogram_quantile(m, "aigw_pacer_lateness_seconds", 0.99)
+    return {
+        "calls": calls,
+        "seconds": seconds,
+        "ok_calls": s["ok"],
+        "cpu_s_per_call_s": round(cpu_per_call_s, 6),
+        "calls_per_core": round(1.0 / cpu_per_call_s) if cpu_per_call_s > 0 else None,
+        "gateway_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+        "underruns": underruns,
+        "missed_ticks": missed,
+        "gaps_over_40ms": s["gaps_over_40ms"],
+        "real_time": underruns == 0 and missed == 0 and s["gaps_over_40ms"] == 0
+        and s["ok"] == calls,
+        "transit_p50_ms": _r(s["transit_p50_ms"]),
+        "transit_p99_ms": _r(s["transit_p99_ms"]),
+        "jitter_p50_ms": _r(s["pooled_jitter_p50_ms"]),
+        "jitter_p99_ms": _r(s["pooled_jitter_p99_ms"]),
+        "max_gap_ms": _r(s["max_gap_ms"]),
+        "pacer_lateness_p99_le_ms": None if lat99 is None else lat99 * 1000,
+        "rss_idle_mib": round(rss_idle / 1024, 1),
+        "rss_per_call_kib": round((rss_load - rss_idle) / calls, 1),
+    }
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+COLUMNS = [
+    ("calls", "calls"), ("ok_calls", "ok"), ("real_time", "real time"),
+    ("cpu_s_per_call_s", "CPU s/call-s"), ("calls_per_core", "calls/core"),
+    ("underruns", "underruns"), ("gaps_over_40ms", "gaps>40ms"),
+    ("transit_p50_ms", "transit p50 ms"), ("transit_p99_ms", "transit p99 ms"),
+    ("jitter_p50_ms", "jitter p50 ms"), ("jitter_p99_ms", "jitter p99 ms"),
+    ("rss_per_call_kib", "RSS/call KiB"),
+]
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
+    sep = "|" + "|".join("---:" for _ in COLUMNS) + "|"
+    rows = ["| " + " | ".join(str(r.get(k)) for k, _ in COLUMNS) + " |" for r in results]
+    return "\n".join([head, sep, *rows])
+
+
+async def run_bench(levels: list[int], seconds: float, out: str) -> int:
+    results = []
+    for n in levels:
+        print(f"bench: {n} concurrent echo calls for {seconds:.0f} s ...", flush=True)
+        r = await bench_level(n, seconds)
+        results.append(r)
+        print("  " + ", ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+    mach = machine()
+    doc = {"machine": mach, "date": time.strftime("%Y-%m-%d"), "levels": results}
+    path = Path(out)
+    await asyncio.to_thread(_write, path, json.dumps(doc, indent=2) + "\n")
+    print()
+    print(f"machine: {mach['cpu']}, {mach['cores']} cores, Python {mach['python']}")
+    print(markdown_table(results))
+    print(f"\nwritten to {path}")
+    return 0 if all(r["ok_calls"] == r["calls"] for r in results) else 1

@@ -1,0 +1,233 @@
+"""The call store interface: calls, their event log, and the per-tenant call limiter.
+
+One async interface (``CallStore``) with a SQLite implementation
+(``audiosocket_gw.store.sqlite``); a PostgreSQL one can follow without changing
+callers, so the interface promises nothing SQLite-specific:
+
+- Timestamps are floats (epoch seconds) passed in by the caller: the store never
+  reads a clock, which keeps tests deterministic and nodes consistent.
+- Status changes go only through ``apply_input``, which runs the state machine of
+  ``audiosocket_gw.callstate`` in one transaction together with the event-log append,
+  the timestamps and the slot release. ``update_call`` changes the other fields.
+- The event log is append-only; nothing is ever deleted.
+- ``try_acquire_slot`` is atomic across every process sharing the store: it never
+  lets a tenant exceed its limit.
+
+Errors: every failure the interface defines is a ``StoreError``; ``DuplicateCall``
+when ``create_call`` reuses an id, ``UnknownCall`` when ``append_event`` names a
+call that does not exist. Misuse (an unknown field in ``update_call``, a value of the
+wrong type) raises ``TypeError``/``ValueError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self, runtime_checkable
+
+from ..callstate import CallInput, CallStatus
+
+__all__ = [
+    "UPDATABLE_FIELDS",
+    "CallEvent",
+    "CallRecord",
+    "CallStore",
+    "Direction",
+    "DuplicateCall",
+    "StoreError",
+    "UnknownCall",
+]
+
+Direction = Literal["inbound", "outbound"]
+
+
+class StoreError(Exception):
+    """Root of the errors a call store raises on purpose."""
+
+
+class DuplicateCall(StoreError):
+    """``create_call`` with an id that already exists."""
+
+
+class UnknownCall(StoreError, LookupError):
+    """An operation that needs an existing call named one that does not exist."""
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One call as stored.
+
+    ``from_``/``to`` are the caller and called numbers (E.164 when known).
+    ``duration_s`` is the whole attempt (``ended_at - created_at``); ``billable_s``
+    the answered time rounded up to whole seconds (0 when never answered), which is
+    what Twilio reports as ``CallDuration``. Both are set when the call ends.
+    ``answered_by`` uses Twilio's ``AnsweredBy`` values (human, machine_start, ...).
+    MOS fields (1.0-4.5, from RTCP via the E-model): ``in`` is the caller's audio as
+    Asterisk received it (RTCPSent Report0), ``out`` ours as the far end received
+    it (RTCPReceived Report0); min and mean over the call.
+    """
+
+    id: str
+    tenant: str
+    agent: str
+    direction: Direction
+    from_: str
+    to: str
+    created_at: float
+    status: CallStatus = CallStatus.QUEUED
+    answered_by: str | None = None
+    answered_at: float | None = None
+    ended_at: float | None = None
+    hangup_cause: int | None = None
+    hangup_reason: str | None = None
+    duration_s: float | None = None
+    billable_s: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False)
+    transcript_ref: str | None = None
+    recording_ref: str | None = None
+    mos_in_min: float | None = None
+    mos_in_mean: float | None = None
+    mos_out_min: float | None = None
+    mos_out_mean: float | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the call has ended (any final status)."""
+        return self.status.is_terminal
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """One entry of a call's append-only event log; ``seq`` orders a call's events."""
+
+    seq: int
+    call_id: str
+    kind: str
+    at: float
+    data: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+UPDATABLE_FIELDS: dict[str, tuple[type, ...]] = {
+    "agent": (str,),
+    "answered_by": (str, type(None)),
+    "hangup_cause": (int, type(None)),
+    "hangup_reason": (str, type(None)),
+    "metadata": (dict,),
+    "transcript_ref": (str, type(None)),
+    "recording_ref": (str, type(None)),
+    "mos_in_min": (float, int, type(None)),
+    "mos_in_mean": (float, int, type(None)),
+    "mos_out_min": (float, int, type(None)),
+    "mos_out_mean": (float, int, type(None)),
+}
+"""Fields ``update_call`` accepts, with their allowed types. Status, timestamps and
+durations change only through ``apply_input``; id, tenant, direction and numbers
+never change."""
+
+
+def check_update_fields(fields: dict[str, object]) -> None:
+    """Raise ``TypeError`` unless every item is an updatable field of the right type."""
+    for name, value in fields.items():
+        types = UPDATABLE_FIELDS.get(name)
+        if types is None:
+            raise TypeError(f"update_call: {name!r} is not an updatable field")
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise TypeError(
+                f"update_call: {name} must be {' or '.join(t.__name__ for t in types)}, "
+                f"got {type(value).__name__}"
+            )
+
+
+@runtime_checkable
+class CallStore(Protocol):
+    """Calls, events and the concurrent-call limiter. All methods are coroutines.
+
+    Use as ``async with store:`` or call ``open()``/``close()``.
+    """
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date. Idempotent."""
+
+    async def close(self) -> None:
+        """Release the connection and the worker. Idempotent."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    # Calls
+
+    async def create_call(self, call: CallRecord) -> None:
+        """Insert a new call; ``DuplicateCall`` if the id exists."""
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        """The call, or None."""
+
+    async def list_calls(
+        self,
+        status: CallStatus | None = None,
+        tenant: str | None = None,
+        limit: int = 100,
+    ) -> list[CallRecord]:
+        """Calls newest first (``created_at`` descending), optionally filtered."""
+
+    async def update_call(self, call_id: str, **fields: object) -> CallRecord | None:
+        """Change ``UPDATABLE_FIELDS``; returns the updated call or None if unknown."""
+
+    async def apply_input(
+        self,
+        call_id: str,
+        inp: CallInput,
+        at: float,
+        detail: dict[str, Any] | None = None,
+    ) -> CallRecord | None:
+        """Run the state machine for one input, atomically.
+
+        Appends an ``input`` event (always, even when absorbed, so the log shows
+        duplicates); on a change sets the status, ``answered_at`` on in-progress and,
+        on a final status, ``ended_at``, ``duration_s``, ``billable_s``, the hangup
+        cause/reason (``detail["cause"]``, ``detail["reason"]``) and releases the
+        call's limiter slot. A terminal call keeps its status and timestamps; only a
+        still-missing hangup cause is filled in. ``detail["cause"]`` also refines a
+        Hangup before answer (busy / no-answer / canceled / failed).
+        Returns the call after the input, or None if the call does not exist.
+        """
+
+    async def append_event(
+        self, call_id: str, kind: str, at: float, data: dict[str, Any] | None = None
+    ) -> int:
+        """Append to the call's event log; returns the event's ``seq``.
+
+        ``data`` must be JSON-serialisable. ``UnknownCall`` if the call does not exist.
+        """
+
+    async def events(self, call_id: str) -> list[CallEvent]:
+        """The call's events in the order they were appended."""
+
+    async def active_calls(self) -> list[CallRecord]:
+        """Calls not in a final status, oldest first."""
+
+    # Concurrent-call limiter
+
+    async def try_acquire_slot(self, tenant: str, call_id: str, limit: int) -> bool:
+        """Take one of ``tenant``'s ``limit`` slots for ``call_id``, atomically.
+
+        True if acquired (or already held by ``call_id``), False if the tenant
+        already holds ``limit`` slots.
+        """
+
+    async def release_slot(self, call_id: str) -> bool:
+        """Give back ``call_id``'s slot; True if one was held. Idempotent."""
+
+    async def active_slots(self, tenant: str) -> int:
+        """How many slots ``tenant`` holds."""
+
+    async def reconcile_slots(self, *, release_orphans: bool = True) -> int:
+        """Release slots of calls in a final status (and, with ``release_orphans``,
+        slots whose call was never created). For startup and AMI resync, when no
+        acquire-then-create is in flight. Returns how many were released."""

@@ -1,0 +1,517 @@
+"""``CallStore`` on a SQLite file: embedded, zero set-up, crash-safe.
+
+- One dedicated worker thread per store (a ``ThreadPoolExecutor(max_workers=1)``)
+  owns the ``sqlite3`` connection; every method is ``await loop.run_in_executor``,
+  so the event loop never blocks on disk and the connection is only ever used from
+  the thread that opened it.
+- WAL journal, ``synchronous=NORMAL`` (a committed transaction survives a process
+  crash such as SIGKILL; on power loss the last few commits may roll back, never
+  corrupting the file), ``busy_timeout``, foreign keys on.
+- Explicit transactions (``isolation_level=None``, ``BEGIN IMMEDIATE`` for every
+  write): several gateway processes may share the file; the limiter's
+  count-then-insert happens under the write lock, so it cannot over-admit.
+- The schema is versioned (``schema_version`` table, ``MIGRATIONS`` list); ``open()``
+  applies the missing migrations in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
+
+from ..callstate import ACTIVE, CallInput, CallStatus, hangup_cause_text, next_status
+from .base import (
+    CallEvent,
+    CallRecord,
+    DuplicateCall,
+    StoreError,
+    UnknownCall,
+    check_update_fields,
+)
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteCallStore"]
+
+T = TypeVar("T")
+
+MIGRATIONS: Sequence[Sequence[str]] = (
+    # 1: calls, their event log, limiter slots.
+    (
+        """CREATE TABLE calls (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+            from_number TEXT NOT NULL,
+            to_number TEXT NOT NULL,
+            status TEXT NOT NULL,
+            answered_by TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            answered_at DOUBLE PRECISION,
+            ended_at DOUBLE PRECISION,
+            hangup_cause INTEGER,
+            hangup_reason TEXT,
+            duration_s DOUBLE PRECISION,
+            billable_s DOUBLE PRECISION,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            transcript_ref TEXT,
+            recording_ref TEXT,
+            mos_in_min DOUBLE PRECISION,
+            mos_in_mean DOUBLE PRECISION,
+            mos_out_min DOUBLE PRECISION,
+            mos_out_mean DOUBLE PRECISION
+        )""",
+        "CREATE INDEX calls_status ON calls (status)",
+        "CREATE INDEX calls_tenant_created ON calls (tenant, created_at)",
+        "CREATE INDEX calls_created ON calls (created_at)",
+        """CREATE TABLE call_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            call_id TEXT NOT NULL REFERENCES calls (id),
+            kind TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX call_events_call ON call_events (call_id, seq)",
+        """CREATE TABLE call_slots (
+            call_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            released INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX call_slots_tenant ON call_slots (tenant, released)",
+    ),
+)
+"""Migration ``i`` brings the schema from version ``i`` to ``i + 1``. Append only."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# CallRecord field -> column, in CallRecord order.
+_COLUMNS: dict[str, str] = {
+    f.name: {"from_": "from_number", "to": "to_number"}.get(f.name, f.name)
+    for f in fields(CallRecord)
+}
+_SELECT = "SELECT " + ", ".join(_COLUMNS.values()) + " FROM calls"
+_ACTIVE_VALUES = tuple(sorted(s.value for s in ACTIVE))
+_ACTIVE_SQL = "(" + ", ".join("?" * len(_ACTIVE_VALUES)) + ")"
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+def _row_to_call(row: Sequence[Any]) -> CallRecord:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    values["status"] = CallStatus(values["status"])
+    values["metadata"] = json.loads(values["metadata"])
+    return CallRecord(**values)
+
+
+class SqliteCallStore:
+    """A ``CallStore`` in one SQLite file (created if missing, parents included)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open the file in the worker thread, set pragmas, run migrations."""
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aigw-sqlite")
+        try:
+            await self._run(self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread (pending calls finish first)."""
+        executor = self._executor
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+        finally:
+            self._executor = None
+            executor.shutdown(wait=True)
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            version = 0 if row is None else int(row[0])
+            if row is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema version {version} is newer than this gateway "
+                    f"({SCHEMA_VERSION}): upgrade the gateway"
+                )
+            for migration in MIGRATIONS[version:]:
+                for statement in migration:
+                    conn.execute(statement)
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _c(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("store is not open")
+        return self._conn
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction (worker thread only)."""
+        conn = self._c()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    async def schema_version(self) -> int:
+        """The schema version of the open database."""
+
+        def q() -> int:
+            return int(self._c().execute("SELECT version FROM schema_version").fetchone()[0])
+
+        return await self._run(q)
+
+    async def pragma(self, name: str) -> Any:
+        """Read one PRAGMA (e.g. ``journal_mode``); for diagnostics and tests."""
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"bad pragma name {name!r}")
+
+        def q() -> Any:
+            row = self._c().execute(f"PRAGMA {name}").fetchone()
+            return None if row is None else row[0]
+
+        return await self._run(q)
+
+    # ---------------------------------------------------------------------- calls
+
+    async def create_call(self, call: CallRecord) -> None:
+        """Insert ``call``; ``DuplicateCall`` if its id exists."""
+        if call.direction not in ("inbound", "outbound"):
+            raise ValueError(f"direction must be inbound or outbound, got {call.direction!r}")
+        values = [getattr(call, name) for name in _COLUMNS]
+        values[list(_COLUMNS).index("status")] = CallStatus(call.status).value
+        values[list(_COLUMNS).index("metadata")] = _dumps(call.metadata)
+        sql = (
+            f"INSERT INTO calls ({', '.join(_COLUMNS.values())}) "
+            f"VALUES ({', '.join('?' * len(_COLUMNS))})"
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(sql, values)
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateCall(f"call {call.id!r} already exists") from exc
+
+        await self._run(self._write, insert)
+
+    def _get_sync(self, call_id: str) -> CallRecord | None:
+        row = self._c().execute(_SELECT + " WHERE id = ?", (call_id,)).fetchone()
+        return None if row is None else _row_to_call(row)
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        """The call, or None."""
+        return await self._run(self._get_sync, call_id)
+
+    async def list_calls(
+        self,
+        status: CallStatus | None = None,
+        tenant: str | None = None,
+        limit: int = 100,
+    ) -> list[CallRecord]:
+        """Calls newest first, optionally filtered by status and tenant."""
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(CallStatus(status).value)
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, id LIMIT ?"
+        args.append(max(0, int(limit)))
+
+        def q() -> list[CallRecord]:
+            return [_row_to_call(r) for r in self._c().execute(sql, args).fetchall()]
+
+        return await self._run(q)
+
+    async def active_calls(self) -> list[CallRecord]:
+        """Calls in queued / ringing / in-progress, oldest first."""
+        sql = _SELECT + f" WHERE status IN {_ACTIVE_SQL} ORDER BY created_at, id"
+
+        def q() -> list[CallRecord]:
+            return [_row_to_call(r) for r in self._c().execute(sql, _ACTIVE_VALUES).fetchall()]
+
+        return await self._run(q)
+
+    async def update_call(self, call_id: str, **fields: object) -> CallRecord | None:
+        """Set ``UPDATABLE_FIELDS``; returns the updated call, None if unknown."""
+        check_update_fields(fields)
+        if not fields:
+            return await self.get_call(call_id)
+        cols = [_COLUMNS[name] for name in fields]
+        values = [
+            _dumps(cast(dict[str, Any], v)) if name == "metadata" else v
+            for name, v in fields.items()
+        ]
+        sql = f"UPDATE calls SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?"
+
+        def update(conn: sqlite3.Connection) -> CallRecord | None:
+            if conn.execute(sql, [*values, call_id]).rowcount == 0:
+                return None
+            return self._get_sync(call_id)
+
+        return await self._run(self._write, update)
+
+    async def apply_input(
+        self,
+        call_id: str,
+        inp: CallInput,
+        at: float,
+        detail: dict[str, Any] | None = None,
+    ) -> CallRecord | None:
+        """Run the state machine for ``inp`` at time ``at`` (see ``CallStore``)."""
+        detail = dict(detail or {})
+        raw_cause = detail.get("cause")
+        cause = (
+            raw_cause if isinstance(raw_cause, int) and not isinstance(raw_cause, bool) else None
+        )
+        reason = detail.get("reason")
+
+        def apply(conn: sqlite3.Connection) -> CallRecord | None:
+            call = self._get_sync(call_id)
+            if call is None:
+                return None
+            new = next_status(call.status, inp, cause=cause)
+            changed = new is not call.status
+            self._append_sync(
+                conn,
+                call_id,
+                "input",
+                at,
+                {
+                    "input": inp.value,
+                    "from": call.status.value,
+                    "to": new.value,
+                    "changed": changed,
+                    "detail": detail,
+                },
+            )
+            updated = call
+            if changed:
+                updated = replace(updated, status=new)
+                if new is CallStatus.IN_PROGRESS and updated.answered_at is None:
+                    updated = replace(updated, answered_at=at)
+                if new.is_terminal:
+                    answered = updated.answered_at
+                    updated = replace(
+                        updated,
+                        ended_at=at,
+                        duration_s=max(0.0, at - updated.created_at),
+                        billable_s=(
+                            0.0 if answered is None else float(math.ceil(max(0.0, at - answered)))
+                        ),
+                    )
+            if updated.is_terminal:
+                # Enrichment, also for an absorbed input: EOF may end the call before
+                # the AMI Hangup brings its cause.
+                if updated.hangup_cause is None and cause is not None:
+                    updated = replace(updated, hangup_cause=cause)
+                if updated.hangup_reason is None:
+                    if isinstance(reason, str) and reason:
+                        updated = replace(updated, hangup_reason=reason)
+                    elif updated.hangup_cause is not None:
+                        text = hangup_cause_text(updated.hangup_cause)
+                        updated = replace(updated, hangup_reason=text)
+            if updated != call:
+                conn.execute(
+                    "UPDATE calls SET status = ?, answered_at = ?, ended_at = ?, duration_s = ?,"
+                    " billable_s = ?, hangup_cause = ?, hangup_reason = ? WHERE id = ?",
+                    (
+                        updated.status.value,
+                        updated.answered_at,
+                        updated.ended_at,
+                        updated.duration_s,
+                        updated.billable_s,
+                        updated.hangup_cause,
+                        updated.hangup_reason,
+                        call_id,
+                    ),
+                )
+            if changed and new.is_terminal:
+                conn.execute("UPDATE call_slots SET released = 1 WHERE call_id = ?", (call_id,))
+            return updated
+
+        return await self._run(self._write, apply)
+
+    # --------------------------------------------------------------------- events
+
+    @staticmethod
+    def _append_sync(
+        conn: sqlite3.Connection, call_id: str, kind: str, at: float, data: dict[str, Any]
+    ) -> int:
+        try:
+            cur = conn.execute(
+                "INSERT INTO call_events (call_id, kind, at, data) VALUES (?, ?, ?, ?)",
+                (call_id, kind, float(at), _dumps(data)),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise UnknownCall(f"no call {call_id!r}") from exc
+        return int(cast(int, cur.lastrowid))
+
+    async def append_event(
+        self, call_id: str, kind: str, at: float, data: dict[str, Any] | None = None
+    ) -> int:
+        """Append an event; ``UnknownCall`` if the call does not exist."""
+        payload = _dumps(data or {})  # fail on bad data before touching the database
+        payload_obj: dict[str, Any] = json.loads(payload)
+        return await self._run(
+            self._write, lambda conn: self._append_sync(conn, call_id, kind, at, payload_obj)
+        )
+
+    async def events(self, call_id: str) -> list[CallEvent]:
+        """The call's events in append order."""
+
+        def q() -> list[CallEvent]:
+            rows = (
+                self._c()
+                .execute(
+                    "SELECT seq, call_id, kind, at, data FROM call_events"
+                    " WHERE call_id = ? ORDER BY seq",
+                    (call_id,),
+                )
+                .fetchall()
+            )
+            return [CallEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+        return await self._run(q)
+
+    # -------------------------------------------------------------------- limiter
+
+    async def try_acquire_slot(self, tenant: str, call_id: str, limit: int) -> bool:
+        """Atomically take a slot if ``tenant`` holds fewer than ``limit``."""
+
+        def acquire(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT tenant, released FROM call_slots WHERE call_id = ?", (call_id,)
+            ).fetchone()
+            if row is not None and not row[1]:
+                return True  # already held by this call
+            (held,) = conn.execute(
+                "SELECT COUNT(*) FROM call_slots WHERE tenant = ? AND released = 0", (tenant,)
+            ).fetchone()
+            if held >= limit:
+                return False
+            conn.execute(
+                "INSERT INTO call_slots (call_id, tenant, released) VALUES (?, ?, 0)"
+                " ON CONFLICT (call_id) DO UPDATE SET tenant = excluded.tenant, released = 0",
+                (call_id, tenant),
+            )
+            return True
+
+        return await self._run(self._write, acquire)
+
+    async def release_slot(self, call_id: str) -> bool:
+        """Release ``call_id``'s slot; True if it was held."""
+
+        def release(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE call_slots SET released = 1 WHERE call_id = ? AND released = 0",
+                (call_id,),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(self._write, release)
+
+    async def active_slots(self, tenant: str) -> int:
+        """Slots ``tenant`` holds."""
+
+        def q() -> int:
+            row = (
+                self._c()
+                .execute(
+                    "SELECT COUNT(*) FROM call_slots WHERE tenant = ? AND released = 0",
+                    (tenant,),
+                )
+                .fetchone()
+            )
+            return int(row[0])
+
+        return await self._run(q)
+
+    async def reconcile_slots(self, *, release_orphans: bool = True) -> int:
+        """Release slots of ended calls (and of never-created calls); returns the count."""
+        orphan = " OR c.id IS NULL" if release_orphans else ""
+        sql = (
+            "UPDATE call_slots SET released = 1 WHERE released = 0 AND call_id IN ("
+            " SELECT s.call_id FROM call_slots s LEFT JOIN calls c ON c.id = s.call_id"
+            f" WHERE s.released = 0 AND (c.status NOT IN {_ACTIVE_SQL}{orphan}))"
+        )
+
+        def reconcile(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(sql, _ACTIVE_VALUES).rowcount)
+
+        return await self._run(self._write, reconcile)

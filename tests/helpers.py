@@ -1,0 +1,93 @@
+"""Shared test helpers: a scalable time unit and raw AudioSocket peers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from audiosocket_gw import audiosocket as asp
+from audiosocket_gw.app import Gateway
+from audiosocket_gw.config import Config
+
+# One millisecond of test time; raise AIGW_TEST_TIME_FACTOR on a slow machine.
+MS = 0.001 * float(os.environ.get("AIGW_TEST_TIME_FACTOR", "1"))
+
+
+def make_config(**overrides: Any) -> Config:
+    base: dict[str, Any] = dict(
+        audiosocket="127.0.0.1:0",
+        http="127.0.0.1:0",
+        allow_unregistered=True,
+        echo_delay_ms=0,
+        shutdown_grace=0.0,
+        data_dir=os.environ.get("AIGW_TEST_DATA", "/tmp/aigw-test-data"),
+    )
+    base.update(overrides)
+    return Config.from_env(env={}, **base)
+
+
+@asynccontextmanager
+async def running_gateway(**overrides: Any) -> AsyncIterator[Gateway]:
+    gw = Gateway(make_config(**overrides))
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.shutdown(grace=0)
+
+
+class RawPeer:
+    """A hand-driven AudioSocket client that records everything the gateway sends."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = asp.Decoder(require_uuid_first=False)
+
+    @classmethod
+    async def connect(cls, addr: tuple[str, int]) -> RawPeer:
+        r, w = await asyncio.open_connection(*addr)
+        return cls(r, w)
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def send_uuid(self, call_id: str | None = None) -> str:
+        cid = call_id or str(uuid.uuid4())
+        self.send(asp.encode_uuid(cid))
+        return cid
+
+    async def read_until_closed(self, within: float = 2.0) -> list[asp.Event]:
+        """Every event until the gateway closes the connection."""
+        events: list[asp.Event] = []
+        async with asyncio.timeout(within):
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                self.decoder.feed(data)
+                events.extend(self.decoder.events())
+        await self.close()
+        return events
+
+    async def read_frames(self, n: int, within: float = 2.0) -> list[asp.Event]:
+        events: list[asp.Event] = []
+        async with asyncio.timeout(within):
+            while len(events) < n:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                self.decoder.feed(data)
+                events.extend(self.decoder.events())
+        return events
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass

@@ -1,0 +1,1 @@
+"""Tests of audiosocket_gw.store."""

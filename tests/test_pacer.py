@@ -1,0 +1,76 @@
+"""The pacer's schedule on an injected clock, and the asyncio shell with real time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from audiosocket_gw.pacer import Pacer, Schedule
+
+from .helpers import MS
+
+
+def test_ticks_on_absolute_deadlines_without_drift() -> None:
+    s = Schedule(start=100.0, period=0.02)
+    ran = 0
+    # Wake up 1.5 ms late every time: lateness never accumulates into drift.
+    for n in range(1000):
+        now = 100.0 + n * 0.02 + 0.0015
+        count, lateness = s.due(now)
+        assert count == 1
+        assert lateness == pytest.approx(0.0015, abs=1e-9)
+        ran += count
+    assert ran == 1000
+    assert s.next_deadline == pytest.approx(100.0 + 1000 * 0.02)
+    assert s.missed == 0
+
+
+def test_not_due_before_deadline() -> None:
+    s = Schedule(start=0.0, period=0.02)
+    assert s.due(0.0) == (1, 0.0)
+    assert s.due(0.019)[0] == 0
+
+
+def test_short_stall_catches_up_long_stall_skips() -> None:
+    s = Schedule(start=0.0, period=0.02, max_catchup=2)
+    s.due(0.0)
+    count, lateness = s.due(0.045)  # deadlines 0.02 and 0.04 both passed
+    assert count == 2 and lateness == pytest.approx(0.025)
+    assert s.missed == 0
+    count, _ = s.due(0.2)  # 0.06 .. 0.2: 8 deadlines passed, run 2, skip 6
+    assert count == 2 and s.missed == 6
+    assert s.next_deadline == pytest.approx(0.22)
+
+
+class Recorder:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.times: list[float] = []
+
+    def on_tick(self) -> None:
+        self.times.append(self.loop.time())
+
+
+class Exploding:
+    def on_tick(self) -> None:
+        raise RuntimeError("boom")
+
+
+async def test_pacer_drives_every_stream_and_survives_a_failing_one() -> None:
+    loop = asyncio.get_running_loop()
+    pacer = Pacer(period=20 * MS)
+    a, b = Recorder(loop), Recorder(loop)
+    pacer.add(a)
+    pacer.add(Exploding())
+    pacer.add(b)
+    pacer.start()
+    await asyncio.sleep(210 * MS)
+    await pacer.stop()
+    assert pacer.errors == 1 and len(pacer) == 2
+    assert len(a.times) == len(b.times)
+    assert 8 <= len(a.times) <= 12
+    assert all(abs(x - y) < 10 * MS for x, y in zip(a.times, b.times, strict=True))
+    pacer.remove(a)
+    pacer.remove(a)  # idempotent
+    assert len(pacer) == 1

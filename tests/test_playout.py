@@ -1,0 +1,86 @@
+"""Playout buffer: frames, positions, marks, clear, per-item played milliseconds."""
+
+from __future__ import annotations
+
+from audiosocket_gw.playout import FRAME_BYTES, PlayoutBuffer
+
+
+def tone(n: int, value: int = 1) -> bytes:
+    return bytes([value]) * n
+
+
+def test_empty_buffer_gives_none() -> None:
+    b = PlayoutBuffer()
+    assert b.pop_frame() is None
+    assert b.underruns == 0
+
+
+def test_frames_are_cut_across_chunks() -> None:
+    b = PlayoutBuffer()
+    b.push(tone(100, 1))
+    b.push(tone(500, 2))
+    f1 = b.pop_frame()
+    assert f1 == tone(100, 1) + tone(220, 2)
+    f2 = b.pop_frame()
+    assert f2 == tone(280, 2) + bytes(40)  # tail padded with silence when not streaming
+    assert b.played_bytes == 600 and b.pending_bytes == 0
+    assert b.pop_frame() is None
+
+
+def test_streaming_tail_is_held_and_counted_as_underrun() -> None:
+    b = PlayoutBuffer()
+    b.streaming = True
+    b.push(tone(400))
+    assert b.pop_frame() == tone(320)
+    assert b.pop_frame() is None  # 80 bytes held back, frame alignment kept
+    assert b.underruns == 1
+    b.push(tone(240, 3))
+    assert b.pop_frame() == tone(80) + tone(240, 3)
+
+
+def test_marks_fire_when_their_audio_is_written() -> None:
+    b = PlayoutBuffer()
+    assert b.mark("now") is True  # nothing queued: echo at once
+    b.push(tone(FRAME_BYTES * 2))
+    assert b.mark("a") is False
+    b.push(tone(FRAME_BYTES))
+    assert b.mark("b") is False
+    b.pop_frame()
+    assert b.reached_marks() is None
+    b.pop_frame()
+    assert b.reached_marks() == ["a"]
+    b.pop_frame()
+    assert b.reached_marks() == ["b"]
+
+
+def test_clear_drops_audio_and_returns_pending_marks() -> None:
+    b = PlayoutBuffer()
+    b.push(tone(FRAME_BYTES * 5), item_id="item1")
+    b.mark("m1")
+    b.push(tone(FRAME_BYTES))
+    b.mark("m2")
+    b.pop_frame()
+    assert b.clear() == ["m1", "m2"]
+    assert b.pop_frame() is None
+    assert b.played_ms("item1") == 20
+    assert b.enqueued_bytes == b.played_bytes  # positions stay consistent
+    assert b.mark("after") is True
+
+
+def test_played_ms_per_item_is_exact() -> None:
+    b = PlayoutBuffer()
+    b.push(tone(16 * 50), item_id="x")  # 50 ms
+    b.push(tone(16 * 30), item_id="y")  # 30 ms
+    b.pop_frame()  # 20 ms of x
+    b.pop_frame()  # 20 ms of x
+    assert b.played_ms("x") == 40 and b.played_ms("y") == 0
+    b.pop_frame()  # 10 ms x + 10 ms y
+    assert b.played_ms("x") == 50 and b.played_ms("y") == 10
+    assert b.played_ms("unknown") == 0
+
+
+def test_buffer_is_bounded() -> None:
+    b = PlayoutBuffer(max_bytes=1000)
+    assert b.push(tone(900))
+    assert not b.push(tone(200))
+    assert b.dropped_bytes == 200 and b.pending_bytes == 900
