@@ -1,56 +1,127 @@
-"""The gateway process: wires config, backend, pacer, servers and HTTP together.
+"""The gateway process: wires config, tenants, backends, store, servers and HTTP.
 
-Explicit lifecycle (uvicorn's pattern): ``start()`` binds everything, ``shutdown()``
-stops accepting, drains calls for the grace period, hangs up the rest and closes.
-``serve()`` runs until SIGTERM/SIGINT.
+Explicit lifecycle (uvicorn's pattern): ``start()`` opens the store, binds everything
+and starts the components; ``shutdown()`` stops accepting, drains calls for the grace
+period, hangs up the rest, stops the components and closes the store. ``serve()`` runs
+until SIGTERM/SIGINT.
+
+Features beyond the AudioSocket core (AMI, routing API, recordings, status
+callbacks...) are *components*: objects with async ``start()``/``stop()`` that hook
+into the gateway (``http_app`` routes, ``audiosocket.on_call_start/on_call_end``,
+``store``) in their constructor. ``_install_components`` lists them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
 import signal
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
-from .backends.base import Backend
+from .backends.base import Backend, CallInfo
 from .config import Config, ConfigError, format_hostport
 from .metrics import Metrics
 from .pacer import Pacer
 from .server import AudioSocketServer, CallRegistry
+from .store.sqlite import SqliteCallStore
+from .tenants import Agent, TenantsConfig, load_tenants
 
 log = logging.getLogger("audiosocket_gw")
 
 
-def make_backend(config: Config) -> Backend:
-    if config.backend == "echo":
+class Component(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def make_backend(name: str, config: Config) -> Backend:
+    """Build the backend called ``name`` (imported lazily: each pulls its own deps)."""
+    if name == "echo":
         from .backends.echo import EchoBackend
 
         return EchoBackend(delay_ms=config.echo_delay_ms)
-    raise ConfigError(f"backend {config.backend!r} is not available in this build")
+    if name == "openai":
+        from .backends.openai import OpenAIBackend
+
+        return OpenAIBackend.from_config(config)
+    if name == "twilio-stream":
+        from .backends.twilio_stream import TwilioStreamBackend
+
+        return TwilioStreamBackend.from_config(config)
+    raise ConfigError(f"unknown backend {name!r}")
+
+
+def effective_tenants(config: Config) -> TenantsConfig:
+    """The TOML file's tenants, or an embedded default built from the CLI settings."""
+    tenants = load_tenants(config.config)
+    if config.config is None:
+        default = tenants.agents[tenants.default_agent]
+        agent = dataclasses.replace(
+            default,
+            backend=config.backend,  # type: ignore[arg-type]
+            echo_delay_ms=config.echo_delay_ms,
+            stream_url=config.stream_url,
+            debug_dump=config.debug_dump,
+        )
+        tenants = dataclasses.replace(tenants, agents={agent.name: agent})
+    return tenants
 
 
 class Gateway:
     def __init__(self, config: Config, *, backend: Backend | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.backend = backend or make_backend(config)
-        self.registry = CallRegistry(allow_unregistered=config.allow_unregistered)
+        self.tenants = effective_tenants(config)
+        self.backends: dict[str, Backend] = {}
+        self._forced_backend = backend
+        self.store = SqliteCallStore(config.data_path / "aigw.sqlite")
+        self.registry = CallRegistry(
+            allow_unregistered=config.allow_unregistered, default=self.default_call_info
+        )
         self.pacer = Pacer(on_tick_stats=self._tick_stats)
         self.audiosocket = AudioSocketServer(
-            config, self.backend, self.metrics, self.registry, self.pacer
+            config, self.backend_for, self.metrics, self.registry, self.pacer
         )
         self.http_app = web.Application()
         self.http_app.router.add_get("/metrics", self._metrics)
         self.http_app.router.add_get("/healthz", self._healthz)
+        self.components: list[Component] = []
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._stopping = asyncio.Event()
+        self._install_components()
+
+    def _install_components(self) -> None:
+        """Each feature adds itself here (one line each)."""
+        # -- components --
+
+    # -- calls and backends --------------------------------------------------------
+
+    def agent_info(self, agent: Agent, call_id: str, **kw: str) -> CallInfo:
+        return CallInfo(call_id=call_id, tenant=agent.tenant, agent=agent.name,
+                        agent_cfg=agent, **kw)  # type: ignore[arg-type]
+
+    def default_call_info(self, call_id: str) -> CallInfo:
+        agent = self.tenants.agents[self.tenants.default_agent]
+        return self.agent_info(agent, call_id)
+
+    def backend_for(self, info: CallInfo) -> Backend:
+        if self._forced_backend is not None:
+            return self._forced_backend
+        name = info.agent_cfg.backend if info.agent_cfg is not None else self.config.backend
+        backend = self.backends.get(name)
+        if backend is None:
+            backend = self.backends[name] = make_backend(name, self.config)
+        return backend
 
     def _tick_stats(self, lateness: float, frames: int) -> None:
         self.metrics.pacer_lateness.observe(lateness)
@@ -69,7 +140,7 @@ class Gateway:
         body = {
             "status": "ok" if ok else "draining",
             "version": __version__,
-            "backend": self.backend.name,
+            "backend": self.config.backend,
             "active_calls": len(self.audiosocket.calls),
         }
         return web.json_response(body, status=200 if ok else 503)
@@ -84,30 +155,45 @@ class Gateway:
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        self.config.data_path.mkdir(parents=True, exist_ok=True)
-        # Long-lived start-up objects never need collecting again; the 20 ms path then
-        # only ever meets young-generation collections (milliseconds matter here).
-        gc.collect()
-        gc.freeze()
+        await asyncio.to_thread(self.config.data_path.mkdir, parents=True, exist_ok=True)
+        await self.store.open()
+        # Build the default agent's backend now so a bad setting fails at start.
+        self.backend_for(self.default_call_info("00000000-0000-0000-0000-000000000000"))
+        for comp in self.components:
+            await comp.start()
         await self.audiosocket.start()
         self._runner = web.AppRunner(self.http_app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.config.http_addr
         self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await self._site.start()
+        # Long-lived start-up objects never need collecting again; the 20 ms path then
+        # only meets young-generation collections.
+        gc.collect()
+        gc.freeze()
         log.info(
             "audiosocket-gw %s: backend %s, AudioSocket %s, HTTP %s",
             __version__,
-            self.backend.name,
+            self.config.backend,
             format_hostport(*self.audiosocket.address),
             format_hostport(*self.http_address),
         )
 
     async def shutdown(self, grace: float | None = None) -> None:
         await self.audiosocket.shutdown(grace)
+        for backend in self.backends.values():
+            await backend.aclose()
+        if self._forced_backend is not None:
+            await self._forced_backend.aclose()
+        for comp in reversed(self.components):
+            try:
+                await comp.stop()
+            except Exception:
+                log.exception("component %r failed to stop", comp)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.store.close()
 
     def request_stop(self) -> None:
         self._stopping.set()

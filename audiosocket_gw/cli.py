@@ -34,6 +34,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--allow-unregistered", action="store_true", default=None,
                    help="accept any call UUID with the default agent "
                         "(env AIGW_ALLOW_UNREGISTERED=1)")
+    p.add_argument("--stream-url", metavar="WSS_URL",
+                   help="twilio-stream backend: the default agent's Media Streams URL "
+                        "(env AIGW_STREAM_URL)")
+    p.add_argument("--debug-dump", action="store_true", default=None,
+                   help="write a stereo WAV + JSON event log per call under DATA_DIR/dumps "
+                        "(env AIGW_DEBUG_DUMP=1); never on by default")
     p.add_argument("--echo-delay-ms", type=int, metavar="MS",
                    help="echo backend delay (env AIGW_ECHO_DELAY_MS, default 200)")
     p.add_argument("--max-connections", type=int, metavar="N",
@@ -97,6 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
             config=args.config,
             allow_unregistered=args.allow_unregistered,
             echo_delay_ms=args.echo_delay_ms,
+            stream_url=args.stream_url,
+            debug_dump=args.debug_dump,
             max_connections=args.max_connections,
             shutdown_grace=args.shutdown_grace,
             log_level=args.log_level,

@@ -81,6 +81,13 @@ class Config:
     write_buffer_limit: int = 64 * 1024
     socket_sndbuf: int = 32 * 1024  # small kernel buffer: a stalled Asterisk shows up fast
     log_level: str = "info"
+    # Backends
+    openai_url: str = "wss://api.openai.com/v1/realtime"
+    openai_model: str = "gpt-realtime"
+    stream_url: str | None = None  # twilio-stream: the default agent's Media Streams URL
+    debug_dump: bool = False  # per-call stereo WAV + JSON event log in <data-dir>/dumps
+    # HTTP API: a bearer token is required whenever --http is not on loopback.
+    api_token: str | None = field(default=None, repr=False)
     # Secrets: environment only, excluded from repr.
     openai_api_key: str | None = field(default=None, repr=False)
 
@@ -101,6 +108,11 @@ class Config:
             "vad_threshold": "AIGW_VAD_THRESHOLD",
             "vad_onset_ms": "AIGW_VAD_ONSET_MS",
             "openai_api_key": "OPENAI_API_KEY",
+            "openai_url": "AIGW_OPENAI_URL",
+            "openai_model": "AIGW_OPENAI_MODEL",
+            "stream_url": "AIGW_STREAM_URL",
+            "debug_dump": "AIGW_DEBUG_DUMP",
+            "api_token": "AIGW_API_TOKEN",
         },
         repr=False,
         compare=False,
@@ -132,6 +144,12 @@ class Config:
             raise ConfigError("max connections must be >= 1")
         if self.uuid_timeout <= 0 or self.shutdown_grace < 0:
             raise ConfigError("timeouts must be positive")
+        host, _ = parse_hostport(self.http, setting="--http/AIGW_HTTP")
+        if not is_loopback(host) and not self.api_token:
+            raise ConfigError(
+                "--http listens beyond loopback: set AIGW_API_TOKEN (a bearer token the API "
+                "will require)"
+            )
 
     @property
     def audiosocket_addr(self) -> tuple[str, int]:

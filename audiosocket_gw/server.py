@@ -36,8 +36,10 @@ class CallRegistry:
     """
 
     def __init__(self, *, allow_unregistered: bool, ttl: float = 120.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 default: Callable[[str], CallInfo] = lambda cid: CallInfo(call_id=cid)) -> None:
         self.allow_unregistered = allow_unregistered
+        self.default = default
         self.ttl = ttl
         self._clock = clock
         self._expected: dict[str, tuple[CallInfo, float]] = {}
@@ -52,8 +54,15 @@ class CallRegistry:
         if entry is not None:
             return entry[0]
         if self.allow_unregistered:
-            return CallInfo(call_id=call_id)
+            return self.default(call_id)
         return None
+
+    def is_registered(self, call_id: str) -> bool:
+        self._purge()
+        return call_id in self._expected
+
+    def discard(self, call_id: str) -> None:
+        self._expected.pop(call_id, None)
 
     def _purge(self) -> None:
         now = self._clock()
@@ -211,13 +220,13 @@ class AudioSocketServer:
     def __init__(
         self,
         config: Config,
-        backend: Backend,
+        backend_for: Callable[[CallInfo], Backend],
         metrics: Metrics,
         registry: CallRegistry,
         pacer: Pacer,
     ) -> None:
         self.config = config
-        self.backend = backend
+        self.backend_for = backend_for
         self.metrics = metrics
         self.registry = registry
         self.pacer = pacer
@@ -246,27 +255,29 @@ class AudioSocketServer:
         log.info("AudioSocket listening on %s:%d", *self.address)
 
     def open_call(self, info: CallInfo, transport: asyncio.Transport) -> Call:
+        backend = self.backend_for(info)
         call = Call(
             info,
             transport,
-            backend_name=self.backend.name,
+            backend_name=backend.name,
             config=self.config,
             metrics=self.metrics,
             on_end=self._call_ended,
         )
         self.calls[info.call_id] = call
-        self.metrics.active_calls.labels(self.backend.name).inc()
+        self.metrics.active_calls.labels(backend.name).inc()
         self.pacer.add(call)
-        call.log.info("connected (tenant %s, agent %s)", info.tenant, info.agent)
-        call.attach(self.backend.create(info, call))
+        call.log.info("connected (tenant %s, agent %s, backend %s)", info.tenant, info.agent,
+                      backend.name)
         for cb in self.on_call_start:
             cb(call)
+        call.attach(backend.create(info, call))
         return call
 
     def _call_ended(self, call: Call) -> None:
         self.pacer.remove(call)
         if self.calls.pop(call.call_id, None) is not None:
-            self.metrics.active_calls.labels(self.backend.name).dec()
+            self.metrics.active_calls.labels(call.backend_name).dec()
         self._ended.add(call)
         if not self.calls:
             self._drained.set()
@@ -298,4 +309,3 @@ class AudioSocketServer:
         await self.pacer.stop()
         if self._server is not None:
             await self._server.wait_closed()
-        await self.backend.aclose()

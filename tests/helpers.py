@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ def make_config(**overrides: Any) -> Config:
         allow_unregistered=True,
         echo_delay_ms=0,
         shutdown_grace=0.0,
-        data_dir=os.environ.get("AIGW_TEST_DATA", "/tmp/aigw-test-data"),
+        data_dir=tempfile.mkdtemp(prefix="aigw-test-"),
     )
     base.update(overrides)
     return Config.from_env(env={}, **base)

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..tenants import Agent
+
 
 class BackendError(Exception):
     """A backend could not serve the call. ``reason`` is a bounded metric label."""
@@ -31,7 +33,12 @@ class BackendError(Exception):
 
 @dataclass(frozen=True)
 class CallInfo:
-    """What the gateway knows about a call when its AudioSocket arrives."""
+    """What the gateway knows about a call when its AudioSocket arrives.
+
+    ``agent_cfg`` is the agent's full configuration (backend, instructions, voice,
+    stream URL, watchdog budgets...); ``metadata`` carries routing extras (Twilio
+    custom parameters, Originate variables).
+    """
 
     call_id: str
     tenant: str = "default"
@@ -39,7 +46,8 @@ class CallInfo:
     direction: str = "inbound"
     from_: str = ""
     to: str = ""
-    settings: Mapping[str, object] = field(default_factory=dict)
+    agent_cfg: Agent | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 class CallControl(Protocol):

@@ -33,5 +33,5 @@ class EchoBackend(Backend):
         self.delay_ms = delay_ms
 
     def create(self, call: CallInfo, control: CallControl) -> BackendSession:
-        delay = call.settings.get("echo_delay_ms", self.delay_ms)
-        return EchoSession(control, int(delay) if isinstance(delay, int | float) else self.delay_ms)
+        delay = call.agent_cfg.echo_delay_ms if call.agent_cfg is not None else self.delay_ms
+        return EchoSession(control, delay)
