@@ -5,9 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: all venv demo run test lint bench deploy undeploy clean
+.PHONY: all venv demo run test lint bench clean
 
 all: test
+
+.DEFAULT_GOAL := all
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,3 +43,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# deploy / undeploy (Asterisk integration) live in deploy.mk
+-include deploy.mk
