@@ -15,11 +15,11 @@ gateway sees arrivals spread across its 20 ms tick, as with real independent cha
 from __future__ import annotations
 
 import asyncio
-from array import array
 import contextlib
 import heapq
 import time
 import uuid
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
