@@ -1,0 +1,115 @@
+"""The CLI contract: names, flags, environment variables, exit codes, the process lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from audiosocket_gw import __version__
+from audiosocket_gw.cli import build_parser
+from audiosocket_gw.config import Config, ConfigError
+from audiosocket_gw.proc import GatewayProcess
+from audiosocket_gw.simulator.pbx import run_simulation
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "audiosocket_gw", *args],
+        capture_output=True, text=True, timeout=30, env=env,
+    )
+
+
+def test_version() -> None:
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"audiosocket-gw {__version__}"
+
+
+def test_every_command_has_help() -> None:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    commands = list(sub.choices)  # type: ignore[arg-type]
+    assert {"serve", "simulate", "demo", "bench"} <= set(commands)
+    for cmd in commands:
+        r = run_cli(cmd, "--help")
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert "usage:" in r.stdout
+
+
+def test_serve_flags_keep_their_contract_names() -> None:
+    r = run_cli("serve", "--help")
+    for flag in ("--audiosocket", "--http", "--backend", "--data-dir", "--config",
+                 "--allow-unregistered", "--stream-url"):
+        assert flag in r.stdout, flag
+    for var in ("AIGW_AUDIOSOCKET", "AIGW_HTTP", "AIGW_BACKEND", "AIGW_DATA_DIR",
+                "AIGW_CONFIG", "AIGW_ALLOW_UNREGISTERED", "AIGW_STREAM_URL"):
+        assert var in r.stdout, var
+
+
+def test_defaults_are_loopback_and_not_8088() -> None:
+    cfg = Config.from_env(env={})
+    assert cfg.audiosocket == "127.0.0.1:9092"
+    assert cfg.http == "127.0.0.1:9094"
+    assert cfg.backend == "echo" and cfg.allow_unregistered is False
+
+
+def test_env_then_flags_precedence() -> None:
+    env = {"AIGW_AUDIOSOCKET": "127.0.0.1:7000", "AIGW_ALLOW_UNREGISTERED": "1",
+           "AIGW_BACKEND": "twilio-stream"}
+    cfg = Config.from_env(env=env, backend="echo")
+    assert cfg.audiosocket == "127.0.0.1:7000"
+    assert cfg.allow_unregistered is True
+    assert cfg.backend == "echo"
+
+
+@pytest.mark.parametrize(
+    ("env", "text"),
+    [
+        ({"AIGW_AUDIOSOCKET": "nonsense"}, "HOST:PORT"),
+        ({"AIGW_HTTP": "127.0.0.1:99999"}, "out of range"),
+        ({"AIGW_BACKEND": "sip"}, "not one of"),
+        ({"AIGW_HTTP": "0.0.0.0:9094"}, "AIGW_API_TOKEN"),
+        ({"AIGW_ECHO_DELAY_MS": "soon"}, "cannot read"),
+    ],
+)
+def test_bad_settings_are_named(env: dict[str, str], text: str) -> None:
+    with pytest.raises(ConfigError, match=text):
+        Config.from_env(env=env)
+
+
+def test_serve_exits_2_on_bad_config() -> None:
+    env = dict(os.environ, AIGW_HTTP="0.0.0.0:0")
+    env.pop("AIGW_API_TOKEN", None)
+    r = run_cli("serve", env=env)
+    assert r.returncode == 2
+    assert "AIGW_API_TOKEN" in r.stderr
+
+
+def test_secrets_are_not_in_repr() -> None:
+    cfg = Config.from_env(env={"OPENAI_API_KEY": "sk-secret-value", "AIGW_API_TOKEN": "tok"})
+    assert cfg.openai_api_key == "sk-secret-value"
+    assert "sk-secret-value" not in repr(cfg) and "tok'" not in repr(cfg)
+
+
+async def test_serve_process_runs_calls_and_stops_cleanly_on_sigterm() -> None:
+    gw = GatewayProcess("--allow-unregistered", "--audiosocket", "127.0.0.1:0",
+                        "--http", "127.0.0.1:0", "--shutdown-grace", "0.2")
+    await gw.start()
+    try:
+        report = await run_simulation(*gw.audiosocket, calls=2, seconds=0.5)
+        assert report.ok_calls == 2
+        url = "http://{}:{}/healthz".format(*gw.http)
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        assert b'"status": "ok"' in body
+    finally:
+        code = await gw.stop()
+    assert code == 0
+
+
+def test_simulate_reports_failure_when_no_gateway() -> None:
+    r = run_cli("simulate", "--target", "127.0.0.1:1", "--calls", "1", "--seconds", "0.2")
+    assert r.returncode == 1
+    assert "connect failed" in r.stdout
