@@ -68,7 +68,23 @@ async def bench_level(calls: int, seconds: float) -> dict[str, Any]:
     env = dict(os.environ)
     env.pop("AIGW_AUDIOSOCKET", None)
     env.pop("AIGW_HTTP", None)
-    async with GatewayProcess(*args, env=env) as gw:
+    # On a machine with two or more cores the gateway gets core 0 and this process
+    # (the simulated Asterisk) another one, so neither measures the other's load.
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = len(cpus) >= 2
+    if pin:
+        os.sched_setaffinity(0, set(cpus[1:]))
+    try:
+        return await _bench_level(calls, seconds, args, env, cpus[0] if pin else None)
+    finally:
+        if pin:
+            os.sched_setaffinity(0, set(cpus))
+
+
+async def _bench_level(
+    calls: int, seconds: float, args: list[str], env: dict[str, str], cpu: int | None
+) -> dict[str, Any]:
+    async with GatewayProcess(*args, env=env, cpu=cpu) as gw:
         await asyncio.sleep(0.5)
         rss_idle = _rss_kib(gw.pid)
         ramp = min(2.0, calls / 100)
@@ -111,6 +127,7 @@ async def bench_level(calls: int, seconds: float) -> dict[str, Any]:
         "pacer_lateness_p99_le_ms": None if lat99 is None else lat99 * 1000,
         "rss_idle_mib": round(rss_idle / 1024, 1),
         "rss_per_call_kib": round((rss_load - rss_idle) / calls, 1),
+        "gateway_pinned_to_cpu": cpu,
     }
 
 

@@ -22,8 +22,9 @@ from .config import parse_hostport
 
 class GatewayProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None,
-                 log_path: str | None = None) -> None:
+                 log_path: str | None = None, cpu: int | None = None) -> None:
         self.args = list(args)
+        self.cpu = cpu
         self.env = env
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
@@ -45,6 +46,11 @@ class GatewayProcess:
                         tb: TracebackType | None) -> None:
         await self.stop()
 
+    def _pin(self) -> None:
+        """Runs in the child before exec: keep the gateway on one core (benchmarks)."""
+        if self.cpu is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {self.cpu})
+
     async def start(self, start_within: float = 20.0) -> None:
         ready = Path(self._tmp.name) / "ready.json"
         env = dict(os.environ if self.env is None else self.env)
@@ -55,6 +61,7 @@ class GatewayProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "audiosocket_gw", "serve", "--ready-file", str(ready),
             *self.args, env=env, stdout=out, stderr=out,
+            preexec_fn=self._pin if self.cpu is not None else None,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + start_within

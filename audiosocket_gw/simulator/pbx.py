@@ -201,7 +201,7 @@ class _SimCall(asyncio.Protocol):
         ends = [*self.rx_offsets[1:], len(self.rx)]
         try:
             for t, start, end in zip(self.rx_times, self.rx_offsets, ends, strict=True):
-                dec.feed(self.rx[start:end])
+                dec.feed(bytes(self.rx[start:end]))
                 while (ev := dec.next_event()) is not None:
                     if isinstance(ev, asp.Audio):
                         self.arrivals.append(t)
