@@ -1,0 +1,166 @@
+"""Per-call debug dump: a stereo WAV of both legs plus a JSON-lines event log.
+
+Why: when a caller says "the bot talked over me" or "it cut me off", the only useful
+evidence is both directions on one time line next to what the backend said. A
+``CallDump`` is an ``AudioTap`` (``call.taps``) and writes:
+
+* ``<dir>/<call_id>.wav``: 8 kHz 16-bit stereo, caller left, bot right, aligned on the
+  pacer clock. Every pacer tick adds exactly one 20 ms stereo frame: the bot frame the
+  pacer wrote (silence when it wrote none) next to one frame of caller audio taken from
+  a small FIFO of what arrived since. A tick with no caller audio pads the left channel
+  with silence; caller audio piling up beyond ``max_lag_frames`` (clock drift between
+  Asterisk and the gateway) drops the oldest excess, so the two legs never drift apart
+  by more than that. Written through soundfile in blocks of ``block_ticks``.
+* ``<dir>/<call_id>.events.jsonl``: one JSON object per line, ``{"t": seconds since the
+  dump opened, "type": ..., ...}``, at most ``max_events`` lines (then one final
+  ``dump.truncated`` line with the number left out).
+
+Opt-in only (agent ``debug_dump`` or ``--debug-dump``): a dump costs a little CPU per
+tick and disk space, and holds caller audio. File writes are small buffered writes on the
+event loop; any I/O error disables the dump (logged once) rather than touching the call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Final
+
+import numpy as np
+import soundfile as sf
+
+__all__ = ["CallDump"]
+
+log = logging.getLogger("audiosocket_gw.dump")
+
+FRAME_BYTES: Final = 320  # 20 ms of 8 kHz slin16
+RATE: Final = 8000
+
+
+class CallDump:
+    """Stereo WAV + JSON event log of one call (an ``AudioTap``)."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        call_id: str,
+        *,
+        max_events: int = 10_000,
+        max_lag_frames: int = 3,
+        block_ticks: int = 50,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in call_id)[:100]
+        self.wav_path = path / f"{safe}.wav"
+        self.events_path = path / f"{safe}.events.jsonl"
+        self._clock = clock
+        self._t0 = clock()
+        self._max_events = max_events
+        self._max_lag = max_lag_frames * FRAME_BYTES
+        self._block_ticks = block_ticks
+        self._caller = bytearray()
+        self._block: list[bytes] = []
+        self.ticks = 0
+        self.events = 0
+        self.events_dropped = 0
+        self.caller_padded = 0  # ticks with less than a frame of caller audio
+        self.caller_dropped_bytes = 0
+        self.closed = False
+        self._wav: sf.SoundFile | None = sf.SoundFile(
+            str(self.wav_path), "w", samplerate=RATE, channels=2, subtype="PCM_16"
+        )
+        self._events: IO[str] | None = open(self.events_path, "w", encoding="utf-8")
+
+    # -- AudioTap ------------------------------------------------------------------
+
+    def caller(self, pcm: bytes) -> None:
+        """Caller audio as it arrives (any size); consumed one frame per tick."""
+        if not self.closed:
+            self._caller += pcm
+
+    def bot(self, frame: bytes | None) -> None:
+        """One pacer tick: ``frame`` was written (None: silence). Adds 20 ms to the WAV."""
+        if self.closed:
+            return
+        self.ticks += 1
+        caller = self._caller
+        if len(caller) >= FRAME_BYTES:
+            left = bytes(caller[:FRAME_BYTES])
+            del caller[:FRAME_BYTES]
+        else:
+            left = bytes(caller) + bytes(FRAME_BYTES - len(caller))
+            caller.clear()
+            self.caller_padded += 1
+        excess = len(caller) - self._max_lag
+        if excess > 0:
+            excess -= excess % 2
+            del caller[:excess]
+            self.caller_dropped_bytes += excess
+        right = frame if frame is not None and len(frame) == FRAME_BYTES else bytes(FRAME_BYTES)
+        stereo = np.empty((FRAME_BYTES // 2, 2), dtype="<i2")
+        stereo[:, 0] = np.frombuffer(left, dtype="<i2")
+        stereo[:, 1] = np.frombuffer(right, dtype="<i2")
+        self._block.append(stereo.tobytes())
+        if len(self._block) >= self._block_ticks:
+            self._flush_audio()
+
+    def close(self) -> None:
+        """Write what is pending and close both files (idempotent)."""
+        if self.closed:
+            return
+        self._flush_audio()
+        if self.events_dropped and self._events is not None:
+            self._write_line({"t": self._now(), "type": "dump.truncated",
+                              "dropped": self.events_dropped})
+        self.closed = True
+        for closer in (self._wav, self._events):
+            if closer is not None:
+                try:
+                    closer.close()
+                except (OSError, RuntimeError) as exc:
+                    log.warning("debug dump %s: close failed: %s", self.wav_path.name, exc)
+        self._wav = None
+        self._events = None
+
+    # -- events ------------------------------------------------------------------
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Append one event (``kind`` plus JSON-serialisable ``fields``) to the log."""
+        if self.closed or self._events is None:
+            return
+        if self.events >= self._max_events:
+            self.events_dropped += 1
+            return
+        self.events += 1
+        self._write_line({"t": self._now(), "type": kind, **fields})
+
+    # -- internals ---------------------------------------------------------------
+
+    def _now(self) -> float:
+        return round(self._clock() - self._t0, 4)
+
+    def _write_line(self, obj: dict[str, Any]) -> None:
+        assert self._events is not None
+        try:
+            self._events.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+        except (OSError, ValueError) as exc:
+            log.warning("debug dump %s: event log disabled: %s", self.events_path.name, exc)
+            self._events = None
+
+    def _flush_audio(self) -> None:
+        if not self._block:
+            return
+        data = b"".join(self._block)
+        self._block.clear()
+        if self._wav is None:
+            return
+        try:
+            self._wav.write(np.frombuffer(data, dtype="<i2").reshape(-1, 2))
+        except (OSError, RuntimeError) as exc:
+            log.warning("debug dump %s: audio disabled: %s", self.wav_path.name, exc)
+            self._wav = None
