@@ -1,0 +1,308 @@
+"""Twilio-style call status callbacks, as a gateway component.
+
+Why: existing Twilio apps track calls through status callbacks (a form POST to the
+number's ``statusCallback`` URL for the events it subscribed to: ``initiated``,
+``ringing``, ``answered``, ``completed``). Sending the same requests, signed the same way,
+keeps their dashboards, billing and clean-up code working unchanged.
+
+How: :class:`StatusCallbacks` hooks the AudioSocket server's ``on_call_start`` (->
+``answered``) and ``on_call_end`` (-> ``completed``, with ``CallDuration``). The AMI call
+tracker reports ``initiated`` and ``ringing`` by calling :meth:`StatusCallbacks.notify`
+(find the component in ``gateway.components``). ``notify`` never blocks: it builds the
+form (pure: :func:`status_params`) and puts it on a bounded queue; when the queue is full
+the callback is dropped and counted. Worker tasks POST each request with
+``X-Twilio-Signature`` (the agent's auth token, see
+:func:`~audiosocket_gw.twilio.webhook.auth_token_for`); a connection error, a timeout, a
+5xx or a 429 schedules a retry with exponential backoff (``attempts`` tries in all)
+without holding a worker, so one dead endpoint never delays the others' callbacks, nor
+any audio. ``SequenceNumber`` counts each call's callbacks from 0, as Twilio does, so an
+app can order retried requests.
+
+Form fields: ``CallSid``, ``AccountSid``, ``From``, ``To``, ``Caller``, ``Called``,
+``Direction``, ``CallStatus`` (initiated, ringing, in-progress, completed, or a failure
+status given by the tracker), ``ApiVersion``, ``Timestamp`` (RFC 2822, ``+0000``),
+``SequenceNumber``, ``CallbackSource=call-progress-events``, and ``CallDuration`` /
+``Duration`` on ``completed``. Phone numbers go in the form, never in logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter
+
+from ..backends.base import CallInfo
+from .webhook import (
+    API_VERSION,
+    account_sid_for,
+    auth_token_for,
+    call_sid_for,
+    signed_post,
+    twilio_direction,
+)
+
+if TYPE_CHECKING:
+    from ..app import Gateway
+    from ..call import Call
+
+__all__ = ["EVENT_STATUS", "StatusCallbacks", "status_params"]
+
+log = logging.getLogger("audiosocket_gw.twilio.callbacks")
+
+EVENT_STATUS: Final[Mapping[str, str]] = {
+    "initiated": "initiated",
+    "ringing": "ringing",
+    "answered": "in-progress",
+    "completed": "completed",
+}
+"""Default ``CallStatus`` of each status callback event."""
+
+
+def rfc2822(at: float) -> str:
+    """``at`` (epoch seconds) as Twilio writes it: ``Mon, 04 Nov 2024 12:00:00 +0000``."""
+    return email.utils.format_datetime(dt.datetime.fromtimestamp(int(at), dt.UTC))
+
+
+def status_params(
+    info: CallInfo,
+    event: str,
+    *,
+    sequence: int,
+    account_sid: str,
+    at: float,
+    status: str | None = None,
+    duration_s: float | None = None,
+) -> dict[str, str]:
+    """The form of one status callback (pure)."""
+    params = {
+        "CallSid": call_sid_for(info.call_id),
+        "AccountSid": account_sid,
+        "From": info.from_,
+        "To": info.to,
+        "Caller": info.from_,
+        "Called": info.to,
+        "Direction": twilio_direction(info.direction),
+        "CallStatus": status or EVENT_STATUS.get(event, event),
+        "ApiVersion": API_VERSION,
+        "Timestamp": rfc2822(at),
+        "SequenceNumber": str(sequence),
+        "CallbackSource": "call-progress-events",
+    }
+    if duration_s is not None:
+        secs = str(max(0, math.ceil(duration_s)))
+        params["CallDuration"] = secs
+        params["Duration"] = secs
+    return params
+
+
+@dataclass
+class _Job:
+    url: str
+    params: dict[str, str]
+    token: str | None
+    attempt: int = 1
+
+
+class StatusCallbacks:
+    """The status-callback component (install with ``StatusCallbacks(gateway)``)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        env: Mapping[str, str] | None = None,
+        # Limits
+        max_queue: int = 1000,
+        workers: int = 2,
+        attempts: int = 4,
+        # Timeouts (seconds)
+        request_timeout: float = 5.0,
+        backoff_s: float = 0.5,
+        drain_timeout: float = 2.0,
+    ) -> None:
+        """Hook into ``gateway``'s call start/end; nothing is sent before :meth:`start`."""
+        self.gateway = gateway
+        self.env: Mapping[str, str] = os.environ if env is None else env
+        self.max_queue = max_queue
+        self.workers = workers
+        self.attempts = attempts
+        self.request_timeout = request_timeout
+        self.backoff_s = backoff_s
+        self.drain_timeout = drain_timeout
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(max_queue)
+        self._sequence: dict[str, int] = {}
+        self._started_at: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retries: set[asyncio.TimerHandle] = set()
+        self._http: aiohttp.ClientSession | None = None
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+        registry: CollectorRegistry = gateway.metrics.registry
+        self.results = Counter(
+            "aigw_status_callbacks",
+            "Status callbacks by result (sent, retried, failed, dropped).",
+            ["result"],
+            registry=registry,
+        )
+        gateway.audiosocket.on_call_start.append(self._on_call_start)
+        gateway.audiosocket.on_call_end.append(self._on_call_end)
+
+    # -- API -------------------------------------------------------------------------
+
+    def notify(
+        self,
+        info: CallInfo,
+        event: str,
+        *,
+        status: str | None = None,
+        duration_s: float | None = None,
+        at: float | None = None,
+    ) -> bool:
+        """Queue the ``event`` callback for ``info``'s call if its agent asked for it.
+
+        ``status`` overrides the default ``CallStatus`` (for example ``busy`` or
+        ``no-answer`` on ``completed``). Returns True when a request was queued. Never
+        blocks; a full queue drops the callback (logged, counted).
+        """
+        agent = info.agent_cfg
+        if agent is None or not agent.status_callback or event not in agent.status_events:
+            if event == "completed":
+                self._forget(info.call_id)
+            return False
+        seq = self._sequence.get(info.call_id, 0)
+        self._sequence[info.call_id] = seq + 1
+        tenant = self.gateway.tenants.tenants.get(info.tenant)
+        params = status_params(
+            info,
+            event,
+            sequence=seq,
+            account_sid=account_sid_for(
+                info, tenant.account_sid if tenant else None, self.env
+            ),
+            at=time.time() if at is None else at,
+            status=status,
+            duration_s=duration_s,
+        )
+        if event == "completed":
+            self._forget(info.call_id)
+        job = _Job(agent.status_callback, params, auth_token_for(agent, self.env))
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.results.labels("dropped").inc()
+            log.warning("call %s: status callback %s dropped (queue full)", info.call_id, event)
+            return False
+        return True
+
+    def _forget(self, call_id: str) -> None:
+        self._sequence.pop(call_id, None)
+        self._started_at.pop(call_id, None)
+
+    # -- lifecycle hooks -------------------------------------------------------------
+
+    def _on_call_start(self, call: Call) -> None:
+        self._started_at[call.call_id] = time.monotonic()
+        self.notify(call.info, "answered")
+
+    def _on_call_end(self, call: Call) -> None:
+        started = self._started_at.get(call.call_id, call.started_at)
+        self.notify(call.info, "completed", duration_s=time.monotonic() - started)
+
+    # -- component -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the workers."""
+        self._http = aiohttp.ClientSession()
+        loop = asyncio.get_running_loop()
+        for i in range(self.workers):
+            task = loop.create_task(self._worker(), name=f"status-callbacks-{i}")
+            self._tasks.add(task)
+
+    async def stop(self) -> None:
+        """Send what is queued (up to ``drain_timeout``), then stop."""
+        for handle in self._retries:
+            handle.cancel()
+        self._retries.clear()
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), self.drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._send(job)
+            except Exception:
+                log.exception("status callback worker failed")
+            finally:
+                self._queue.task_done()
+
+    async def _send(self, job: _Job) -> None:
+        assert self._http is not None
+        call_sid = job.params["CallSid"]
+        status_txt = job.params["CallStatus"]
+        try:
+            status, _ = await signed_post(
+                self._http, job.url, job.params, job.token, self.request_timeout,
+                max_body=4096,
+            )
+            problem = None if status < 500 and status != 429 else f"HTTP {status}"
+            if problem is None and status >= 400:
+                self.failed += 1
+                self.results.labels("failed").inc()
+                log.warning("status callback %s for %s refused: HTTP %d (not retried)",
+                            status_txt, call_sid, status)
+                return
+        except TimeoutError:
+            problem = "timeout"
+        except (aiohttp.ClientError, OSError) as exc:
+            problem = type(exc).__name__
+        if problem is None:
+            self.sent += 1
+            self.results.labels("sent").inc()
+            return
+        if job.attempt >= self.attempts:
+            self.failed += 1
+            self.results.labels("failed").inc()
+            log.warning("status callback %s for %s failed after %d attempts: %s",
+                        status_txt, call_sid, job.attempt, problem)
+            return
+        delay = self.backoff_s * (2 ** (job.attempt - 1))
+        log.info("status callback %s for %s: %s; retry in %.2f s",
+                 status_txt, call_sid, problem, delay)
+        self.results.labels("retried").inc()
+        job.attempt += 1
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle | None = None
+
+        def requeue() -> None:
+            if handle is not None:
+                self._retries.discard(handle)
+            try:
+                self._queue.put_nowait(job)
+            except asyncio.QueueFull:
+                self.dropped += 1
+                self.results.labels("dropped").inc()
+
+        handle = loop.call_later(delay, requeue)
+        self._retries.add(handle)

@@ -1,0 +1,406 @@
+"""Twilio voice-webhook emulation: POST the call to the app's voice URL, follow its TwiML.
+
+Why: an existing Twilio voice app often does not hard-code its Media Streams URL; Twilio
+first POSTs the incoming call to the number's *voice URL* and the app answers TwiML such as
+``<Connect><Stream url="wss://..."><Parameter .../></Stream></Connect>``. To run such an app
+unchanged the gateway does the same: it sends the voice-webhook form (``CallSid``,
+``AccountSid``, ``From``, ``To``, ``CallStatus=ringing``, ``Direction=inbound``,
+``ApiVersion=2010-04-01``, ``Caller``, ``Called``) signed with ``X-Twilio-Signature``, and
+executes the verbs it gets back, in order:
+
+* ``<Connect><Stream url name>`` with ``<Parameter>`` -> the stream to open (returned to the
+  caller, the ``twilio-stream`` backend session, with the parameters as
+  ``customParameters``);
+* ``<Hangup/>`` and ``<Reject/>`` -> end the call (the AudioSocket call is already answered,
+  so ``Reject`` is a hang-up with its own reason);
+* ``<Pause length>`` -> comfort silence (the pacer writes silence while nothing is queued);
+* ``<Play>`` of a WAV URL -> download (bounded size), decode with soundfile, convert to
+  8 kHz mono offline, play it and wait until it has been written;
+* ``<Redirect>`` -> fetch new TwiML (relative URLs resolved like Twilio does), at most
+  :data:`MAX_REDIRECTS` hops;
+* anything else (``<Say>``, ``<Gather>``, ``<Start><Stream>``...) is logged and skipped.
+
+Reaching the end of the document without a ``<Connect>`` hangs up, as Twilio does.
+When the app is down, times out, answers an error status or unparsable TwiML,
+:class:`WebhookError` is raised and the session applies the agent's fallback.
+
+Identity helpers shared with the stream backend and the status callbacks live here too:
+the ``CallSid`` is derived from the gateway call id (:func:`call_sid_for`), so the webhook,
+the stream's ``start`` and every status callback name the same call without shared state.
+
+Secrets: the auth token comes from the environment (``AIGW_TWILIO_AUTH_TOKEN``, or the
+variable named by the agent extra ``auth_token_env``) and is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
+from urllib.parse import urljoin
+
+import aiohttp
+import numpy as np
+import numpy.typing as npt
+
+from ..backends.base import CallInfo
+from ..dsp.resample import StreamResampler
+from ..tenants import Agent
+from .ids import ACCOUNT_PREFIX, CALL_PREFIX
+from .signature import SIGNATURE_HEADER, compute_signature
+from .twiml import (
+    ConnectStream,
+    Hangup,
+    Pause,
+    Play,
+    Redirect,
+    Reject,
+    TwimlError,
+    Verb,
+    parse_twiml,
+)
+
+__all__ = [
+    "ACCOUNT_SID_ENV",
+    "API_VERSION",
+    "AUTH_TOKEN_ENV",
+    "MAX_REDIRECTS",
+    "TwimlHost",
+    "WebhookError",
+    "account_sid_for",
+    "announcement_pcm",
+    "auth_token_for",
+    "call_sid_for",
+    "decode_audio_8k",
+    "fetch_audio_8k",
+    "fetch_twiml",
+    "run_voice_webhook",
+    "signed_post",
+    "twilio_direction",
+    "voice_params",
+]
+
+log = logging.getLogger("audiosocket_gw.twilio.webhook")
+
+API_VERSION: Final = "2010-04-01"
+AUTH_TOKEN_ENV: Final = "AIGW_TWILIO_AUTH_TOKEN"
+"""Environment variable holding the auth token used to sign requests to the app."""
+ACCOUNT_SID_ENV: Final = "AIGW_TWILIO_ACCOUNT_SID"
+"""Environment variable with the AccountSid to announce when the tenant has none."""
+MAX_REDIRECTS: Final = 5
+"""Most ``<Redirect>`` hops followed for one call (Twilio loops forever; we do not)."""
+MAX_AUDIO_BYTES: Final = 16 * 1024 * 1024
+"""Largest ``<Play>`` file downloaded."""
+MAX_PLAY_LOOPS: Final = 10
+"""Most repetitions of one ``<Play>`` (``loop="0"`` means 1000 at Twilio)."""
+MAX_PAUSE_S: Final = 60
+"""Longest ``<Pause>`` honoured."""
+RATE: Final = 8000
+
+
+class WebhookError(Exception):
+    """The app's webhook could not be used; ``reason`` is a bounded metric label."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# -- identities ---------------------------------------------------------------------------
+
+
+def _hex32(label: str) -> str:
+    return hashlib.sha256(label.encode("utf-8")).hexdigest()[:32]
+
+
+def call_sid_for(call_id: str) -> str:
+    """The ``CallSid`` of gateway call ``call_id``: ``CA`` + 32 hex digits, deterministic.
+
+    Deterministic so the webhook, the stream ``start`` and the status callbacks agree
+    without sharing state (and an app can correlate them, as with Twilio).
+    """
+    return CALL_PREFIX + _hex32("aigw-call:" + call_id)
+
+
+def account_sid_for(
+    info: CallInfo, configured: str | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """The ``AccountSid`` to announce for ``info``'s call.
+
+    In order: the agent extra ``account_sid``, ``configured`` (the tenant's
+    ``account_sid``), the environment's ``AIGW_TWILIO_ACCOUNT_SID``, else an ``AC`` SID
+    derived from the tenant id (stable across restarts).
+    """
+    agent = info.agent_cfg
+    if agent is not None and agent.extra.get("account_sid"):
+        return agent.extra["account_sid"]
+    if configured:
+        return configured
+    if env is not None and env.get(ACCOUNT_SID_ENV):
+        return env[ACCOUNT_SID_ENV]
+    return ACCOUNT_PREFIX + _hex32("aigw-account:" + info.tenant)
+
+
+def auth_token_for(agent: Agent | None, env: Mapping[str, str]) -> str | None:
+    """The auth token signing requests for ``agent`` (None: requests go unsigned).
+
+    The agent extra ``auth_token_env`` names the environment variable to read (a
+    per-tenant token); otherwise ``AIGW_TWILIO_AUTH_TOKEN``.
+    """
+    var = AUTH_TOKEN_ENV
+    if agent is not None and agent.extra.get("auth_token_env"):
+        var = agent.extra["auth_token_env"]
+    token = env.get(var)
+    return token or None
+
+
+def twilio_direction(direction: str) -> str:
+    """Twilio's ``Direction`` for our call direction (``outbound`` -> ``outbound-api``)."""
+    return "outbound-api" if direction == "outbound" else "inbound"
+
+
+def voice_params(info: CallInfo, call_sid: str, account_sid: str) -> dict[str, str]:
+    """The voice-webhook form Twilio POSTs for an incoming call."""
+    return {
+        "CallSid": call_sid,
+        "AccountSid": account_sid,
+        "From": info.from_,
+        "To": info.to,
+        "Caller": info.from_,
+        "Called": info.to,
+        "CallStatus": "ringing",
+        "Direction": twilio_direction(info.direction),
+        "ApiVersion": API_VERSION,
+    }
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+
+async def signed_post(
+    http: aiohttp.ClientSession,
+    url: str,
+    params: Mapping[str, str],
+    token: str | None,
+    time_limit: float,
+    *,
+    max_body: int = 256 * 1024,
+) -> tuple[int, bytes]:
+    """POST ``params`` as a form to ``url`` the way Twilio does; return (status, body).
+
+    Signed with ``X-Twilio-Signature`` when ``token`` is set. Raises
+    :class:`aiohttp.ClientError` or :class:`TimeoutError`.
+    """
+    headers = {"User-Agent": "TwilioProxy/1.1 (audiosocket-gw)"}
+    if token:
+        headers[SIGNATURE_HEADER] = compute_signature(token, url, params)
+    async with asyncio.timeout(time_limit):
+        async with http.post(url, data=dict(params), headers=headers,
+                             allow_redirects=False) as resp:
+            body = await resp.content.read(max_body)
+            return resp.status, body
+
+
+async def fetch_twiml(
+    http: aiohttp.ClientSession,
+    url: str,
+    params: Mapping[str, str],
+    token: str | None,
+    time_limit: float,
+) -> list[Verb]:
+    """POST the webhook form to ``url`` and parse the TwiML answer.
+
+    Raises :class:`WebhookError` (reason ``unreachable``, ``timeout``, ``http-<class>``
+    such as ``http-5xx``, or ``bad-twiml``).
+    """
+    try:
+        status, body = await signed_post(http, url, params, token, time_limit)
+    except TimeoutError:
+        raise WebhookError(f"webhook timed out after {time_limit:.1f} s",
+                           reason="timeout") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise WebhookError(f"webhook unreachable: {exc}", reason="unreachable") from None
+    if not 200 <= status < 300:
+        raise WebhookError(f"webhook answered HTTP {status}", reason=f"http-{status // 100}xx")
+    try:
+        return parse_twiml(body)
+    except TwimlError as exc:
+        raise WebhookError(f"webhook answered bad TwiML: {exc}", reason="bad-twiml") from None
+
+
+def _lowpass_interp(mono: npt.NDArray[np.float64], rate: int) -> npt.NDArray[np.float64]:
+    """Offline whole-file conversion to 8 kHz for non-integer ratios (44.1 kHz...).
+
+    A 129-tap Hann-windowed sinc low-pass at 3.6 kHz, then linear interpolation: the
+    filter removes what would alias, interpolation is then harmless at these rates.
+    """
+    if rate > RATE:
+        cutoff = 3600.0 / rate
+        n = np.arange(-64, 65, dtype=np.float64)
+        taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hanning(129)
+        taps /= taps.sum()
+        mono = np.convolve(mono, taps, mode="same")
+    n_out = int(len(mono) * RATE / rate)
+    result: npt.NDArray[np.float64] = np.interp(
+        np.arange(n_out, dtype=np.float64) * rate / RATE,
+        np.arange(len(mono), dtype=np.float64),
+        mono,
+    )
+    return result
+
+
+def decode_audio_8k(data: bytes) -> bytes:
+    """Decode an audio file (WAV and whatever libsndfile reads) to 8 kHz mono slin.
+
+    Integer ratios (16/24/48 kHz) go through :class:`StreamResampler` (anti-aliased
+    polyphase); others through an offline windowed-sinc low-pass + interpolation.
+    Raises ValueError when the data is not a readable audio file. CPU-bound: run it in
+    a thread.
+    """
+    import soundfile as sf
+
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float64", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError, TypeError) as exc:
+        raise ValueError(f"not a readable audio file: {exc}") from None
+    mono = np.asarray(samples.mean(axis=1), dtype=np.float64)
+    rate = int(rate)
+    if rate != RATE and max(rate, RATE) % min(rate, RATE) == 0:
+        pcm = np.clip(np.round(mono * 32767.0), -32768, 32767).astype("<i2").tobytes()
+        rs = StreamResampler(rate, RATE)
+        return rs.process(pcm) + rs.flush()
+    if rate != RATE:
+        mono = _lowpass_interp(mono, rate)
+    return np.clip(np.round(mono * 32767.0), -32768, 32767).astype("<i2").tobytes()
+
+
+async def fetch_audio_8k(http: aiohttp.ClientSession, url: str, time_limit: float) -> bytes:
+    """Download ``url`` (at most :data:`MAX_AUDIO_BYTES`) and decode it to 8 kHz slin.
+
+    Raises :class:`WebhookError` (reasons ``play-fetch``, ``play-decode``).
+    """
+    try:
+        async with asyncio.timeout(time_limit), http.get(url) as resp:
+            if resp.status != 200:
+                raise WebhookError(f"<Play> URL answered HTTP {resp.status}", reason="play-fetch")
+            data = await resp.content.read(MAX_AUDIO_BYTES + 1)
+    except TimeoutError:
+        raise WebhookError("<Play> download timed out", reason="play-fetch") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise WebhookError(f"<Play> download failed: {exc}", reason="play-fetch") from None
+    if len(data) > MAX_AUDIO_BYTES:
+        raise WebhookError("<Play> file too large", reason="play-fetch")
+    try:
+        return await asyncio.to_thread(decode_audio_8k, data)
+    except ValueError as exc:
+        raise WebhookError(f"<Play> file: {exc}", reason="play-decode") from None
+
+
+def announcement_pcm(beeps: int = 3, beep_ms: int = 200, gap_ms: int = 150) -> bytes:
+    """A short generated "sorry" announcement: ``beeps`` 480 Hz beeps (8 kHz slin)."""
+    n = np.arange(beep_ms * RATE // 1000, dtype=np.float64)
+    tone = 0.3 * 32767.0 * np.sin(2.0 * math.pi * 480.0 * n / RATE)
+    ramp = min(40, len(n) // 2)
+    envelope = np.ones(len(n))
+    envelope[:ramp] = np.linspace(0.0, 1.0, ramp)
+    envelope[-ramp:] = np.linspace(1.0, 0.0, ramp)
+    beep = np.round(tone * envelope).astype("<i2").tobytes()
+    gap = bytes(gap_ms * RATE // 1000 * 2)
+    return (beep + gap) * beeps
+
+
+# -- TwiML execution ----------------------------------------------------------------------
+
+
+class TwimlHost(Protocol):
+    """What executing TwiML needs from the call (the backend session provides it)."""
+
+    async def play_and_wait(self, pcm: bytes) -> None:
+        """Queue ``pcm`` (8 kHz slin) and return once all of it has been written."""
+
+    async def pause(self, seconds: float) -> None:
+        """Let ``seconds`` of comfort silence go by."""
+
+    def hangup(self, reason: str) -> None:
+        """End the call."""
+
+
+async def run_voice_webhook(
+    host: TwimlHost,
+    http: aiohttp.ClientSession,
+    *,
+    voice_url: str,
+    params: Mapping[str, str],
+    token: str | None,
+    time_limit: float,
+    call_log: logging.LoggerAdapter[logging.Logger] | logging.Logger = log,
+    observe_latency: Callable[[float], None] | None = None,
+    max_redirects: int = MAX_REDIRECTS,
+) -> ConnectStream | None:
+    """POST the voice webhook and execute the TwiML until a ``<Connect><Stream>``.
+
+    Returns the :class:`ConnectStream` to open, or None once the call has been ended
+    (``<Hangup>``, ``<Reject>``, end of the document, too many redirects). Raises
+    :class:`WebhookError` when a TwiML fetch fails (the caller applies the fallback).
+    """
+    url = voice_url
+    hops = 0
+    while True:
+        started = time.monotonic()
+        verbs = await fetch_twiml(http, url, params, token, time_limit)
+        if observe_latency is not None:
+            observe_latency(time.monotonic() - started)
+        call_log.info("webhook TwiML: %s", ", ".join(type(v).__name__ for v in verbs) or "empty")
+        next_url: str | None = None
+        for verb in verbs:
+            if isinstance(verb, ConnectStream):
+                return verb
+            if isinstance(verb, Hangup):
+                host.hangup("twiml-hangup")
+                return None
+            if isinstance(verb, Reject):
+                host.hangup("twiml-reject")
+                return None
+            if isinstance(verb, Pause):
+                await host.pause(min(verb.length, MAX_PAUSE_S))
+            elif isinstance(verb, Play):
+                await _play(host, http, urljoin(url, verb.url), verb.loop, time_limit, call_log)
+            elif isinstance(verb, Redirect):
+                next_url = urljoin(url, verb.url)
+                break  # verbs after <Redirect> are never reached
+            else:
+                call_log.warning("TwiML verb <%s> not supported: skipped",
+                                 getattr(verb, "tag", type(verb).__name__))
+        if next_url is None:
+            call_log.info("TwiML ended without <Connect>: hanging up")
+            host.hangup("twiml-end")
+            return None
+        hops += 1
+        if hops > max_redirects:
+            call_log.warning("more than %d <Redirect> hops: hanging up", max_redirects)
+            host.hangup("twiml-redirect-loop")
+            return None
+        url = next_url
+
+
+async def _play(
+    host: TwimlHost,
+    http: aiohttp.ClientSession,
+    url: str,
+    loop: int,
+    time_limit: float,
+    call_log: Any,
+) -> None:
+    try:
+        pcm = await fetch_audio_8k(http, url, time_limit)
+    except WebhookError as exc:
+        # Twilio reports an application error and moves on; so do we.
+        call_log.warning("TwiML <Play> skipped: %s", exc)
+        return
+    times = MAX_PLAY_LOOPS if loop == 0 else min(loop, MAX_PLAY_LOOPS)
+    await host.play_and_wait(pcm * times)
