@@ -409,3 +409,40 @@ def c_unescape(value: str) -> str:
             out.append(ch)
             i += 1
     return "".join(out)
+
+
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+
+
+def audiosocket_call_id(application: str | None, app_data: str | None) -> str | None:
+    """The AudioSocket UUID (our call id) named by a dialplan step, if any.
+
+    Handles ``AudioSocket`` (``AppData: <uuid>,<host:port>``), the same run inside
+    ``TryExec`` (``AppData: AudioSocket(<uuid>,<host:port>)``, how our dialplan runs it
+    so a dead gateway leads to the fallback) and the channel driver in ``Dial``
+    (``AudioSocket/<host:port>/<uuid>[/c(...)]``). Only a well-formed UUID is returned.
+    """
+    app = (application or "").strip().lower()
+    data = (app_data or "").strip()
+    if app == "tryexec":
+        inner = data
+        if inner.lower().startswith("audiosocket(") and inner.endswith(")"):
+            app, data = "audiosocket", inner[len("audiosocket(") : -1]
+        else:
+            return None
+    candidate: str | None = None
+    if app == "audiosocket":
+        candidate = data.split(",", 1)[0].strip()
+    elif app == "dial":
+        for target in data.split(",", 1)[0].split("&"):
+            tech, _, rest = target.strip().partition("/")
+            if tech.lower() == "audiosocket":
+                parts = rest.split("/")
+                if len(parts) >= 2:
+                    candidate = parts[1].strip()
+                    break
+    if candidate and _UUID_RE.match(candidate):
+        return candidate.lower()
+    return None

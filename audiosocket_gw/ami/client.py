@@ -1,0 +1,469 @@
+"""The AMI client: a small typed adapter over panoramisk (PROTOCOLS.md 2, 2b).
+
+panoramisk keeps its good parts here (ActionID futures, message grouping of list
+actions); we own what it gets wrong (PROTOCOLS.md, "panoramisk gotchas"):
+
+* **Connection lifecycle.** One ``panoramisk.Manager`` per connection attempt. Its
+  own reconnect loop (fixed delay, forever) and its unchecked Ping are disabled; we
+  reconnect with exponential backoff and check liveness ourselves: a ``Ping`` every
+  ``ping_interval`` s must answer within ``ping_timeout`` s or the connection is
+  closed and re-established.
+* **Login.** Right after ``connect()`` login is still in flight: we await
+  ``authenticated_future`` (bounded) before any action, and treat a refused login
+  like a failed connection (backoff, log once per state change, never the secret).
+* **Async Originate.** Its ``OriginateResponse`` resolves the action's future and is
+  never dispatched to event callbacks. ``originate()`` returns as soon as the
+  immediate reply arrives, then waits for the final response in a task it owns and
+  puts the ``OriginateResponse`` into the event stream itself, so the tracker sees
+  it like any other event. ``originate_channel_id(action_id)`` maps it back.
+* **Events** arrive as ``audiosocket_gw.ami.protocol.AmiMessage`` through one bounded
+  queue (``events()``, an async iterator). When the consumer falls behind, new events
+  are dropped and counted (``dropped``) rather than growing memory without bound;
+  the tracker's resync after reconnect repairs what a drop could lose.
+* ``on_connected`` callbacks (coroutines) run after every successful login: the
+  tracker resyncs there (``CoreShowChannels``).
+
+No AMI configured (``AmiSettings.from_env`` returns None) means no client: the
+gateway serves AudioSocket calls without it, and keeps doing so while AMI is down.
+
+Errors: ``AmiUnavailable`` (not connected / the connection dropped while waiting),
+``AmiTimeout`` (no reply in time), ``AmiActionError`` (``Response: Error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from panoramisk import actions as pk_actions
+from panoramisk.manager import Manager
+
+from .protocol import AmiMessage
+
+log = logging.getLogger("audiosocket_gw.ami")
+
+__all__ = [
+    "AmiActionError",
+    "AmiClient",
+    "AmiClientError",
+    "AmiSettings",
+    "AmiTimeout",
+    "AmiUnavailable",
+]
+
+
+class AmiClientError(Exception):
+    """Root of the client's errors."""
+
+
+class AmiUnavailable(AmiClientError):
+    """Not connected to AMI (or the connection dropped while waiting for a reply)."""
+
+
+class AmiTimeout(AmiClientError):
+    """No reply within the timeout."""
+
+
+class AmiActionError(AmiClientError):
+    """Asterisk answered ``Response: Error``; ``message`` is its ``Message``."""
+
+    def __init__(self, action: str, message: str) -> None:
+        super().__init__(f"{action}: {message}")
+        self.message = message
+
+
+@dataclass(frozen=True)
+class AmiSettings:
+    """Where and how to connect. ``secret`` is never logged (excluded from repr)."""
+
+    host: str
+    port: int = 5038
+    username: str = "aigw"
+    secret: str = field(default="", repr=False)
+    # Timeouts (seconds)
+    connect_timeout: float = 5.0
+    login_timeout: float = 5.0
+    action_timeout: float = 10.0
+    ping_interval: float = 5.0
+    ping_timeout: float = 3.0
+    # Reconnect backoff (seconds): initial, doubling, capped, with 20 % jitter
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    # Limits
+    event_queue: int = 10_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AmiSettings | None:
+        """``AIGW_AMI_HOST`` / ``_PORT`` / ``_USER`` / ``_SECRET``; None without a host."""
+        env = os.environ if env is None else env
+        host = env.get("AIGW_AMI_HOST", "").strip()
+        if not host:
+            return None
+        return cls(
+            host=host,
+            port=int(env.get("AIGW_AMI_PORT") or 5038),
+            username=env.get("AIGW_AMI_USER") or "aigw",
+            secret=env.get("AIGW_AMI_SECRET") or "",
+        )
+
+
+class _Action(pk_actions.Action):  # type: ignore[misc]
+    """A panoramisk action that also resolves ``first`` with its first reply."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def add_message(self, message: Any) -> Any:
+        if not self.first.done():
+            self.first.set_result(message)
+        return super().add_message(message)
+
+
+class _Manager(Manager):  # type: ignore[misc]
+    """panoramisk's Manager without its own reconnect loop: we are told instead."""
+
+    def __init__(self, on_lost: Callable[[], None], **config: Any) -> None:
+        super().__init__(**config)
+        self._on_lost = on_lost
+
+    def connection_made(self, f: asyncio.Future[Any]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            self._on_lost()
+            return
+        super().connection_made(f)
+
+    def connection_lost(self, exc: Any) -> None:
+        self._connected = False
+        self.close()
+        self._on_lost()
+
+
+def _to_message(msg: Any) -> AmiMessage:
+    """A panoramisk ``Message`` as our ``AmiMessage`` (repeated keys expanded)."""
+    headers: list[tuple[str, str]] = []
+    for key, value in msg.items():
+        if isinstance(value, list):
+            headers.extend((str(key), str(v)) for v in value)
+        else:
+            headers.append((str(key), str(value)))
+    return AmiMessage(tuple(headers))
+
+
+class AmiClient:
+    """Connects, stays connected, and hands out events and action replies."""
+
+    def __init__(self, settings: AmiSettings, *,
+                 on_reconnect: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.on_connected: list[Callable[[], Awaitable[None]]] = []
+        """Coroutine functions run after every successful login (resync)."""
+        self._on_reconnect = on_reconnect
+        self._queue: asyncio.Queue[AmiMessage] = asyncio.Queue(settings.event_queue)
+        self._manager: _Manager | None = None
+        self._lost = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._originates: dict[str, str] = {}
+        self._stopping = False
+        self.connects = 0
+        """Successful logins so far (the first one included)."""
+        self.dropped = 0
+        """Events dropped because the queue was full."""
+        self.ping_failures = 0
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while logged in."""
+        return self._ready.is_set()
+
+    async def start(self) -> None:
+        """Start connecting in the background (returns at once)."""
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def wait_connected(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait up to ``timeout`` s for a login; True if logged in."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        return self.connected
+
+    async def stop(self) -> None:
+        """Disconnect and cancel every task the client owns."""
+        self._stopping = True
+        tasks = [t for t in (self._task, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._task = None
+        self._close_manager()
+
+    def force_reconnect(self) -> None:
+        """Drop the connection now; the run loop reconnects with backoff."""
+        self._close_manager()
+        self._set_lost()
+
+    def _close_manager(self) -> None:
+        m = self._manager
+        self._manager = None
+        self._ready.clear()
+        if m is not None:
+            with contextlib.suppress(Exception):
+                m.close()
+
+    def _set_lost(self) -> None:
+        self._ready.clear()
+        self._lost.set()
+
+    async def _run(self) -> None:
+        delay = self.settings.backoff_initial
+        was_up = True
+        while not self._stopping:
+            ok = await self._connect_once()
+            if ok:
+                delay = self.settings.backoff_initial
+                was_up = True
+                await self._serve_connection()
+                if self._stopping:
+                    return
+                log.warning("AMI connection to %s:%d lost", self.settings.host,
+                            self.settings.port)
+                if self._on_reconnect is not None:
+                    self._on_reconnect()
+            elif was_up:
+                log.warning("AMI %s:%d unavailable; retrying with backoff",
+                            self.settings.host, self.settings.port)
+                was_up = False
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.settings.backoff_max)
+
+    async def _connect_once(self) -> bool:
+        s = self.settings
+        self._lost = asyncio.Event()
+        lost = self._lost
+        def on_lost() -> None:
+            lost.set()
+            self._ready.clear()
+
+        manager = _Manager(
+            on_lost,
+            host=s.host, port=s.port, username=s.username, secret=s.secret,
+            events="on", ping_delay=10**9, ping_interval=10**9,
+            reconnect_timeout=10**9, loop=asyncio.get_running_loop(),
+            log=logging.getLogger("audiosocket_gw.ami.panoramisk"),
+        )
+        manager.register_event("*", self._on_event)
+        self._manager = manager
+        try:
+            await asyncio.wait_for(manager.connect(), s.connect_timeout)
+        except (OSError, TimeoutError):
+            self._close_manager()
+            return False
+        auth = manager.authenticated_future
+        if lost.is_set() or auth is None:
+            self._close_manager()
+            return False
+        try:
+            resp = await asyncio.wait_for(asyncio.shield(auth), s.login_timeout)
+        except (TimeoutError, asyncio.CancelledError, Exception):
+            if asyncio.current_task() is not None and self._stopping:
+                raise
+            self._close_manager()
+            return False
+        if not getattr(resp, "success", False):
+            log.error("AMI login refused for user %s", s.username)
+            self._close_manager()
+            return False
+        self.connects += 1
+        self._ready.set()
+        log.info("AMI connected to %s:%d (login %d)", s.host, s.port, self.connects)
+        for cb in list(self.on_connected):
+            self._spawn(cb())
+        return True
+
+    async def _serve_connection(self) -> None:
+        """Ping until the connection is lost or stops answering."""
+        s = self.settings
+        while not self._lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), s.ping_interval)
+            if self._lost.is_set():
+                break
+            try:
+                await self.send_action("Ping", timeout=s.ping_timeout)
+            except AmiClientError:
+                self.ping_failures += 1
+                log.warning("AMI Ping unanswered within %.1f s: reconnecting", s.ping_timeout)
+                break
+        self._close_manager()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("AMI task failed", exc_info=task.exception())
+
+    # -- events -------------------------------------------------------------------
+
+    def _on_event(self, manager: Any, message: Any) -> None:
+        if manager is not self._manager:
+            return
+        self._put(_to_message(message))
+
+    def _put(self, msg: AmiMessage) -> None:
+        try:
+            self._queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def inject(self, msg: AmiMessage) -> None:
+        """Put ``msg`` in the event stream (used for the ``OriginateResponse``)."""
+        self._put(msg)
+
+    async def events(self) -> AsyncIterator[AmiMessage]:
+        """Every event, in arrival order, forever (one consumer)."""
+        while True:
+            yield await self._queue.get()
+
+    async def next_event(self, timeout: float) -> AmiMessage | None:  # noqa: ASYNC109
+        """The next event, or None after ``timeout`` s."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    # -- actions ------------------------------------------------------------------
+
+    def _send(self, name: str, fields: Mapping[str, str | Sequence[str]],
+              as_list: bool | None) -> _Action:
+        manager = self._manager
+        if manager is None or not self.connected or manager.protocol is None:
+            raise AmiUnavailable("not connected to AMI")
+        act = _Action({"Action": name, **{k: (list(v) if not isinstance(v, str) else v)
+                                            for k, v in fields.items()}}, as_list=as_list)
+        manager.send_action(act, as_list=as_list)
+        return act
+
+    async def _wait(self, fut: asyncio.Future[Any], name: str,
+                    timeout: float) -> Any:  # noqa: ASYNC109
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait({fut, lost}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if fut in done:
+            return fut.result()
+        if lost in done:
+            raise AmiUnavailable(f"AMI connection lost while waiting for {name}")
+        raise AmiTimeout(f"no reply to {name} within {timeout:.1f} s")
+
+    async def send_action(
+        self,
+        name: str,
+        fields: Mapping[str, str | Sequence[str]] | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        as_list: bool | None = None,
+    ) -> AmiMessage | list[AmiMessage]:
+        """Send one action; its reply (a list for list actions such as CoreShowChannels).
+
+        Raises ``AmiActionError`` on ``Response: Error``.
+        """
+        act = self._send(name, fields or {}, as_list)
+        res = await self._wait(act.future, name, timeout or self.settings.action_timeout)
+        if isinstance(res, list):
+            out = [_to_message(m) for m in res]
+            head = out[0] if out else None
+        else:
+            out = _to_message(res)  # type: ignore[assignment]
+            head = out  # type: ignore[assignment]
+        if head is not None and (head.response or "").lower() == "error":
+            raise AmiActionError(name, head.get("Message", ""))
+        return out
+
+    async def core_show_channels(self) -> list[AmiMessage]:
+        """The ``CoreShowChannel`` events of a ``CoreShowChannels`` list."""
+        res = await self.send_action("CoreShowChannels", as_list=True)
+        items = res if isinstance(res, list) else [res]
+        return [m for m in items if (m.event or "").lower() == "coreshowchannel"]
+
+    async def hangup(self, channel: str, cause: int = 16) -> None:
+        """``Hangup`` a channel by name (``AmiActionError`` if it does not exist)."""
+        await self.send_action("Hangup", {"Channel": channel, "Cause": str(cause)})
+
+    async def originate(
+        self,
+        *,
+        channel: str,
+        channel_id: str,
+        context: str,
+        exten: str = "s",
+        priority: str = "1",
+        timeout_ms: int = 30_000,
+        caller_id: str | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> str:
+        """Send an ``Async: true`` Originate; returns its ActionID once it is queued.
+
+        The final ``OriginateResponse`` (answered or failed) is put in the event stream
+        when it arrives. Raises ``AmiActionError`` if Asterisk refuses the action.
+        """
+        fields: dict[str, str | Sequence[str]] = {
+            "Channel": channel, "Context": context, "Exten": exten, "Priority": priority,
+            "Timeout": str(timeout_ms), "Async": "true", "ChannelId": channel_id,
+        }
+        if caller_id:
+            fields["CallerID"] = caller_id
+        if variables:
+            fields["Variable"] = [f"{k}={v}" for k, v in variables.items()]
+        act = self._send("Originate", fields, None)
+        aid = str(act.action_id)
+        self._originates[aid] = channel_id
+        try:
+            first = _to_message(await self._wait(act.first, "Originate",
+                                                 self.settings.action_timeout))
+        except AmiClientError:
+            self._originates.pop(aid, None)
+            raise
+        if (first.response or "").lower() != "success":
+            self._originates.pop(aid, None)
+            raise AmiActionError("Originate", first.get("Message", ""))
+        self._spawn(self._await_originate(act, aid, timeout_ms / 1000.0 + 30.0))
+        return aid
+
+    async def _await_originate(self, act: _Action, aid: str, within: float) -> None:
+        try:
+            res = await self._wait(act.future, "OriginateResponse", within)
+        except AmiClientError:
+            # Lost or late: the tracker's resync decides what became of the call.
+            return
+        for m in res if isinstance(res, list) else [res]:
+            msg = _to_message(m)
+            if (msg.event or "").lower() == "originateresponse":
+                self.inject(msg)
+
+    def originate_channel_id(self, action_id: str | None) -> str | None:
+        """The ChannelId of the Originate sent with ``action_id`` (None if unknown)."""
+        if action_id is None:
+            return None
+        return self._originates.get(action_id)
+
+    def forget_originate(self, action_id: str) -> None:
+        self._originates.pop(action_id, None)

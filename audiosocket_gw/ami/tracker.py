@@ -1,0 +1,361 @@
+"""The call tracker: AMI events and AudioSocket lifecycle -> the call store.
+
+Every status change of a call goes through ``CallTracker.apply`` (one lock, so the
+metrics see each transition once); the state machine itself is
+``audiosocket_gw.callstate`` run by ``store.apply_input``, whose terminal statuses
+absorb duplicates: an AMI ``Hangup`` and the AudioSocket EOF of the same call, in
+either order, end it once.
+
+Correlation (PROTOCOLS.md 2, 2b): an event belongs to call X when its ``Uniqueid``
+is X (Originate ``ChannelId``; the ``;2`` half of a Local channel is ignored), when
+an earlier ``Newexten`` ``AppData: X,<host:port>`` or ``VarSet AIGW_CALL_ID=X`` tied
+its Uniqueid to X (inbound calls), or, for the ``OriginateResponse`` the client
+re-injects, by the Originate's ActionID.
+
+Inputs: ``Newstate`` 5 -> RINGING, 6 -> ANSWERED (outbound only: an inbound channel
+is Up before the gateway has it); ``OriginateResponse`` Reason -> its input;
+``Hangup`` -> HANGUP with its ``Cause``; AudioSocket start -> ANSWERED (a call with
+no record yet gets one: inbound, allow-unregistered); AudioSocket end -> EOF (the
+caller hung up) or GATEWAY_HANGUP (bot, watchdog, shutdown) with the reason.
+``ChannelTalkingStart/Stop`` and ``AMDSTATUS``/``AMDCAUSE`` VarSets go to the
+watchdogs.
+
+Resync (after every AMI login): ``CoreShowChannels``; a tracked call that is neither
+a live channel nor a live AudioSocket is closed with VANISHED, reason
+``ami-resync-vanished``, which releases its slot; then ``reconcile_slots``.
+Startup: calls a previous process left open cannot be live any more (their
+AudioSocket died with it): closed with VANISHED, reason ``gateway-restart``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..callstate import CallInput, CallStatus, status_from_originate_reason
+from ..store.base import CallRecord, Direction
+from .client import AmiClient, AmiClientError
+from .protocol import AmiMessage, audiosocket_call_id, c_unescape
+
+if TYPE_CHECKING:
+    from ..ami_metrics import CallMetrics
+    from ..app import Gateway
+    from ..call import Call
+    from ..watchdogs import Watchdogs
+
+log = logging.getLogger("audiosocket_gw.tracker")
+
+__all__ = ["CallTracker"]
+
+_MAX_MAP = 50_000
+_NORMAL_ENDS = frozenset({"caller-hangup"})
+
+
+class CallTracker:
+    """The component (see the module docstring)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        client: AmiClient | None,
+        metrics: CallMetrics,
+        *,
+        watchdogs: Watchdogs | None = None,
+        clock: Callable[[], float] = time.time,
+        queued_grace_s: float = 60.0,
+    ) -> None:
+        self.gateway = gateway
+        self.store = gateway.store
+        self.client = client
+        self.metrics = metrics
+        self.watchdogs = watchdogs
+        self.clock = clock
+        self.queued_grace_s = queued_grace_s
+        self.channels: dict[str, str] = {}
+        """call id -> channel name (for the AMI Hangup action)."""
+        self._uid_call: dict[str, str] = {}
+        self._amd_status: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self._ops: asyncio.Queue[tuple[str, Call]] = asyncio.Queue(10_000)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.resyncs = 0
+        self.events_seen = 0
+        self._dropped_seen = 0
+        self.listeners: list[Callable[[AmiMessage], None]] = []
+        """Other consumers of every AMI event (the MOS monitor), called in order."""
+        self._resync_lock = asyncio.Lock()
+        gateway.audiosocket.on_call_start.append(self._on_call_start)
+        gateway.audiosocket.on_call_end.append(self._on_call_end)
+        if client is not None:
+            client.on_connected.append(self._resync_cb)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reconcile_startup()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._audiosocket_worker()))
+        if self.client is not None:
+            self._tasks.append(loop.create_task(self._event_worker(self.client)))
+
+    async def stop(self) -> None:
+        # Let queued AudioSocket ends reach the store before the store closes.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ops.join(), 2.0)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+
+    # -- the one way a status changes ---------------------------------------------
+
+    async def apply(self, call_id: str, inp: CallInput,
+                    detail: dict[str, Any] | None = None) -> CallRecord | None:
+        """``store.apply_input`` at now, counting the transition in the metrics."""
+        async with self._lock:
+            before = await self.store.get_call(call_id)
+            if before is None:
+                return None
+            after = await self.store.apply_input(call_id, inp, self.clock(), detail)
+            if after is None or after.status is before.status:
+                return after
+            self.metrics.calls_by_status.labels(after.tenant, after.direction,
+                                                after.status.value).inc()
+            if after.status is CallStatus.IN_PROGRESS and after.answered_at is not None:
+                self.metrics.call_setup.labels(after.direction).observe(
+                    max(0.0, after.answered_at - after.created_at))
+            if after.is_terminal:
+                self.channels.pop(call_id, None)
+            self.metrics.tenant_active_calls.labels(after.tenant).set(
+                await self.store.active_slots(after.tenant))
+            log.info("call %s: %s -> %s (%s)", call_id, before.status.value,
+                     after.status.value, inp.value)
+            return after
+
+    # -- startup and resync -------------------------------------------------------
+
+    async def reconcile_startup(self) -> int:
+        """Close every call a previous process left open; release stale slots."""
+        closed = 0
+        for rec in await self.store.active_calls():
+            await self.apply(rec.id, CallInput.VANISHED, {"reason": "gateway-restart"})
+            self.metrics.resync_vanished.labels("startup").inc()
+            closed += 1
+        released = await self.store.reconcile_slots()
+        if closed or released:
+            log.warning("startup reconciliation: closed %d calls, released %d slots",
+                        closed, released)
+        return closed
+
+    async def _resync_cb(self) -> None:
+        await self.resync()
+
+    async def resync(self) -> int:
+        """Reconcile tracked calls with ``CoreShowChannels``; returns calls closed."""
+        if self.client is None:
+            return 0
+        async with self._resync_lock:
+            try:
+                chans = await self.client.core_show_channels()
+            except AmiClientError as exc:
+                log.warning("AMI resync failed: %s", exc)
+                return 0
+            live: set[str] = set()
+            for ch in chans:
+                uid = ch.get("Uniqueid") or ""
+                live.add(uid.split(";", 1)[0])
+                mapped = self._uid_call.get(uid)
+                if mapped:
+                    live.add(mapped)
+                data = ch.get("ApplicationData") or ""
+                if (ch.get("Application") or "").lower() == "audiosocket" and data:
+                    app_cid = data.split(",", 1)[0].strip()
+                    live.add(app_cid)
+                    self._map(uid, app_cid)
+                name = ch.get("Channel")
+                owner = self._uid_call.get(uid) or (uid if uid in live else None)
+                if name and owner:
+                    self.channels.setdefault(owner, name)
+            closed = 0
+            now = self.clock()
+            for rec in await self.store.active_calls():
+                if rec.id in live or rec.id in self.gateway.audiosocket.calls:
+                    continue
+                if rec.status is CallStatus.QUEUED and now - rec.created_at < self.queued_grace_s:
+                    continue  # an Originate may still be creating its channel
+                await self.apply(rec.id, CallInput.VANISHED, {"reason": "ami-resync-vanished"})
+                self.metrics.resync_vanished.labels("resync").inc()
+                closed += 1
+            await self.store.reconcile_slots()
+            self.resyncs += 1
+            if closed:
+                log.warning("AMI resync: %d tracked calls were gone, closed", closed)
+            return closed
+
+    # -- AMI events ---------------------------------------------------------------
+
+    async def _event_worker(self, client: AmiClient) -> None:
+        async for msg in client.events():
+            try:
+                await self.handle_event(msg)
+            except Exception:
+                log.exception("AMI event %s failed", msg.event)
+            for listener in self.listeners:
+                try:
+                    listener(msg)
+                except Exception:
+                    log.exception("AMI listener failed on %s", msg.event)
+            if self.metrics is not None and client.dropped > self._dropped_seen:
+                self.metrics.ami_events_dropped.inc(client.dropped - self._dropped_seen)
+                self._dropped_seen = client.dropped
+
+    def _map(self, uid: str, call_id: str) -> None:
+        if uid and uid not in self._uid_call:
+            if len(self._uid_call) >= _MAX_MAP:
+                self._uid_call.pop(next(iter(self._uid_call)))
+            self._uid_call[uid] = call_id
+
+    def _call_for(self, msg: AmiMessage) -> str | None:
+        uid = msg.get("Uniqueid") or ""
+        if uid in self._uid_call:
+            return self._uid_call[uid]
+        return uid or None
+
+    async def handle_event(self, msg: AmiMessage) -> None:
+        """Apply one AMI event (public so tests and tools can feed events directly)."""
+        self.events_seen += 1
+        ev = (msg.event or "").lower()
+        uid = msg.get("Uniqueid") or ""
+        if ev == "originateresponse":
+            await self._originate_response(msg)
+            return
+        if ev == "newexten" and (app_cid := audiosocket_call_id(
+                msg.get("Application"), msg.get("AppData"))):
+            if app_cid:
+                self._map(uid, app_cid)
+                if msg.get("Channel"):
+                    self.channels.setdefault(app_cid, msg.get("Channel", ""))
+            return
+        if ev == "varset":
+            var = (msg.get("Variable") or "").upper()
+            value = c_unescape(msg.get("Value") or "")
+            if var == "AIGW_CALL_ID" and value:
+                self._map(uid, value)
+                if msg.get("Channel"):
+                    self.channels.setdefault(value, msg.get("Channel", ""))
+                return
+            if var == "AMDCAUSE" and self.watchdogs is not None:
+                owner = self._call_for(msg)
+                if owner is not None:
+                    status = self._amd_status.pop(uid, "")
+                    self.watchdogs.on_amd(owner, status, value)
+            elif var == "AMDSTATUS":
+                self._amd_status[uid] = value
+            return
+        if uid.endswith(";2"):
+            return  # the Local channel's other half: its state is not the call's
+        cid = self._call_for(msg)
+        if cid is None:
+            return
+        if ev == "newchannel":
+            if msg.get("Channel"):
+                self.channels[cid] = msg.get("Channel", "")
+        elif ev == "newstate":
+            state = msg.get("ChannelState")
+            if state == "5":
+                await self.apply(cid, CallInput.RINGING)
+            elif state == "6":
+                rec = await self.store.get_call(cid)
+                if rec is not None and rec.direction == "outbound":
+                    await self.apply(cid, CallInput.ANSWERED, {"source": "ami"})
+        elif ev == "hangup":
+            cause = _int(msg.get("Cause"))
+            detail: dict[str, Any] = {"source": "ami"}
+            if cause is not None:
+                detail["cause"] = cause
+            await self.apply(cid, CallInput.HANGUP, detail)
+            self._uid_call.pop(uid, None)
+        elif ev in ("channeltalkingstart", "channeltalkingstop"):
+            if self.watchdogs is not None:
+                self.watchdogs.on_talking(cid)
+
+    async def _originate_response(self, msg: AmiMessage) -> None:
+        cid: str | None = None
+        if self.client is not None:
+            cid = self.client.originate_channel_id(msg.action_id)
+            if msg.action_id is not None:
+                self.client.forget_originate(msg.action_id)
+        cid = cid or msg.get("Uniqueid")
+        if not cid:
+            return
+        reason = _int(msg.get("Reason"))
+        inp = status_from_originate_reason(reason if reason is not None else 0)
+        await self.apply(cid, inp, {"source": "originate", "originate_reason": reason})
+
+    # -- AudioSocket lifecycle ----------------------------------------------------
+
+    def _on_call_start(self, call: Call) -> None:
+        self._enqueue("start", call)
+
+    def _on_call_end(self, call: Call) -> None:
+        self._enqueue("end", call)
+
+    def _enqueue(self, kind: str, call: Call) -> None:
+        try:
+            self._ops.put_nowait((kind, call))
+        except asyncio.QueueFull:
+            call.log.error("call tracker queue full: %s not recorded", kind)
+
+    async def _audiosocket_worker(self) -> None:
+        while True:
+            kind, call = await self._ops.get()
+            try:
+                if kind == "start":
+                    await self._started(call)
+                else:
+                    await self._ended(call)
+            except Exception:
+                call.log.exception("call tracker failed on AudioSocket %s", kind)
+            finally:
+                self._ops.task_done()
+
+    async def _started(self, call: Call) -> None:
+        info = call.info
+        rec = await self.store.get_call(call.call_id)
+        if rec is None:
+            direction: Direction = "outbound" if info.direction == "outbound" else "inbound"
+            with contextlib.suppress(Exception):
+                await self.store.create_call(CallRecord(
+                    id=call.call_id, tenant=info.tenant, agent=info.agent,
+                    direction=direction, from_=info.from_, to=info.to,
+                    created_at=self.clock(), metadata=dict(info.metadata)))
+            await self.apply(call.call_id, CallInput.ROUTED_INBOUND, {"source": "audiosocket"})
+        await self.apply(call.call_id, CallInput.ANSWERED, {"source": "audiosocket"})
+
+    async def _ended(self, call: Call) -> None:
+        reason = call.end_reason or "ended"
+        if reason in _NORMAL_ENDS:
+            await self.apply(call.call_id, CallInput.AUDIOSOCKET_EOF, {"reason": reason})
+        else:
+            await self.apply(call.call_id, CallInput.GATEWAY_HANGUP, {"reason": reason})
+        channel = self.channels.get(call.call_id)
+        if reason not in _NORMAL_ENDS and channel and self.client is not None \
+                and self.client.connected:
+            # The gateway ended the call: make sure Asterisk hangs up the channel too.
+            with contextlib.suppress(AmiClientError):
+                await self.client.hangup(channel)
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
