@@ -1,0 +1,333 @@
+"""dialplan/extensions_aigw.conf: syntax and the rules of PROTOCOLS.md 1, 2b, 4, 5.
+
+Two checks: ``asterisklint`` (PyPI) when it is installed, and always our own
+parser below, which knows what asterisklint does not: which AIGW_* variables exist,
+that AudioSocket runs only answered and inside TryExec, MixMonitor without ``b``,
+and that caller-controlled values never reach an application argument.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from audiosocket_gw.routing import (
+    DEPLOYMENT_VARIABLES,
+    ORIGINATE_VARIABLES,
+    ROUTE_VARIABLES,
+    originate_variables,
+    route_variables,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "dialplan" / "extensions_aigw.conf"
+SET_BY_DIALPLAN = {"AIGW_BRIDGE", "AIGW_STATUS"}
+CALLER_CONTROLLED = ("${EXTEN", "${CALLERID", "${CONNECTEDLINE", "${RDNIS", "${DNID",
+                     "${CHANNEL(name", "${SIP_HEADER", "${PJSIP_HEADER")
+
+
+@dataclass
+class Step:
+    line: int
+    prio: int
+    label: str | None
+    app: str
+    data: str
+
+
+@dataclass
+class Dialplan:
+    contexts: dict[str, dict[str, list[Step]]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def steps(self):
+        for ctx, exts in self.contexts.items():
+            for ext, steps in exts.items():
+                for st in steps:
+                    yield ctx, ext, st
+
+
+_EXTEN = re.compile(r"exten\s*=>\s*([^,]+),(\d+|n)(?:\(([A-Za-z0-9_-]+)\))?,(.*)$")
+_SAME = re.compile(r"same\s*=>\s*(\d+|n)(?:\(([A-Za-z0-9_-]+)\))?,(.*)$")
+_APP = re.compile(r"([A-Za-z][A-Za-z0-9_]*)\((.*)\)$|([A-Za-z][A-Za-z0-9_]*)$")
+
+
+def balanced(s: str) -> bool:
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for c in s:
+        if c in "([{":
+            stack.append(c)
+        elif c in pairs:
+            if not stack or stack.pop() != pairs[c]:
+                return False
+    return not stack
+
+
+def split_args(data: str) -> list[str]:
+    """Top-level comma split (commas inside (), [] and {} do not split)."""
+    out, depth, cur = [], 0, []
+    for c in data:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        if c == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+    out.append("".join(cur))
+    return out
+
+
+def parse(text: str) -> Dialplan:
+    dp = Dialplan()
+    ctx: str | None = None
+    ext: str | None = None
+    for no, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(";", 1)[0].strip() if not raw.lstrip().startswith(";") else ""
+        if not line:
+            continue
+        if line.startswith("["):
+            m = re.fullmatch(r"\[([A-Za-z0-9_-]+)\]", line)
+            if not m:
+                dp.errors.append(f"{no}: bad context header {line!r}")
+                continue
+            ctx = m.group(1)
+            if ctx in dp.contexts:
+                dp.errors.append(f"{no}: context {ctx} defined twice")
+            dp.contexts[ctx] = {}
+            ext = None
+            continue
+        if ctx is None:
+            dp.errors.append(f"{no}: line outside a context")
+            continue
+        m = _EXTEN.fullmatch(line)
+        if m:
+            ext, prio_s, label, body = m.group(1).strip(), m.group(2), m.group(3), m.group(4)
+            if prio_s != "1":
+                dp.errors.append(f"{no}: extension {ext} must start at priority 1")
+            if ext in dp.contexts[ctx]:
+                dp.errors.append(f"{no}: extension {ext} defined twice in {ctx}")
+            dp.contexts[ctx][ext] = []
+            prio = 1
+        else:
+            m = _SAME.fullmatch(line)
+            if not m:
+                dp.errors.append(f"{no}: not exten/same: {line!r}")
+                continue
+            if ext is None:
+                dp.errors.append(f"{no}: 'same' without an extension")
+                continue
+            if m.group(1) != "n":
+                dp.errors.append(f"{no}: use n priorities after the first")
+            label, body = m.group(2), m.group(3)
+            prio = len(dp.contexts[ctx][ext]) + 1
+        am = _APP.fullmatch(body.strip())
+        if not am:
+            dp.errors.append(f"{no}: bad application call {body!r}")
+            continue
+        app, data = (am.group(1), am.group(2)) if am.group(1) else (am.group(3), "")
+        if not balanced(data):
+            dp.errors.append(f"{no}: unbalanced brackets in {app}({data})")
+        steps = dp.contexts[ctx][ext]
+        if label and any(s.label == label for s in steps):
+            dp.errors.append(f"{no}: label {label} twice in {ctx},{ext}")
+        steps.append(Step(no, prio, label, app, data))
+    return dp
+
+
+def goto_targets(ctx: str, ext: str, st: Step) -> list[tuple[str, str, str]]:
+    """(context, extension, priority-or-label) of every jump the step can make."""
+    targets: list[str] = []
+    if st.app == "GotoIf":
+        _, _, branches = st.data.partition("?")
+        targets = [b for b in branches.split(":") if b]
+    elif st.app in ("Goto", "Gosub"):
+        targets = [st.data]
+    elif st.app == "Set" and st.data.startswith("CHANNEL(hangup_handler_push)="):
+        targets = [st.data.split("=", 1)[1]]
+    out = []
+    for t in targets:
+        parts = split_args(re.sub(r"\(.*\)$", "", t))
+        if len(parts) == 1:
+            out.append((ctx, ext, parts[0]))
+        elif len(parts) == 2:
+            out.append((ctx, parts[0], parts[1]))
+        else:
+            out.append((parts[0], parts[1], parts[2]))
+    return out
+
+
+def check(dp: Dialplan) -> list[str]:
+    """Every rule; returns the problems found (empty = good)."""
+    errors = list(dp.errors)
+    allowed = set(ROUTE_VARIABLES) | set(ORIGINATE_VARIABLES) | set(DEPLOYMENT_VARIABLES) \
+        | SET_BY_DIALPLAN
+    for ctx, ext, st in dp.steps():
+        where = f"line {st.line} ({ctx},{ext},{st.prio})"
+        for var in re.findall(r"[$^]\{(AIGW_[A-Z0-9_]+)", st.data):
+            if var not in allowed:
+                errors.append(f"{where}: reads {var}, which nothing sets")
+        for bad in CALLER_CONTROLLED:
+            if bad in st.data:
+                errors.append(f"{where}: caller-controlled {bad}...}} in {st.app}()")
+        for c, e, p in goto_targets(ctx, ext, st):
+            steps = dp.contexts.get(c, {}).get(e)
+            if steps is None:
+                errors.append(f"{where}: jump to missing {c},{e}")
+            elif not (p.isdigit() and 1 <= int(p) <= len(steps)) and \
+                    not any(s.label == p for s in steps):
+                errors.append(f"{where}: jump to missing priority/label {c},{e},{p}")
+        if st.app == "MixMonitor":
+            args = split_args(st.data)
+            if len(args) > 1 and "b" in args[1]:
+                errors.append(f"{where}: MixMonitor option b records nothing during AudioSocket")
+        if st.app == "AudioSocket" or (st.app != "TryExec" and "AudioSocket(" in st.data):
+            errors.append(f"{where}: AudioSocket outside TryExec()")
+        if st.app == "TryExec" and st.data.startswith("AudioSocket("):
+            inner = st.data[len("AudioSocket("):-1]
+            if len(split_args(inner)) != 2:
+                errors.append(f"{where}: AudioSocket takes exactly two arguments")
+            before = dp.contexts[ctx][ext][: st.prio - 1]
+            if not any(s.app == "Answer" for s in before):
+                errors.append(f"{where}: AudioSocket before Answer()")
+            follow = dp.contexts[ctx][ext][st.prio:]
+            if not follow or "TRYSTATUS" not in follow[0].data:
+                errors.append(f"{where}: TRYSTATUS not checked right after AudioSocket")
+    # The hangup handler must Return.
+    for c, e, st in dp.steps():
+        if st.app == "Set" and st.data.startswith("CHANNEL(hangup_handler_push)="):
+            hc, he, _ = goto_targets(c, e, st)[0]
+            steps = dp.contexts.get(hc, {}).get(he, [])
+            if not steps or steps[-1].app != "Return":
+                errors.append(f"hangup handler {hc},{he} does not end with Return()")
+    return errors
+
+
+# -- the checks on the real file ----------------------------------------------------
+
+
+def test_include_is_well_formed_and_follows_the_rules():
+    dp = parse(CONF.read_text())
+    assert set(dp.contexts) >= {"aigw-inbound", "aigw-outbound", "aigw-bridge",
+                                "aigw-fallback", "aigw-hangup"}
+    assert all(c.startswith("aigw-") for c in dp.contexts), "only aigw-* contexts"
+    assert check(dp) == []
+
+
+def test_every_routing_path_reaches_the_shared_bridge_or_a_fallback():
+    dp = parse(CONF.read_text())
+    inbound = dp.contexts["aigw-inbound"]["_[0-9+]."]
+    apps = [s.app for s in inbound]
+    assert apps.index("AGI") < apps.index("Gosub")
+    assert any(s.app == "Gosub" and s.data == "aigw-bridge,s,1" for s in inbound)
+    assert any(s.app == "Gosub" and s.data == "aigw-fallback,s,1" for s in inbound)
+    out = dp.contexts["aigw-outbound"]["s"]
+    out_apps = [s.app for s in out]
+    assert "AMD" in out_apps and out_apps.index("AMD") < out_apps.index("Gosub")
+    assert any(s.app == "Gosub" and s.data == "aigw-bridge,s,1" for s in out)
+    # AGI: the route URL is the only argument; no caller data.
+    agi = next(s for s in inbound if s.app == "AGI")
+    assert agi.data == "aigw_route.py,${AIGW_ROUTE_URL}"
+    bridge = dp.contexts["aigw-bridge"]["s"]
+    assert bridge[0].app == "Answer"
+    mix = next(s for s in bridge if s.app == "MixMonitor")
+    assert "^{AIGW_CALL_ID}" in mix.data and "aigw_route.py --recording-done" in mix.data
+    assert "${AIGW_CALL_ID}" not in split_args(mix.data)[2]  # ^{} = expanded at start
+    hangup = dp.contexts["aigw-hangup"]["s"]
+    assert hangup[0].app == "UserEvent" and "${HANGUPCAUSE}" in hangup[0].data
+
+
+def test_variables_contract_matches_the_agi_and_the_api():
+    spec = importlib.util.spec_from_file_location("aigw_route", ROOT / "agi" / "aigw_route.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert set(mod.VARIABLES) == set(ROUTE_VARIABLES) == set(route_variables("unknown"))
+    ov = originate_variables(call_id="0b6f2b1c-3f0e-4d0a-9a51-2f4f2c1d9e10",
+                             audiosocket="127.0.0.1:9092", tenant="acme", agent="support")
+    assert set(ov) == set(ORIGINATE_VARIABLES)
+    text = CONF.read_text()
+    for var in DEPLOYMENT_VARIABLES:
+        assert var in text.split("\n[aigw-inbound]")[0], f"{var} undocumented in the header"
+
+
+# -- the checker can fail -------------------------------------------------------------
+
+BROKEN = {
+    "option b": "[aigw-x]\nexten => s,1,Answer()\n"
+                " same => n,MixMonitor(${AIGW_RECORDING_FILE},b)\n",
+    "bare AudioSocket": "[aigw-x]\nexten => s,1,Answer()\n"
+                        " same => n,AudioSocket(${AIGW_CALL_ID},${AIGW_AUDIOSOCKET})\n",
+    "no answer": "[aigw-x]\nexten => s,1,NoOp()\n"
+                 " same => n,TryExec(AudioSocket(${AIGW_CALL_ID},${AIGW_AUDIOSOCKET}))\n"
+                 " same => n,GotoIf($[\"${TRYSTATUS}\" = \"SUCCESS\"]?1)\n",
+    "unknown var": "[aigw-x]\nexten => s,1,NoOp(${AIGW_NOPE})\n",
+    "caller data": "[aigw-x]\nexten => s,1,AGI(x.py,${CALLERID(num)})\n",
+    "missing label": "[aigw-x]\nexten => s,1,GotoIf($[1]?nowhere)\n",
+    "missing context": "[aigw-x]\nexten => s,1,Gosub(aigw-none,s,1)\n",
+    "unbalanced": "[aigw-x]\nexten => s,1,Set(A=$[1)\n",
+    "priority": "[aigw-x]\nexten => s,2,NoOp()\n",
+    "garbage": "[aigw-x]\nexten s 1 NoOp\n",
+    "same first": "[aigw-x]\n same => n,NoOp()\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_checker_catches(name):
+    assert check(parse(BROKEN[name])), name
+
+
+# -- asterisklint, when installed ------------------------------------------------------
+
+# asterisklint 0.4.3 does not know these applications (app_amd, app_audiosocket).
+ALINT_UNKNOWN_APPS = {"AMD", "AudioSocket"}
+
+
+def _asterisklint(tmp_path: Path, conf_text: str) -> list[str]:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "extensions.conf").write_text(
+        "[general]\nstatic=yes\nwriteprotect=yes\n\n[globals]\n\n#include extensions_aigw.conf\n")
+    (etc / "extensions_aigw.conf").write_text(conf_text)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, os; from asterisklint.main import main; "
+         "sys.exit(main(sys.argv[1:], os.environ))", "dialplan-check",
+         str(etc / "extensions.conf")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "ALINT_IGNORE": ""},
+    )
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    return [ln for ln in lines
+            if not any(f"E_APP_MISSING: app '{a}'" in ln for a in ALINT_UNKNOWN_APPS)]
+
+
+needs_alint = pytest.mark.skipif(
+    importlib.util.find_spec("asterisklint") is None,
+    reason="asterisklint not installed (pip install asterisklint)",
+)
+
+
+@needs_alint
+def test_asterisklint_accepts_the_include(tmp_path):
+    assert _asterisklint(tmp_path, CONF.read_text()) == []
+
+
+@needs_alint
+def test_asterisklint_rejects_a_broken_copy(tmp_path):
+    broken = CONF.read_text().replace("Return()\n", "Return(\n", 1)
+    assert _asterisklint(tmp_path, broken)
+
+
+def test_no_stray_copies_in_the_tree():
+    assert shutil.which("true")  # sanity: subprocess tools exist for the lint run
+    assert not list((ROOT / "dialplan").glob("*.orig"))
