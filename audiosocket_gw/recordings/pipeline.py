@@ -1,0 +1,337 @@
+"""The durable pipeline: queue -> upload + verify -> retention -> transcription.
+
+Runs inside the gateway (``component.py``) or alone (``worker.py``, e.g. a child
+process). Everything goes through the persisted queue, so any process that opens
+``recordings.sqlite`` resumes where the last one stopped.
+
+Tasks (all bounded, none blocks the event loop: boto3, hashing, file removal and
+channel splitting run in threads):
+
+- ``upload_concurrency`` upload workers: claim a due ``pending`` row, upload, mark
+  ``uploaded``, verify, mark ``verified``; on error back to ``pending`` with an
+  exponential backoff (``failed`` after ``max_attempts`` or a permanent error);
+- a sweeper: removes the local file of verified rows once ``retention_s`` has passed
+  (and their transcription, if any, is finished), marks them ``deleted``;
+- a transcription worker (when configured): claims due jobs, transcribes each speaker,
+  stores the text, retries with backoff; failures are visible on the job row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from .metrics import RecordingMetrics
+from .queue import JobState, RecordingDB, RecordingQueue, RecordingRow, RecState, TranscriptRow
+from .s3 import S3Uploader, UploadError, file_sha256
+from .settings import RecordingSettings, backoff_delay
+from .transcribe import (
+    Transcriber,
+    TranscriptionError,
+    build_transcriber,
+    is_silent,
+    split_channels,
+)
+from .urls import object_key
+
+log = logging.getLogger("audiosocket_gw.recordings")
+
+RowHook = Callable[[RecordingRow], Awaitable[None]]
+JobHook = Callable[[TranscriptRow], Awaitable[None]]
+
+
+class RecordingPipeline:
+    """Owns the queue and its workers; ``add_capture`` is the single way in."""
+
+    def __init__(
+        self,
+        settings: RecordingSettings,
+        data_dir: str | Path,
+        *,
+        metrics: RecordingMetrics | None = None,
+        on_verified: RowHook | None = None,
+        on_failed: RowHook | None = None,
+        on_transcribed: JobHook | None = None,
+        transcriber: Transcriber | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.data_dir = Path(data_dir)
+        self.queue = RecordingQueue(self.data_dir / "recordings.sqlite")
+        self.metrics = metrics or RecordingMetrics(CollectorRegistry())
+        self.uploader = None if settings.local_only else S3Uploader(settings)
+        self.transcriber = transcriber
+        self.on_verified = on_verified
+        self.on_failed = on_failed
+        self.on_transcribed = on_transcribed
+        self.clock = clock
+        self._wake_upload = asyncio.Event()
+        self._wake_jobs = asyncio.Event()
+        self._wake_sweep = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.queue.open()
+        fixed = await self.queue.call(RecordingDB.recover)
+        if any(fixed):
+            log.info("recording queue: resumed %d uploads and %d transcriptions", *fixed)
+        if self.transcriber is None and self.settings.transcription_enabled:
+            self.transcriber = build_transcriber(self.settings)
+            if self.transcriber is None:
+                log.warning("transcription: faster-whisper not importable; skipped")
+        await self._update_depth()
+        loop = asyncio.get_running_loop()
+        if self.uploader is not None:
+            for i in range(self.settings.upload_concurrency):
+                self._tasks.append(loop.create_task(self._upload_loop(), name=f"rec-upload-{i}"))
+            self._tasks.append(loop.create_task(self._sweep_loop(), name="rec-sweep"))
+        if self.transcriber is not None:
+            self._tasks.append(loop.create_task(self._job_loop(), name="rec-transcribe"))
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Let running attempts finish for ``grace`` s; anything cut off resumes next start."""
+        self._stopping = True
+        for ev in (self._wake_upload, self._wake_jobs, self._wake_sweep):
+            ev.set()
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.transcriber is not None:
+            await self.transcriber.aclose()
+        await self.queue.close()
+
+    def wake(self) -> None:
+        self._wake_upload.set()
+        self._wake_jobs.set()
+
+    # -- in --------------------------------------------------------------------------
+
+    async def add_capture(
+        self,
+        *,
+        call_id: str,
+        tenant: str,
+        agent: str,
+        source: str,
+        path: str,
+        channels: int,
+        duration_s: float,
+        recording_sid: str,
+        callback_url: str | None = None,
+    ) -> RecordingRow | None:
+        """Queue a complete recording file. Returns the row, or None if the call
+        already had one (a duplicate hook, a second completion path): idempotent."""
+        sha, size = await asyncio.to_thread(file_sha256, path)
+        now = self.clock()
+        state = RecState.LOCAL if self.uploader is None else RecState.PENDING
+        row = RecordingRow(
+            call_id=call_id, tenant=tenant, agent=agent, source=source, path=path,
+            key=object_key(self.settings.s3_prefix, tenant, call_id),
+            recording_sid=recording_sid, state=state.value, attempts=0, sha256=sha,
+            size=size, duration_s=duration_s, channels=channels, captured_at=now,
+            next_attempt_at=now, callback_url=callback_url,
+        )
+        added = await self.queue.call(RecordingDB.add, row)
+        if not added:
+            return None
+        self.metrics.captured.labels(tenant, source).inc()
+        if self.uploader is None and self.transcriber is not None:
+            await self.queue.call(RecordingDB.add_job, call_id, now)
+        await self._update_depth()
+        self.wake()
+        return row
+
+    async def get(self, call_id: str) -> RecordingRow | None:
+        return await self.queue.call(RecordingDB.get, call_id)
+
+    async def get_job(self, call_id: str) -> TranscriptRow | None:
+        return await self.queue.call(RecordingDB.get_job, call_id)
+
+    async def _update_depth(self) -> None:
+        def depth(db: RecordingDB) -> tuple[int, int]:
+            up = db.conn.execute("SELECT COUNT(*) FROM recordings WHERE state IN "
+                                 "('pending', 'uploading', 'uploaded')").fetchone()[0]
+            jobs = db.conn.execute("SELECT COUNT(*) FROM transcripts WHERE state IN "
+                                   "('pending', 'running')").fetchone()[0]
+            return int(up), int(jobs)
+
+        up, jobs = await self.queue.call(depth)
+        self.metrics.queue_depth.labels("upload").set(up)
+        self.metrics.queue_depth.labels("transcribe").set(jobs)
+
+    async def _idle(self, event: asyncio.Event, next_due: float | None, cap: float) -> None:
+        timeout = cap if next_due is None else max(0.0, min(cap, next_due - self.clock()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        event.clear()
+
+    # -- uploads ---------------------------------------------------------------------
+
+    async def _upload_loop(self) -> None:
+        while not self._stopping:
+            try:
+                row = await self.queue.call(RecordingDB.claim_upload, self.clock())
+                if row is None:
+                    due = await self.queue.call(RecordingDB.next_due)
+                    await self._idle(self._wake_upload, due, 1.0)
+                    continue
+                await self._upload_one(row)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("upload worker error")
+                await asyncio.sleep(1.0)
+
+    async def _upload_one(self, row: RecordingRow) -> None:
+        assert self.uploader is not None
+        up = self.uploader
+        q = self.queue
+        try:
+            await asyncio.to_thread(up.upload, row.path, row.key, row.sha256, row.size,
+                                    verify=False)
+            await q.call(RecordingDB.set_state, row.call_id, RecState.UPLOADED,
+                         uploaded_at=self.clock())
+            await asyncio.to_thread(up.verify, row.key, row.sha256, row.size)
+        except UploadError as exc:
+            await self._upload_failed(row, exc)
+            return
+        now = self.clock()
+        await q.call(RecordingDB.set_state, row.call_id, RecState.VERIFIED,
+                     verified_at=now, last_error=None)
+        self.metrics.verified.labels(row.tenant).inc()
+        self.metrics.upload_seconds.observe(max(0.0, now - row.captured_at))
+        log.info("call %s: recording uploaded and verified (%d bytes, attempt %d)",
+                 row.call_id, row.size, row.attempts)
+        if self.transcriber is not None:
+            await q.call(RecordingDB.add_job, row.call_id, now)
+            self._wake_jobs.set()
+        await self._update_depth()
+        self._wake_sweep.set()
+        verified = await q.call(RecordingDB.get, row.call_id)
+        if self.on_verified is not None and verified is not None:
+            try:
+                await self.on_verified(verified)
+            except Exception:
+                log.exception("call %s: on_verified hook failed", row.call_id)
+
+    async def _upload_failed(self, row: RecordingRow, exc: UploadError) -> None:
+        self.metrics.failures.labels("upload", exc.reason).inc()
+        now = self.clock()
+        if exc.permanent or row.attempts >= self.settings.max_attempts:
+            log.error("call %s: recording upload failed for good after %d attempts: %s",
+                      row.call_id, row.attempts, exc)
+            await self.queue.call(RecordingDB.set_state, row.call_id, RecState.FAILED,
+                                  last_error=str(exc)[:500])
+            await self._update_depth()
+            if self.on_failed is not None:
+                failed = await self.queue.call(RecordingDB.get, row.call_id)
+                if failed is not None:
+                    await self.on_failed(failed)
+            return
+        delay = backoff_delay(row.attempts, self.settings.backoff_s, self.settings.backoff_max_s)
+        log.warning("call %s: recording upload attempt %d failed (%s); retry in %.1f s",
+                    row.call_id, row.attempts, exc, delay)
+        await self.queue.call(RecordingDB.set_state, row.call_id, RecState.PENDING,
+                              next_attempt_at=now + delay, last_error=str(exc)[:500])
+
+    # -- retention -------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retention sweep failed")
+            await self._idle(self._wake_sweep, None, self.settings.sweep_s)
+
+    async def sweep_once(self) -> int:
+        """Delete local files of verified recordings past retention; returns how many."""
+        rows = await self.queue.call(RecordingDB.due_for_deletion, self.clock(),
+                                     self.settings.retention_s)
+        for row in rows:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.remove, row.path)
+            await self.queue.call(RecordingDB.set_state, row.call_id, RecState.DELETED,
+                                  deleted_at=self.clock())
+        return len(rows)
+
+    # -- transcription ---------------------------------------------------------------
+
+    async def _job_loop(self) -> None:
+        while not self._stopping:
+            try:
+                job = await self.queue.call(RecordingDB.claim_job, self.clock())
+                if job is None:
+                    due = await self.queue.call(RecordingDB.next_job_due)
+                    await self._idle(self._wake_jobs, due, 1.0)
+                    continue
+                await self._transcribe_one(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("transcription worker error")
+                await asyncio.sleep(1.0)
+
+    async def _transcribe_one(self, job: TranscriptRow) -> None:
+        assert self.transcriber is not None
+        tr = self.transcriber
+        row = await self.queue.call(RecordingDB.get, job.call_id)
+        try:
+            if row is None or not await asyncio.to_thread(os.path.exists, row.path):
+                raise TranscriptionError("missing_file", "recording file is gone")
+            parts = await asyncio.to_thread(split_channels, row.path)
+            speakers: dict[str, str] = {}
+            for name, wav, _secs in parts:
+                silent = await asyncio.to_thread(is_silent, wav)
+                speakers[name] = "" if silent else await tr.transcribe(
+                    wav, f"{job.call_id}-{name}.wav")
+        except TranscriptionError as exc:
+            await self._job_failed(job, exc.reason, str(exc), permanent=exc.reason ==
+                                   "missing_file")
+            return
+        except Exception as exc:
+            await self._job_failed(job, "error", f"{type(exc).__name__}: {exc}")
+            return
+        now = self.clock()
+        text = "\n".join(f"{k}: {v}" for k, v in speakers.items() if v)
+        await self.queue.call(RecordingDB.set_job, job.call_id, JobState.DONE, done_at=now,
+                              engine=tr.engine, text=text, speakers=speakers, last_error=None)
+        self.metrics.transcription_seconds.observe(max(0.0, now - job.created_at))
+        await self._update_depth()
+        self._wake_sweep.set()
+        done = await self.queue.call(RecordingDB.get_job, job.call_id)
+        if self.on_transcribed is not None and done is not None:
+            try:
+                await self.on_transcribed(done)
+            except Exception:
+                log.exception("call %s: on_transcribed hook failed", job.call_id)
+
+    async def _job_failed(self, job: TranscriptRow, reason: str, msg: str, *,
+                          permanent: bool = False) -> None:
+        self.metrics.failures.labels("transcribe", reason).inc()
+        if permanent or job.attempts >= self.settings.max_attempts:
+            log.error("call %s: transcription failed for good: %s", job.call_id, msg)
+            await self.queue.call(RecordingDB.set_job, job.call_id, JobState.FAILED,
+                                  last_error=msg[:500])
+            await self._update_depth()
+            return
+        delay = backoff_delay(job.attempts, self.settings.backoff_s, self.settings.backoff_max_s)
+        log.warning("call %s: transcription attempt %d failed (%s); retry in %.1f s",
+                    job.call_id, job.attempts, msg, delay)
+        await self.queue.call(RecordingDB.set_job, job.call_id, JobState.PENDING,
+                              next_attempt_at=self.clock() + delay, last_error=msg[:500])

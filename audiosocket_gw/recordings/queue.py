@@ -1,0 +1,334 @@
+"""The persisted recording queue: one row per recording, one per transcription job.
+
+Why SQLite of its own (``<data_dir>/recordings.sqlite``, WAL, ``synchronous=FULL``):
+a recording must survive a crash between "Asterisk closed the file" and "S3 has a
+verified copy", and the call store's schema is not ours. Each state change is one
+committed transaction, so after a ``kill -9`` the queue is exactly as the last
+commit left it; ``recover()`` puts rows caught in ``uploading`` (and transcription
+jobs caught in ``running``) back to pending. Uploads use a deterministic object key,
+so redoing an interrupted upload overwrites the same object: nothing is duplicated.
+
+Recording states::
+
+    local      captured, local-only mode (no bucket): kept on disk, never deleted
+    pending    waiting for an upload attempt (next_attempt_at)
+    uploading  an attempt is running (reset to pending at start-up)
+    uploaded   the store accepted the bytes; checksum not yet verified
+    verified   HEAD + read-back sha256 match the local file
+    deleted    verified, retention elapsed, local file removed
+    failed     gave up (attempts exhausted or a permanent error), last_error says why
+
+Transcription states: pending, running, done, failed.
+
+``RecordingDB`` is the synchronous core (one connection; use it from one thread);
+``RecordingQueue`` runs it on a single worker thread for asyncio callers. Times are
+epoch floats passed in by the caller (no clock reads in the core).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+__all__ = ["RecState", "RecordingDB", "RecordingQueue", "RecordingRow", "TranscriptRow"]
+
+
+class RecState(StrEnum):
+    LOCAL = "local"
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    UPLOADED = "uploaded"
+    VERIFIED = "verified"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RecordingRow:
+    """One recording (``call_id`` is the key: a call has at most one recording)."""
+
+    call_id: str
+    tenant: str
+    agent: str
+    source: str  # gateway | mixmonitor
+    path: str
+    key: str
+    recording_sid: str
+    state: str
+    attempts: int
+    sha256: str
+    size: int
+    duration_s: float
+    channels: int
+    captured_at: float
+    next_attempt_at: float
+    uploaded_at: float | None = None
+    verified_at: float | None = None
+    deleted_at: float | None = None
+    last_error: str | None = None
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class TranscriptRow:
+    call_id: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    done_at: float | None = None
+    engine: str | None = None
+    text: str | None = None
+    speakers: dict[str, str] | None = None
+    last_error: str | None = None
+
+
+_REC_COLS = [f.name for f in fields(RecordingRow)]
+_TR_COLS = [f.name for f in fields(TranscriptRow)]
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS recordings (
+        call_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, agent TEXT NOT NULL,
+        source TEXT NOT NULL, path TEXT NOT NULL, key TEXT NOT NULL,
+        recording_sid TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+        sha256 TEXT NOT NULL, size INTEGER NOT NULL, duration_s REAL NOT NULL,
+        channels INTEGER NOT NULL, captured_at REAL NOT NULL, next_attempt_at REAL NOT NULL,
+        uploaded_at REAL, verified_at REAL, deleted_at REAL, last_error TEXT,
+        callback_url TEXT)""",
+    "CREATE INDEX IF NOT EXISTS recordings_due ON recordings (state, next_attempt_at)",
+    """CREATE TABLE IF NOT EXISTS transcripts (
+        call_id TEXT PRIMARY KEY, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+        next_attempt_at REAL NOT NULL, created_at REAL NOT NULL, done_at REAL,
+        engine TEXT, text TEXT, speakers TEXT, last_error TEXT)""",
+    "CREATE INDEX IF NOT EXISTS transcripts_due ON transcripts (state, next_attempt_at)",
+)
+
+
+def _rec(row: sqlite3.Row | tuple[Any, ...] | None) -> RecordingRow | None:
+    return None if row is None else RecordingRow(*row)
+
+
+def _tr(row: tuple[Any, ...] | None) -> TranscriptRow | None:
+    if row is None:
+        return None
+    values = dict(zip(_TR_COLS, row, strict=True))
+    if values["speakers"] is not None:
+        values["speakers"] = json.loads(values["speakers"])
+    return TranscriptRow(**values)
+
+
+class RecordingDB:
+    """Synchronous queue core over one SQLite connection (one thread at a time)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_ms / 1000,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        for statement in SCHEMA:
+            conn.execute(statement)
+        self.conn = conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    # -- recordings ----------------------------------------------------------------
+
+    def add(self, row: RecordingRow) -> bool:
+        """Insert a recording; False (and no change) if the call already has one."""
+        cols = ", ".join(_REC_COLS)
+        marks = ", ".join("?" * len(_REC_COLS))
+        values = [getattr(row, c) for c in _REC_COLS]
+        cur = self.conn.execute(
+            f"INSERT OR IGNORE INTO recordings ({cols}) VALUES ({marks})", values
+        )
+        return cur.rowcount == 1
+
+    def get(self, call_id: str) -> RecordingRow | None:
+        cols = ", ".join(_REC_COLS)
+        return _rec(self.conn.execute(
+            f"SELECT {cols} FROM recordings WHERE call_id = ?", (call_id,)).fetchone())
+
+    def all(self) -> list[RecordingRow]:
+        cols = ", ".join(_REC_COLS)
+        rows = self.conn.execute(f"SELECT {cols} FROM recordings ORDER BY captured_at")
+        return [RecordingRow(*r) for r in rows]
+
+    def recover(self) -> tuple[int, int]:
+        """After a restart: attempts that were running did not finish; make them due."""
+
+        def fix(conn: sqlite3.Connection) -> tuple[int, int]:
+            a = conn.execute(
+                "UPDATE recordings SET state = 'pending', next_attempt_at = 0 "
+                "WHERE state IN ('uploading', 'uploaded')").rowcount
+            b = conn.execute(
+                "UPDATE transcripts SET state = 'pending', next_attempt_at = 0 "
+                "WHERE state = 'running'").rowcount
+            return a, b
+
+        return self._tx(fix)
+
+    def claim_upload(self, now: float) -> RecordingRow | None:
+        """Take the oldest due pending recording and mark it ``uploading`` (atomically)."""
+
+        def claim(conn: sqlite3.Connection) -> RecordingRow | None:
+            found = conn.execute(
+                "SELECT call_id FROM recordings WHERE state = 'pending' AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, captured_at LIMIT 1", (now,)).fetchone()
+            if found is None:
+                return None
+            conn.execute("UPDATE recordings SET state = 'uploading', attempts = attempts + 1 "
+                         "WHERE call_id = ?", (found[0],))
+            return self.get(found[0])
+
+        return self._tx(claim)
+
+    def next_due(self) -> float | None:
+        """Earliest ``next_attempt_at`` of pending recordings (None: nothing pending)."""
+        row = self.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM recordings WHERE state = 'pending'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def set_state(self, call_id: str, state: RecState, **values: Any) -> None:
+        allowed = set(_REC_COLS) - {"call_id"}
+        sets = ["state = ?"]
+        args: list[Any] = [state.value]
+        for name, value in values.items():
+            if name not in allowed:
+                raise TypeError(f"unknown recording column {name!r}")
+            sets.append(f"{name} = ?")
+            args.append(value)
+        args.append(call_id)
+        self.conn.execute(f"UPDATE recordings SET {', '.join(sets)} WHERE call_id = ?", args)
+
+    def due_for_deletion(self, now: float, retention_s: float) -> list[RecordingRow]:
+        """Verified recordings past retention whose transcription is not still to run."""
+        cols = ", ".join("r." + c for c in _REC_COLS)
+        rows = self.conn.execute(
+            f"SELECT {cols} FROM recordings r LEFT JOIN transcripts t ON t.call_id = r.call_id "
+            "WHERE r.state = 'verified' AND r.verified_at + ? <= ? "
+            "AND (t.state IS NULL OR t.state IN ('done', 'failed'))",
+            (retention_s, now))
+        return [RecordingRow(*r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT state, COUNT(*) FROM recordings GROUP BY state")
+        return {str(s): int(n) for s, n in rows}
+
+    # -- transcription jobs ---------------------------------------------------------
+
+    def add_job(self, call_id: str, now: float) -> bool:
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO transcripts (call_id, state, attempts, next_attempt_at, "
+            "created_at) VALUES (?, 'pending', 0, ?, ?)", (call_id, now, now))
+        return cur.rowcount == 1
+
+    def get_job(self, call_id: str) -> TranscriptRow | None:
+        cols = ", ".join(_TR_COLS)
+        return _tr(self.conn.execute(
+            f"SELECT {cols} FROM transcripts WHERE call_id = ?", (call_id,)).fetchone())
+
+    def claim_job(self, now: float) -> TranscriptRow | None:
+        def claim(conn: sqlite3.Connection) -> TranscriptRow | None:
+            found = conn.execute(
+                "SELECT call_id FROM transcripts WHERE state = 'pending' AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at LIMIT 1", (now,)).fetchone()
+            if found is None:
+                return None
+            conn.execute("UPDATE transcripts SET state = 'running', attempts = attempts + 1 "
+                         "WHERE call_id = ?", (found[0],))
+            return self.get_job(found[0])
+
+        return self._tx(claim)
+
+    def next_job_due(self) -> float | None:
+        row = self.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM transcripts WHERE state = 'pending'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def set_job(self, call_id: str, state: JobState, **values: Any) -> None:
+        allowed = set(_TR_COLS) - {"call_id"}
+        sets = ["state = ?"]
+        args: list[Any] = [state.value]
+        for name, value in values.items():
+            if name not in allowed:
+                raise TypeError(f"unknown transcript column {name!r}")
+            if name == "speakers" and value is not None:
+                value = json.dumps(value, sort_keys=True)
+            sets.append(f"{name} = ?")
+            args.append(value)
+        args.append(call_id)
+        self.conn.execute(f"UPDATE transcripts SET {', '.join(sets)} WHERE call_id = ?", args)
+
+
+class RecordingQueue:
+    """``RecordingDB`` on one worker thread, for asyncio code.
+
+    ``call(fn, *args, **kw)`` runs ``fn(db, *args, **kw)`` on the thread; the helpers below are the
+    operations the pipeline uses.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: RecordingDB | None = None
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aigw-recq")
+        loop = asyncio.get_running_loop()
+        self._db = await loop.run_in_executor(self._executor, RecordingDB, self.path)
+
+    async def close(self) -> None:
+        executor, db = self._executor, self._db
+        if executor is None:
+            return
+        self._executor = self._db = None
+        try:
+            if db is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, db.close)
+        finally:
+            executor.shutdown(wait=True)
+
+    @property
+    def is_open(self) -> bool:
+        return self._executor is not None
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._executor is None or self._db is None:
+            raise RuntimeError("recording queue is not open")
+        db = self._db
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: fn(db, *args, **kwargs))
