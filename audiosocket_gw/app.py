@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import __version__
 from .backends.base import Backend, CallInfo
 from .config import Config, ConfigError, format_hostport
-from .metrics import Metrics
+from .metrics import BackendCounters, Metrics
 from .pacer import Pacer
 from .server import AudioSocketServer, CallRegistry
 from .store.sqlite import SqliteCallStore
@@ -43,7 +43,7 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
-def make_backend(name: str, config: Config) -> Backend:
+def make_backend(name: str, config: Config, registry: CollectorRegistry | None = None) -> Backend:
     """Build the backend called ``name`` (imported lazily: each pulls its own deps)."""
     if name == "echo":
         from .backends.echo import EchoBackend
@@ -56,7 +56,7 @@ def make_backend(name: str, config: Config) -> Backend:
     if name == "twilio-stream":
         from .backends.twilio_stream import TwilioStreamBackend
 
-        return TwilioStreamBackend.from_config(config)
+        return TwilioStreamBackend.from_config(config, registry)
     raise ConfigError(f"unknown backend {name!r}")
 
 
@@ -82,6 +82,7 @@ class Gateway:
         self.metrics = Metrics()
         self.tenants = effective_tenants(config)
         self.backends: dict[str, Backend] = {}
+        self.metrics.registry.register(BackendCounters(self.backends))
         self._forced_backend = backend
         self.store = SqliteCallStore(config.data_path / "aigw.sqlite")
         self.registry = CallRegistry(
@@ -101,8 +102,29 @@ class Gateway:
         self._install_components()
 
     def _install_components(self) -> None:
-        """Each feature adds itself here (one line each)."""
-        # -- components --
+        """Features beyond the AudioSocket core, each a component with start/stop."""
+        # Imported here: each module imports Gateway for typing (no import cycle).
+        from .api import CallsComponent
+        from .quality.cost import CostMeter
+        from .quality.mos import MosMonitor
+        from .recordings import RecordingsComponent
+        from .routing import RoutingComponent
+        from .twilio.callbacks import StatusCallbacks
+
+        self.calls_component = CallsComponent(self)  # AMI client, tracker, watchdogs, API
+        self.mos = MosMonitor(self)
+        self.calls_component.tracker.listeners.append(self.mos.on_ami_event)
+        self.routing = RoutingComponent(self)
+        self.recordings = RecordingsComponent(self)
+        self.status_callbacks = StatusCallbacks(self)
+        self.components += [
+            self.routing,
+            self.calls_component,
+            self.mos,
+            CostMeter(self),
+            self.recordings,
+            self.status_callbacks,
+        ]
 
     # -- calls and backends --------------------------------------------------------
 
@@ -120,7 +142,8 @@ class Gateway:
         name = info.agent_cfg.backend if info.agent_cfg is not None else self.config.backend
         backend = self.backends.get(name)
         if backend is None:
-            backend = self.backends[name] = make_backend(name, self.config)
+            backend = self.backends[name] = make_backend(name, self.config,
+                                                         self.metrics.registry)
         return backend
 
     def _tick_stats(self, lateness: float, frames: int) -> None:

@@ -164,12 +164,26 @@ async def run_bench(levels: list[int], seconds: float, out: str) -> int:
         r = await bench_level(n, seconds)
         results.append(r)
         print("  " + ", ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+    from .bench_bargein import measure_barge_in
+
+    barge: dict[str, Any] = {}
+    for mode, server_vad in (("server_and_local_vad", True), ("local_vad_only", False)):
+        print(f"bench: barge-in with the openai backend and the local bot ({mode}) ...",
+              flush=True)
+        barge[mode] = await measure_barge_in(calls=10, seconds=6.0, server_vad=server_vad)
+        print("  " + ", ".join(f"{k}={v}" for k, v in barge[mode].items()), flush=True)
     mach = machine()
-    doc = {"machine": mach, "date": time.strftime("%Y-%m-%d"), "levels": results}
+    doc = {"machine": mach, "date": time.strftime("%Y-%m-%d"), "levels": results,
+           "barge_in": barge}
     path = Path(out)
     await asyncio.to_thread(_write, path, json.dumps(doc, indent=2) + "\n")
     print()
     print(f"machine: {mach['cpu']}, {mach['cores']} cores, Python {mach['python']}")
     print(markdown_table(results))
+    print()
+    for mode, b in barge.items():
+        print(f"barge-in ({mode}): cut p50 {b['cut_p50_ms']} ms, p99 {b['cut_p99_ms']} ms; "
+              f"time to greeting p50 {b['first_audio_p50_ms']} ms, "
+              f"p99 {b['first_audio_p99_ms']} ms")
     print(f"\nwritten to {path}")
     return 0 if all(r["ok_calls"] == r["calls"] for r in results) else 1

@@ -59,6 +59,7 @@ class Call:
         config: Config,
         metrics: Metrics,
         on_end: Callable[[Call], None],
+        barge_in: bool = True,
     ) -> None:
         self.info = info
         self.call_id = info.call_id
@@ -85,7 +86,7 @@ class Call:
         # Barge-in: local VAD on caller audio, raised above the bot's echo level.
         self.vad = VoiceActivityDetector(
             VadConfig(threshold=config.vad_threshold, onset_ms=config.vad_onset_ms)
-        ) if config.barge_in else None
+        ) if config.barge_in and barge_in else None
         self.caller_speaking = False
         self.last_caller_speech = self.started_at
         self.last_bot_audio = self.started_at
@@ -137,7 +138,7 @@ class Call:
             "ended: %s (outcome %s, %.1f s, %d frames in, %d out)",
             reason, outcome, duration, self.frames_in, self.frames_out,
         )
-        self.metrics.calls.labels(self.backend_name, outcome).inc()
+        self.metrics.calls.labels(self.backend_name, self.info.tenant, outcome).inc()
         self.metrics.call_duration.labels(self.backend_name).observe(duration)
         self._on_end(self)
         for tap in self.taps:
@@ -155,7 +156,7 @@ class Call:
         backend is then told (``on_barge_in``) so it can truncate and cancel with the
         exact milliseconds already played (``played_ms``).
         """
-        if not self.playout.has_audio:
+        if not self.playout.has_audio and not self.playout.streaming:
             return
         self.barge_ins += 1
         self._cut_onset = time.monotonic() if onset is None else onset
@@ -230,15 +231,16 @@ class Call:
         self._stall_since = None
         playout = self.playout
         frame = playout.pop_frame()
+        if self._cut_onset is not None:
+            # First tick after a barge-in cut: the bot audio queued at the cut is gone.
+            self.metrics.barge_in.labels(self.backend_name).observe(
+                time.monotonic() - self._cut_onset
+            )
+            self._cut_onset = None
         if frame is None:
             transport.write(SILENCE_FRAME)
             if playout.streaming:
                 self.stats.underruns += 1
-            if self._cut_onset is not None:
-                self.metrics.barge_in.labels(self.backend_name).observe(
-                    time.monotonic() - self._cut_onset
-                )
-                self._cut_onset = None
         else:
             transport.write(FRAME_HEADER + frame)
             if self.vad is not None:

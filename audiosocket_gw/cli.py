@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, cli_call
 from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, Config, ConfigError, parse_hostport
 
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _serve_parser(sub)
     _simulate_parser(sub)
+    cli_call.add_parser(sub)
     d = sub.add_parser("demo", help="start a gateway, place simulated calls, print a report")
     d.add_argument("--calls", type=int, default=3)
     d.add_argument("--seconds", type=float, default=4.0)
@@ -167,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "call":
+        return cli_call.run(args)
     if args.command == "demo":
         from .demo import run_demo
 

@@ -70,7 +70,9 @@ async def run_demo(calls: int = 3, seconds: float = 4.0) -> int:
         print(format_report(report))
         m = await asyncio.to_thread(fetch_metrics, *gw.http)
     print("\ngateway metrics (from its /metrics):")
-    completed = m.get("aigw_calls_total{backend=echo,outcome=completed}", 0)
+    completed = sum(
+        v for k, v in m.items() if k.startswith("aigw_calls_total{") and "outcome=completed" in k
+    )
     print(f"  calls completed:        {completed:.0f}")
     print(f"  frames received / sent: {m.get('aigw_frames_received_total', 0):.0f} / "
           f"{m.get('aigw_frames_sent_total', 0):.0f}")

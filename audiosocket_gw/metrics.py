@@ -10,7 +10,7 @@ by a custom collector, so the 20 ms path pays an integer add, not a lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -65,6 +65,28 @@ class _StatsCollector(Collector):
         )
 
 
+class BackendCounters(Collector):
+    """Exposes each backend's plain ``counters`` (reconnects, dropped appends, malformed
+    events...) as ``aigw_backend_events_total{backend,event}`` at scrape time."""
+
+    def __init__(self, backends: Mapping[str, object]) -> None:
+        self.backends = backends
+
+    def collect(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(
+            "aigw_backend_events",
+            "Backend connection events (connect attempts, reconnects, dropped or "
+            "malformed messages...), by backend and event.",
+            labels=["backend", "event"],
+        )
+        for name, backend in list(self.backends.items()):
+            counters = getattr(backend, "counters", None)
+            if isinstance(counters, Mapping):
+                for event, value in sorted(counters.items()):
+                    fam.add_metric([name, str(event)], float(value))
+        yield fam
+
+
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
@@ -81,7 +103,8 @@ class Metrics:
             "aigw_active_calls", "Calls with a live AudioSocket.", ["backend"], registry=r
         )
         self.calls = Counter(
-            "aigw_calls", "Finished calls by outcome.", ["backend", "outcome"], registry=r
+            "aigw_calls", "Finished calls by outcome.", ["backend", "tenant", "outcome"],
+            registry=r
         )
         self.connections_rejected = Counter(
             "aigw_connections_rejected",

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 PERIOD: Final = 0.020
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class Schedule:
     """Absolute tick schedule with bounded catch-up.
 
@@ -141,7 +146,7 @@ class Pacer:
         sched = self.schedule = Schedule(time.monotonic(), self.period)
         while True:
             fut = loop.create_future()
-            handle = loop.call_at(sched.next_deadline, fut.set_result, None)
+            handle = loop.call_at(sched.next_deadline, _wake, fut)
             try:
                 await fut
             finally:

@@ -263,6 +263,7 @@ class AudioSocketServer:
             config=self.config,
             metrics=self.metrics,
             on_end=self._call_ended,
+            barge_in=backend.local_barge_in,
         )
         self.calls[info.call_id] = call
         self.metrics.active_calls.labels(backend.name).inc()

@@ -20,6 +20,10 @@ from audiosocket_gw.simulator.pbx import CallPlan, run_simulation
 from .helpers import MS, RawPeer, make_config, running_gateway
 
 
+def calls_ended(gw: Gateway, outcome: str, backend: str = "echo") -> float:
+    return counter(gw, "aigw_calls_total", backend=backend, tenant="default", outcome=outcome)
+
+
 def counter(gw: Gateway, name: str, **labels: str) -> float:
     value = gw.metrics.registry.get_sample_value(name, labels or None)
     return 0.0 if value is None else value
@@ -49,7 +53,7 @@ async def test_echo_call_returns_the_callers_audio_exactly() -> None:
             assert len(c.transit_ms) >= c.frames_sent - 3
         s = report.summary()
         assert s["transit_p50_ms"] is not None and -1.0 <= s["transit_p50_ms"] <= 25.0
-        assert counter(gw, "aigw_calls_total", backend="echo", outcome="completed") == 2
+        assert calls_ended(gw, "completed") == 2
         assert counter(gw, "aigw_frames_received_total") == sum(c.frames_sent for c in report.calls)
         assert counter(gw, "aigw_active_calls", backend="echo") == 0
 
@@ -117,7 +121,7 @@ async def test_bad_input_ends_only_that_connection(case: str) -> None:
         assert counter(gw, "aigw_protocol_errors_total", reason=reason) == 1
         assert_healthy(await healthy)
         if with_uuid:
-            assert counter(gw, "aigw_calls_total", backend="echo", outcome="protocol_error") == 1
+            assert calls_ended(gw, "protocol_error") == 1
         await peer.close()
 
 
@@ -131,7 +135,7 @@ async def test_abrupt_close_mid_frame_is_a_normal_hangup_for_others() -> None:
         peer.writer.transport.abort()
         assert_healthy(await healthy)
         assert counter(gw, "aigw_protocol_errors_total", reason="truncated") == 1
-        assert counter(gw, "aigw_calls_total", backend="echo", outcome="completed") == 2
+        assert calls_ended(gw, "completed") == 2
 
 
 async def test_no_uuid_in_time_is_closed() -> None:
@@ -213,9 +217,9 @@ async def test_peer_that_stops_reading_is_dropped_without_hurting_others() -> No
         healthy = asyncio.create_task(healthy_call(gw, seconds=2.5))
         for _ in range(100):
             await asyncio.sleep(50 * MS)
-            if counter(gw, "aigw_calls_total", backend="echo", outcome="slow_peer"):
+            if calls_ended(gw, "slow_peer"):
                 break
-        assert counter(gw, "aigw_calls_total", backend="echo", outcome="slow_peer") == 1
+        assert calls_ended(gw, "slow_peer") == 1
         assert counter(gw, "aigw_frames_dropped_total", reason="slow_peer") > 0
         assert_healthy(await healthy)
         sock.close()
@@ -234,7 +238,7 @@ async def test_graceful_shutdown_lets_calls_finish_then_hangs_up() -> None:
     assert loop.time() - t0 < 2.0
     assert (await short).calls[0].ended_by == "simulator"  # finished inside the grace period
     assert (await long).calls[0].ended_by == "gateway-hangup"  # 00 00 00 after the grace
-    assert counter(gw, "aigw_calls_total", backend="echo", outcome="shutdown") == 1
+    assert calls_ended(gw, "shutdown") == 1
     with pytest.raises(OSError):
         await asyncio.open_connection(*addr)
 

@@ -108,6 +108,10 @@ class Backend(abc.ABC):
     """Factory of sessions; one per gateway process."""
 
     name: str = "backend"
+    # Whether the bridge's own VAD may cut this backend's audio when the caller speaks
+    # over it. A Twilio Media Streams app does its own barge-in (it sends ``clear``),
+    # exactly as it did under Twilio, which never cut audio by itself.
+    local_barge_in: bool = True
 
     @abc.abstractmethod
     def create(self, call: CallInfo, control: CallControl) -> BackendSession:
