@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 from .audiosocket import HANGUP_FRAME, HEADER, Kind
 from .backends.base import BackendError, BackendSession, CallInfo
 from .config import Config
-from .dsp.vad import VadConfig, VadEvent, VoiceActivityDetector, frame_level
+from .dsp.vad import VadConfig, VadEvent, VoiceActivityDetector, frame_level, frame_levels
 from .metrics import Metrics
 from .playout import FRAME_BYTES, PlayoutBuffer
 
@@ -25,6 +25,51 @@ log = logging.getLogger("audiosocket_gw.call")
 
 FRAME_HEADER: Final = HEADER.pack(Kind.SLIN, FRAME_BYTES)
 SILENCE_FRAME: Final = FRAME_HEADER + bytes(FRAME_BYTES)
+
+
+class LevelBatch:
+    """Caller frames of one pacer tick, measured together.
+
+    numpy costs microseconds per call whatever the size, so measuring each 20 ms
+    frame alone cost more than the rest of the audio path together; the pacer runs
+    ``run()`` at the start of each tick and every call's VAD steps with its level.
+    A barge-in decided here is cut by the same tick, so batching adds no latency.
+    ``immediate=True`` (a call without a server, in tests) measures on ``add``.
+    """
+
+    __slots__ = ("calls", "frames", "immediate")
+
+    def __init__(self, *, immediate: bool = False) -> None:
+        self.immediate = immediate
+        self.calls: list[Call] = []
+        self.frames: list[bytes] = []
+
+    def add(self, call: Call, pcm: bytes) -> None:
+        if self.immediate:
+            bot = call._last_bot_frame
+            bot_level = frame_level(bot) if bot and call.playout.has_audio else 0.0
+            call.on_caller_level(frame_level(pcm), len(pcm) // 2, bot_level)
+            return
+        self.calls.append(call)
+        self.frames.append(pcm)
+
+    def run(self) -> None:
+        if not self.frames:
+            return
+        calls, frames = self.calls, self.frames
+        self.calls, self.frames = [], []
+        # The bot's last frame of each call that is talking: the echo allowance.
+        bot_index: dict[Call, int] = {}
+        extra: list[bytes] = []
+        for call in calls:
+            last = call._last_bot_frame
+            if last and call not in bot_index and call.playout.has_audio:
+                bot_index[call] = len(frames) + len(extra)
+                extra.append(last)
+        levels = frame_levels(frames + extra).tolist()
+        for call, pcm, level in zip(calls, frames, levels, strict=False):
+            i = bot_index.get(call)
+            call.on_caller_level(level, len(pcm) // 2, 0.0 if i is None else levels[i])
 
 
 class AudioTap(Protocol):
@@ -60,6 +105,7 @@ class Call:
         metrics: Metrics,
         on_end: Callable[[Call], None],
         barge_in: bool = True,
+        levels: LevelBatch | None = None,
     ) -> None:
         self.info = info
         self.call_id = info.call_id
@@ -83,14 +129,18 @@ class Call:
         self.outcome: str | None = None
         self.transcripts: list[tuple[float, str, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        # Barge-in: local VAD on caller audio, raised above the bot's echo level.
-        self.vad = VoiceActivityDetector(
+        # Local VAD on caller audio (raised above the bot's echo level): tells the
+        # watchdogs the caller is talking, and cuts the bot (barge-in) where the
+        # backend wants the bridge to (``Backend.local_barge_in``).
+        self.vad: VoiceActivityDetector | None = VoiceActivityDetector(
             VadConfig(threshold=config.vad_threshold, onset_ms=config.vad_onset_ms)
-        ) if config.barge_in and barge_in else None
+        )
+        self.local_barge_in = config.barge_in and barge_in
         self.caller_speaking = False
         self.last_caller_speech = self.started_at
         self.last_bot_audio = self.started_at
-        self._bot_level = 0.0
+        self._last_bot_frame: bytes | None = None
+        self._levels = levels if levels is not None else LevelBatch(immediate=True)
         self._cut_onset: float | None = None  # speech onset of a pending barge-in cut
         self.barge_ins = 0
         self.taps: list[AudioTap] = []
@@ -190,24 +240,34 @@ class Call:
         if len(pcm) & 1:
             self._odd = pcm[-1:]
             pcm = pcm[:-1]
-        vad = self.vad
-        if vad is not None and pcm:
-            bot_pending = self.playout.has_audio
-            ev = vad.process(pcm, self._bot_level if bot_pending else 0.0)
-            if ev is VadEvent.SPEECH_START:
-                self.caller_speaking = True
-                if bot_pending:
-                    onset = time.monotonic() - vad.config.onset_ms / 1000.0
-                    self.barge_in("local-vad", onset=onset)
-            elif ev is VadEvent.SPEECH_STOP:
-                self.caller_speaking = False
-            if self.caller_speaking:
-                self.last_caller_speech = time.monotonic()
+        if self.vad is not None and pcm:
+            self._levels.add(self, pcm)  # measured with every other call's at the tick
         for tap in self.taps:
             tap.caller(pcm)
         session = self.session
         if session is not None and pcm:
             session.on_audio(pcm)
+
+    def on_caller_level(self, level: float, samples: int, bot_level: float = 0.0) -> None:
+        """VAD step for one caller frame (called by ``LevelBatch`` at the pacer tick).
+
+        ``bot_level`` is the level of the bot frame last written (0 when the bot is
+        quiet): caller audio must rise above the bot's echo to count as speech.
+        """
+        vad = self.vad
+        if vad is None or self.ended:
+            return
+        bot_pending = self.playout.has_audio
+        ev = vad.process_level(level, samples, bot_level if bot_pending else 0.0)
+        if ev is VadEvent.SPEECH_START:
+            self.caller_speaking = True
+            if bot_pending and self.local_barge_in:
+                onset = time.monotonic() - vad.config.onset_ms / 1000.0
+                self.barge_in("local-vad", onset=onset)
+        elif ev is VadEvent.SPEECH_STOP:
+            self.caller_speaking = False
+        if self.caller_speaking:
+            self.last_caller_speech = time.monotonic()
 
     def on_dtmf(self, digit: str) -> None:
         self.log.debug("DTMF %s", digit)
@@ -243,8 +303,7 @@ class Call:
                 self.stats.underruns += 1
         else:
             transport.write(FRAME_HEADER + frame)
-            if self.vad is not None:
-                self._bot_level = frame_level(frame)
+            self._last_bot_frame = frame
             self.last_bot_audio = now = time.monotonic()
             if self.first_audio_at is None:
                 self.first_audio_at = now

@@ -90,6 +90,8 @@ class Pacer:
         self._on_tick_stats = on_tick_stats
         self.schedule: Schedule | None = None
         self.errors = 0
+        self.before_tick: list[Callable[[], None]] = []
+        """Run once per tick before any stream writes (batched per-tick work)."""
 
     def add(self, stream: PacedStream) -> None:
         self._streams[stream] = None
@@ -131,6 +133,12 @@ class Pacer:
     def _run_due(self, sched: Schedule) -> None:
         n, lateness = sched.due(time.monotonic())
         for _ in range(n):
+            for hook in self.before_tick:
+                try:
+                    hook()
+                except Exception:
+                    self.errors += 1
+                    log.exception("pacer: before-tick hook %r failed", hook)
             for stream in self._snapshot:
                 try:
                     stream.on_tick()

@@ -18,7 +18,7 @@ from typing import Final
 
 from . import audiosocket as asp
 from .backends.base import Backend, CallInfo
-from .call import Call
+from .call import Call, LevelBatch
 from .config import Config
 from .metrics import Metrics
 from .pacer import Pacer
@@ -236,6 +236,8 @@ class AudioSocketServer:
         self._server: asyncio.Server | None = None
         self._ended: set[Call] = set()
         self._drained = asyncio.Event()
+        self.levels = LevelBatch()
+        pacer.before_tick.append(self.levels.run)
         self.on_call_start: list[Callable[[Call], None]] = []
         self.on_call_end: list[Callable[[Call], None]] = []
 
@@ -264,6 +266,7 @@ class AudioSocketServer:
             metrics=self.metrics,
             on_end=self._call_ended,
             barge_in=backend.local_barge_in,
+            levels=self.levels,
         )
         self.calls[info.call_id] = call
         self.metrics.active_calls.labels(backend.name).inc()

@@ -36,6 +36,10 @@ backend = "echo"
 echo_delay_ms = 100
 record = true
 recording_source = "gateway"
+[agents.talker]
+tenant = "acme"
+backend = "openai"
+greeting = "Hello, this is a long greeting."
 """
 # Labels whose values are bounded sets. A new label must be added here on purpose,
 # after checking it can never carry a phone number, a call id or a channel name.

@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.app import Gateway
 from audiosocket_gw.config import format_hostport
 from audiosocket_gw.quality.mos import MosMonitor
+from audiosocket_gw.realtime.localbot import LocalRealtimeBot
 from audiosocket_gw.simulator.pbx import run_simulation
 from tests.helpers import RawPeer, running_gateway
 from tests.quality.test_mos_component import (
@@ -128,14 +130,18 @@ async def place_calls(gw: Gateway) -> None:
     # RTCP call: the recorded AMI events of a real inbound call.
     rtcp = await RawPeer.connect((host, port))
     rtcp.send_uuid(CALL_ID)
-    # Barge-in: a loud burst fills the echo's playout, the VAD cuts it, then silence.
+    # Barge-in: the local Realtime bot greets, a loud burst over it is cut.
+    burst_id = str(uuid.uuid4())
+    gw.registry.register(gw.agent_info(gw.tenants.agents["talker"], burst_id))
     burst = await RawPeer.connect((host, port))
-    burst_id = burst.send_uuid()
+    burst.send_uuid(burst_id)
     loud = asp.encode_audio((8000).to_bytes(2, "little", signed=True) * 160)
     await until(lambda: CALL_ID in gw.audiosocket.calls and burst_id in gw.audiosocket.calls)
+    await until(lambda: gw.audiosocket.calls[burst_id].playout.has_audio)
     for msg in live:
         mon.on_ami_event(msg)
     burst.send(loud * 25)
+    await until(lambda: gw.audiosocket.calls[burst_id].barge_ins > 0)
     report = await sim
     assert report.ok_calls == 2, report
     for peer in (rtcp, burst):
@@ -156,7 +162,9 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(tmp_path: Path) -
         subprocess.run, [PROMTOOL, "check", "rules", str(GRAFANA / "alerts.yml")],
         capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
-    async with running_gateway(config=str(write_tenants(tmp_path))) as gw, \
+    async with LocalRealtimeBot(reply_ms=4000) as bot, \
+            running_gateway(config=str(write_tenants(tmp_path)),
+                            openai_url=f"ws://127.0.0.1:{bot.port}/v1/realtime") as gw, \
             prometheus(tmp_path, format_hostport(*gw.http_address)) as base, \
             aiohttp.ClientSession() as http:
         await wait_for_scrape_after(http, base, 0, scrapes=1)

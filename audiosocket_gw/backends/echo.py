@@ -28,6 +28,7 @@ class EchoSession(BackendSession):
 
 class EchoBackend(Backend):
     name = "echo"
+    local_barge_in = False  # a line check: the caller talking must not cut their echo
 
     def __init__(self, delay_ms: int = 200) -> None:
         self.delay_ms = delay_ms

@@ -16,9 +16,11 @@ the same one Asterisk uses for silence detection (a frame is silent below 256,
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "SILENCE_LEVEL",
@@ -26,6 +28,7 @@ __all__ = [
     "VadEvent",
     "VoiceActivityDetector",
     "frame_level",
+    "frame_levels",
 ]
 
 SILENCE_LEVEL = 256.0
@@ -39,8 +42,30 @@ def frame_level(pcm: bytes) -> float:
     count = len(pcm) // 2
     if count == 0:
         return 0.0
-    samples = np.frombuffer(pcm, dtype="<i2", count=count).astype(np.int32)
-    return float(np.abs(samples).mean())
+    samples = np.frombuffer(pcm, dtype="<i2", count=count).astype(np.float32)
+    return float(np.abs(samples).sum()) / count
+
+
+def frame_levels(frames: Sequence[bytes]) -> npt.NDArray[np.float64]:
+    """``frame_level`` of many frames in one pass.
+
+    numpy's fixed cost per call (microseconds) dwarfs the work on 160 samples, so the
+    gateway measures every call's caller audio of one pacer tick together: one join,
+    one conversion, one ``reduceat``. Empty frames give 0.0.
+    """
+    counts = np.fromiter((len(f) // 2 for f in frames), dtype=np.int64, count=len(frames))
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(len(frames))
+    buf = b"".join(f if not len(f) & 1 else f[:-1] for f in frames)
+    x = np.abs(np.frombuffer(buf, dtype="<i2").astype(np.float32))
+    starts = np.zeros(len(frames), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    nonempty = counts > 0
+    sums = np.zeros(len(frames))
+    # reduceat needs strictly valid start indices: only for the non-empty frames.
+    sums[nonempty] = np.add.reduceat(x, starts[nonempty])
+    return np.divide(sums, counts, out=np.zeros(len(frames)), where=nonempty)
 
 
 @dataclass(frozen=True)
@@ -119,7 +144,15 @@ class VoiceActivityDetector:
         samples = len(pcm) // 2
         if samples == 0:
             return None
-        voiced = frame_level(pcm) > self.threshold_for(bot_level)
+        return self.process_level(frame_level(pcm), samples, bot_level)
+
+    def process_level(
+        self, level: float, samples: int, bot_level: float = 0.0
+    ) -> VadEvent | None:
+        """``process`` for a frame whose level is already known (see ``frame_levels``)."""
+        if samples <= 0:
+            return None
+        voiced = level > self.threshold_for(bot_level)
         if not self._speaking:
             if not voiced:
                 self._above = 0
