@@ -78,6 +78,14 @@ def call_to_json(rec: CallRecord) -> dict[str, Any]:
         "duration_s": rec.duration_s,
         "billable_s": rec.billable_s,
         "metadata": rec.metadata,
+        "quality": {
+            "mos_in_min": rec.mos_in_min,
+            "mos_in_mean": rec.mos_in_mean,
+            "mos_out_min": rec.mos_out_min,
+            "mos_out_mean": rec.mos_out_mean,
+        },
+        "recording_ref": rec.recording_ref,
+        "transcript_ref": rec.transcript_ref,
     }
 
 
@@ -98,6 +106,7 @@ class CallsApi:
         app.router.add_get("/v1/calls", self._auth(self.list))
         app.router.add_get("/v1/calls/{id}", self._auth(self.get))
         app.router.add_post("/v1/calls/{id}/hangup", self._auth(self.hangup))
+        app.router.add_get("/v1/calls/{id}/transcript", self._auth(self.transcript))
 
     def _auth(self, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -169,6 +178,21 @@ class CallsApi:
         calls = await self.gateway.store.list_calls(status=status, tenant=q.get("tenant") or None,
                                                     limit=limit)
         return web.json_response({"calls": [call_to_json(c) for c in calls]})
+
+    async def transcript(self, request: web.Request) -> web.StreamResponse:
+        """The live conversation as the backend reported it (caller and bot lines).
+
+        Recording transcription (Whisper) is separate: ``/v1/calls/{id}/recording``.
+        """
+        call_id = request.match_info["id"]
+        rec = await self.gateway.store.get_call(call_id)
+        if rec is None:
+            return _error(404, "not_found", "no such call")
+        lines: list[Any] = []
+        for ev in await self.gateway.store.events(call_id):
+            if ev.kind == "transcript":
+                lines.extend(ev.data.get("lines", []))
+        return web.json_response({"id": call_id, "lines": lines})
 
     async def hangup(self, request: web.Request) -> web.StreamResponse:
         rec = await self.provider.hangup(request.match_info["id"])

@@ -19,6 +19,7 @@ import gc
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -27,10 +28,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from . import __version__
 from .backends.base import Backend, CallInfo
+from .call import Call
 from .config import Config, ConfigError, format_hostport
 from .metrics import BackendCounters, Metrics
 from .pacer import Pacer
 from .server import AudioSocketServer, CallRegistry
+from .store.base import StoreError
 from .store.sqlite import SqliteCallStore
 from .tenants import Agent, TenantsConfig, load_tenants
 
@@ -99,6 +102,7 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._stopping = asyncio.Event()
+        self._bg: set[asyncio.Task[None]] = set()
         self._install_components()
 
     def _install_components(self) -> None:
@@ -117,6 +121,7 @@ class Gateway:
         self.routing = RoutingComponent(self)
         self.recordings = RecordingsComponent(self)
         self.status_callbacks = StatusCallbacks(self)
+        self.audiosocket.on_call_end.append(self._save_transcript)
         self.components += [
             self.routing,
             self.calls_component,
@@ -127,6 +132,24 @@ class Gateway:
         ]
 
     # -- calls and backends --------------------------------------------------------
+
+    def _save_transcript(self, call: Call) -> None:
+        """Keep the live transcript (caller and bot lines) in the call's event log."""
+        if not call.transcripts:
+            return
+        lines = [{"at": at, "role": role, "text": text} for at, role, text in call.transcripts]
+        task = asyncio.get_running_loop().create_task(self._store_transcript(call, lines))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _store_transcript(self, call: Call, lines: list[dict[str, object]]) -> None:
+        try:
+            if await self.store.get_call(call.call_id) is None:
+                return  # an unregistered call without a record
+            await self.store.append_event(call.call_id, "transcript", time.time(),
+                                          {"lines": lines})
+        except StoreError as exc:
+            call.log.warning("could not store the transcript: %s", exc)
 
     def agent_info(self, agent: Agent, call_id: str, **kw: str) -> CallInfo:
         return CallInfo(call_id=call_id, tenant=agent.tenant, agent=agent.name,
@@ -208,6 +231,8 @@ class Gateway:
             await backend.aclose()
         if self._forced_backend is not None:
             await self._forced_backend.aclose()
+        if self._bg:
+            await asyncio.gather(*list(self._bg), return_exceptions=True)
         for comp in reversed(self.components):
             try:
                 await comp.stop()

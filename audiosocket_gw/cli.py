@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_call.add_parser(sub)
     d = sub.add_parser("demo", help="start a gateway, place simulated calls, print a report")
     d.add_argument("--calls", type=int, default=3)
-    d.add_argument("--seconds", type=float, default=4.0)
+    d.add_argument("--seconds", type=float, default=9.0)
     b = sub.add_parser("bench", help="benchmark the gateway with simulated calls")
     b.add_argument("--calls", type=int, nargs="+", default=[50, 100, 200],
                    help="concurrency levels to run")

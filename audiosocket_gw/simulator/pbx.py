@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import audiosocket as asp
+from ..dsp.vad import frame_levels
 from .audio import (
     FRAME_SAMPLES,
     RATE,
@@ -72,6 +73,29 @@ class CallReport:
     gaps_over_40ms: int = 0
     transit_ms: list[float] = field(default_factory=list, repr=False)
     jitter_ms: list[float] = field(default_factory=list, repr=False)
+    heard: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    """(arrival in seconds since the call connected, mean |sample|) of every frame."""
+
+    def cut_after(
+        self, onset_s: float, *, silent: float = 256.0, hold_s: float = 0.2
+    ) -> float | None:
+        """Seconds from ``onset_s`` until the caller hears silence that lasts ``hold_s``
+        (speech has short quiet frames of its own), provided they were hearing audio
+        just before: how long barge-in took, as the caller hears it."""
+        before = [lvl for t, lvl in self.heard if onset_s - 0.2 <= t < onset_s]
+        if not before or max(before) < silent:
+            return None
+        start: float | None = None
+        for t, lvl in self.heard:
+            if t < onset_s:
+                continue
+            if lvl >= silent:
+                start = None
+            elif start is None:
+                start = t
+            elif t - start >= hold_s:
+                return start - onset_s
+        return None
     wav: str | None = None
 
     @property
@@ -82,6 +106,7 @@ class CallReport:
         d = asdict(self)
         d.pop("transit_ms")
         d.pop("jitter_ms")
+        d.pop("heard")
         d["ok"] = self.ok
         return d
 
@@ -270,11 +295,11 @@ class _SimCall(asyncio.Protocol):
         if not self.arrivals:
             return
         r.first_frame_s = self.arrivals[0] - self.started
-        for t, f in zip(self.arrivals, self.frames, strict=True):
-            if np.abs(np.frombuffer(f[: len(f) & ~1], dtype="<i2").astype(np.int32)).mean() >= (
-                SILENT_LEVEL
-            ):
-                r.first_audio_s = t - self.started
+        levels = frame_levels(self.frames).tolist()
+        r.heard = [(t - self.started, lvl) for t, lvl in zip(self.arrivals, levels, strict=True)]
+        for t, lvl in r.heard:
+            if lvl >= SILENT_LEVEL:
+                r.first_audio_s = t
                 break
         gaps = np.diff(np.asarray(self.arrivals)) * 1000.0
         if len(gaps):
