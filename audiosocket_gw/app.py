@@ -91,7 +91,7 @@ class Gateway:
         self.registry = CallRegistry(
             allow_unregistered=config.allow_unregistered, default=self.default_call_info
         )
-        self.pacer = Pacer(on_tick_stats=self._tick_stats)
+        self.pacer = Pacer(on_tick_stats=self._tick_stats, spin=config.pacer_spin_ms / 1000.0)
         self.audiosocket = AudioSocketServer(
             config, self.backend_for, self.metrics, self.registry, self.pacer
         )

@@ -74,6 +74,7 @@ class Config:
     max_connections: int = 1000
     max_payload: int = 65535
     playout_max_seconds: float = 120.0
+    pacer_spin_ms: float = 1.0  # wake this early and wait out the rest (epoll is ms-grained)
     # Timeouts (seconds)
     uuid_timeout: float = 5.0
     shutdown_grace: float = 10.0
@@ -105,6 +106,7 @@ class Config:
             "shutdown_grace": "AIGW_SHUTDOWN_GRACE",
             "log_level": "AIGW_LOG_LEVEL",
             "barge_in": "AIGW_BARGE_IN",
+            "pacer_spin_ms": "AIGW_PACER_SPIN_MS",
             "vad_threshold": "AIGW_VAD_THRESHOLD",
             "vad_onset_ms": "AIGW_VAD_ONSET_MS",
             "openai_api_key": "OPENAI_API_KEY",

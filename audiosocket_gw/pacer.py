@@ -82,8 +82,10 @@ class Pacer:
         *,
         period: float = PERIOD,
         on_tick_stats: Callable[[float, int], None] | None = None,
+        spin: float = 0.001,
     ) -> None:
         self.period = period
+        self.spin = spin
         self._streams: dict[PacedStream, None] = {}
         self._snapshot: tuple[PacedStream, ...] = ()
         self._task: asyncio.Task[None] | None = None
@@ -152,11 +154,17 @@ class Pacer:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         sched = self.schedule = Schedule(time.monotonic(), self.period)
+        spin = self.spin
         while True:
             fut = loop.create_future()
-            handle = loop.call_at(sched.next_deadline, _wake, fut)
+            # epoll timeouts have millisecond granularity (asyncio rounds them up), so
+            # wake up to ``spin`` early and wait out the rest on the clock itself.
+            handle = loop.call_at(sched.next_deadline - spin, _wake, fut)
             try:
                 await fut
             finally:
                 handle.cancel()
+            deadline = sched.next_deadline
+            while time.monotonic() < deadline:
+                pass
             self._run_due(sched)

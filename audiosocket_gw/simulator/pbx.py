@@ -223,6 +223,8 @@ class _SimCall(asyncio.Protocol):
             return
         self.decoded = True
         dec = self.decoder
+        if not self.rx_times:
+            return
         ends = [*self.rx_offsets[1:], len(self.rx)]
         try:
             for t, start, end in zip(self.rx_times, self.rx_offsets, ends, strict=True):
