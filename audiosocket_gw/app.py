@@ -121,6 +121,7 @@ class Gateway:
         self.routing = RoutingComponent(self)
         self.recordings = RecordingsComponent(self)
         self.status_callbacks = StatusCallbacks(self)
+        self.calls_component.tracker.status_listeners.append(self.status_callbacks.on_status)
         self.audiosocket.on_call_end.append(self._save_transcript)
         self.components += [
             self.routing,

@@ -85,6 +85,10 @@ class CallTracker:
         self.resyncs = 0
         self.events_seen = 0
         self._dropped_seen = 0
+        self.status_listeners: list[
+            Callable[[CallInput, CallRecord, CallRecord], None]
+        ] = []
+        """Called on every applied input with (input, before, after): status callbacks."""
         self.listeners: list[Callable[[AmiMessage], None]] = []
         """Other consumers of every AMI event (the MOS monitor), called in order."""
         self._resync_lock = asyncio.Lock()
@@ -123,6 +127,12 @@ class CallTracker:
             if before is None:
                 return None
             after = await self.store.apply_input(call_id, inp, self.clock(), detail)
+            if after is not None:
+                for listener in self.status_listeners:
+                    try:
+                        listener(inp, before, after)
+                    except Exception:
+                        log.exception("call %s: status listener failed", call_id)
             if after is None or after.status is before.status:
                 return after
             self.metrics.calls_by_status.labels(after.tenant, after.direction,

@@ -43,6 +43,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter
 
 from ..backends.base import CallInfo
+from ..callstate import CallInput, CallStatus
+from ..store.base import CallRecord
 from .webhook import (
     API_VERSION,
     account_sid_for,
@@ -156,6 +158,7 @@ class StatusCallbacks:
             ["result"],
             registry=registry,
         )
+        self._initiated: dict[str, None] = {}
         gateway.audiosocket.on_call_start.append(self._on_call_start)
         gateway.audiosocket.on_call_end.append(self._on_call_end)
 
@@ -220,6 +223,30 @@ class StatusCallbacks:
     def _on_call_end(self, call: Call) -> None:
         started = self._started_at.get(call.call_id, call.started_at)
         self.notify(call.info, "completed", duration_s=time.monotonic() - started)
+
+    def on_status(self, inp: CallInput, before: CallRecord, after: CallRecord) -> None:
+        """The call tracker's transitions: ``initiated`` and ``ringing`` for outbound
+        calls, and ``completed`` (with busy / no-answer / failed / canceled) for calls
+        that ended without ever reaching the gateway's AudioSocket (answered calls get
+        ``answered``/``completed`` from the AudioSocket lifecycle above)."""
+        agent = self.gateway.tenants.agent(after.agent)
+        if agent is None or not agent.status_callback:
+            return
+        info = self.gateway.agent_info(agent, after.id, direction=after.direction,
+                                       from_=after.from_, to=after.to)
+        if after.direction == "outbound" and after.id not in self._initiated:
+            # The first thing AMI tells us about an outbound call (the Originate was
+            # queued, or it already rings): Twilio's "initiated" comes first.
+            self._initiated[after.id] = None
+            while len(self._initiated) > 10_000:
+                self._initiated.pop(next(iter(self._initiated)))
+            self.notify(info, "initiated")
+        if after.status is CallStatus.RINGING and before.status is not CallStatus.RINGING:
+            if after.direction == "outbound":
+                self.notify(info, "ringing")
+        elif (after.is_terminal and not before.is_terminal and after.answered_at is None
+              and after.id not in self._started_at):
+            self.notify(info, "completed", status=after.status.value, duration_s=0.0)
 
     # -- component -------------------------------------------------------------------
 

@@ -102,3 +102,51 @@ async def test_notify_only_subscribed_events(tmp_path: Path) -> None:
         bare = CallInfo(call_id="c4", agent_cfg=Agent(name="x", tenant="acme", backend="echo"))
         assert comp.notify(bare, "completed") is False  # no status_callback URL
         await eventually(lambda: comp.failed >= 1)  # port 9 refuses: failed after 1 attempt
+
+
+async def test_outbound_busy_gets_initiated_ringing_and_completed_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outbound calls driven by AMI: the tracker's transitions reach the app as Twilio's
+    initiated / ringing / completed(busy) callbacks, though no AudioSocket ever starts."""
+    from audiosocket_gw.api import CallsComponent
+    from audiosocket_gw.app import Gateway
+    from audiosocket_gw.simulator.ami import AmiSimulator, Outcome
+    from tests.helpers import make_config
+
+    received: list[dict[str, str]] = []
+
+    async def status(request: web.Request) -> web.Response:
+        received.append({k: str(v) for k, v in (await request.post()).items()})
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/status", status)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/status"
+    sim = AmiSimulator(ring_s=0.05, outcomes={"+15550007777": Outcome("busy")})
+    await sim.start()
+    host, port = sim.address
+    for k, v in {"AIGW_AMI_HOST": host, "AIGW_AMI_PORT": str(port), "AIGW_AMI_USER": "aigw",
+                 "AIGW_AMI_SECRET": "secret"}.items():
+        monkeypatch.setenv(k, v)
+    cfg = config(tmp_path, url, '["initiated", "ringing", "answered", "completed"]')
+    gw = Gateway(make_config(config=cfg))
+    await gw.start()
+    try:
+        comp = next(c for c in gw.components if isinstance(c, CallsComponent))
+        assert comp.client is not None and await comp.client.wait_connected(5.0)
+        cid = await comp.provider.start_outbound_call("acme", "+15550007777", "+15559990000")
+        await eventually(lambda: any(r.get("CallStatus") == "busy" for r in received))
+        # Like Twilio's, callbacks may be delivered out of order: SequenceNumber orders them.
+        events = sorted((int(r["SequenceNumber"]), r["CallStatus"]) for r in received)
+        assert [s for _, s in events] == ["initiated", "ringing", "busy"]
+        assert [n for n, _ in events] == [0, 1, 2]
+        assert all(r["CallSid"] == call_sid_for(cid) for r in received)
+        assert all(r["Direction"] == "outbound-api" for r in received)
+    finally:
+        await gw.shutdown(grace=0)
+        await sim.stop()
+        await runner.cleanup()
