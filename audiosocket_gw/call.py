@@ -142,6 +142,8 @@ class Call:
         self._last_bot_frame: bytes | None = None
         self._levels = levels if levels is not None else LevelBatch(immediate=True)
         self._cut_onset: float | None = None  # speech onset of a pending barge-in cut
+        self._clear_at: float | None = None  # when the backend asked to drop its audio
+        self._turn_end: float | None = None  # when the caller stopped talking
         self.barge_ins = 0
         self.taps: list[AudioTap] = []
 
@@ -214,6 +216,7 @@ class Call:
         self.log.debug("barge-in (%s): %.0f ms of bot audio dropped", source,
                        self.playout.pending_ms)
         self.clear()
+        self._clear_at = None  # timed as a barge-in, not as a backend clear
         if self.session is not None:
             self.session.on_barge_in()
 
@@ -266,6 +269,8 @@ class Call:
                 self.barge_in("local-vad", onset=onset)
         elif ev is VadEvent.SPEECH_STOP:
             self.caller_speaking = False
+            if not bot_pending:  # a turn handed to the bot: time its answer
+                self._turn_end = time.monotonic() - vad.config.hangover_ms / 1000.0
         if self.caller_speaking:
             self.last_caller_speech = time.monotonic()
 
@@ -291,12 +296,17 @@ class Call:
         self._stall_since = None
         playout = self.playout
         frame = playout.pop_frame()
-        if self._cut_onset is not None:
-            # First tick after a barge-in cut: the bot audio queued at the cut is gone.
-            self.metrics.barge_in.labels(self.backend_name).observe(
-                time.monotonic() - self._cut_onset
-            )
-            self._cut_onset = None
+        if self._cut_onset is not None or self._clear_at is not None:
+            # First tick after a cut: the bot audio queued at the cut is gone.
+            now = time.monotonic()
+            if self._cut_onset is not None:
+                self.metrics.barge_in.labels(self.backend_name).observe(now - self._cut_onset)
+                self._cut_onset = None
+            if self._clear_at is not None:
+                self.metrics.clear_to_silence.labels(self.backend_name).observe(
+                    now - self._clear_at
+                )
+                self._clear_at = None
         if frame is None:
             transport.write(SILENCE_FRAME)
             if playout.streaming:
@@ -305,6 +315,11 @@ class Call:
             transport.write(FRAME_HEADER + frame)
             self._last_bot_frame = frame
             self.last_bot_audio = now = time.monotonic()
+            if self._turn_end is not None:
+                self.metrics.response_latency.labels(self.backend_name).observe(
+                    now - self._turn_end
+                )
+                self._turn_end = None
             if self.first_audio_at is None:
                 self.first_audio_at = now
                 self.metrics.time_to_first_audio.labels(self.backend_name).observe(
@@ -338,6 +353,8 @@ class Call:
             asyncio.get_running_loop().call_soon(self._report_marks, [name])
 
     def clear(self) -> None:
+        if self._clear_at is None and self.playout.has_audio:
+            self._clear_at = time.monotonic()
         names = self.playout.clear()
         if names:
             asyncio.get_running_loop().call_soon(self._report_marks, names)

@@ -146,6 +146,21 @@ class Metrics:
             buckets=(0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 1.0),
             registry=r,
         )
+        self.response_latency = Histogram(
+            "aigw_response_latency_seconds",
+            "From the end of the caller's turn (local VAD) to the bot's first frame written.",
+            ["backend"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.clear_to_silence = Histogram(
+            "aigw_clear_to_silence_seconds",
+            "From a backend's clear (Twilio `clear`, Realtime speech_started) to the first "
+            "tick without the dropped audio.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.call_duration = Histogram(
             "aigw_call_duration_seconds",
             "AudioSocket duration of finished calls.",

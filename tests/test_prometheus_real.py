@@ -142,6 +142,10 @@ async def place_calls(gw: Gateway) -> None:
         mon.on_ami_event(msg)
     burst.send(loud * 25)
     await until(lambda: gw.audiosocket.calls[burst_id].barge_ins > 0)
+    # The caller's turn ends (silence frames, as Asterisk sends them); the bot answers.
+    burst.send(asp.encode_audio(bytes(320)) * 60)
+    await until(lambda: gw.metrics.registry.get_sample_value(
+        "aigw_response_latency_seconds_count", {"backend": "openai"}))
     report = await sim
     assert report.ok_calls == 2, report
     for peer in (rtcp, burst):

@@ -394,3 +394,37 @@ async def test_barge_in_cuts_bot_audio_on_the_next_tick(level: float, expect_cut
             assert s.barged == 0 and cuts == 0
     finally:
         await gw.shutdown(grace=0)
+
+
+class AnsweringSession(ScriptedSession):
+    """Says something 1 s into the call (after the caller's turn)."""
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        tone = (3000 * np.sin(2 * np.pi * 300 * np.arange(2400) / 8000)).astype("<i2")
+        loop.call_later(1.0, self.control.play, tone.tobytes())
+
+
+class AnsweringBackend(ScriptedBackend):
+    def create(self, call: CallInfo, control: CallControl) -> BackendSession:
+        s = AnsweringSession(control)
+        self.sessions.append(s)
+        return s
+
+
+async def test_response_latency_is_timed_from_the_end_of_the_callers_turn() -> None:
+    gw = Gateway(make_config(), backend=AnsweringBackend())
+    await gw.start()
+    try:
+        # The caller talks for 0.3 s; the bot answers at 1.0 s: about 0.7 s of latency.
+        plan = CallPlan(seconds=1.4, audio=np.concatenate(
+            [caller_audio(0.0, 0.3, 8000.0), np.zeros(8000 * 2, dtype=np.int16)]))
+        report = await run_simulation(*gw.audiosocket.address, plans=[plan])
+        assert report.calls[0].ok
+        reg = gw.metrics.registry
+        labels = {"backend": "scripted"}
+        assert reg.get_sample_value("aigw_response_latency_seconds_count", labels) == 1
+        latency = reg.get_sample_value("aigw_response_latency_seconds_sum", labels)
+        assert latency is not None and 0.5 <= latency <= 0.95
+    finally:
+        await gw.shutdown(grace=0)
