@@ -208,7 +208,7 @@ class CallsComponent:
     ``AIGW_AMI_PORT``, ``AIGW_AMI_USER``, ``AIGW_AMI_SECRET`` (no host: AMI is off and
     outbound calls answer 503), ``AIGW_OUTBOUND_CONTEXT`` (default ``aigw-outbound``),
     ``AIGW_DIAL_TEMPLATE`` (default ``PJSIP/{to}@aigw-trunk``, the sample trunk),
-    ``AIGW_AUDIOSOCKET_PUBLIC``
+    ``AIGW_ADVERTISE_AUDIOSOCKET`` (alias ``AIGW_AUDIOSOCKET_PUBLIC``)
     (the AudioSocket address Asterisk should dial; default the listener's address).
     """
 
@@ -224,7 +224,9 @@ class CallsComponent:
             gateway, self.client, self.tracker, self.metrics,
             context=env.get("AIGW_OUTBOUND_CONTEXT") or "aigw-outbound",
             dial_template=env.get("AIGW_DIAL_TEMPLATE") or "PJSIP/{to}@aigw-trunk",
-            audiosocket_address=env.get("AIGW_AUDIOSOCKET_PUBLIC") or None,
+            # One setting for inbound routing and Originate (the old name still works).
+            audiosocket_address=env.get("AIGW_ADVERTISE_AUDIOSOCKET")
+            or env.get("AIGW_AUDIOSOCKET_PUBLIC") or None,
         )
         self.api = CallsApi(gateway.http_app, self.provider, gateway,
                             token=gateway.config.api_token)

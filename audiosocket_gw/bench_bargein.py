@@ -7,10 +7,22 @@ to the first silent frame the gateway sends back. This module starts
 faster than real time as OpenAI sends it) and a real gateway child process
 (``--backend openai``, ``AIGW_OPENAI_URL`` pointing at the bot, an agent with a
 greeting), then places simulated calls whose caller stays silent while the bot greets,
-then speaks loudly mid-greeting. Per call it records:
+then speaks loudly mid-greeting, once, and stops (the bot then replies). Per call it
+records:
 
 * time to first bot audio (connect -> first non-silent frame received);
-* barge-in cut (first loud frame sent -> first silent frame received after it).
+* barge-in cut (first loud frame sent -> first silent frame received after it);
+* time-to-first-audio overhead of the gateway: the bot records (``BotResponse``) when it
+  handed the greeting's first ``response.output_audio.delta`` to its socket; the caller
+  records when the first non-silent frame arrived. Both are ``time.monotonic()``, which
+  is system-wide, so the gateway child process in between is measured exactly;
+* response latency as heard: caller speech stop (send time of the first frame with no
+  speech in it) -> first non-silent frame of the reply, split into the bot's share (its
+  VAD's ``silence_ms`` wait + end of turn -> first delta sent, from its records) and the
+  gateway's (the rest: caller audio in, append batching, WebSocket both ways, playout).
+
+Calls start ``stagger_s`` apart so each bot session can be paired with its call by time
+(a session opens after its call connected and before the next one did).
 
 :class:`SimCaller` is a minimal Asterisk stand-in (UUID frame, 320-byte frames on an
 absolute 20 ms schedule, close on hangup) that keeps every received frame with its
@@ -36,7 +48,14 @@ import numpy.typing as npt
 from . import audiosocket as asp
 from .dsp.vad import SILENCE_LEVEL, frame_level
 
-__all__ = ["HeardCall", "SimCaller", "caller_audio", "measure_barge_in", "percentile"]
+__all__ = [
+    "HeardCall",
+    "SimCaller",
+    "caller_audio",
+    "measure_barge_in",
+    "pair_sessions",
+    "percentile",
+]
 
 FRAME_BYTES: Final = 320
 FRAME_S: Final = 0.02
@@ -65,6 +84,13 @@ class HeardCall:
     frames: list[tuple[float, bytes]] = field(default_factory=list, repr=False)
     sent: list[float] = field(default_factory=list, repr=False)  # send time of frame n
     ended_by: str = "pending"  # simulator | gateway-hangup | gateway-close | error
+
+    def first_audio_at(self, after: float = 0.0) -> float | None:
+        """Monotonic arrival time of the first non-silent frame received at/after ``after``."""
+        for at, frame in self.frames:
+            if at >= after and frame_level(frame) >= SILENCE_LEVEL:
+                return at
+        return None
 
     def first_audio_s(self) -> float | None:
         """Seconds from connect to the first non-silent frame received."""
@@ -118,6 +144,15 @@ class SimCaller:
         """Monotonic send time of the frame holding the sample at ``seconds``."""
         index = int(seconds / FRAME_S + 1e-9)
         return self.report.sent[index]
+
+    def stop_time(self, seconds: float) -> float | None:
+        """Monotonic send time of the first frame holding no sample before ``seconds``.
+
+        With speech ending at ``seconds`` this is when the caller's silence began to go
+        out (None when the call ended before that frame was sent).
+        """
+        index = math.ceil(seconds / FRAME_S - 1e-9)
+        return self.report.sent[index] if index < len(self.report.sent) else None
 
     async def run(self, limit_s: float | None = None) -> HeardCall:
         """Place the call; returns when the audio is sent (then hangs up) or it ended."""
@@ -229,23 +264,57 @@ def _r(v: float | None, scale: float = 1000.0) -> float | None:
     return None if v is None else round(v * scale, 1)
 
 
+def pair_sessions(call_starts: list[float], session_starts: list[float]) -> list[int | None]:
+    """For each call (connect times, ascending), the index of its bot session, or None.
+
+    A call's session is the only one opened in ``[its start, the next call's start)``:
+    the gateway connects to the bot only after the call's UUID frame, and calls start far
+    enough apart (``stagger_s``) that it has done so before the next one. A window with
+    no session or several gives None rather than a wrong pair.
+    """
+    out: list[int | None] = []
+    for i, start in enumerate(call_starts):
+        end = call_starts[i + 1] if i + 1 < len(call_starts) else math.inf
+        inside = [j for j, t in enumerate(session_starts) if start <= t < end]
+        out.append(inside[0] if len(inside) == 1 else None)
+    return out
+
+
+def _percentiles(name: str, values: list[float], *ps: int) -> dict[str, float | None]:
+    return {f"{name}_p{p}_ms": _r(percentile(values, p)) for p in ps}
+
+
 async def measure_barge_in(
-    calls: int = 10, seconds: float = 6.0, *, server_vad: bool = True
+    calls: int = 10,
+    seconds: float = 6.0,
+    *,
+    server_vad: bool = True,
+    stagger_s: float = 0.1,
 ) -> dict[str, Any]:
     """Run the benchmark (see the module docstring); returns the figures as a dict.
 
     ``server_vad=False`` puts the bot's speech detection out of reach, so only the
-    gateway's local VAD can cut (its onset time is then part of the figure).
+    gateway's local VAD can cut (its onset time is then part of the figure); the bot then
+    never hears the caller's turn end either, so the response figures are None.
 
-    Keys: ``calls``, ``ok`` (calls that heard a greeting and a cut),
-    ``cut_p50_ms``/``cut_p99_ms``/``cut_max_ms`` (speech onset -> first silent frame),
-    ``first_audio_p50_ms``/``first_audio_p99_ms`` (time to greeting),
-    ``truncates``/``cancels`` (what the bot received), ``barge_ins_by_source``,
-    ``cpu_ms_per_call_s`` (gateway CPU per call-second with this backend).
+    Keys: ``calls``, ``ok`` (calls that heard a greeting and a cut), ``paired`` (calls
+    matched to their bot session), ``replies`` (calls that heard a reply),
+    ``cut_p50_ms``/``cut_p95_ms``/``cut_p99_ms``/``cut_max_ms`` (speech onset -> first
+    silent frame), ``first_audio_p50_ms``/``first_audio_p99_ms`` (time to greeting),
+    ``ttfa_overhead_p50_ms``/``ttfa_overhead_p95_ms``/``ttfa_overhead_max_ms`` (bot's
+    first greeting delta sent -> caller's first non-silent frame; target <= 20 ms p95),
+    ``response_p50_ms``/``response_p95_ms`` (caller speech stop -> first reply frame
+    heard), ``response_bot_p50_ms``/``response_bot_p95_ms`` (the bot's share: its
+    ``silence_ms`` + turn end -> first delta sent), ``response_gateway_p50_ms``/
+    ``response_gateway_p95_ms`` (per call, response minus the bot's share),
+    ``bot_silence_ms``, ``truncates``/``cancels`` (what the bot received),
+    ``barge_ins_by_source``, ``cpu_ms_per_call_s`` (gateway CPU ms per second of call).
     """
     from .proc import GatewayProcess
-    from .realtime.localbot import LocalRealtimeBot
+    from .realtime.localbot import BotResponse, LocalRealtimeBot
 
+    if calls < 1 or seconds <= 0 or stagger_s < 0:
+        raise ValueError("calls must be >= 1, seconds > 0 and stagger_s >= 0")
     speak_at = min(2.0, seconds / 3)
     speak_for = min(1.0, seconds / 6)
     bot = LocalRealtimeBot(reply_ms=int(seconds * 1000) + 2000, send_realtime=False,
@@ -271,16 +340,28 @@ async def measure_barge_in(
                     at = speak_at + (i % 5) * 0.0043
                     audio = caller_audio(seconds, [(at, at + speak_for)])
                     callers.append((SimCaller(host, port, audio), at))
-                cpu0, t0 = _cpu_seconds(gw.pid), time.monotonic()
-                heard = await asyncio.gather(*(c.run() for c, _ in callers))
-                cpu1, t1 = _cpu_seconds(gw.pid), time.monotonic()
+
+                async def place(index: int, caller: SimCaller) -> HeardCall:
+                    await asyncio.sleep(index * stagger_s)
+                    return await caller.run()
+
+                cpu0 = _cpu_seconds(gw.pid)
+                heard = await asyncio.gather(*(place(i, c) for i, (c, _) in enumerate(callers)))
+                cpu1 = _cpu_seconds(gw.pid)
                 metrics = await _fetch_metrics(*gw.http)
     finally:
         await bot.stop()
+    sessions = sorted(bot.sessions, key=lambda s: s.started_at)
+    pairs = pair_sessions([r.started for r in heard], [s.started_at for s in sessions])
     cuts: list[float] = []
     firsts: list[float] = []
+    overheads: list[float] = []
+    responses: list[float] = []
+    bot_parts: list[float] = []
+    gateway_parts: list[float] = []
+    silence_s = bot.silence_ms / 1000
     ok = 0
-    for (caller, at), report in zip(callers, heard, strict=True):
+    for (caller, at), report, pair in zip(callers, heard, pairs, strict=True):
         first = report.first_audio_s()
         if first is not None:
             firsts.append(first)
@@ -290,23 +371,51 @@ async def measure_barge_in(
         if cut is not None:
             cuts.append(cut)
         ok += first is not None and cut is not None
+        if pair is None:
+            continue
+        log = list(sessions[pair].response_log)
+        greeting = next((r for r in log if r.trigger == "response.create"), None)
+        first_at = report.first_audio_at()
+        if greeting is not None and greeting.first_delta_sent_at is not None \
+                and first_at is not None:
+            overheads.append(first_at - greeting.first_delta_sent_at)
+        stop = caller.stop_time(at + speak_for)
+        if stop is None or cut is None:
+            continue
+        reply: BotResponse | None = next(
+            (r for r in log if r.trigger == "turn" and (r.turn_ended_at or 0.0) >= stop), None)
+        heard_at = report.first_audio_at(after=stop)
+        if reply is None or reply.turn_ended_at is None or reply.first_delta_sent_at is None \
+                or heard_at is None:
+            continue
+        bot_part = silence_s + (reply.first_delta_sent_at - reply.turn_ended_at)
+        responses.append(heard_at - stop)
+        bot_parts.append(bot_part)
+        gateway_parts.append(heard_at - stop - bot_part)
     sources = {
         name.split('source="', 1)[1].split('"', 1)[0]: int(v)
         for name, v in metrics.items()
         if name.startswith("aigw_barge_ins_total{") and 'source="' in name
     }
+    call_s = sum(len(r.sent) for r in heard) * FRAME_S
     cpu = None
-    if cpu0 is not None and cpu1 is not None and calls:
-        cpu = (cpu1 - cpu0) / ((t1 - t0) * calls)
+    if cpu0 is not None and cpu1 is not None and call_s > 0:
+        cpu = (cpu1 - cpu0) / call_s
     return {
         "calls": calls,
         "seconds": seconds,
         "ok": ok,
-        "cut_p50_ms": _r(percentile(cuts, 50)),
-        "cut_p99_ms": _r(percentile(cuts, 99)),
+        "paired": sum(p is not None for p in pairs),
+        "replies": len(responses),
+        **_percentiles("cut", cuts, 50, 95, 99),
         "cut_max_ms": _r(max(cuts, default=None)),
-        "first_audio_p50_ms": _r(percentile(firsts, 50)),
-        "first_audio_p99_ms": _r(percentile(firsts, 99)),
+        **_percentiles("first_audio", firsts, 50, 99),
+        **_percentiles("ttfa_overhead", overheads, 50, 95),
+        "ttfa_overhead_max_ms": _r(max(overheads, default=None)),
+        **_percentiles("response", responses, 50, 95),
+        **_percentiles("response_bot", bot_parts, 50, 95),
+        **_percentiles("response_gateway", gateway_parts, 50, 95),
+        "bot_silence_ms": bot.silence_ms,
         "truncates": sum(len(s.truncates) for s in bot.sessions),
         "cancels": sum(len(s.cancels) for s in bot.sessions),
         "barge_ins_by_source": sources,

@@ -192,6 +192,9 @@ async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
             records = await asyncio.to_thread(
                 _http_json, "GET", f"http://{format_hostport(*gw.http)}/v1/calls?tenant=demo")
             m = await asyncio.to_thread(fetch_metrics, *gw.http)
+            transcript = await asyncio.to_thread(
+                _http_json, "GET",
+                f"http://{format_hostport(*gw.http)}/v1/calls/{plans[0].call_id}/transcript")
         truncates = sum(len(s.truncates) for s in bot.sessions)
 
     print("\ncall records (GET /v1/calls?tenant=demo):")
@@ -199,6 +202,9 @@ async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
         print(f"  {rec['id']}  {rec['agent']:11} {rec['status']:12} "
               f"duration {_fmt(rec.get('duration_s'), digits=1, unit=' s')}  "
               f"MOS out {_fmt(rec['quality'].get('mos_out_mean'), digits=2)}")
+    print(f"\nwhat the assistant and caller 0 said (GET /v1/calls/{plans[0].call_id}/transcript):")
+    for line in transcript.get("lines", []):
+        print(f"  {line['role']:>6}: {line['text']}")
     ttg = histogram_quantile(m, "aigw_time_to_first_audio_seconds", 0.5)
     ttg_assistant = [c.first_audio_s for c, p in zip(report.calls, plans, strict=True)
                      if p.index < calls - 1 and c.first_audio_s is not None]
@@ -206,6 +212,7 @@ async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
             if p.index < calls - 1]
     heard_cuts = [c for c in cuts if c is not None]
     mos = histogram_mean(m, "aigw_call_mos", direction="out")
+    response = histogram_mean(m, "aigw_response_latency_seconds")
     late = histogram_quantile(m, "aigw_pacer_lateness_seconds", 0.99)
     underruns = m.get("aigw_playout_underruns_total", 0) + m.get(
         "aigw_pacer_missed_ticks_total", 0)
@@ -219,6 +226,8 @@ async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
         ("barge-in: caller starts talking -> bot silent (heard, max)",
          _fmt(max(heard_cuts, default=None), 1000, " ms"), "< 500 ms"),
         ("truncates the bot received", str(truncates), "one per barge-in"),
+        ("response latency, mean (caller stops -> bot answers)",
+         _fmt(response, 1000, " ms"), "bot's own VAD wait + ~1 tick"),
         ("MOS estimate, gateway -> caller (mean)", _fmt(mos, digits=2), "> 4.0"),
         ("pacer lateness p99 (bucket)", _fmt(late, 1000, " ms", 1), "<= 2 ms"),
         ("underruns + missed ticks", f"{underruns:.0f}", "0"),

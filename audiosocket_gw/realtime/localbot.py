@@ -42,9 +42,14 @@ What it does, per WebSocket connection on ``/v1/realtime?model=...``:
   ``error`` code ``session_expired`` and closes with 1001.
 
 Everything a client sent is recorded per connection in :attr:`LocalRealtimeBot.sessions`
-(:class:`BotSession`), with bounded event logs.
+(:class:`BotSession`), with bounded event logs. Each response is also recorded as a
+:class:`BotResponse` with its ``time.monotonic()`` timestamps (created, end of the caller's
+turn that triggered it, first audio delta handed to the socket), so a benchmark in the
+same machine can split a latency into the bot's share and the gateway's: monotonic time
+is system-wide, so it compares across processes too.
 
-Run it stand-alone with ``python -m audiosocket_gw.realtime.localbot --port 8765``.
+Run it stand-alone with ``audiosocket-gw mock-realtime --listen 127.0.0.1:8765`` (see
+:mod:`audiosocket_gw.mock_realtime_cli`) or ``python -m audiosocket_gw.realtime.localbot``.
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ from audiosocket_gw.dsp.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_
 from audiosocket_gw.dsp.vad import frame_level
 from audiosocket_gw.realtime.protocol import SessionConfig, session_dict
 
-__all__ = ["BotSession", "LocalRealtimeBot", "ReceivedEvent", "main"]
+__all__ = ["BotResponse", "BotSession", "LocalRealtimeBot", "ReceivedEvent", "main"]
 
 REALTIME_PATH = "/v1/realtime"
 """The only path served (as OpenAI: ``/v1/realtime?model=...``)."""
@@ -108,12 +113,38 @@ class ReceivedEvent:
 
 
 @dataclass
+class BotResponse:
+    """One response of the bot, with ``time.monotonic()`` timestamps (for latency splits).
+
+    ``trigger`` is ``"response.create"`` (the client asked, e.g. a greeting) or ``"turn"``
+    (the bot's VAD ended the caller's turn; ``turn_ended_at`` is when it did so, that is
+    when the last of ``silence_ms`` of silence arrived). ``first_delta_sent_at`` is when
+    the first ``response.output_audio.delta`` was handed to the socket (None if none was).
+    ``status`` is ``in_progress``, ``completed`` or ``cancelled``.
+    """
+
+    response_id: str
+    item_id: str
+    trigger: str
+    created_at: float
+    turn_ended_at: float | None = None
+    first_delta_sent_at: float | None = None
+    audio_ms_sent: int = 0
+    status: str = "in_progress"
+
+
+def _response_log() -> deque[BotResponse]:
+    return deque(maxlen=1000)
+
+
+@dataclass
 class BotSession:
     """What one WebSocket connection sent and how it ended (for assertions in tests).
 
     ``events`` and ``sent_types`` keep only the most recent ``max_recorded_events``
     entries. ``truncates`` and ``cancels`` record every request received, valid or not.
     ``session_config`` is the latest ``session`` object received in a ``session.update``.
+    ``response_log`` holds a :class:`BotResponse` per response (latest 1000), in order.
     """
 
     session_id: str
@@ -126,6 +157,7 @@ class BotSession:
     cancels: list[str | None] = field(default_factory=list)
     items: list[dict[str, Any]] = field(default_factory=list)
     responses: list[str] = field(default_factory=list)
+    response_log: deque[BotResponse] = field(default_factory=_response_log)
     session_config: dict[str, Any] | None = None
     audio_in_ms: float = 0.0
     ended_at: float | None = None
@@ -289,6 +321,7 @@ class _Response:
     item_id: str
     transcript: str
     output_format: str
+    record: BotResponse
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     sent_transcript: str = ""
 
@@ -580,6 +613,7 @@ class _Connection:
             await self._end_turn()
 
     async def _end_turn(self) -> None:
+        ended_at = time.monotonic()
         item_id = self._user_item or _new_id("item")
         self._in_speech = False
         self._user_item = None
@@ -594,7 +628,9 @@ class _Connection:
         await self._commit(item_id, f"(caller spoke {spoken_s:.1f} s)")
         if self._settings.create_response and self._active is None:
             await self._start_response(
-                f"You spoke for {spoken_s:.1f} seconds. This is the local test bot."
+                f"You spoke for {spoken_s:.1f} seconds. This is the local test bot.",
+                trigger="turn",
+                turn_ended_at=ended_at,
             )
 
     async def _commit(self, item_id: str, transcript: str) -> None:
@@ -804,16 +840,32 @@ class _Connection:
             return
         await self._cancel_active("client_cancelled")
 
-    async def _start_response(self, transcript: str) -> None:
+    async def _start_response(
+        self,
+        transcript: str,
+        *,
+        trigger: str = "response.create",
+        turn_ended_at: float | None = None,
+    ) -> None:
         """Send ``response.created`` (before any cancel can happen), then stream it."""
+        response_id, item_id = _new_id("resp"), _new_id("item")
+        record = BotResponse(
+            response_id=response_id,
+            item_id=item_id,
+            trigger=trigger,
+            created_at=time.monotonic(),
+            turn_ended_at=turn_ended_at,
+        )
         resp = _Response(
-            response_id=_new_id("resp"),
-            item_id=_new_id("item"),
+            response_id=response_id,
+            item_id=item_id,
             transcript=transcript,
             output_format=self._settings.output_format,
+            record=record,
         )
         self._active = resp
         self._record.responses.append(resp.response_id)
+        self._record.response_log.append(record)
         self._items[resp.item_id] = "assistant"
         self._audio_ms[resp.item_id] = 0
         await self._send(
@@ -854,6 +906,7 @@ class _Connection:
             return
         self._active = None
         resp.stop.set()
+        resp.record.status = "cancelled"
         await self._send(
             {
                 "type": "response.output_item.done",
@@ -937,6 +990,9 @@ class _Connection:
             pcm = tone.next(_rate(fmt) * chunk_ms // 1000)
             delta = base64.b64encode(_encode(fmt, pcm)).decode("ascii")
             await self._send({"type": "response.output_audio.delta", **base, "delta": delta}, resp)
+            if resp.record.first_delta_sent_at is None:
+                resp.record.first_delta_sent_at = time.monotonic()
+            resp.record.audio_ms_sent += chunk_ms
             offset_ms += chunk_ms
             self._audio_ms[iid] = self._audio_ms.get(iid, 0) + chunk_ms
             text_words = words[index * per_chunk : (index + 1) * per_chunk]
@@ -985,6 +1041,7 @@ class _Connection:
             resp,
             finish=True,
         )
+        resp.record.status = "completed"
 
 
 _HANDLERS = {
