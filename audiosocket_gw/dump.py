@@ -15,6 +15,8 @@ evidence is both directions on one time line next to what the backend said. A
   dump opened, "type": ..., ...}``, at most ``max_events`` lines (then one final
   ``dump.truncated`` line with the number left out).
 
+The alignment itself is ``stereo.StereoAligner``, shared with the gateway's recordings.
+
 Opt-in only (agent ``debug_dump`` or ``--debug-dump``): a dump costs a little CPU per
 tick and disk space, and holds caller audio. File writes are small buffered writes on the
 event loop; any I/O error disables the dump (logged once) rather than touching the call.
@@ -30,13 +32,15 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 import numpy as np
+import numpy.typing as npt
 import soundfile as sf
+
+from .stereo import FRAME_BYTES, StereoAligner
 
 __all__ = ["CallDump"]
 
 log = logging.getLogger("audiosocket_gw.dump")
 
-FRAME_BYTES: Final = 320  # 20 ms of 8 kHz slin16
 RATE: Final = 8000
 
 
@@ -61,15 +65,11 @@ class CallDump:
         self._clock = clock
         self._t0 = clock()
         self._max_events = max_events
-        self._max_lag = max_lag_frames * FRAME_BYTES
+        self.aligner = StereoAligner(max_lag_bytes=max_lag_frames * FRAME_BYTES)
         self._block_ticks = block_ticks
-        self._caller = bytearray()
-        self._block: list[bytes] = []
-        self.ticks = 0
+        self._block: list[npt.NDArray[np.int16]] = []
         self.events = 0
         self.events_dropped = 0
-        self.caller_padded = 0  # ticks with less than a frame of caller audio
-        self.caller_dropped_bytes = 0
         self.closed = False
         self._wav: sf.SoundFile | None = sf.SoundFile(
             str(self.wav_path), "w", samplerate=RATE, channels=2, subtype="PCM_16"
@@ -78,34 +78,28 @@ class CallDump:
 
     # -- AudioTap ------------------------------------------------------------------
 
+    @property
+    def ticks(self) -> int:
+        return self.aligner.ticks
+
+    @property
+    def caller_padded(self) -> int:
+        return self.aligner.caller_padded
+
+    @property
+    def caller_dropped_bytes(self) -> int:
+        return self.aligner.caller_dropped_bytes
+
     def caller(self, pcm: bytes) -> None:
         """Caller audio as it arrives (any size); consumed one frame per tick."""
         if not self.closed:
-            self._caller += pcm
+            self.aligner.caller(pcm)
 
     def bot(self, frame: bytes | None) -> None:
         """One pacer tick: ``frame`` was written (None: silence). Adds 20 ms to the WAV."""
         if self.closed:
             return
-        self.ticks += 1
-        caller = self._caller
-        if len(caller) >= FRAME_BYTES:
-            left = bytes(caller[:FRAME_BYTES])
-            del caller[:FRAME_BYTES]
-        else:
-            left = bytes(caller) + bytes(FRAME_BYTES - len(caller))
-            caller.clear()
-            self.caller_padded += 1
-        excess = len(caller) - self._max_lag
-        if excess > 0:
-            excess -= excess % 2
-            del caller[:excess]
-            self.caller_dropped_bytes += excess
-        right = frame if frame is not None and len(frame) == FRAME_BYTES else bytes(FRAME_BYTES)
-        stereo = np.empty((FRAME_BYTES // 2, 2), dtype="<i2")
-        stereo[:, 0] = np.frombuffer(left, dtype="<i2")
-        stereo[:, 1] = np.frombuffer(right, dtype="<i2")
-        self._block.append(stereo.tobytes())
+        self._block.append(self.aligner.tick(frame))
         if len(self._block) >= self._block_ticks:
             self._flush_audio()
 
@@ -155,12 +149,12 @@ class CallDump:
     def _flush_audio(self) -> None:
         if not self._block:
             return
-        data = b"".join(self._block)
+        data = np.concatenate(self._block)
         self._block.clear()
         if self._wav is None:
             return
         try:
-            self._wav.write(np.frombuffer(data, dtype="<i2").reshape(-1, 2))
+            self._wav.write(data)
         except (OSError, RuntimeError) as exc:
             log.warning("debug dump %s: audio disabled: %s", self.wav_path.name, exc)
             self._wav = None

@@ -35,6 +35,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from ..stereo import StereoAligner
+
 log = logging.getLogger("audiosocket_gw.recordings")
 
 RATE: Final = 8000
@@ -156,46 +158,30 @@ class StereoRecorder:
         self.final_path = str(final_path)
         self.part_path = str(part_path)
         self._on_done = on_done
-        self._backlog = bytearray()
-        self._max_backlog = max_backlog_ms * RATE // 1000 * 2
+        self.aligner = StereoAligner(max_lag_bytes=max_backlog_ms * RATE // 1000 * 2)
         self._block = np.zeros((BLOCK_FRAMES * FRAME, 2), dtype=np.int16)
         self._fill = 0  # samples in the current block
-        self.ticks = 0
-        self.trimmed_bytes = 0
         self.closed = False
 
+    @property
+    def ticks(self) -> int:
+        return self.aligner.ticks
+
+    @property
+    def trimmed_bytes(self) -> int:
+        return self.aligner.caller_dropped_bytes
+
     def caller(self, pcm: bytes) -> None:
-        if self.closed:
-            return
-        backlog = self._backlog
-        backlog += pcm
-        excess = len(backlog) - self._max_backlog
-        if excess > 0:
-            excess += excess & 1
-            del backlog[:excess]
-            self.trimmed_bytes += excess
+        if not self.closed:
+            self.aligner.caller(pcm)
 
     def bot(self, frame: bytes | None) -> None:
         if self.closed:
             return
-        self.ticks += 1
-        row = self._block[self._fill:self._fill + FRAME]
-        if frame is not None and len(frame) >= 2 * FRAME:
-            row[:, 1] = np.frombuffer(frame, dtype="<i2", count=FRAME)
-        else:
-            row[:, 1] = 0
-        self._take_caller(row, FRAME)
+        self.aligner.tick(frame, self._block[self._fill:self._fill + FRAME])
         self._fill += FRAME
         if self._fill == len(self._block):
             self._flush()
-
-    def _take_caller(self, row: npt.NDArray[np.int16], n: int) -> None:
-        backlog = self._backlog
-        have = min(len(backlog) // 2, n)
-        if have:
-            row[:have, 0] = np.frombuffer(backlog, dtype="<i2", count=have)
-            del backlog[:have * 2]
-        row[have:n, 0] = 0
 
     def _flush(self) -> None:
         if self._fill:
@@ -206,15 +192,10 @@ class StereoRecorder:
         """The call ended: write what is left of the caller's audio and finish the file."""
         if self.closed:
             return
-        while len(self._backlog) >= 2:
-            n = min(FRAME, len(self._backlog) // 2)
-            row = self._block[self._fill:self._fill + n]
-            row[:, 1] = 0
-            self._take_caller(row, n)
-            self._fill += n
-            if self._fill + FRAME > len(self._block):
-                self._flush()
         self._flush()
+        rest = self.aligner.drain()
+        if len(rest):
+            self.writer.write(self, self.part_path, rest)
         self.closed = True
         self.writer.close(self, self.part_path, self.final_path, self._on_done)
 

@@ -70,9 +70,10 @@ def test_recorder_bounds_the_caller_backlog_and_writes_stereo(tmp_path: Path) ->
     writer.start()
     done: list[CapturedFile] = []
     rec = StereoRecorder(writer, tmp_path / "r.wav", tmp_path / ".part" / "r.part", done.append)
-    rec.caller(b"\x01\x00" * 8000)  # a 1 s burst: trimmed to 500 ms
-    assert len(rec._backlog) == 8000 and rec.trimmed_bytes == 8000
-    for _ in range(60):
+    rec.caller(b"\x01\x00" * 8000)  # a 1 s burst: one frame played, the rest cut to 500 ms
+    rec.bot(b"\x02\x00" * 160)
+    assert rec.trimmed_bytes == 16000 - 320 - 8000
+    for _ in range(59):
         rec.bot(b"\x02\x00" * 160)
     rec.close()
     writer.stop()
@@ -82,7 +83,7 @@ def test_recorder_bounds_the_caller_backlog_and_writes_stereo(tmp_path: Path) ->
 
     data, _ = sf.read(f.path, dtype="int16")
     assert data.shape == (9600, 2)
-    assert (data[:4000, 0] == 1).all() and (data[4000:, 0] == 0).all()
+    assert (data[:4160, 0] == 1).all() and (data[4160:, 0] == 0).all()
     assert (data[:, 1] == 2).all()
     assert not (tmp_path / ".part" / "r.part").exists()
     assert np.count_nonzero(data) > 0
