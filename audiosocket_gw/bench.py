@@ -187,8 +187,12 @@ async def run_bench(levels: list[int], seconds: float, out: str) -> int:
     print(markdown_table(results))
     print()
     for mode, b in barge.items():
-        print(f"barge-in ({mode}): cut p50 {b['cut_p50_ms']} ms, p99 {b['cut_p99_ms']} ms; "
-              f"time to greeting p50 {b['first_audio_p50_ms']} ms, "
-              f"p99 {b['first_audio_p99_ms']} ms")
+        print(f"barge-in ({mode}): cut p50 {b['cut_p50_ms']} ms, p95 {b['cut_p95_ms']} ms, "
+              f"p99 {b['cut_p99_ms']} ms; time to greeting p50 {b['first_audio_p50_ms']} ms, "
+              f"p99 {b['first_audio_p99_ms']} ms; TTFA overhead over the bot's first delta "
+              f"p50 {b['ttfa_overhead_p50_ms']} ms, p95 {b['ttfa_overhead_p95_ms']} ms; "
+              f"response p50 {b['response_p50_ms']} ms, p95 {b['response_p95_ms']} ms "
+              f"(bot {b['response_bot_p50_ms']} ms, gateway {b['response_gateway_p50_ms']} ms "
+              f"p50); CPU {b['cpu_ms_per_call_s']} ms/call-s")
     print(f"\nwritten to {path}")
     return 0 if all(r["ok_calls"] == r["calls"] for r in results) else 1

@@ -17,12 +17,16 @@ records:
   records when the first non-silent frame arrived. Both are ``time.monotonic()``, which
   is system-wide, so the gateway child process in between is measured exactly;
 * response latency as heard: caller speech stop (send time of the first frame with no
-  speech in it) -> first non-silent frame of the reply, split into the bot's share (its
-  VAD's ``silence_ms`` wait + end of turn -> first delta sent, from its records) and the
-  gateway's (the rest: caller audio in, append batching, WebSocket both ways, playout).
+  speech in it) -> first non-silent frame of the reply, split at two instants the bot
+  records: when the caller's trailing silence reached it and when it sent the reply's
+  first delta. Between them is the bot's share (its VAD's ``silence_ms`` wait and its
+  processing); before is the gateway's inbound share (AudioSocket read, append
+  batching, WebSocket send), after is its outbound share (delta decode, playout, pacer).
 
 Calls start ``stagger_s`` apart so each bot session can be paired with its call by time
-(a session opens after its call connected and before the next one did).
+(a session opens after its call connected and before the next one did); the default is
+not a multiple of 20 ms, so the calls also sample the phase of the gateway's single
+pacer clock, which a first delta waits for (0 to 20 ms) before it is written.
 
 :class:`SimCaller` is a minimal Asterisk stand-in (UUID frame, 320-byte frames on an
 absolute 20 ms schedule, close on hangup) that keeps every received frame with its
@@ -269,14 +273,21 @@ def pair_sessions(call_starts: list[float], session_starts: list[float]) -> list
 
     A call's session is the only one opened in ``[its start, the next call's start)``:
     the gateway connects to the bot only after the call's UUID frame, and calls start far
-    enough apart (``stagger_s``) that it has done so before the next one. A window with
-    no session or several gives None rather than a wrong pair.
+    enough apart (``stagger_s``) that it has normally done so before the next one. When
+    a loaded machine delays that and some window holds no session or several, but there
+    is one session per call and the ``k``-th opened after the ``k``-th call connected,
+    calls and sessions are paired in order (the gateway serves calls in arrival order);
+    otherwise the unclear calls get None rather than a wrong pair.
     """
     out: list[int | None] = []
     for i, start in enumerate(call_starts):
         end = call_starts[i + 1] if i + 1 < len(call_starts) else math.inf
         inside = [j for j, t in enumerate(session_starts) if start <= t < end]
         out.append(inside[0] if len(inside) == 1 else None)
+    if None in out and len(session_starts) == len(call_starts):
+        order = sorted(range(len(session_starts)), key=session_starts.__getitem__)
+        if all(session_starts[j] >= start for j, start in zip(order, call_starts, strict=True)):
+            return list(order)
     return out
 
 
@@ -289,7 +300,7 @@ async def measure_barge_in(
     seconds: float = 6.0,
     *,
     server_vad: bool = True,
-    stagger_s: float = 0.1,
+    stagger_s: float = 0.1073,
 ) -> dict[str, Any]:
     """Run the benchmark (see the module docstring); returns the figures as a dict.
 
@@ -304,10 +315,12 @@ async def measure_barge_in(
     ``ttfa_overhead_p50_ms``/``ttfa_overhead_p95_ms``/``ttfa_overhead_max_ms`` (bot's
     first greeting delta sent -> caller's first non-silent frame; target <= 20 ms p95),
     ``response_p50_ms``/``response_p95_ms`` (caller speech stop -> first reply frame
-    heard), ``response_bot_p50_ms``/``response_bot_p95_ms`` (the bot's share: its
-    ``silence_ms`` + turn end -> first delta sent), ``response_gateway_p50_ms``/
-    ``response_gateway_p95_ms`` (per call, response minus the bot's share),
-    ``bot_silence_ms``, ``truncates``/``cancels`` (what the bot received),
+    heard), ``response_bot_p50_ms``/``response_bot_p95_ms`` (the bot's share: trailing
+    silence received -> first reply delta sent; about ``bot_silence_ms``),
+    ``response_gateway_p50_ms``/``response_gateway_p95_ms`` (per call, the rest) and its
+    two parts ``response_gateway_in_p50_ms`` (caller speech stop -> the bot received the
+    silence) and ``response_gateway_out_p50_ms`` (reply delta sent -> heard),
+    ``truncates``/``cancels`` (what the bot received),
     ``barge_ins_by_source``, ``cpu_ms_per_call_s`` (gateway CPU ms per second of call).
     """
     from .proc import GatewayProcess
@@ -359,7 +372,8 @@ async def measure_barge_in(
     responses: list[float] = []
     bot_parts: list[float] = []
     gateway_parts: list[float] = []
-    silence_s = bot.silence_ms / 1000
+    gateway_in: list[float] = []
+    gateway_out: list[float] = []
     ok = 0
     for (caller, at), report, pair in zip(callers, heard, pairs, strict=True):
         first = report.first_audio_s()
@@ -385,13 +399,16 @@ async def measure_barge_in(
         reply: BotResponse | None = next(
             (r for r in log if r.trigger == "turn" and (r.turn_ended_at or 0.0) >= stop), None)
         heard_at = report.first_audio_at(after=stop)
-        if reply is None or reply.turn_ended_at is None or reply.first_delta_sent_at is None \
-                or heard_at is None:
+        if reply is None or reply.speech_end_seen_at is None \
+                or reply.first_delta_sent_at is None or heard_at is None:
             continue
-        bot_part = silence_s + (reply.first_delta_sent_at - reply.turn_ended_at)
+        inbound = reply.speech_end_seen_at - stop
+        outbound = heard_at - reply.first_delta_sent_at
         responses.append(heard_at - stop)
-        bot_parts.append(bot_part)
-        gateway_parts.append(heard_at - stop - bot_part)
+        bot_parts.append(reply.first_delta_sent_at - reply.speech_end_seen_at)
+        gateway_parts.append(inbound + outbound)
+        gateway_in.append(inbound)
+        gateway_out.append(outbound)
     sources = {
         name.split('source="', 1)[1].split('"', 1)[0]: int(v)
         for name, v in metrics.items()
@@ -415,6 +432,8 @@ async def measure_barge_in(
         **_percentiles("response", responses, 50, 95),
         **_percentiles("response_bot", bot_parts, 50, 95),
         **_percentiles("response_gateway", gateway_parts, 50, 95),
+        **_percentiles("response_gateway_in", gateway_in, 50),
+        **_percentiles("response_gateway_out", gateway_out, 50),
         "bot_silence_ms": bot.silence_ms,
         "truncates": sum(len(s.truncates) for s in bot.sessions),
         "cancels": sum(len(s.cancels) for s in bot.sessions),

@@ -64,6 +64,7 @@ import hmac
 import itertools
 import json
 import math
+import re
 import secrets
 import time
 from collections import deque
@@ -103,6 +104,9 @@ _BETA_SESSION_KEYS = (
 _FORMATS = ("audio/pcmu", "audio/pcma", "audio/pcm")
 
 
+_QUOTED = re.compile(r'exactly:?\s*"([^"]+)"')
+
+
 @dataclass(frozen=True)
 class ReceivedEvent:
     """One client event as received: ``type``, the decoded JSON object, ``time.monotonic()``."""
@@ -117,8 +121,11 @@ class BotResponse:
     """One response of the bot, with ``time.monotonic()`` timestamps (for latency splits).
 
     ``trigger`` is ``"response.create"`` (the client asked, e.g. a greeting) or ``"turn"``
-    (the bot's VAD ended the caller's turn; ``turn_ended_at`` is when it did so, that is
-    when the last of ``silence_ms`` of silence arrived). ``first_delta_sent_at`` is when
+    (the bot's VAD ended the caller's turn: ``speech_end_seen_at`` is when the append
+    holding the first silent window after the caller's last speech arrived,
+    ``turn_ended_at`` when the last of ``silence_ms`` of silence did, ending the turn).
+    ``first_delta_sent_at - speech_end_seen_at`` is the bot's whole share of a response
+    latency (its VAD wait and its processing). ``first_delta_sent_at`` is when
     the first ``response.output_audio.delta`` was handed to the socket (None if none was).
     ``status`` is ``in_progress``, ``completed`` or ``cancelled``.
     """
@@ -127,6 +134,7 @@ class BotResponse:
     item_id: str
     trigger: str
     created_at: float
+    speech_end_seen_at: float | None = None
     turn_ended_at: float | None = None
     first_delta_sent_at: float | None = None
     audio_ms_sent: int = 0
@@ -358,6 +366,7 @@ class _Connection:
         self._speech_start_ms = 0.0
         self._speech_end_ms = 0.0
         self._silence_ms = 0.0
+        self._silence_seen_at = 0.0  # monotonic arrival of the current trailing silence
         self._user_item: str | None = None
         # conversation
         self._items: dict[str, str] = {}  # item_id -> role
@@ -608,6 +617,8 @@ class _Connection:
             self._silence_ms = 0.0
             self._speech_end_ms = self._vad_ms
             return
+        if self._silence_ms == 0.0:
+            self._silence_seen_at = time.monotonic()
         self._silence_ms += _VAD_WINDOW_MS
         if self._silence_ms >= self._bot.silence_ms:
             await self._end_turn()
@@ -630,6 +641,7 @@ class _Connection:
             await self._start_response(
                 f"You spoke for {spoken_s:.1f} seconds. This is the local test bot.",
                 trigger="turn",
+                speech_end_seen_at=self._silence_seen_at,
                 turn_ended_at=ended_at,
             )
 
@@ -822,7 +834,9 @@ class _Connection:
         options = data.get("response")
         instructions = options.get("instructions") if isinstance(options, dict) else None
         if isinstance(instructions, str) and instructions:
-            await self._start_response(instructions)
+            # 'Say exactly: "..."' (how a greeting is asked for): speak the quoted words.
+            quoted = _QUOTED.search(instructions)
+            await self._start_response(quoted.group(1) if quoted else instructions)
         else:
             await self._start_response(self._bot.greeting_text)
 
@@ -845,6 +859,7 @@ class _Connection:
         transcript: str,
         *,
         trigger: str = "response.create",
+        speech_end_seen_at: float | None = None,
         turn_ended_at: float | None = None,
     ) -> None:
         """Send ``response.created`` (before any cancel can happen), then stream it."""
@@ -854,6 +869,7 @@ class _Connection:
             item_id=item_id,
             trigger=trigger,
             created_at=time.monotonic(),
+            speech_end_seen_at=speech_end_seen_at,
             turn_ended_at=turn_ended_at,
         )
         resp = _Response(

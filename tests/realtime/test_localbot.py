@@ -255,6 +255,39 @@ async def test_speech_turn_gives_transcription_and_response(bot: LocalRealtimeBo
     assert bot.sessions[0].audio_in_ms == pytest.approx(1800)
 
 
+async def test_response_log_has_monotonic_timestamps_per_response() -> None:
+    async with LocalRealtimeBot(reply_ms=300) as bot, client(bot) as c:
+        await c.send(p.response_create())
+        await c.until("response.output_audio.delta")
+        greeting_delta_received = time.monotonic()
+        await c.until("response.done")
+        await c.speak(300)
+        silence_sent_from = time.monotonic()
+        await c.silence(600)
+        created, _ = await c.until("response.created")
+        await c.until("response.output_audio.delta")
+        reply_delta_received = time.monotonic()
+        await c.until("response.done")
+    session = bot.sessions[0]
+    greeting, reply = session.response_log
+    assert [greeting.response_id, reply.response_id] == session.responses
+    assert reply.response_id == created["response"]["id"]
+    assert (greeting.trigger, reply.trigger) == ("response.create", "turn")
+    assert (greeting.status, reply.status) == ("completed", "completed")
+    assert greeting.audio_ms_sent == reply.audio_ms_sent == 300
+    # The greeting was asked for: no turn behind it.
+    assert greeting.speech_end_seen_at is None and greeting.turn_ended_at is None
+    assert greeting.first_delta_sent_at is not None
+    assert session.started_at <= greeting.created_at <= greeting.first_delta_sent_at
+    assert greeting.first_delta_sent_at <= greeting_delta_received
+    # The reply: silence seen (not the speech) -> turn ended -> response -> first delta.
+    assert reply.speech_end_seen_at is not None and reply.turn_ended_at is not None
+    assert reply.first_delta_sent_at is not None
+    assert silence_sent_from <= reply.speech_end_seen_at <= reply.turn_ended_at
+    assert reply.turn_ended_at <= reply.created_at <= reply.first_delta_sent_at
+    assert reply.first_delta_sent_at <= reply_delta_received
+
+
 async def test_pcm_output_is_24khz_linear() -> None:
     async with LocalRealtimeBot(reply_ms=200, chunk_ms=50) as bot, client(bot) as c:
         await c.send(p.session_update(p.SessionConfig(output_format="audio/pcm")))
@@ -304,6 +337,10 @@ async def test_barge_in_cancels_response_with_turn_detected() -> None:
     assert result == p.ResponseDone(response_id, "cancelled", "turn_detected")
     assert not [e for e in late if e.get("response_id") == response_id]
     assert started["audio_start_ms"] >= 600
+    record = bot.sessions[0].response_log[0]
+    assert (record.response_id, record.trigger, record.status) == (
+        response_id, "turn", "cancelled")
+    assert 0 < record.audio_ms_sent < 3000
 
 
 async def test_interrupt_response_off_keeps_the_response() -> None:
