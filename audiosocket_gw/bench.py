@@ -177,9 +177,14 @@ async def run_bench(levels: list[int], seconds: float, out: str) -> int:
               flush=True)
         barge[mode] = await measure_barge_in(calls=10, seconds=6.0, server_vad=server_vad)
         print("  " + ", ".join(f"{k}={v}" for k, v in barge[mode].items()), flush=True)
+    from .bench_twilio import measure_twilio
+
+    print("bench: twilio-stream backend and mark echoes (20 calls, 8 s) ...", flush=True)
+    twilio = await measure_twilio(calls=20, seconds=8.0)
+    print("  " + ", ".join(f"{k}={v}" for k, v in twilio.items()), flush=True)
     mach = machine()
     doc = {"machine": mach, "date": time.strftime("%Y-%m-%d"), "levels": results,
-           "barge_in": barge}
+           "barge_in": barge, "twilio_stream": twilio}
     path = Path(out)
     await asyncio.to_thread(_write, path, json.dumps(doc, indent=2) + "\n")
     print()
@@ -194,5 +199,8 @@ async def run_bench(levels: list[int], seconds: float, out: str) -> int:
               f"response p50 {b['response_p50_ms']} ms, p95 {b['response_p95_ms']} ms "
               f"(bot {b['response_bot_p50_ms']} ms, gateway {b['response_gateway_p50_ms']} ms "
               f"p50); CPU {b['cpu_ms_per_call_s']} ms/call-s")
+    print(f"twilio-stream: {twilio['cpu_ms_per_call_s']} ms CPU per call-s; mark echo p50 "
+          f"{twilio['mark_echo_p50_ms']} ms, p95 {twilio['mark_echo_p95_ms']} ms, max "
+          f"{twilio['mark_echo_max_ms']} ms")
     print(f"\nwritten to {path}")
     return 0 if all(r["ok_calls"] == r["calls"] for r in results) else 1

@@ -1,4 +1,5 @@
-"""Command line: ``audiosocket-gw serve | simulate | call | mock-realtime | demo | bench``.
+"""Command line: ``audiosocket-gw serve | simulate | call | numbers | mock-realtime | demo |
+bench``.
 
 The names, flags and environment variables here are a contract other tools script
 against: keep them. Every flag of ``serve`` mirrors a ``Config`` field and its
@@ -14,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__, cli_call, mock_realtime_cli
+from . import __version__, cli_call, mock_realtime_cli, numbers_import
 from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, Config, ConfigError, parse_hostport
 
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate_parser(sub)
     cli_call.add_parser(sub)
     mock_realtime_cli.add_parser(sub)
+    numbers_import.add_parser(sub)
     d = sub.add_parser("demo", help="start a gateway, place simulated calls, print a report")
     d.add_argument("--calls", type=int, default=3)
     d.add_argument("--seconds", type=float, default=9.0)
@@ -173,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_call.run(args)
     if args.command == "mock-realtime":
         return mock_realtime_cli.run(args)
+    if args.command == "numbers":
+        return numbers_import.run(args)
     if args.command == "demo":
         from .demo import run_demo
 

@@ -159,7 +159,8 @@ class Pacer:
             fut = loop.create_future()
             # epoll timeouts have millisecond granularity (asyncio rounds them up), so
             # wake up to ``spin`` early and wait out the rest on the clock itself.
-            handle = loop.call_at(sched.next_deadline - spin, _wake, fut)
+            early = spin if self._snapshot else 0.0  # an idle gateway does not spin
+            handle = loop.call_at(sched.next_deadline - early, _wake, fut)
             try:
                 await fut
             finally:

@@ -32,7 +32,9 @@ def test_version() -> None:
 def test_every_command_has_help() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     commands = list(sub.choices)  # type: ignore[arg-type]
-    assert {"serve", "simulate", "demo", "bench"} <= set(commands)
+    assert {"serve", "simulate", "call", "numbers", "mock-realtime", "demo", "bench"} <= set(
+        commands
+    )
     for cmd in commands:
         r = run_cli(cmd, "--help")
         assert r.returncode == 0, (cmd, r.stderr)

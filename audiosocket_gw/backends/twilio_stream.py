@@ -300,6 +300,7 @@ class TwilioStreamSession(BackendSession):
         try:
             ws = await asyncio.wait_for(
                 connect(url, max_size=self.backend.max_message_bytes, open_timeout=None,
+                        compression=None,  # base64 audio does not deflate; it only costs CPU
                         close_timeout=self.backend.close_timeout),
                 self.backend.connect_timeout,
             )
