@@ -137,15 +137,15 @@ async def place_calls(gw: Gateway) -> None:
     burst.send_uuid(burst_id)
     loud = asp.encode_audio((8000).to_bytes(2, "little", signed=True) * 160)
     await until(lambda: CALL_ID in gw.audiosocket.calls and burst_id in gw.audiosocket.calls)
-    await until(lambda: gw.audiosocket.calls[burst_id].playout.has_audio)
+    await until(lambda: gw.audiosocket.calls[burst_id].playout.has_audio, within=10)
     for msg in live:
         mon.on_ami_event(msg)
     burst.send(loud * 25)
-    await until(lambda: gw.audiosocket.calls[burst_id].barge_ins > 0)
+    await until(lambda: gw.audiosocket.calls[burst_id].barge_ins > 0, within=10)
     # The caller's turn ends (silence frames, as Asterisk sends them); the bot answers.
     burst.send(asp.encode_audio(bytes(320)) * 60)
-    await until(lambda: gw.metrics.registry.get_sample_value(
-        "aigw_response_latency_seconds_count", {"backend": "openai"}))
+    await until(lambda: bool(gw.metrics.registry.get_sample_value(
+        "aigw_response_latency_seconds_count", {"backend": "openai"})), within=10)
     report = await sim
     assert report.ok_calls == 2, report
     for peer in (rtcp, burst):
