@@ -35,7 +35,7 @@ from audiosocket_gw.config import format_hostport
 from audiosocket_gw.quality.mos import MosMonitor
 from audiosocket_gw.realtime.localbot import LocalRealtimeBot
 from audiosocket_gw.simulator.pbx import run_simulation
-from tests.helpers import RawPeer, running_gateway
+from tests.helpers import MS, RawPeer, running_gateway
 from tests.quality.test_mos_component import (
     CALL_ID,
     fixture_messages,
@@ -142,8 +142,11 @@ async def place_calls(gw: Gateway) -> None:
         mon.on_ami_event(msg)
     burst.send(loud * 25)
     await until(lambda: gw.audiosocket.calls[burst_id].barge_ins > 0, within=10)
-    # The caller's turn ends (silence frames, as Asterisk sends them); the bot answers.
-    burst.send(asp.encode_audio(bytes(320)) * 60)
+    # The caller's turn ends: silence frames every 20 ms, as Asterisk sends them (all at
+    # once, the bot's own VAD could answer before the gateway's sees the turn end).
+    for _ in range(60):
+        burst.send(asp.encode_audio(bytes(320)))
+        await asyncio.sleep(20 * MS)
     await until(lambda: bool(gw.metrics.registry.get_sample_value(
         "aigw_response_latency_seconds_count", {"backend": "openai"})), within=10)
     report = await sim

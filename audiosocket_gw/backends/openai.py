@@ -272,7 +272,7 @@ class OpenAISession(BackendSession):
             item_id, end_ms = plan.truncate
             self._send_control(rt.item_truncate(item_id, end_ms))
         if plan.cancel:
-            self._send_control(rt.response_cancel())
+            self._send_control(rt.response_cancel(plan.response_id))
         self._dump("gateway.barge_in", source=source, played_ms=played,
                    truncate=plan.truncate, cancel=plan.cancel)
         self.log.info("barge-in (%s): truncate %s, cancel %s", source, plan.truncate, plan.cancel)
@@ -509,7 +509,8 @@ class OpenAISession(BackendSession):
                     self.on_barge_in()
             finally:
                 self._server_cut = False
-        elif self.tracker.active_response is not None:
+        elif self.tracker.active_response is not None and not self.tracker.is_cut(
+                self.tracker.active_response):
             # All audio received so far has been heard (the playout ran dry between
             # deltas) but the response goes on: the server cancels it (interrupt_response)
             # or we do; truncate to what was played, drop deltas still in flight.

@@ -271,6 +271,9 @@ class BargeInPlan:
 
     truncate: tuple[str, int] | None
     cancel: bool
+    response_id: str | None = None
+    """The response to cancel: named in ``response.cancel`` so a cancel that reaches the
+    server late can never hit the next response."""
 
 
 _MAX_TRACKED: Final = 32
@@ -341,7 +344,7 @@ class TurnTracker:
         if active is not None:
             self._cut.append(active)
         self.current_item = None
-        return BargeInPlan(truncate=truncate, cancel=cancel)
+        return BargeInPlan(truncate=truncate, cancel=cancel, response_id=active)
 
 
 # ---------------------------------------------------------------------------- context
