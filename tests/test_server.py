@@ -17,7 +17,7 @@ from audiosocket_gw.backends.base import Backend, BackendSession, CallControl, C
 from audiosocket_gw.simulator.audio import speech_like
 from audiosocket_gw.simulator.pbx import CallPlan, run_simulation
 
-from .helpers import MS, RawPeer, make_config, running_gateway
+from .helpers import GAP_MS, MS, RawPeer, make_config, running_gateway
 
 
 def calls_ended(gw: Gateway, outcome: str, backend: str = "echo") -> float:
@@ -36,7 +36,7 @@ async def healthy_call(gw: Gateway, seconds: float = 0.6) -> Any:
 def assert_healthy(report: Any) -> None:
     c = report.calls[0]
     assert c.ok, c
-    assert c.gaps_over_40ms == 0, c
+    assert c.max_gap_ms is not None and c.max_gap_ms < GAP_MS, c
     assert c.frames_received >= 20
 
 
@@ -48,7 +48,7 @@ async def test_echo_call_returns_the_callers_audio_exactly() -> None:
         for c in report.calls:
             assert c.ok, c
             assert 45 <= c.frames_received <= 52
-            assert c.gaps_over_40ms == 0
+            assert c.max_gap_ms is not None and c.max_gap_ms < GAP_MS
             # every echoed frame matched to the frame sent, in order
             assert len(c.transit_ms) >= c.frames_sent - 3
         s = report.summary()
@@ -90,7 +90,7 @@ async def test_silent_caller_keeps_receiving_frames() -> None:
         c = report.calls[0]
         assert c.ok, c
         assert c.frames_sent == 0
-        assert c.frames_received >= 25 and c.max_gap_ms is not None and c.max_gap_ms < 40
+        assert c.frames_received >= 25 and c.max_gap_ms is not None and c.max_gap_ms < GAP_MS
 
 
 BAD_INPUTS = {
@@ -146,7 +146,7 @@ async def test_no_uuid_in_time_is_closed() -> None:
         t0 = loop.time()
         events = await peer.read_until_closed(within=2)
         assert events == []
-        assert 0.15 <= loop.time() - t0 < 1.5
+        assert 0.15 <= loop.time() - t0 < 0.2 + 1300 * MS
         assert counter(gw, "aigw_connections_rejected_total", reason="uuid_timeout") == 1
 
 
@@ -389,7 +389,7 @@ async def test_barge_in_cuts_bot_audio_on_the_next_tick(level: float, expect_cut
             assert 300 <= s.played_at_cut <= 600
             cut = gw.metrics.registry.get_sample_value(
                 "aigw_barge_in_seconds_sum", {"backend": "scripted"})
-            assert cut is not None and 0.05 <= cut <= 0.2
+            assert cut is not None and 0.05 <= cut <= 200 * MS
         else:
             assert s.barged == 0 and cuts == 0
     finally:
@@ -425,6 +425,6 @@ async def test_response_latency_is_timed_from_the_end_of_the_callers_turn() -> N
         labels = {"backend": "scripted"}
         assert reg.get_sample_value("aigw_response_latency_seconds_count", labels) == 1
         latency = reg.get_sample_value("aigw_response_latency_seconds_sum", labels)
-        assert latency is not None and 0.5 <= latency <= 0.95
+        assert latency is not None and 0.5 <= latency <= 950 * MS
     finally:
         await gw.shutdown(grace=0)
