@@ -25,23 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from .demo import fetch_metrics, histogram_quantile
-from .proc import GatewayProcess
+from .proc import GatewayProcess, cpu_seconds, rss_kib
 from .simulator.pbx import run_simulation
 
 ECHO_DELAY_MS = 20
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def machine() -> dict[str, Any]:
@@ -86,7 +73,7 @@ async def _bench_level(
 ) -> dict[str, Any]:
     async with GatewayProcess(*args, env=env, cpu=cpu) as gw:
         await asyncio.sleep(0.5)
-        rss_idle = _rss_kib(gw.pid)
+        rss_idle = rss_kib(gw.pid)
         ramp = min(2.0, calls / 100)
         sim = asyncio.create_task(
             run_simulation(*gw.audiosocket, calls=calls, seconds=seconds, tagged=True,
@@ -94,13 +81,13 @@ async def _bench_level(
         )
         # Measure CPU over the window when every call is up.
         await asyncio.sleep(ramp + 1.0)
-        cpu0, t0 = _cpu_seconds(gw.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(gw.pid) or 0.0, time.monotonic()
         sim0 = time.process_time()
         window = max(1.0, seconds - 2.0)
         await asyncio.sleep(window / 2)
-        rss_load = _rss_kib(gw.pid)
+        rss_load = rss_kib(gw.pid)
         await asyncio.sleep(window / 2)
-        cpu1, t1 = _cpu_seconds(gw.pid), time.monotonic()
+        cpu1, t1 = cpu_seconds(gw.pid) or 0.0, time.monotonic()
         sim1 = time.process_time()
         report = await sim
         m = await asyncio.to_thread(fetch_metrics, *gw.http)

@@ -256,14 +256,6 @@ async def _fetch_metrics(host: str, port: int) -> dict[str, float]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _r(v: float | None, scale: float = 1000.0) -> float | None:
     return None if v is None else round(v * scale, 1)
 
@@ -323,7 +315,7 @@ async def measure_barge_in(
     ``truncates``/``cancels`` (what the bot received),
     ``barge_ins_by_source``, ``cpu_ms_per_call_s`` (gateway CPU ms per second of call).
     """
-    from .proc import GatewayProcess
+    from .proc import GatewayProcess, cpu_seconds
     from .realtime.localbot import BotResponse, LocalRealtimeBot
 
     if calls < 1 or seconds <= 0 or stagger_s < 0:
@@ -358,9 +350,9 @@ async def measure_barge_in(
                     await asyncio.sleep(index * stagger_s)
                     return await caller.run()
 
-                cpu0 = _cpu_seconds(gw.pid)
+                cpu0 = cpu_seconds(gw.pid)
                 heard = await asyncio.gather(*(place(i, c) for i, (c, _) in enumerate(callers)))
-                cpu1 = _cpu_seconds(gw.pid)
+                cpu1 = cpu_seconds(gw.pid)
                 metrics = await _fetch_metrics(*gw.http)
     finally:
         await bot.stop()

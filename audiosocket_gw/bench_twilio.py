@@ -38,12 +38,11 @@ import base64
 import contextlib
 import os
 import time
-from pathlib import Path
 from typing import Any, Final
 
 from .bench_bargein import FRAME_S, SimCaller, _fetch_metrics, percentile
 from .dsp.vad import SILENCE_LEVEL, frame_level
-from .proc import GatewayProcess
+from .proc import GatewayProcess, cpu_seconds
 from .simulator.audio import speech_like
 from .twilio.fakeapp import AppSession, FakeTwilioApp, tone_ulaw
 from .twilio.webhook import call_sid_for
@@ -51,14 +50,6 @@ from .twilio.webhook import call_sid_for
 __all__ = ["app_script", "mark_delays_ms", "measure_twilio"]
 
 MARK_PREFIX: Final = "part-"
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def app_script(audio_ms: int, delta_ms: int) -> list[dict[str, Any]]:
@@ -137,10 +128,10 @@ async def measure_twilio(calls: int = 20, seconds: float = 8.0, *,
             try:
                 warmup = min(1.0, seconds / 4)
                 await asyncio.sleep(warmup)
-                cpu0, t0 = _cpu_seconds(gw.pid), time.monotonic()
+                cpu0, t0 = cpu_seconds(gw.pid), time.monotonic()
                 sim0 = time.process_time()
                 await asyncio.sleep(max(0.5, seconds - warmup - 0.5))
-                cpu1, t1 = _cpu_seconds(gw.pid), time.monotonic()
+                cpu1, t1 = cpu_seconds(gw.pid), time.monotonic()
                 sim1 = time.process_time()
             finally:
                 heard = await running

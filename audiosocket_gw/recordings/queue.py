@@ -37,6 +37,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..store.sqlite import write_tx
+
 T = TypeVar("T")
 
 __all__ = ["RecState", "RecordingDB", "RecordingQueue", "RecordingRow", "TranscriptRow"]
@@ -152,16 +154,7 @@ class RecordingDB:
         self.conn.close()
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return result
+        return write_tx(self.conn, fn)
 
     # -- recordings ----------------------------------------------------------------
 

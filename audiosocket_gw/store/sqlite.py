@@ -101,6 +101,24 @@ _ACTIVE_VALUES = tuple(sorted(s.value for s in ACTIVE))
 _ACTIVE_SQL = "(" + ", ".join("?" * len(_ACTIVE_VALUES)) + ")"
 
 
+def write_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(conn)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any error).
+
+    IMMEDIATE takes the write lock up front, so two writers never both read then both
+    write (the limiter's count-then-insert depends on it). Shared with the recordings
+    queue, which keeps its own database file.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
 def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
@@ -214,16 +232,7 @@ class SqliteCallStore:
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction (worker thread only)."""
-        conn = self._c()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return result
+        return write_tx(self._c(), fn)
 
     async def schema_version(self) -> int:
         """The schema version of the open database."""
