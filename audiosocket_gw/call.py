@@ -132,7 +132,7 @@ class Call:
         # Local VAD on caller audio (raised above the bot's echo level): tells the
         # watchdogs the caller is talking, and cuts the bot (barge-in) where the
         # backend wants the bridge to (``Backend.local_barge_in``).
-        self.vad: VoiceActivityDetector | None = VoiceActivityDetector(
+        self.vad = VoiceActivityDetector(
             VadConfig(threshold=config.vad_threshold, onset_ms=config.vad_onset_ms)
         )
         self.local_barge_in = config.barge_in and barge_in
@@ -243,7 +243,7 @@ class Call:
         if len(pcm) & 1:
             self._odd = pcm[-1:]
             pcm = pcm[:-1]
-        if self.vad is not None and pcm:
+        if pcm:
             self._levels.add(self, pcm)  # measured with every other call's at the tick
         for tap in self.taps:
             tap.caller(pcm)
@@ -257,9 +257,9 @@ class Call:
         ``bot_level`` is the level of the bot frame last written (0 when the bot is
         quiet): caller audio must rise above the bot's echo to count as speech.
         """
-        vad = self.vad
-        if vad is None or self.ended:
+        if self.ended:
             return
+        vad = self.vad
         bot_pending = self.playout.has_audio
         ev = vad.process_level(level, samples, bot_level if bot_pending else 0.0)
         if ev is VadEvent.SPEECH_START:
