@@ -1,42 +1,31 @@
-"""The calls HTTP API, and the component that wires call tracking together.
+"""The calls HTTP API (a component over a ``TelephonyProvider``).
 
 Routes on the gateway's ``--http`` listener (JSON in, JSON out)::
 
-    POST /v1/calls               {to, from, tenant, agent?, metadata?} -> 201 {id, status}
+    POST /v1/calls               {to, from, tenant, agent?, metadata?, timeout?}
+                                 -> 201 {id, status}   (timeout: ring seconds)
     GET  /v1/calls/{id}          -> 200 call | 404
     GET  /v1/calls?status=&tenant=&limit=   -> 200 {calls: [...]}
     POST /v1/calls/{id}/hangup   -> 200 call | 404
 
 Errors are ``{"error": {"code": ..., "message": ...}}`` with 400 (bad request),
 401 (token), 404, 429 (tenant limit; ``Retry-After``), 502 (Originate refused),
-503 (AMI down). When ``config.api_token`` is set (``AIGW_API_TOKEN``; the config
-refuses to start on a non-loopback ``--http`` without one) every request needs
-``Authorization: Bearer <token>``, compared in constant time. Phone numbers are
-never logged at info level.
-
-``CallsComponent`` is the one component ``Gateway._install_components`` adds: the
-AMI client (only when ``AIGW_AMI_HOST`` is set), the call tracker, the watchdogs,
-the Asterisk provider and these routes.
+503 (AMI down), from ``httpapi.api_error``; the bearer token is checked by the
+one middleware in ``httpapi``. Phone numbers are never logged at info level.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
-import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .ami.client import AmiClient, AmiSettings
-from .ami.tracker import CallTracker
-from .ami_metrics import CallMetrics
 from .callstate import CallStatus
+from .httpapi import JsonBodyError, api_error, read_json
 from .store.base import CallRecord
 from .telephony import (
-    AsteriskProvider,
     InvalidNumber,
     LimitExceeded,
     OriginateRejected,
@@ -46,16 +35,13 @@ from .telephony import (
     UnknownAgent,
     UnknownTenant,
 )
-from .watchdogs import Watchdogs
 
 if TYPE_CHECKING:
-    from .app import Gateway
+    from .context import GatewayContext
 
 log = logging.getLogger("audiosocket_gw.api")
 
-__all__ = ["CallsApi", "CallsComponent", "call_to_json"]
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+__all__ = ["CallsApi", "call_to_json"]
 _MAX_BODY = 64 * 1024
 
 
@@ -89,70 +75,62 @@ def call_to_json(rec: CallRecord) -> dict[str, Any]:
     }
 
 
-def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status,
-                             headers=headers or None)
-
-
 class CallsApi:
-    """The ``/v1/calls`` routes over a ``TelephonyProvider``."""
+    """The ``/v1/calls`` routes over a ``TelephonyProvider`` (a component)."""
 
-    def __init__(self, app: web.Application, provider: TelephonyProvider,
-                 gateway: Gateway, *, token: str | None) -> None:
+    def __init__(self, ctx: GatewayContext, provider: TelephonyProvider) -> None:
+        self.ctx = ctx
         self.provider = provider
-        self.gateway = gateway
-        self._token = token.encode() if token else None
-        app.router.add_post("/v1/calls", self._auth(self.create))
-        app.router.add_get("/v1/calls", self._auth(self.list))
-        app.router.add_get("/v1/calls/{id}", self._auth(self.get))
-        app.router.add_post("/v1/calls/{id}/hangup", self._auth(self.hangup))
-        app.router.add_get("/v1/calls/{id}/transcript", self._auth(self.transcript))
 
-    def _auth(self, handler: Handler) -> Handler:
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            if self._token is not None:
-                header = request.headers.get("Authorization", "")
-                scheme, _, given = header.partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(
-                        given.strip().encode(), self._token):
-                    return _error(401, "unauthorized", "missing or wrong bearer token",
-                                  **{"WWW-Authenticate": "Bearer"})
-            return await handler(request)
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/calls", self.create),
+            web.get("/v1/calls", self.list),
+            web.get("/v1/calls/{id}", self.get),
+            web.post("/v1/calls/{id}/hangup", self.hangup),
+            web.get("/v1/calls/{id}/transcript", self.transcript),
+        ]
 
-        return wrapped
+    async def start(self) -> None:
+        """Nothing to open."""
+
+    async def stop(self) -> None:
+        """Nothing to close."""
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        if request.content_length is not None and request.content_length > _MAX_BODY:
-            return _error(413, "too_large", "request body too large")
         try:
-            body = json.loads(await request.read() or b"null")
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "bad_json", "body must be a JSON object")
-        if not isinstance(body, dict):
-            return _error(400, "bad_json", "body must be a JSON object")
+            body = await read_json(request, max_body=_MAX_BODY)
+        except JsonBodyError as exc:
+            return exc.response()
         to, from_, tenant = body.get("to"), body.get("from", ""), body.get("tenant")
         agent, metadata = body.get("agent"), body.get("metadata") or {}
+        timeout = body.get("timeout")
         if not isinstance(to, str) or not isinstance(tenant, str) or not isinstance(from_, str):
-            return _error(400, "bad_request", "'to', 'from' and 'tenant' must be strings")
+            return api_error(400, "bad_request", "'to', 'from' and 'tenant' must be strings")
         if agent is not None and not isinstance(agent, str):
-            return _error(400, "bad_request", "'agent' must be a string")
+            return api_error(400, "bad_request", "'agent' must be a string")
         if not isinstance(metadata, Mapping):
-            return _error(400, "bad_request", "'metadata' must be an object")
+            return api_error(400, "bad_request", "'metadata' must be an object")
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, int | float)):
+            return api_error(400, "bad_request", "'timeout' must be a number of seconds")
         try:
-            call_id = await self.provider.start_outbound_call(tenant, to, from_, metadata,
-                                                              agent=agent)
+            call_id = await self.provider.start_outbound_call(
+                tenant, to, from_, metadata, agent=agent,
+                ring_timeout_s=None if timeout is None else float(timeout))
         except LimitExceeded as exc:
-            return _error(429, "limit_exceeded", str(exc), **{"Retry-After": "1"})
+            return api_error(429, "limit_exceeded", str(exc), **{"Retry-After": "1"})
         except (UnknownTenant, UnknownAgent) as exc:
-            return _error(404 if isinstance(exc, UnknownTenant) else 400, "unknown", str(exc))
+            return api_error(404 if isinstance(exc, UnknownTenant) else 400, "unknown",
+                             str(exc))
         except InvalidNumber as exc:
-            return _error(400, "invalid_number", str(exc))
+            return api_error(400, "invalid_number", str(exc))
         except ProviderUnavailable as exc:
-            return _error(503, "unavailable", str(exc), **{"Retry-After": "2"})
+            return api_error(503, "unavailable", str(exc), **{"Retry-After": "2"})
         except OriginateRejected as exc:
-            return _error(502, "originate_rejected", str(exc))
+            return api_error(502, "originate_rejected", str(exc))
         except TelephonyError as exc:
-            return _error(500, "error", str(exc))
+            return api_error(503, "error", str(exc))
         rec = await self.provider.get_call(call_id)
         status = rec.status.value if rec is not None else "queued"
         return web.json_response({"id": call_id, "status": status}, status=201)
@@ -160,7 +138,7 @@ class CallsApi:
     async def get(self, request: web.Request) -> web.StreamResponse:
         rec = await self.provider.get_call(request.match_info["id"])
         if rec is None:
-            return _error(404, "not_found", "no such call")
+            return api_error(404, "not_found", "no such call")
         return web.json_response(call_to_json(rec))
 
     async def list(self, request: web.Request) -> web.StreamResponse:
@@ -170,12 +148,12 @@ class CallsApi:
             try:
                 status = CallStatus(q["status"])
             except ValueError:
-                return _error(400, "bad_request", f"unknown status {q['status']!r}")
+                return api_error(400, "bad_request", f"unknown status {q['status']!r}")
         try:
             limit = max(1, min(1000, int(q.get("limit", "100"))))
         except ValueError:
-            return _error(400, "bad_request", "'limit' must be a number")
-        calls = await self.gateway.store.list_calls(status=status, tenant=q.get("tenant") or None,
+            return api_error(400, "bad_request", "'limit' must be a number")
+        calls = await self.ctx.store.list_calls(status=status, tenant=q.get("tenant") or None,
                                                     limit=limit)
         return web.json_response({"calls": [call_to_json(c) for c in calls]})
 
@@ -185,11 +163,11 @@ class CallsApi:
         Recording transcription (Whisper) is separate: ``/v1/calls/{id}/recording``.
         """
         call_id = request.match_info["id"]
-        rec = await self.gateway.store.get_call(call_id)
+        rec = await self.ctx.store.get_call(call_id)
         if rec is None:
-            return _error(404, "not_found", "no such call")
+            return api_error(404, "not_found", "no such call")
         lines: list[Any] = []
-        for ev in await self.gateway.store.events(call_id):
+        for ev in await self.ctx.store.events(call_id):
             if ev.kind == "transcript":
                 lines.extend(ev.data.get("lines", []))
         return web.json_response({"id": call_id, "lines": lines})
@@ -197,57 +175,5 @@ class CallsApi:
     async def hangup(self, request: web.Request) -> web.StreamResponse:
         rec = await self.provider.hangup(request.match_info["id"])
         if rec is None:
-            return _error(404, "not_found", "no such call")
+            return api_error(404, "not_found", "no such call")
         return web.json_response(call_to_json(rec))
-
-
-class CallsComponent:
-    """AMI client + tracker + watchdogs + Asterisk provider + the calls API.
-
-    Settings from the environment (no Config fields needed): ``AIGW_AMI_HOST``,
-    ``AIGW_AMI_PORT``, ``AIGW_AMI_USER``, ``AIGW_AMI_SECRET`` (no host: AMI is off and
-    outbound calls answer 503), ``AIGW_OUTBOUND_CONTEXT`` (default ``aigw-outbound``),
-    ``AIGW_DIAL_TEMPLATE`` (default ``PJSIP/{to}@aigw-trunk``, the sample trunk),
-    ``AIGW_ADVERTISE_AUDIOSOCKET`` (alias ``AIGW_AUDIOSOCKET_PUBLIC``)
-    (the AudioSocket address Asterisk should dial; default the listener's address).
-    """
-
-    def __init__(self, gateway: Gateway, env: Mapping[str, str] | None = None) -> None:
-        env = os.environ if env is None else env
-        self.gateway = gateway
-        self.metrics = CallMetrics(gateway.metrics.registry)
-        settings = AmiSettings.from_env(env)
-        self.client = AmiClient(settings, on_reconnect=self._lost) if settings else None
-        self.watchdogs = Watchdogs(gateway, self.metrics)
-        self.tracker = CallTracker(gateway, self.client, self.metrics, watchdogs=self.watchdogs)
-        self.provider = AsteriskProvider(
-            gateway, self.client, self.tracker, self.metrics,
-            context=env.get("AIGW_OUTBOUND_CONTEXT") or "aigw-outbound",
-            dial_template=env.get("AIGW_DIAL_TEMPLATE") or "PJSIP/{to}@aigw-trunk",
-            # One setting for inbound routing and Originate (the old name still works).
-            audiosocket_address=env.get("AIGW_ADVERTISE_AUDIOSOCKET")
-            or env.get("AIGW_AUDIOSOCKET_PUBLIC") or None,
-        )
-        self.api = CallsApi(gateway.http_app, self.provider, gateway,
-                            token=gateway.config.api_token)
-        if self.client is not None:
-            self.client.on_connected.append(self._connected)
-
-    def _lost(self) -> None:
-        self.metrics.ami_reconnects.inc()
-        self.metrics.ami_connected.set(0)
-
-    async def _connected(self) -> None:
-        self.metrics.ami_connected.set(1)
-
-    async def start(self) -> None:
-        await self.tracker.start()
-        await self.watchdogs.start()
-        if self.client is not None:
-            await self.client.start()
-
-    async def stop(self) -> None:
-        if self.client is not None:
-            await self.client.stop()
-        await self.watchdogs.stop()
-        await self.tracker.stop()

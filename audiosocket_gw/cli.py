@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, cli_call, mock_realtime_cli, numbers_import
-from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, Config, ConfigError, parse_hostport
+from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, ConfigError, parse_hostport
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -98,8 +98,10 @@ def _setup_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .settings import Settings
+
     try:
-        cfg = Config.from_env(
+        settings = Settings.load(
             audiosocket=args.audiosocket,
             http=args.http,
             backend=args.backend,
@@ -116,11 +118,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"audiosocket-gw: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(cfg.log_level)
-    from .app import Gateway
+    _setup_logging(settings.core.log_level)
+    from .gateway import Gateway
 
     async def run() -> None:
-        gw = Gateway(cfg)
+        gw = Gateway(settings)
         await gw.serve(ready_file=args.ready_file)
 
     try:

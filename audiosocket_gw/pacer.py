@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,21 @@ class Pacer:
         self.errors = 0
         self.before_tick: list[Callable[[], None]] = []
         """Run once per tick before any stream writes (batched per-tick work)."""
+        self._periodic: list[list[Any]] = []  # [n_ticks, ticks_left, fn]
+
+    def every(self, n_ticks: int, fn: Callable[[], None]) -> Callable[[], None]:
+        """Run ``fn`` after the streams on every ``n_ticks``-th tick (one clock for all
+        periodic work); returns a function that unsubscribes it."""
+        if n_ticks < 1:
+            raise ValueError("n_ticks must be >= 1")
+        entry: list[Any] = [n_ticks, n_ticks, fn]
+        self._periodic.append(entry)
+
+        def cancel() -> None:
+            if entry in self._periodic:
+                self._periodic.remove(entry)
+
+        return cancel
 
     def add(self, stream: PacedStream) -> None:
         self._streams[stream] = None
@@ -148,6 +163,15 @@ class Pacer:
                     self.errors += 1
                     log.exception("pacer: stream %r failed on tick; removing it", stream)
                     self.remove(stream)
+            for entry in self._periodic:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    entry[1] = entry[0]
+                    try:
+                        entry[2]()
+                    except Exception:
+                        self.errors += 1
+                        log.exception("pacer: periodic hook %r failed", entry[2])
         if n and self._on_tick_stats is not None:
             self._on_tick_stats(lateness, len(self._snapshot) * n)
 

@@ -224,6 +224,9 @@ class AudioSocketServer:
         metrics: Metrics,
         registry: CallRegistry,
         pacer: Pacer,
+        *,
+        on_call_start: Callable[[Call], None] = lambda call: None,
+        on_call_end: Callable[[Call], None] = lambda call: None,
     ) -> None:
         self.config = config
         self.backend_for = backend_for
@@ -238,8 +241,8 @@ class AudioSocketServer:
         self._drained = asyncio.Event()
         self.levels = LevelBatch()
         pacer.before_tick.append(self.levels.run)
-        self.on_call_start: list[Callable[[Call], None]] = []
-        self.on_call_end: list[Callable[[Call], None]] = []
+        self._on_call_start = on_call_start
+        self._on_call_end = on_call_end
 
     @property
     def address(self) -> tuple[str, int]:
@@ -273,8 +276,7 @@ class AudioSocketServer:
         self.pacer.add(call)
         call.log.info("connected (tenant %s, agent %s, backend %s)", info.tenant, info.agent,
                       backend.name)
-        for cb in self.on_call_start:
-            cb(call)
+        self._on_call_start(call)
         call.attach(backend.create(info, call))
         return call
 
@@ -285,8 +287,7 @@ class AudioSocketServer:
         self._ended.add(call)
         if not self.calls:
             self._drained.set()
-        for cb in self.on_call_end:
-            cb(call)
+        self._on_call_end(call)
         asyncio.get_running_loop().create_task(self._reap(call))
 
     async def _reap(self, call: Call) -> None:

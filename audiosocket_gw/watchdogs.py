@@ -30,18 +30,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
+
+from aiohttp import web
 
 from .dsp.vad import frame_level
 from .tenants import Agent
 
 if TYPE_CHECKING:
     from .ami_metrics import CallMetrics
-    from .app import Gateway
     from .call import Call
+    from .context import GatewayContext
 
 log = logging.getLogger("audiosocket_gw.watchdogs")
 
@@ -266,22 +267,22 @@ class Watchdogs:
 
     def __init__(
         self,
-        gateway: Gateway,
+        ctx: GatewayContext,
         metrics: CallMetrics,
         *,
-        clock: Callable[[], float] = time.monotonic,
         interval: float = 0.25,
     ) -> None:
-        self.gateway = gateway
+        self.ctx = ctx
         self.metrics = metrics
-        self.clock = clock
+        self.clock = ctx.clock.monotonic
         self.interval = interval
         self.watches: dict[str, CallWatch] = {}
-        self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
         self._early_amd: dict[str, tuple[str, str]] = {}
-        gateway.audiosocket.on_call_start.append(self._call_started)
-        gateway.audiosocket.on_call_end.append(self._call_ended)
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
 
     def _call_started(self, call: Call) -> None:
         info = call.info
@@ -318,30 +319,24 @@ class Watchdogs:
                                                 "asterisk"))
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._unsubscribe = [self.ctx.events.started.connect(self._call_started),
+                             self.ctx.events.ended.connect(self._call_ended)]
+        # One clock: checked on the pacer's tick, every ``interval`` seconds.
+        self._unsubscribe.append(
+            self.ctx.ticks.every(max(1, round(self.interval / 0.02)), self.tick))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         for t in list(self._writes):
             with contextlib.suppress(Exception):
                 await t
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                self.tick()
-            except Exception:
-                log.exception("watchdog tick failed")
-
     def tick(self) -> None:
         """Check every live call once (the component calls this every ``interval``)."""
         now = self.clock()
-        calls = self.gateway.audiosocket.calls
+        calls = self.ctx.calls
         for call_id, watch in list(self.watches.items()):
             call = calls.get(call_id)
             if call is None or call.ended:
@@ -359,10 +354,10 @@ class Watchdogs:
             call.hangup(v.reason)
 
     async def _store_answered_by(self, call_id: str, answered_by: str, source: str) -> None:
-        rec = await self.gateway.store.get_call(call_id)
+        rec = await self.ctx.store.get_call(call_id)
         if rec is None or rec.answered_by is not None:
             return
-        await self.gateway.store.update_call(call_id, answered_by=answered_by)
+        await self.ctx.store.update_call(call_id, answered_by=answered_by)
         self.metrics.answered_by.labels(answered_by, source).inc()
 
     def _spawn(self, coro: object) -> None:

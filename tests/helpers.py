@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from audiosocket_gw import audiosocket as asp
-from audiosocket_gw.app import Gateway
 from audiosocket_gw.config import Config
+from audiosocket_gw.gateway import Gateway
 
 # One millisecond of test time; raise AIGW_TEST_TIME_FACTOR on a slow machine. Timing
 # bounds in the tests are written with it, so the default (1) keeps them at their

@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from audiosocket_gw import audiosocket as asp
-from audiosocket_gw.app import Gateway
+from audiosocket_gw.gateway import Gateway
 from tests.helpers import MS, RawPeer, make_config, running_gateway
 from tests.quality.test_mos_component import until
 
@@ -183,7 +183,9 @@ def test_every_referenced_metric_exists_in_the_exposition(tmp_path: Path) -> Non
 
 
 async def test_no_label_can_hold_a_phone_number_or_call_id(tmp_path: Path) -> None:
-    async with running_gateway(config=str(write_tenants(tmp_path))) as gw:
+    # The tenants file has an openai agent: its backend is built (and checked) at start.
+    async with running_gateway(config=str(write_tenants(tmp_path)),
+                               openai_api_key="sk-test-not-used") as gw:
         peer = await RawPeer.connect(gw.audiosocket.address)
         call_id = peer.send_uuid()
         for _ in range(5):

@@ -30,8 +30,8 @@ import pytest
 import yaml
 
 from audiosocket_gw import audiosocket as asp
-from audiosocket_gw.app import Gateway
 from audiosocket_gw.config import format_hostport
+from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.quality.mos import MosMonitor
 from audiosocket_gw.realtime.localbot import LocalRealtimeBot
 from audiosocket_gw.simulator.pbx import run_simulation

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from audiosocket_gw import audiosocket as asp
-from audiosocket_gw.app import Gateway
 from audiosocket_gw.backends.base import Backend, BackendSession, CallControl, CallInfo
+from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.simulator.audio import speech_like
 from audiosocket_gw.simulator.pbx import CallPlan, run_simulation
 

@@ -35,15 +35,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from panoramisk import actions as pk_actions
 from panoramisk.manager import Manager
 
+from ..settings import AmiSettings
 from .protocol import AmiMessage
 
 log = logging.getLogger("audiosocket_gw.ami")
@@ -76,41 +75,6 @@ class AmiActionError(AmiClientError):
     def __init__(self, action: str, message: str) -> None:
         super().__init__(f"{action}: {message}")
         self.message = message
-
-
-@dataclass(frozen=True)
-class AmiSettings:
-    """Where and how to connect. ``secret`` is never logged (excluded from repr)."""
-
-    host: str
-    port: int = 5038
-    username: str = "aigw"
-    secret: str = field(default="", repr=False)
-    # Timeouts (seconds)
-    connect_timeout: float = 5.0
-    login_timeout: float = 5.0
-    action_timeout: float = 10.0
-    ping_interval: float = 5.0
-    ping_timeout: float = 3.0
-    # Reconnect backoff (seconds): initial, doubling, capped, with 20 % jitter
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    # Limits
-    event_queue: int = 10_000
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AmiSettings | None:
-        """``AIGW_AMI_HOST`` / ``_PORT`` / ``_USER`` / ``_SECRET``; None without a host."""
-        env = os.environ if env is None else env
-        host = env.get("AIGW_AMI_HOST", "").strip()
-        if not host:
-            return None
-        return cls(
-            host=host,
-            port=int(env.get("AIGW_AMI_PORT") or 5038),
-            username=env.get("AIGW_AMI_USER") or "aigw",
-            secret=env.get("AIGW_AMI_SECRET") or "",
-        )
 
 
 class _Action(pk_actions.Action):  # type: ignore[misc]

@@ -32,9 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
 
 from ..callstate import CallInput, CallStatus, status_from_originate_reason
 from ..store.base import CallRecord, Direction
@@ -43,9 +44,17 @@ from .protocol import AmiMessage, audiosocket_call_id, c_unescape
 
 if TYPE_CHECKING:
     from ..ami_metrics import CallMetrics
-    from ..app import Gateway
     from ..call import Call
-    from ..watchdogs import Watchdogs
+    from ..context import GatewayContext
+    from ..events import StatusChange
+
+
+class AmiCallSink(Protocol):
+    """Who hears talk detection and AMD results of our calls (the watchdogs)."""
+
+    def on_talking(self, call_id: str) -> None: ...
+
+    def on_amd(self, call_id: str, status: str, cause: str) -> None: ...
 
 log = logging.getLogger("audiosocket_gw.tracker")
 
@@ -60,46 +69,46 @@ class CallTracker:
 
     def __init__(
         self,
-        gateway: Gateway,
+        ctx: GatewayContext,
         client: AmiClient | None,
         metrics: CallMetrics,
         *,
-        watchdogs: Watchdogs | None = None,
-        clock: Callable[[], float] = time.time,
+        watchdogs: AmiCallSink | None = None,
         queued_grace_s: float = 60.0,
     ) -> None:
-        self.gateway = gateway
-        self.store = gateway.store
+        self.ctx = ctx
+        self.store = ctx.store
         self.client = client
         self.metrics = metrics
         self.watchdogs = watchdogs
-        self.clock = clock
+        self.clock = ctx.clock.wall
         self.queued_grace_s = queued_grace_s
         self.channels: dict[str, str] = {}
         """call id -> channel name (for the AMI Hangup action)."""
         self._uid_call: dict[str, str] = {}
         self._amd_status: dict[str, str] = {}
-        self._lock = asyncio.Lock()
         self._ops: asyncio.Queue[tuple[str, Call]] = asyncio.Queue(10_000)
         self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: list[Callable[[], None]] = []
         self.resyncs = 0
         self.events_seen = 0
         self._dropped_seen = 0
-        self.status_listeners: list[
-            Callable[[CallInput, CallRecord, CallRecord], None]
-        ] = []
-        """Called on every applied input with (input, before, after): status callbacks."""
-        self.listeners: list[Callable[[AmiMessage], None]] = []
-        """Other consumers of every AMI event (the MOS monitor), called in order."""
         self._resync_lock = asyncio.Lock()
-        gateway.audiosocket.on_call_start.append(self._on_call_start)
-        gateway.audiosocket.on_call_end.append(self._on_call_end)
-        if client is not None:
-            client.on_connected.append(self._resync_cb)
 
     # -- lifecycle ----------------------------------------------------------------
 
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
     async def start(self) -> None:
+        events = self.ctx.events
+        self._unsubscribe = [
+            events.started.connect(self._on_call_start),
+            events.ended.connect(self._on_call_end),
+            events.status_changed.connect(self._on_status),
+        ]
+        if self.client is not None:
+            self.client.on_connected.append(self._resync_cb)
         await self.reconcile_startup()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._audiosocket_worker()))
@@ -116,37 +125,20 @@ class CallTracker:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
 
-    # -- the one way a status changes ---------------------------------------------
+    # -- status changes -----------------------------------------------------------
 
     async def apply(self, call_id: str, inp: CallInput,
                     detail: dict[str, Any] | None = None) -> CallRecord | None:
-        """``store.apply_input`` at now, counting the transition in the metrics."""
-        async with self._lock:
-            before = await self.store.get_call(call_id)
-            if before is None:
-                return None
-            after = await self.store.apply_input(call_id, inp, self.clock(), detail)
-            if after is not None:
-                for listener in self.status_listeners:
-                    try:
-                        listener(inp, before, after)
-                    except Exception:
-                        log.exception("call %s: status listener failed", call_id)
-            if after is None or after.status is before.status:
-                return after
-            self.metrics.calls_by_status.labels(after.tenant, after.direction,
-                                                after.status.value).inc()
-            if after.status is CallStatus.IN_PROGRESS and after.answered_at is not None:
-                self.metrics.call_setup.labels(after.direction).observe(
-                    max(0.0, after.answered_at - after.created_at))
-            if after.is_terminal:
-                self.channels.pop(call_id, None)
-            self.metrics.tenant_active_calls.labels(after.tenant).set(
-                await self.store.active_slots(after.tenant))
-            log.info("call %s: %s -> %s (%s)", call_id, before.status.value,
-                     after.status.value, inp.value)
-            return after
+        """The status writer's ``apply`` (kept for callers that hold the tracker)."""
+        return await self.ctx.status.apply(call_id, inp, detail)
+
+    def _on_status(self, change: StatusChange) -> None:
+        if change.after.is_terminal:
+            self.channels.pop(change.after.id, None)
 
     # -- startup and resync -------------------------------------------------------
 
@@ -195,7 +187,7 @@ class CallTracker:
             closed = 0
             now = self.clock()
             for rec in await self.store.active_calls():
-                if rec.id in live or rec.id in self.gateway.audiosocket.calls:
+                if rec.id in live or rec.id in self.ctx.calls:
                     continue
                 if rec.status is CallStatus.QUEUED and now - rec.created_at < self.queued_grace_s:
                     continue  # an Originate may still be creating its channel
@@ -216,11 +208,7 @@ class CallTracker:
                 await self.handle_event(msg)
             except Exception:
                 log.exception("AMI event %s failed", msg.event)
-            for listener in self.listeners:
-                try:
-                    listener(msg)
-                except Exception:
-                    log.exception("AMI listener failed on %s", msg.event)
+            self.ctx.events.ami_message.emit(msg)
             if self.metrics is not None and client.dropped > self._dropped_seen:
                 self.metrics.ami_events_dropped.inc(client.dropped - self._dropped_seen)
                 self._dropped_seen = client.dropped

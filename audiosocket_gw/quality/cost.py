@@ -21,56 +21,39 @@ the time both the trunk and the backend are engaged. An estimate, not an invoice
 Why counters and not a per-call gauge: the ratio of two counters stays correct across
 restarts and aggregates across gateways and tenants.
 
-Errors: a rate that is not a non-negative finite number raises ``ConfigError`` at
-construction (the gateway fails at start, naming the variable).
+Errors: a rate that is not a non-negative finite number is refused by
+``settings.CostSettings`` (the gateway fails at start, naming the variable).
 """
 
 from __future__ import annotations
 
-import math
-import os
-import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from ..config import ConfigError
+from ..settings import CostSettings
 
 if TYPE_CHECKING:
-    from ..app import Gateway
     from ..call import Call
+    from ..context import GatewayContext
 
-__all__ = ["AI_RATE_ENV", "FREE_BACKENDS", "TRUNK_RATE_ENV", "CostMeter", "parse_rate"]
+__all__ = ["FREE_BACKENDS", "CostMeter"]
 
-TRUNK_RATE_ENV: Final = "AIGW_COST_TRUNK_PER_MIN"
-AI_RATE_ENV: Final = "AIGW_COST_AI_PER_MIN"
 FREE_BACKENDS: Final = frozenset({"echo"})
 """Backends that cost no AI minutes."""
-
-
-def parse_rate(env: Mapping[str, str], name: str) -> float:
-    """A dollars-per-minute rate from ``env[name]``; 0.0 when unset or blank."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected dollars per minute, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name}: must be a non-negative number, got {raw!r}")
-    return value
 
 
 class CostMeter:
     """Gateway component: call seconds and estimated cost by tenant."""
 
-    def __init__(self, gateway: Gateway, *, env: Mapping[str, str] | None = None) -> None:
-        env = os.environ if env is None else env
-        self.trunk_per_min = parse_rate(env, TRUNK_RATE_ENV)
-        self.ai_per_min = parse_rate(env, AI_RATE_ENV)
-        r = gateway.metrics.registry
+    def __init__(self, ctx: GatewayContext, settings: CostSettings) -> None:
+        self.ctx = ctx
+        self.trunk_per_min = settings.trunk_per_min
+        self.ai_per_min = settings.ai_per_min
+        self._unsubscribe: Callable[[], None] | None = None
+        r = ctx.metrics.registry
         self.seconds = Counter(
             "aigw_call_seconds",
             "Seconds of AudioSocket audio carried by finished calls, by tenant.",
@@ -88,10 +71,9 @@ class CostMeter:
         )
         self.rate.labels("trunk").set(self.trunk_per_min)
         self.rate.labels("ai").set(self.ai_per_min)
-        for tenant in gateway.tenants.tenants:
+        for tenant in ctx.tenants.tenants:
             self.seconds.labels(tenant)
             self.cost.labels(tenant)
-        gateway.audiosocket.on_call_end.append(self.call_ended)
 
     def call_cost(self, minutes: float, backend: str) -> float:
         """Estimated dollars for ``minutes`` on ``backend``."""
@@ -99,13 +81,18 @@ class CostMeter:
         return minutes * rate
 
     def call_ended(self, call: Call) -> None:
-        seconds = max(0.0, time.monotonic() - call.started_at)
+        seconds = max(0.0, self.ctx.clock.monotonic() - call.started_at)
         tenant = call.info.tenant
         self.seconds.labels(tenant).inc(seconds)
         self.cost.labels(tenant).inc(self.call_cost(seconds / 60.0, call.backend_name))
 
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
     async def start(self) -> None:
-        """Nothing to open."""
+        self._unsubscribe = self.ctx.events.ended.connect(self.call_ended)
 
     async def stop(self) -> None:
-        """Nothing to close."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None

@@ -97,6 +97,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from ..ami.protocol import AmiMessage, audiosocket_call_id, c_unescape
@@ -113,8 +114,8 @@ from .rtcp import (
 )
 
 if TYPE_CHECKING:
-    from ..app import Gateway
     from ..call import Call
+    from ..context import GatewayContext
 
 __all__ = ["MOS_BUCKETS", "CallQuality", "DirectionQuality", "MosMonitor", "gateway_loss"]
 
@@ -217,7 +218,7 @@ class MosMonitor:
 
     def __init__(
         self,
-        gateway: Gateway,
+        ctx: GatewayContext,
         *,
         hangup_grace_s: float = 2.0,
         max_calls: int = 4096,
@@ -225,7 +226,7 @@ class MosMonitor:
     ) -> None:
         if max_calls < 1 or hangup_grace_s < 0:
             raise ValueError("max_calls must be >= 1 and hangup_grace_s >= 0")
-        self.gateway = gateway
+        self.ctx = ctx
         self.hangup_grace_s = hangup_grace_s
         self.max_calls = max_calls
         self._clock = clock
@@ -234,7 +235,8 @@ class MosMonitor:
         self._tasks: set[asyncio.Task[None]] = set()
         self.results: OrderedDict[str, CallQuality] = OrderedDict()
         """The last finished calls' results (bounded), for the demo and tests."""
-        r = gateway.metrics.registry
+        self._unsubscribe: list[Callable[[], None]] = []
+        r = ctx.metrics.registry
         self.mos = Histogram(
             "aigw_call_mos",
             "Mean MOS (E-model, 1-4.5) of each finished call, by direction and tenant.",
@@ -264,16 +266,24 @@ class MosMonitor:
             self.rtcp_reports.labels(side)
         for reason in ("malformed", "unmatched"):
             self.rtcp_dropped.labels(reason)
-        gateway.audiosocket.on_call_start.append(self.call_started)
-        gateway.audiosocket.on_call_end.append(self.call_ended)
 
     # -- component lifecycle -----------------------------------------------------
 
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
     async def start(self) -> None:
-        """Nothing to open: the monitor is fed by callbacks."""
+        """Subscribe to the call and AMI events that feed the monitor."""
+        events = self.ctx.events
+        self._unsubscribe = [events.started.connect(self.call_started),
+                             events.ended.connect(self.call_ended),
+                             events.ami_message.connect(self.on_ami_event)]
 
     async def stop(self) -> None:
         """Finalize every ended call still waiting for AMI, then wait for the writes."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         for state in list(self._calls.values()):
             if state.ended:
                 self._finalize(state)
@@ -480,7 +490,7 @@ class MosMonitor:
             if dq is not None:
                 fields[f"mos_{side}_min"] = round(dq.min_mos, 3)
                 fields[f"mos_{side}_mean"] = round(dq.mean_mos, 3)
-        store = self.gateway.store
+        store = self.ctx.store
         try:
             async with asyncio.timeout(5.0):
                 if await store.update_call(q.call_id, **fields) is None:
@@ -493,13 +503,13 @@ class MosMonitor:
 
     def _global_counters(self) -> _GwCounters:
         lat_sum = lat_count = 0.0
-        for metric in self.gateway.metrics.pacer_lateness.collect():
+        for metric in self.ctx.metrics.pacer_lateness.collect():
             for s in metric.samples:
                 if s.name.endswith("_sum"):
                     lat_sum = s.value
                 elif s.name.endswith("_count"):
                     lat_count = s.value
-        return _GwCounters(missed=self.gateway.metrics.stats.missed_ticks,
+        return _GwCounters(missed=self.ctx.metrics.stats.missed_ticks,
                            lateness_sum=lat_sum, lateness_count=lat_count)
 
     def _call_counters(self, state: _State) -> _GwCounters:

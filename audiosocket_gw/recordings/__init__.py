@@ -1,7 +1,5 @@
-"""Recordings: capture (gateway stereo tap or Asterisk MixMonitor), durable S3 upload with
-verification, URLs, status callbacks and transcription. See ``component.py``."""
+"""Recordings: gateway-side stereo capture, MixMonitor completion, durable S3 upload,
+verification, URLs, status callbacks and transcription. See ``component.py``.
 
-from .component import RecordingsComponent
-from .settings import RecordingSettings
-
-__all__ = ["RecordingSettings", "RecordingsComponent"]
+This package's ``__init__`` imports nothing so that ``recordings.settings`` is a leaf
+module the gateway's ``settings`` can import without pulling the component in."""

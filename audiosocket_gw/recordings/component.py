@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
+from ..httpapi import api_error
 from ..twilio.ids import new_recording_sid
 from ..twilio.signature import SIGNATURE_HEADER, compute_signature
 from .metrics import RecordingMetrics
@@ -44,8 +45,8 @@ from .settings import RecordingSettings, backoff_delay
 from .urls import account_sid_for, call_sid_for, recording_url, status_callback_params
 
 if TYPE_CHECKING:
-    from ..app import Gateway
     from ..call import Call
+    from ..context import GatewayContext
 
 log = logging.getLogger("audiosocket_gw.recordings")
 
@@ -55,14 +56,16 @@ MAX_CALLBACKS_IN_FLIGHT = 1000
 class RecordingsComponent:
     """The gateway component (``start()``/``stop()``) for recordings and transcripts."""
 
-    def __init__(self, gateway: Gateway, settings: RecordingSettings | None = None) -> None:
-        self.gw = gateway
-        self.settings = settings or RecordingSettings.from_env()
+    def __init__(self, ctx: GatewayContext, settings: RecordingSettings) -> None:
+        self.ctx = ctx
+        self.settings = settings
         s = self.settings
-        self.root = gateway.config.data_path / "recordings"
-        self.metrics = RecordingMetrics(gateway.metrics.registry)
+        data_path = ctx.settings.core.data_path
+        self.root = data_path / "recordings"
+        self.metrics = RecordingMetrics(ctx.metrics.registry)
+        self._unsubscribe: list[Callable[[], None]] = []
         self.pipeline = RecordingPipeline(
-            s, gateway.config.data_path, metrics=self.metrics,
+            s, data_path, metrics=self.metrics,
             on_verified=self._on_verified, on_failed=self._on_failed,
             on_transcribed=self._on_transcribed)
         self.writer = WavWriterThread()
@@ -73,13 +76,16 @@ class RecordingsComponent:
         self._callbacks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._recorders: dict[str, StereoRecorder] = {}
-        gateway.audiosocket.on_call_start.append(self._on_call_start)
-        gateway.audiosocket.on_call_end.append(self._on_call_end)
-        router = gateway.http_app.router
-        router.add_get("/v1/calls/{call_id}/recording", self._get_recording)
-        router.add_post("/v1/recordings/mixmonitor-done", self._mixmonitor_done)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v1/calls/{call_id}/recording", self._get_recording),
+            web.post("/v1/recordings/mixmonitor-done", self._mixmonitor_done),
+        ]
 
     async def start(self) -> None:
+        self._unsubscribe = [self.ctx.events.started.connect(self._on_call_start),
+                             self.ctx.events.ended.connect(self._on_call_end)]
         self.writer.start()
         await self.pipeline.start()
         self.watcher.start()
@@ -88,6 +94,9 @@ class RecordingsComponent:
                  "on" if self.pipeline.transcriber is not None else "off")
 
     async def stop(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         # Calls have ended (their taps closed): finish the files, queue them, then stop.
         await asyncio.to_thread(self.writer.stop)
         if self._captures:
@@ -152,7 +161,7 @@ class RecordingsComponent:
             log.warning("call %s: MixMonitor file unreadable as audio (%s); uploaded as is",
                         exp.call_id, exc)
             channels, duration = 1, 0.0
-        agent = self.gw.tenants.agents.get(exp.agent)
+        agent = self.ctx.tenants.agents.get(exp.agent)
         callback = _callback(agent.extra) if agent is not None else None
         log.info("call %s: MixMonitor file complete (%s)", exp.call_id, how)
         await self._queue(exp.call_id, exp.tenant, exp.agent, "mixmonitor", exp.path,
@@ -178,7 +187,7 @@ class RecordingsComponent:
 
     async def _set_call(self, call_id: str, **fields: str) -> None:
         try:
-            if await self.gw.store.update_call(call_id, **fields) is None:
+            if await self.ctx.store.update_call(call_id, **fields) is None:
                 log.debug("call %s: not in the call store; %s not recorded", call_id,
                           ", ".join(fields))
         except Exception:
@@ -213,9 +222,9 @@ class RecordingsComponent:
 
     async def _callback(self, row: RecordingRow, status: str) -> None:
         assert row.callback_url is not None
-        tenant = self.gw.tenants.tenants.get(row.tenant)
-        agent = self.gw.tenants.agents.get(row.agent)
-        call = await self.gw.store.get_call(row.call_id)
+        tenant = self.ctx.tenants.tenants.get(row.tenant)
+        agent = self.ctx.tenants.agents.get(row.agent)
+        call = await self.ctx.store.get_call(row.call_id)
         meta_sid = call.metadata.get("call_sid") if call is not None else None
         params = status_callback_params(
             row, url=await self._url(row), status=status,
@@ -246,42 +255,31 @@ class RecordingsComponent:
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
-        token = self.gw.config.api_token
-        if not token:
-            return True
-        got = request.headers.get("Authorization", "")
-        return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())
-
     async def _mixmonitor_done(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return web.json_response({"error": "unauthorized"}, status=401)
         raw = request.query.get("call_id", "")
         try:
             call_id = str(uuid.UUID(raw))
         except ValueError:
-            return web.json_response({"error": "call_id must be a UUID"}, status=400)
+            return api_error(400, "bad_request", "call_id must be a UUID")
         if await self.pipeline.get(call_id) is not None:
             return web.json_response({"status": "duplicate"})
         tenant: str | None = None
         agent = ""
         if call_id not in self.watcher.pending:
             with contextlib.suppress(Exception):
-                rec = await self.gw.store.get_call(call_id)
+                rec = await self.ctx.store.get_call(call_id)
                 if rec is not None:
                     tenant, agent = rec.tenant, rec.agent
         result = await self.watcher.hook(call_id, tenant, agent)
         if result == "unknown":
-            return web.json_response({"error": "no MixMonitor file for this call"}, status=404)
+            return api_error(404, "not_found", "no MixMonitor file for this call")
         return web.json_response({"status": result})
 
     async def _get_recording(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return web.json_response({"error": "unauthorized"}, status=401)
         call_id = request.match_info["call_id"]
         row = await self.pipeline.get(call_id)
         if row is None:
-            return web.json_response({"error": "no recording for this call"}, status=404)
+            return api_error(404, "not_found", "no recording for this call")
         job = await self.pipeline.get_job(call_id)
         body: dict[str, Any] = {
             "call_id": row.call_id,

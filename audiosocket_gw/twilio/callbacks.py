@@ -33,13 +33,13 @@ import datetime as dt
 import email.utils
 import logging
 import math
-import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from ..backends.base import CallInfo
@@ -55,8 +55,9 @@ from .webhook import (
 )
 
 if TYPE_CHECKING:
-    from ..app import Gateway
     from ..call import Call
+    from ..context import GatewayContext
+    from ..events import StatusChange
 
 __all__ = ["EVENT_STATUS", "StatusCallbacks", "status_params"]
 
@@ -121,9 +122,8 @@ class StatusCallbacks:
 
     def __init__(
         self,
-        gateway: Gateway,
+        ctx: GatewayContext,
         *,
-        env: Mapping[str, str] | None = None,
         # Limits
         max_queue: int = 1000,
         workers: int = 2,
@@ -133,9 +133,10 @@ class StatusCallbacks:
         backoff_s: float = 0.5,
         drain_timeout: float = 2.0,
     ) -> None:
-        """Hook into ``gateway``'s call start/end; nothing is sent before :meth:`start`."""
-        self.gateway = gateway
-        self.env: Mapping[str, str] = os.environ if env is None else env
+        """Nothing is subscribed nor sent before :meth:`start`."""
+        self.ctx = ctx
+        self.env: Mapping[str, str] = ctx.settings.environ
+        self._unsubscribe: list[Callable[[], None]] = []
         self.max_queue = max_queue
         self.workers = workers
         self.attempts = attempts
@@ -151,7 +152,7 @@ class StatusCallbacks:
         self.sent = 0
         self.failed = 0
         self.dropped = 0
-        registry: CollectorRegistry = gateway.metrics.registry
+        registry: CollectorRegistry = ctx.metrics.registry
         self.results = Counter(
             "aigw_status_callbacks",
             "Status callbacks by result (sent, retried, failed, dropped).",
@@ -159,8 +160,6 @@ class StatusCallbacks:
             registry=registry,
         )
         self._initiated: dict[str, None] = {}
-        gateway.audiosocket.on_call_start.append(self._on_call_start)
-        gateway.audiosocket.on_call_end.append(self._on_call_end)
 
     # -- API -------------------------------------------------------------------------
 
@@ -186,7 +185,7 @@ class StatusCallbacks:
             return False
         seq = self._sequence.get(info.call_id, 0)
         self._sequence[info.call_id] = seq + 1
-        tenant = self.gateway.tenants.tenants.get(info.tenant)
+        tenant = self.ctx.tenants.tenants.get(info.tenant)
         params = status_params(
             info,
             event,
@@ -224,15 +223,18 @@ class StatusCallbacks:
         started = self._started_at.get(call.call_id, call.started_at)
         self.notify(call.info, "completed", duration_s=time.monotonic() - started)
 
+    def _on_status(self, change: StatusChange) -> None:
+        self.on_status(change.input, change.before, change.after)
+
     def on_status(self, inp: CallInput, before: CallRecord, after: CallRecord) -> None:
         """The call tracker's transitions: ``initiated`` and ``ringing`` for outbound
         calls, and ``completed`` (with busy / no-answer / failed / canceled) for calls
         that ended without ever reaching the gateway's AudioSocket (answered calls get
         ``answered``/``completed`` from the AudioSocket lifecycle above)."""
-        agent = self.gateway.tenants.agent(after.agent)
+        agent = self.ctx.tenants.agent(after.agent)
         if agent is None or not agent.status_callback:
             return
-        info = self.gateway.agent_info(agent, after.id, direction=after.direction,
+        info = self.ctx.call_info(agent, after.id, direction=after.direction,
                                        from_=after.from_, to=after.to)
         if after.direction == "outbound" and after.id not in self._initiated:
             # The first thing AMI tells us about an outbound call (the Originate was
@@ -250,8 +252,15 @@ class StatusCallbacks:
 
     # -- component -------------------------------------------------------------------
 
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
     async def start(self) -> None:
-        """Start the workers."""
+        """Subscribe to the call events and start the workers."""
+        events = self.ctx.events
+        self._unsubscribe = [events.started.connect(self._on_call_start),
+                             events.ended.connect(self._on_call_end),
+                             events.status_changed.connect(self._on_status)]
         self._http = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
         for i in range(self.workers):
@@ -260,6 +269,9 @@ class StatusCallbacks:
 
     async def stop(self) -> None:
         """Send what is queued (up to ``drain_timeout``), then stop."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         for handle in self._retries:
             handle.cancel()
         self._retries.clear()

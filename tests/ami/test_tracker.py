@@ -7,15 +7,19 @@ import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from audiosocket_gw.api import CallsComponent
-from audiosocket_gw.app import Gateway
+from audiosocket_gw.ami.client import AmiClient
+from audiosocket_gw.ami.tracker import CallTracker
+from audiosocket_gw.api import CallsApi
 from audiosocket_gw.callstate import CallStatus
+from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.simulator.ami import AmiSimulator, Outcome
+from audiosocket_gw.telephony import AsteriskProvider
 from tests.helpers import MS, make_config
 
 TOML = """
@@ -29,8 +33,20 @@ silence_timeout_s = 20.0
 """
 
 
-def component(gw: Gateway) -> CallsComponent:
-    return next(c for c in gw.components if isinstance(c, CallsComponent))
+@dataclass
+class Parts:
+    """The AMI-side components of a gateway, found through its composition root."""
+
+    client: AmiClient | None
+    tracker: CallTracker
+    provider: AsteriskProvider
+
+
+def component(gw: Gateway) -> Parts:
+    tracker = gw.component(CallTracker)
+    provider = gw.component(CallsApi).provider
+    assert isinstance(provider, AsteriskProvider)
+    return Parts(tracker.client, tracker, provider)
 
 
 @asynccontextmanager

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from audiosocket_gw.app import Gateway
 from audiosocket_gw.backends.openai import OpenAIBackend, compose_url
 from audiosocket_gw.backends.openai_policy import (
     ContextHistory,
@@ -33,6 +32,7 @@ from audiosocket_gw.bench_bargein import SimCaller, caller_audio
 from audiosocket_gw.call import Call
 from audiosocket_gw.config import ConfigError
 from audiosocket_gw.dsp.g711 import ulaw_encode
+from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.realtime.localbot import LocalRealtimeBot
 from audiosocket_gw.tenants import Agent
 from tests.helpers import MS, make_config, running_gateway
@@ -69,7 +69,7 @@ async def gateway(tmp_path: Path, url: str, *, api_key: str | None = None,
     async with running_gateway(backend="openai", openai_url=url, openai_api_key=api_key,
                                config=cfg, data_dir=str(tmp_path / "data"),
                                **overrides) as gw:
-        gw.audiosocket.on_call_end.append(ended.add)
+        gw.events.ended.connect(ended.add)
         yield gw, ended
 
 

@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.ami.protocol import AmiMessage, AmiParser
-from audiosocket_gw.app import Gateway
 from audiosocket_gw.config import ConfigError
+from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.quality.cost import CostMeter
 from audiosocket_gw.quality.emodel import estimate_mos
 from audiosocket_gw.quality.mos import MosMonitor, gateway_loss

@@ -17,7 +17,7 @@ import soundfile as sf
 from aiohttp import web
 
 from audiosocket_gw import audiosocket as asp
-from audiosocket_gw.app import Gateway
+from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.recordings.component import RecordingsComponent
 from audiosocket_gw.recordings.queue import RecordingRow
 from audiosocket_gw.simulator.pbx import run_simulation

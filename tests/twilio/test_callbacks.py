@@ -109,8 +109,9 @@ async def test_outbound_busy_gets_initiated_ringing_and_completed_busy(
 ) -> None:
     """Outbound calls driven by AMI: the tracker's transitions reach the app as Twilio's
     initiated / ringing / completed(busy) callbacks, though no AudioSocket ever starts."""
-    from audiosocket_gw.api import CallsComponent
-    from audiosocket_gw.app import Gateway
+    from audiosocket_gw.ami.tracker import CallTracker
+    from audiosocket_gw.api import CallsApi
+    from audiosocket_gw.gateway import Gateway
     from audiosocket_gw.simulator.ami import AmiSimulator, Outcome
     from tests.helpers import make_config
 
@@ -136,9 +137,10 @@ async def test_outbound_busy_gets_initiated_ringing_and_completed_busy(
     gw = Gateway(make_config(config=cfg))
     await gw.start()
     try:
-        comp = next(c for c in gw.components if isinstance(c, CallsComponent))
-        assert comp.client is not None and await comp.client.wait_connected(5.0)
-        cid = await comp.provider.start_outbound_call("acme", "+15550007777", "+15559990000")
+        client = gw.component(CallTracker).client
+        assert client is not None and await client.wait_connected(5.0)
+        provider = gw.component(CallsApi).provider
+        cid = await provider.start_outbound_call("acme", "+15550007777", "+15559990000")
         await eventually(lambda: any(r.get("CallStatus") == "busy" for r in received))
         # Like Twilio's, callbacks may be delivered out of order: SequenceNumber orders them.
         events = sorted((int(r["SequenceNumber"]), r["CallStatus"]) for r in received)

@@ -1,0 +1,345 @@
+"""The composition root: the one module that knows every component.
+
+``Gateway`` builds, in this order: the settings (one ``Settings``), the tenants
+(loaded and validated once), the store, the metrics registry, the call registry, the
+pacer, the typed call events, the status writer and the admission path; from those
+one immutable ``GatewayContext``; then each component with the context and its own
+settings group. Nothing else in the package imports this module (the CLI does, to
+run it; a test enforces it).
+
+Lifecycle (uvicorn's pattern): ``start()`` opens the store, starts the components,
+binds the AudioSocket server and the HTTP listener; ``shutdown()`` stops accepting,
+drains calls for the grace period, hangs up the rest, stops the components in
+reverse order and closes the store; ``serve()`` runs until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import json
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import __version__
+from .admission import Admission
+from .ami.client import AmiClient
+from .ami.tracker import CallTracker
+from .ami_metrics import CallMetrics
+from .api import CallsApi
+from .backends.base import Backend, CallInfo
+from .config import Config, ConfigError, format_hostport
+from .context import Clock, Component, GatewayContext
+from .events import CallEvents
+from .httpapi import auth_middleware, error_middleware
+from .metrics import BackendCounters, Metrics
+from .pacer import Pacer
+from .quality.cost import CostMeter
+from .quality.mos import MosMonitor
+from .recordings.component import RecordingsComponent
+from .routing import RoutingComponent
+from .server import AudioSocketServer, CallRegistry
+from .settings import AmiSettings, Settings
+from .status import StatusWriter
+from .store.sqlite import SqliteCallStore
+from .telephony import AsteriskProvider
+from .tenants import Agent, TenantsConfig, load_tenants
+from .transcripts import TranscriptKeeper
+from .twilio.callbacks import StatusCallbacks
+from .watchdogs import Watchdogs
+
+log = logging.getLogger("audiosocket_gw")
+
+C = TypeVar("C")
+
+
+def make_backend(name: str, settings: Settings, metrics: Metrics) -> Backend:
+    """Build the backend called ``name`` (imported lazily: each pulls its own deps)."""
+    config = settings.core
+    if name == "echo":
+        from .backends.echo import EchoBackend
+
+        return EchoBackend(delay_ms=config.echo_delay_ms)
+    if name == "openai":
+        from .backends.openai import OpenAIBackend
+
+        return OpenAIBackend.from_config(config)
+    if name == "twilio-stream":
+        from .backends.twilio_stream import TwilioStreamBackend
+
+        return TwilioStreamBackend.from_config(config, metrics.registry)
+    raise ConfigError(f"unknown backend {name!r}")
+
+
+def effective_tenants(config: Config) -> TenantsConfig:
+    """The TOML file's tenants, or an embedded default built from the CLI settings."""
+    tenants = load_tenants(config.config)
+    if config.config is None:
+        default = tenants.agents[tenants.default_agent]
+        agent = dataclasses.replace(
+            default,
+            backend=config.backend,  # type: ignore[arg-type]
+            echo_delay_ms=config.echo_delay_ms,
+            stream_url=config.stream_url,
+            debug_dump=config.debug_dump,
+        )
+        tenants = dataclasses.replace(tenants, agents={agent.name: agent})
+    return tenants
+
+
+def call_info(agent: Agent, call_id: str, **kw: str) -> CallInfo:
+    """The ``CallInfo`` of a call served by ``agent``."""
+    return CallInfo(call_id=call_id, tenant=agent.tenant, agent=agent.name,
+                    agent_cfg=agent, **kw)  # type: ignore[arg-type]
+
+
+class _AmiConnection:
+    """The AMI client's lifecycle as a component (started after the tracker)."""
+
+    def __init__(self, settings: AmiSettings, metrics: CallMetrics) -> None:
+        self.client = AmiClient(settings, on_reconnect=self._lost)
+        self.metrics = metrics
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
+    async def start(self) -> None:
+        self.client.on_connected.append(self._connected)
+        await self.client.start()
+
+    async def stop(self) -> None:
+        await self.client.stop()
+
+    def _lost(self) -> None:
+        self.metrics.ami_reconnects.inc()
+        self.metrics.ami_connected.set(0)
+
+    async def _connected(self) -> None:
+        self.metrics.ami_connected.set(1)
+
+
+class Gateway:
+    def __init__(self, settings: Settings | Config, *, backend: Backend | None = None,
+                 clock: Clock | None = None) -> None:
+        if isinstance(settings, Config):
+            settings = Settings.load(core=settings)
+        self.settings = settings
+        self.config = config = settings.core
+        self.clock = clock or Clock()
+        self.metrics = Metrics()
+        self.call_metrics = CallMetrics(self.metrics.registry)
+        self.tenants = effective_tenants(config)
+        self.backends: dict[str, Backend] = {}
+        self.metrics.registry.register(BackendCounters(self.backends))
+        self._forced_backend = backend
+        self.store = SqliteCallStore(config.data_path / "aigw.sqlite")
+        self.events = CallEvents()
+        self.registry = CallRegistry(
+            allow_unregistered=config.allow_unregistered, default=self.default_call_info
+        )
+        self.pacer = Pacer(on_tick_stats=self._tick_stats, spin=config.pacer_spin_ms / 1000.0)
+        self.audiosocket = AudioSocketServer(
+            config, self.backend_for, self.metrics, self.registry, self.pacer,
+            on_call_start=self.events.started.emit, on_call_end=self.events.ended.emit,
+        )
+        self.status = StatusWriter(self.store, self.call_metrics, self.events,
+                                   self.clock.wall)
+        self.admission = Admission(
+            tenants=self.tenants, store=self.store, status=self.status,
+            registry=self.registry, call_info=call_info, routing=settings.routing,
+            metrics=self.call_metrics, clock=self.clock.wall,
+            bound_audiosocket=lambda: self.audiosocket.address,
+        )
+        self.context = GatewayContext(
+            settings=settings, tenants=self.tenants, store=self.store,
+            registry=self.registry, calls=self.audiosocket.calls, metrics=self.metrics,
+            events=self.events, status=self.status, admission=self.admission,
+            ticks=self.pacer, call_info=call_info, clock=self.clock,
+        )
+        self.components: list[Component] = self._build_components(self.context)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._stopping = asyncio.Event()
+
+    def _build_components(self, ctx: GatewayContext) -> list[Component]:
+        """Every feature beyond the AudioSocket core, in start order."""
+        s = ctx.settings
+        ami = _AmiConnection(s.ami, self.call_metrics) if s.ami is not None else None
+        client = ami.client if ami is not None else None
+        watchdogs = Watchdogs(ctx, self.call_metrics)
+        tracker = CallTracker(ctx, client, self.call_metrics, watchdogs=watchdogs)
+        provider = AsteriskProvider(ctx, client, tracker, self.call_metrics, s.outbound)
+        comps: list[Component] = [
+            RoutingComponent(ctx),
+            tracker,
+            watchdogs,
+        ]
+        if ami is not None:
+            comps.append(ami)
+        comps += [
+            CallsApi(ctx, provider),
+            MosMonitor(ctx),
+            CostMeter(ctx, s.cost),
+            RecordingsComponent(ctx, s.recording),
+            StatusCallbacks(ctx),
+            TranscriptKeeper(ctx),
+        ]
+        return comps
+
+    def component(self, kind: type[C]) -> C:
+        """The one component of type ``kind`` (tests and embedding)."""
+        for comp in self.components:
+            if isinstance(comp, kind):
+                return comp
+        raise LookupError(f"no {kind.__name__} component")
+
+    # -- calls and backends --------------------------------------------------------
+
+    def default_call_info(self, call_id: str) -> CallInfo:
+        agent = self.tenants.agents[self.tenants.default_agent]
+        return call_info(agent, call_id)
+
+    def backend_for(self, info: CallInfo) -> Backend:
+        if self._forced_backend is not None:
+            return self._forced_backend
+        name = info.agent_cfg.backend if info.agent_cfg is not None else self.config.backend
+        backend = self.backends.get(name)
+        if backend is None:
+            backend = self.backends[name] = make_backend(name, self.settings, self.metrics)
+        return backend
+
+    def _tick_stats(self, lateness: float, frames: int) -> None:
+        self.metrics.pacer_lateness.observe(lateness)
+        sched = self.pacer.schedule
+        if sched is not None:
+            self.metrics.stats.missed_ticks = sched.missed
+
+    # -- HTTP ----------------------------------------------------------------------
+
+    def _http_app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[error_middleware, auth_middleware(self.config.api_token)],
+            client_max_size=1024 * 1024,
+        )
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        for comp in self.components:
+            app.router.add_routes(comp.routes())
+        return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ok = self.audiosocket.accepting
+        body = {
+            "status": "ok" if ok else "draining",
+            "version": __version__,
+            "backend": self.config.backend,
+            "active_calls": len(self.audiosocket.calls),
+        }
+        return web.json_response(body, status=200 if ok else 503)
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        assert self._runner is not None
+        addrs = self._runner.addresses
+        host, port = addrs[0][0], addrs[0][1]
+        return str(host), int(port)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.config.data_path.mkdir, mode=0o700, parents=True,
+                                exist_ok=True)
+        await self.store.open()
+        # Build every configured backend now so a bad setting fails at start.
+        for agent in self.tenants.agents.values():
+            self.backend_for(call_info(agent, "00000000-0000-0000-0000-000000000000"))
+        started: list[Component] = []
+        try:
+            for comp in self.components:
+                await comp.start()
+                started.append(comp)
+            await self.audiosocket.start()
+            self._runner = web.AppRunner(self._http_app(), access_log=None,
+                                         handle_signals=False)
+            await self._runner.setup()
+            host, port = self.config.http_addr
+            self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+            await self._site.start()
+        except BaseException:
+            await self.audiosocket.shutdown(0)
+            for comp in reversed(started):
+                await self._stop_component(comp)
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            await self.store.close()
+            raise
+        # Long-lived start-up objects never need collecting again; the 20 ms path then
+        # only meets young-generation collections.
+        gc.collect()
+        gc.freeze()
+        log.info(
+            "audiosocket-gw %s: backend %s, AudioSocket %s, HTTP %s",
+            __version__,
+            self.config.backend,
+            format_hostport(*self.audiosocket.address),
+            format_hostport(*self.http_address),
+        )
+
+    @staticmethod
+    async def _stop_component(comp: Component) -> None:
+        try:
+            await comp.stop()
+        except Exception:
+            log.exception("component %r failed to stop", comp)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        await self.audiosocket.shutdown(grace)
+        for backend in self.backends.values():
+            await backend.aclose()
+        if self._forced_backend is not None:
+            await self._forced_backend.aclose()
+        for comp in reversed(self.components):
+            await self._stop_component(comp)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.store.close()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def serve(self, ready_file: str | None = None,
+                    on_ready: Callable[[], None] | None = None) -> None:
+        await self.start()
+        if ready_file:
+            info = json.dumps(
+                {
+                    "audiosocket": format_hostport(*self.audiosocket.address),
+                    "http": format_hostport(*self.http_address),
+                }
+            )
+            await asyncio.to_thread(Path(ready_file).write_text, info)
+        if on_ready is not None:
+            on_ready()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._stopping.wait()
+            log.info("signal received: stopping (grace %.1f s)", self.config.shutdown_grace)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.shutdown()

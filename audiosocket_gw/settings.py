@@ -1,0 +1,275 @@
+"""One ``Settings`` object for the whole gateway, built once from CLI + environment.
+
+Every ``AIGW_*`` variable (and ``OPENAI_API_KEY``) is read here and nowhere else in
+the runtime: ``Settings.load(env, **cli)`` reads the environment once, applies the
+CLI's explicit values (the CLI wins, uvicorn's pattern), validates every group and
+raises ``ConfigError`` naming the variable on a bad value, so a bad setting stops the
+gateway at startup instead of failing calls later.
+
+Groups (each component gets only its own):
+
+=============  ===========================================================
+``core``       listeners, default backend, limits, timeouts, OpenAI, token
+               (``config.Config``: the CLI mirrors these)
+``ami``        the AMI connection (None when ``AIGW_AMI_HOST`` is unset)
+``routing``    what ``POST /v1/route`` and Originate advertise and record
+``outbound``   Originate context, dial template, ring timeout
+``recording``  capture, S3, transcription (``recordings.settings``)
+``cost``       trunk and AI rates
+``twilio``     account SID and auth token defaults for Twilio emulation
+=============  ===========================================================
+
+Secrets stay out of ``repr``. Tenants may name environment variables that hold
+their own secrets (``twilio_auth_token_env``...): those are looked up through
+``Settings.secret(name)``, which reads the same snapshot of the environment.
+
+``ENV_VARS`` lists every variable read here; a test checks ``.env.example``
+against it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from .config import Config, ConfigError, format_hostport, parse_hostport
+from .recordings.settings import ENV as RECORDING_ENV
+from .recordings.settings import RecordingSettings
+
+__all__ = [
+    "ENV_VARS",
+    "AmiSettings",
+    "CostSettings",
+    "OutboundSettings",
+    "RoutingSettings",
+    "Settings",
+    "TwilioSettings",
+]
+
+DEFAULT_RECORDING_DIR: Final = "/var/spool/asterisk/monitor"
+DIAL_RE: Final = re.compile(r"[A-Za-z0-9]{1,16}/[A-Za-z0-9@_.+:/-]{1,200}")
+"""A dial string we accept from configuration (no commas, spaces, quotes, & or ${})."""
+SAFE_DIR_RE: Final = re.compile(r"/[A-Za-z0-9_./-]{0,200}")
+_CONTEXT_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,79}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}: must be within {lo}..{hi}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ConfigError(f"{name}: must be within {lo:g}..{hi:g}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class AmiSettings:
+    """Where and how to connect to AMI. ``secret`` is never logged (not in repr)."""
+
+    host: str
+    port: int = 5038
+    username: str = "aigw"
+    secret: str = field(default="", repr=False)
+    # Timeouts (seconds)
+    connect_timeout: float = 5.0
+    login_timeout: float = 5.0
+    action_timeout: float = 10.0
+    ping_interval: float = 5.0
+    ping_timeout: float = 3.0
+    # Reconnect backoff (seconds): initial, doubling, capped, with 20 % jitter
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    # Limits
+    event_queue: int = 10_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AmiSettings | None:
+        """``AIGW_AMI_HOST`` / ``_PORT`` / ``_USER`` / ``_SECRET``; None without a host."""
+        host = env.get("AIGW_AMI_HOST", "").strip()
+        if not host:
+            return None
+        return cls(
+            host=host,
+            port=_int(env, "AIGW_AMI_PORT", 5038, 1, 65535),
+            username=env.get("AIGW_AMI_USER") or "aigw",
+            secret=env.get("AIGW_AMI_SECRET") or "",
+        )
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """What routing and Originate tell Asterisk.
+
+    ``advertise_audiosocket``: the ``host:port`` Asterisk dials (env
+    ``AIGW_ADVERTISE_AUDIOSOCKET``, old alias ``AIGW_AUDIOSOCKET_PUBLIC``; default:
+    the bound address, a wildcard host replaced by loopback). ``recording_dir``:
+    where MixMonitor writes (env ``AIGW_MIXMONITOR_DIR``). ``fallback_dial``: the
+    default dial string for the AI leg's fallback (env ``AIGW_FALLBACK_DIAL``; an
+    agent's ``fallback_dial`` wins).
+    """
+
+    advertise_audiosocket: str | None = None
+    recording_dir: str = DEFAULT_RECORDING_DIR
+    fallback_dial: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RoutingSettings:
+        name = "AIGW_ADVERTISE_AUDIOSOCKET"
+        adv = env.get(name) or None
+        if adv is None and env.get("AIGW_AUDIOSOCKET_PUBLIC"):
+            name = "AIGW_AUDIOSOCKET_PUBLIC"
+            adv = env[name]
+        if adv is not None:
+            host, port = parse_hostport(adv, setting=name)
+            if port == 0 or host in ("0.0.0.0", "::", ""):
+                raise ConfigError(f"{name}: needs a concrete host and port")
+            adv = format_hostport(host, port)
+        rec = (env.get("AIGW_MIXMONITOR_DIR") or DEFAULT_RECORDING_DIR).rstrip("/") or "/"
+        if not SAFE_DIR_RE.fullmatch(rec) or ".." in rec.split("/"):
+            raise ConfigError(
+                "AIGW_MIXMONITOR_DIR: an absolute path of A-Z a-z 0-9 _ . - / without '..'"
+            )
+        fb = env.get("AIGW_FALLBACK_DIAL") or ""
+        if fb and not DIAL_RE.fullmatch(fb):
+            raise ConfigError(
+                "AIGW_FALLBACK_DIAL: a dial string like PJSIP/100 or PJSIP/+15551230000@trunk "
+                "(no commas, spaces, quotes, & or ${})"
+            )
+        return cls(advertise_audiosocket=adv, recording_dir=rec, fallback_dial=fb)
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    """AMI Originate: the context, the dial string and the ring timeout.
+
+    ``AIGW_OUTBOUND_CONTEXT`` (default ``aigw-outbound``), ``AIGW_DIAL_TEMPLATE``
+    (``{to}`` is replaced by the E.164 number; default ``PJSIP/{to}@aigw-trunk``),
+    ``AIGW_RING_TIMEOUT_S`` (how long the callee may ring, default 30 s; the API's
+    ``timeout`` field overrides it per call).
+    """
+
+    context: str = "aigw-outbound"
+    dial_template: str = "PJSIP/{to}@aigw-trunk"
+    ring_timeout_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OutboundSettings:
+        context = env.get("AIGW_OUTBOUND_CONTEXT") or "aigw-outbound"
+        if not _CONTEXT_RE.fullmatch(context):
+            raise ConfigError("AIGW_OUTBOUND_CONTEXT: a dialplan context name [A-Za-z0-9_-]")
+        template = env.get("AIGW_DIAL_TEMPLATE") or "PJSIP/{to}@aigw-trunk"
+        if "{to}" not in template or not DIAL_RE.fullmatch(template.replace("{to}", "1")):
+            raise ConfigError(
+                "AIGW_DIAL_TEMPLATE: a dial string containing {to}, like PJSIP/{to}@trunk")
+        ring = _float(env, "AIGW_RING_TIMEOUT_S", 30.0, 1.0, 600.0)
+        return cls(context=context, dial_template=template, ring_timeout_s=ring)
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    """US dollars per minute: ``AIGW_COST_TRUNK_PER_MIN``, ``AIGW_COST_AI_PER_MIN``."""
+
+    trunk_per_min: float = 0.0
+    ai_per_min: float = 0.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CostSettings:
+        return cls(
+            trunk_per_min=_float(env, "AIGW_COST_TRUNK_PER_MIN", 0.0, 0.0, 1e6),
+            ai_per_min=_float(env, "AIGW_COST_AI_PER_MIN", 0.0, 0.0, 1e6),
+        )
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    """Defaults for Twilio emulation when a tenant names none of its own.
+
+    ``AIGW_TWILIO_ACCOUNT_SID``, ``AIGW_TWILIO_AUTH_TOKEN`` (signs webhooks and
+    callbacks; never logged).
+    """
+
+    account_sid: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TwilioSettings:
+        sid = env.get("AIGW_TWILIO_ACCOUNT_SID") or None
+        if sid is not None and not re.fullmatch(r"AC[0-9a-fA-F]{32}", sid):
+            raise ConfigError("AIGW_TWILIO_ACCOUNT_SID: 'AC' followed by 32 hex digits")
+        return cls(account_sid=sid, auth_token=env.get("AIGW_TWILIO_AUTH_TOKEN") or None)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of one gateway process (see the module docstring)."""
+
+    core: Config
+    ami: AmiSettings | None = None
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
+    cost: CostSettings = field(default_factory=CostSettings)
+    twilio: TwilioSettings = field(default_factory=TwilioSettings)
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, *, core: Config | None = None,
+             **cli: object) -> Settings:
+        """Read ``env`` (default ``os.environ``) once; ``cli`` values override ``core``.
+
+        ``core`` may be given already built (tests, embedding); otherwise it is built
+        from ``env`` and the ``cli`` overrides.
+        """
+        env = dict(os.environ if env is None else env)
+        if core is None:
+            core = Config.from_env(env, **cli)
+        return cls(
+            core=core,
+            ami=AmiSettings.from_env(env),
+            routing=RoutingSettings.from_env(env),
+            outbound=OutboundSettings.from_env(env),
+            recording=RecordingSettings.from_env(env),
+            cost=CostSettings.from_env(env),
+            twilio=TwilioSettings.from_env(env),
+            environ=env,
+        )
+
+    def secret(self, name: str) -> str | None:
+        """The value of the environment variable ``name`` (a tenant-named secret)."""
+        value = self.environ.get(name)
+        return value or None
+
+
+ENV_VARS: Final = frozenset(
+    set(Config().ENV.values())
+    | set(RECORDING_ENV.values())
+    | {
+        "AIGW_AMI_HOST", "AIGW_AMI_PORT", "AIGW_AMI_USER", "AIGW_AMI_SECRET",
+        "AIGW_ADVERTISE_AUDIOSOCKET", "AIGW_AUDIOSOCKET_PUBLIC", "AIGW_MIXMONITOR_DIR",
+        "AIGW_FALLBACK_DIAL", "AIGW_OUTBOUND_CONTEXT", "AIGW_DIAL_TEMPLATE",
+        "AIGW_RING_TIMEOUT_S", "AIGW_COST_TRUNK_PER_MIN", "AIGW_COST_AI_PER_MIN",
+        "AIGW_TWILIO_ACCOUNT_SID", "AIGW_TWILIO_AUTH_TOKEN",
+    }
+)
+"""Every environment variable the gateway process reads."""
