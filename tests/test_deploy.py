@@ -4,12 +4,14 @@ what it did not write, dry-run touches nothing."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from audiosocket_gw.routing import DEPLOYMENT_VARIABLES
 from audiosocket_gw.tenants import load_tenants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,3 +180,15 @@ def test_daemon_reload_when_the_unit_goes_to_the_system_unit_dir(tmp_path):
     assert "[dry-run] run systemctl daemon-reload" in out
     assert f"[dry-run] run {bin_dir}/my-asterisk -rx dialplan reload" in out
     assert not log.exists() and not (tmp_path / "live").exists()
+
+
+def test_deploy_doc_names_every_make_variable_and_dialplan_global():
+    """docs/DEPLOY.md documents each ``VAR ?=`` of deploy.mk and each optional global."""
+    doc = (ROOT / "docs" / "DEPLOY.md").read_text()
+    names = re.findall(r"^([A-Z_]+)\s*\?=", (ROOT / "deploy.mk").read_text(), re.MULTILINE)
+    assert {"GATEWAY_PYTHON", "AIGW_STATE", "ASTERISK", "ASTERISK_CONFIG"} <= set(names)
+    internal = {"DEPLOY_PY"}
+    missing = [n for n in [*names, *DEPLOYMENT_VARIABLES, "AIGW_DIAL_TEMPLATE",
+                           "AIGW_OUTBOUND_CONTEXT"]
+               if n not in internal and f"`{n}" not in doc]
+    assert missing == []
