@@ -26,7 +26,7 @@ value the gateway returns is checked against a strict pattern (UUID, ``host:port
 ``[A-Za-z0-9_.-]`` ids, a safe absolute ``.wav`` path, a plain dial string) before it
 is quoted for ``SET VARIABLE``; a value that fails is never set.
 
-AGI quirks handled (PROTOCOLS.md 3 and 2b): on caller hangup a process AGI gets
+AGI quirks handled (docs/PROTOCOLS.md §3.2, §3.4): on caller hangup a process AGI gets
 SIGHUP and no ``HANGUP`` line while the channel waits for the script, so SIGHUP exits
 at once; pyst2 writes debug (including the caller ID) to stderr, so it gets a null
 stream; pyst2 does not escape quotes (we quote ourselves) and raises on an inline
@@ -87,7 +87,7 @@ class _Deadline(Exception):
 def quote(value: str) -> str:
     """``value`` as one quoted AGI argument (``\\`` and ``"`` escaped).
 
-    Asterisk consumes the quotes and escapes (PROTOCOLS.md 2b). Values reaching here
+    Asterisk consumes the quotes and escapes (docs/PROTOCOLS.md §3.3). Values reaching here
     are already validated, so this is defence in depth; control characters, which
     would end the command line, are refused outright.
     """
@@ -247,7 +247,7 @@ def ask_gateway(url: str, body: bytes, token: str, timeout: float) -> Any:
 
 
 def _exit_now(signum: int, frame: object) -> None:
-    # The caller hung up: Asterisk keeps the channel until we exit (PROTOCOLS.md 2b).
+    # The caller hung up: Asterisk keeps the channel until we exit (docs/PROTOCOLS.md §3.2).
     os._exit(0)
 
 
@@ -264,7 +264,7 @@ def recording_done(call_id: str, base_url: str) -> int:
 
     Run by Asterisk as ``aigw_route.py --recording-done <call id> [<gateway base URL>]``
     (not as an AGI): the dialplan writes ``^{AIGW_CALL_ID}`` so the id is expanded
-    when MixMonitor starts (PROTOCOLS.md 2b). Sends the same bearer token as the
+    when MixMonitor starts (docs/PROTOCOLS.md §5.3). Sends the same bearer token as the
     route request, which is why this is not a bare ``curl``.
     """
     if not _UUID.fullmatch(call_id):

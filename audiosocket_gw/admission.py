@@ -83,7 +83,7 @@ def safe_id(value: str) -> bool:
 
 
 def recording_path(recording_dir: str, tenant: str, call_id: str) -> str:
-    """``{dir}/{tenant}/{call_id}.wav`` (docs/PROTOCOLS.md, MixMonitor); validated ids."""
+    """``{dir}/{tenant}/{call_id}.wav`` (docs/PROTOCOLS.md §5.3); validated ids."""
     if not safe_id(tenant):
         raise ValueError(f"tenant id {tenant!r} is not usable in a path")
     uuid.UUID(call_id)

@@ -1,6 +1,6 @@
 """AudioSocket framing, sans-I/O.
 
-Asterisk's AudioSocket protocol (PROTOCOLS.md section 1) is a stream of frames::
+Asterisk's AudioSocket protocol (docs/PROTOCOLS.md §1.1) is a stream of frames::
 
     kind: u8 | length: u16 big-endian | payload[length]
 

@@ -1,6 +1,6 @@
 """The call state machine, as data (h11 ``_state.py`` style).
 
-Statuses use Twilio's names and values exactly (PROTOCOLS.md 8), so status callbacks
+Statuses use Twilio's names and values exactly (docs/PROTOCOLS.md §8.5), so status callbacks
 and the API can hand them out unchanged::
 
     queued --ROUTED_INBOUND / RINGING--> ringing --ANSWERED--> in-progress
@@ -196,7 +196,7 @@ _CAUSES: Mapping[int, str] = MappingProxyType(
 
 
 def hangup_cause_text(code: int) -> str:
-    """Text for a Q.850 hangup cause as used by Asterisk (PROTOCOLS.md 2).
+    """Text for a Q.850 hangup cause as used by Asterisk (docs/PROTOCOLS.md §2.6).
 
     Cause 0 is what a caller's SIP BYE and an originated Application ending give: it
     is a normal end, not a failure. Unlisted codes give ``"Cause <n>"``.

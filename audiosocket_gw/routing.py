@@ -12,7 +12,7 @@ answer onto the channel as ``AIGW_*`` variables. This module decides:
 4. the variables: ``AIGW_STATUS`` (ok|busy|unknown), ``AIGW_CALL_ID``,
    ``AIGW_AUDIOSOCKET`` (this node as Asterisk should dial it), ``AIGW_TENANT``,
    ``AIGW_AGENT``, ``AIGW_RECORD`` (1 when the agent records through MixMonitor),
-   ``AIGW_RECORDING_FILE`` (PROTOCOLS.md 5: ``{dir}/{tenant}/{call_id}.wav``) and
+   ``AIGW_RECORDING_FILE`` (docs/PROTOCOLS.md §5.3: ``{dir}/{tenant}/{call_id}.wav``) and
    ``AIGW_FALLBACK`` (a dial string for when the AI leg is unavailable, or empty).
 
 Every value returned is built from our own configuration, never from the request:
@@ -183,7 +183,7 @@ def originate_variables(
     """The channel variables an AMI ``Originate`` into ``[aigw-outbound]`` must set.
 
     ``amd``: run Asterisk's ``AMD()`` before the bridge, for at most ``amd_ms``
-    (its totalAnalysisTime; AMD blocks the channel, PROTOCOLS.md 4). On ``MACHINE``
+    (its totalAnalysisTime; AMD blocks the channel, docs/PROTOCOLS.md §5.1). On ``MACHINE``
     with ``voicemail_action`` "hangup" the dialplan hangs up; with "leave_message"
     the bot is connected anyway. Values are checked: they end up in app arguments.
     """

@@ -1,7 +1,7 @@
 """Telephony providers: place, end and look up calls, independent of the PBX.
 
 ``TelephonyProvider`` is the interface the HTTP API, the CLI and Python users call;
-``AsteriskProvider`` implements it over AMI (PROTOCOLS.md 2, 2b):
+``AsteriskProvider`` implements it over AMI (docs/PROTOCOLS.md §2.7):
 
 1. the tenant's limiter slot first (atomic in the store): over the limit the call is
    refused with ``LimitExceeded`` and nothing else happens;

@@ -1,4 +1,4 @@
-"""Call watchdogs: silence, voicemail detection, maximum call duration (PROTOCOLS.md 4).
+"""Call watchdogs: silence, voicemail detection, maximum call duration (docs/PROTOCOLS.md §5).
 
 Pure cores on an injected clock, and a thin component that ticks them:
 
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 SILENT_LEVEL: Final = 256.0
-"""A frame is silent when mean(|sample|) < 256 (PROTOCOLS.md 4)."""
+"""A frame is silent when mean(|sample|) < 256 (docs/PROTOCOLS.md §5.2)."""
 
 
 @dataclass(frozen=True)

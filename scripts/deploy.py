@@ -9,10 +9,14 @@ deploy:
   - one ``#include extensions_aigw.conf`` line in ``$ASTERISK_ETC/extensions.conf``
     (added once; the file is created if missing)
   - ``$SYSTEMD_DIR/audiosocket-gw.service``  (ours)
-  - then ``asterisk -rx 'dialplan reload'`` (and ``systemctl daemon-reload``) when
-    installing into the live system (no DESTDIR) and the tools exist.
+  - then ``$ASTERISK [-C $ASTERISK_CONFIG] -rx 'dialplan reload'`` when installing
+    into the live system (no DESTDIR) and that binary exists (``--asterisk``,
+    ``--asterisk-config``: another build or instance than the ``asterisk`` on PATH),
+    and ``systemctl daemon-reload`` only when the unit went into a directory systemd
+    reads system units from (``SYSTEMD_UNIT_DIRS``, by default /etc/systemd/system):
+    a unit staged anywhere else is not systemd's business.
 undeploy: removes our files and the ``#include`` line, keeps the samples (they hold
-your credentials) and reloads.
+your credentials) and reloads the same way.
 
 Never overwrites a file it did not write without keeping ``<file>.bak`` (or
 ``.bak.N``): a manifest (``$AIGW_ETC/deploy-manifest.json``) records the checksum of
@@ -38,6 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 INCLUDE_LINE = "#include extensions_aigw.conf"
 _INCLUDE_RE = re.compile(r'^\s*#include\s+"?extensions_aigw\.conf"?\s*(;.*)?$')
 MANIFEST = "deploy-manifest.json"
+SYSTEMD_UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system",
+                     "/usr/lib/systemd/system", "/lib/systemd/system")
+"""Where systemd looks for system units: ``daemon-reload`` only matters there."""
 
 
 def sha(data: bytes) -> str:
@@ -120,6 +127,16 @@ class Deployer:
         elif self.manifest_path.exists():
             self.manifest_path.unlink()
 
+    def reload(self) -> None:
+        """``systemctl daemon-reload`` (system unit dirs only), then the dialplan."""
+        if os.path.normpath(self.a.systemd_dir) in SYSTEMD_UNIT_DIRS:
+            self.run(["systemctl", "daemon-reload"], "systemd reload")
+        else:
+            self.say(f"skip systemd reload: {self.a.systemd_dir} is not a systemd unit "
+                     "directory")
+        config = ["-C", self.a.asterisk_config] if self.a.asterisk_config else []
+        self.run([self.a.asterisk, *config, "-rx", "dialplan reload"], "dialplan reload")
+
     def run(self, argv: list[str], why: str) -> None:
         if self.destdir:
             self.say(f"skip {why}: installing under DESTDIR={self.destdir}")
@@ -171,9 +188,7 @@ class Deployer:
         self.install(self.unit(), self.p(Path(a.systemd_dir) / "audiosocket-gw.service"), 0o644)
         self.add_include(self.p(etc / "extensions.conf"))
         self.save_manifest()
-        if not self.destdir:
-            self.run(["systemctl", "daemon-reload"], "systemd reload")
-        self.run(["asterisk", "-rx", "dialplan reload"], "dialplan reload")
+        self.reload()
         if not self.actions:
             print("deploy: everything already up to date")
 
@@ -189,9 +204,7 @@ class Deployer:
                        Path(a.aigw_etc) / "aigw.env", Path(a.aigw_etc) / "tenants.toml"):
             if self.p(sample).exists():
                 print(f"kept {self.p(sample)} (your settings; remove it by hand if unused)")
-        if not self.destdir:
-            self.run(["systemctl", "daemon-reload"], "systemd reload")
-        self.run(["asterisk", "-rx", "dialplan reload"], "dialplan reload")
+        self.reload()
 
     def add_include(self, conf: Path) -> None:
         if conf.exists():
@@ -234,12 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", default=sys.executable,
                     help="the gateway virtualenv's python (AGI shebang, systemd unit)")
     ap.add_argument("--user", default="asterisk", help="system user the gateway runs as")
+    ap.add_argument("--asterisk", default="asterisk",
+                    help="the asterisk binary used for 'dialplan reload' (name or path)")
+    ap.add_argument("--asterisk-config", default="",
+                    help="asterisk.conf of the instance to reload (passed as -C)")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     args.destdir = args.destdir.rstrip("/")
     for name in ("asterisk_etc", "agi_dir", "aigw_etc", "state_dir", "systemd_dir", "python"):
         if not os.path.isabs(getattr(args, name)):
             ap.error(f"--{name.replace('_', '-')} must be an absolute path")
+    if args.asterisk_config and not os.path.isabs(args.asterisk_config):
+        ap.error("--asterisk-config must be an absolute path")
     d = Deployer(args)
     d.deploy() if args.action == "deploy" else d.undeploy()
     return 0

@@ -1,5 +1,5 @@
 """agi/aigw_route.py run as Asterisk runs it: a subprocess fed the AGI environment
-on stdin, its commands answered line by line (PROTOCOLS.md 3 and 2b), against a
+on stdin, its commands answered line by line (docs/PROTOCOLS.md §3), against a
 running gateway (or a deliberately broken one)."""
 
 from __future__ import annotations

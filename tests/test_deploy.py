@@ -4,12 +4,14 @@ what it did not write, dry-run touches nothing."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from audiosocket_gw.routing import DEPLOYMENT_VARIABLES
 from audiosocket_gw.tenants import load_tenants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,3 +118,77 @@ def test_installed_agi_script_runs(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == 'SET VARIABLE AIGW_STATUS "unavailable"'
+
+
+# -- live installs (no DESTDIR): which reloads run, with which binary ----------------------
+
+
+def fake_tools(tmp_path: Path) -> tuple[Path, Path]:
+    """A bin dir with recording ``systemctl`` and ``my-asterisk`` stand-ins, and their log."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "tools.log"
+    bin_dir.mkdir()
+    for name in ("systemctl", "my-asterisk"):
+        tool = bin_dir / name
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n')
+        tool.chmod(0o755)
+    return bin_dir, log
+
+
+def make_live(tmp_path: Path, bin_dir: Path, target: str, *extra: str) -> str:
+    """``make -f deploy.mk <target>`` into the real root, every path under ``tmp_path``."""
+    root = tmp_path / "live"
+    env = {k: v for k, v in os.environ.items() if k not in ("DESTDIR", "MAKEFLAGS", "MFLAGS")}
+    env["PATH"] = f"{bin_dir}:{env.get('PATH', '/usr/bin:/bin')}"
+    res = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "-f", "deploy.mk", target, "DESTDIR=",
+         f"GATEWAY_PYTHON={PY}", f"ASTERISK_ETC={root}/etc/asterisk",
+         f"AGI_DIR={root}/agi-bin", f"AIGW_ETC={root}/etc/aigw",
+         f"AIGW_STATE={root}/state", *extra],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_live_deploy_reloads_the_named_asterisk_and_skips_daemon_reload_elsewhere(tmp_path):
+    bin_dir, log = fake_tools(tmp_path)
+    units = tmp_path / "live" / "units"
+    conf = tmp_path / "other" / "asterisk.conf"
+    extra = (f"SYSTEMD_DIR={units}", f"ASTERISK={bin_dir}/my-asterisk",
+             f"ASTERISK_CONFIG={conf}")
+    out = make_live(tmp_path, bin_dir, "deploy", *extra)
+    assert (units / "audiosocket-gw.service").exists()
+    assert log.read_text().splitlines() == [f"my-asterisk -C {conf} -rx dialplan reload"]
+    assert "skip systemd reload" in out
+    log.unlink()
+    make_live(tmp_path, bin_dir, "undeploy", *extra)
+    assert not (units / "audiosocket-gw.service").exists()
+    assert log.read_text().splitlines() == [f"my-asterisk -C {conf} -rx dialplan reload"]
+
+
+def test_live_deploy_without_asterisk_config_passes_no_dash_c(tmp_path):
+    bin_dir, log = fake_tools(tmp_path)
+    make_live(tmp_path, bin_dir, "deploy", f"SYSTEMD_DIR={tmp_path}/live/units",
+              f"ASTERISK={bin_dir}/my-asterisk")
+    assert log.read_text().splitlines() == ["my-asterisk -rx dialplan reload"]
+
+
+def test_daemon_reload_when_the_unit_goes_to_the_system_unit_dir(tmp_path):
+    """Default SYSTEMD_DIR (dry run: /etc/systemd/system is only read, never written)."""
+    bin_dir, log = fake_tools(tmp_path)
+    out = make_live(tmp_path, bin_dir, "deploy", "DRY_RUN=1", f"ASTERISK={bin_dir}/my-asterisk")
+    assert "[dry-run] run systemctl daemon-reload" in out
+    assert f"[dry-run] run {bin_dir}/my-asterisk -rx dialplan reload" in out
+    assert not log.exists() and not (tmp_path / "live").exists()
+
+
+def test_deploy_doc_names_every_make_variable_and_dialplan_global():
+    """docs/DEPLOY.md documents each ``VAR ?=`` of deploy.mk and each optional global."""
+    doc = (ROOT / "docs" / "DEPLOY.md").read_text()
+    names = re.findall(r"^([A-Z_]+)\s*\?=", (ROOT / "deploy.mk").read_text(), re.MULTILINE)
+    assert {"GATEWAY_PYTHON", "AIGW_STATE", "ASTERISK", "ASTERISK_CONFIG"} <= set(names)
+    internal = {"DEPLOY_PY"}
+    missing = [n for n in [*names, *DEPLOYMENT_VARIABLES, "AIGW_DIAL_TEMPLATE",
+                           "AIGW_OUTBOUND_CONTEXT"]
+               if n not in internal and f"`{n}" not in doc]
+    assert missing == []

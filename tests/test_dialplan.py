@@ -1,4 +1,4 @@
-"""dialplan/extensions_aigw.conf: syntax and the rules of PROTOCOLS.md 1, 2b, 4, 5.
+"""dialplan/extensions_aigw.conf: syntax and the rules of docs/PROTOCOLS.md §1.5 and §5.
 
 Two checks: ``asterisklint`` (PyPI) when it is installed, and always our own
 parser below, which knows what asterisklint does not: which AIGW_* variables exist,

@@ -1,7 +1,7 @@
-"""The AMI client: a small typed adapter over panoramisk (PROTOCOLS.md 2, 2b).
+"""The AMI client: a small typed adapter over panoramisk (docs/PROTOCOLS.md §2).
 
 panoramisk keeps its good parts here (ActionID futures, message grouping of list
-actions); we own what it gets wrong (PROTOCOLS.md, "panoramisk gotchas"):
+actions); we own what it gets wrong (docs/PROTOCOLS.md §2.10):
 
 * **Connection lifecycle.** One ``panoramisk.Manager`` per connection attempt. Its
   own reconnect loop (fixed delay, forever) and its unchecked Ping are disabled; we

@@ -1,6 +1,6 @@
 """Asterisk Manager Interface (AMI) codec, sans-I/O.
 
-AMI (PROTOCOLS.md sections 2 and 2b) is a line protocol on TCP 5038. On connect
+AMI (docs/PROTOCOLS.md §2.1) is a line protocol on TCP 5038. On connect
 Asterisk sends one banner line (``Asterisk Call Manager/11.0.0``, *not* followed by
 a blank line); after that every message is ``Key: Value`` lines ended by an empty
 line. Keys are case-insensitive and may repeat (``Variable``, ``ChanVariable``,

@@ -6,7 +6,7 @@ metrics see each transition once); the state machine itself is
 absorb duplicates: an AMI ``Hangup`` and the AudioSocket EOF of the same call, in
 either order, end it once.
 
-Correlation (PROTOCOLS.md 2, 2b): an event belongs to call X when its ``Uniqueid``
+Correlation (docs/PROTOCOLS.md §2.9): an event belongs to call X when its ``Uniqueid``
 is X (Originate ``ChannelId``; the ``;2`` half of a Local channel is ignored), when
 an earlier ``Newexten`` ``AppData: X,<host:port>`` or ``VarSet AIGW_CALL_ID=X`` tied
 its Uniqueid to X (inbound calls), or, for the ``OriginateResponse`` the client

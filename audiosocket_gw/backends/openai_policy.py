@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 RECOVERABLE_CLOSE_CODES: Final = frozenset({1001, 1005, 1006, 1011, 1012, 1013, 1015})
-"""Close codes after which a new session is worth opening (PROTOCOLS.md 7)."""
+"""Close codes after which a new session is worth opening (docs/PROTOCOLS.md §7.7)."""
 
 AUTH_STATUSES: Final = frozenset({401, 403})
 """HTTP statuses of the opening handshake that must not be retried."""

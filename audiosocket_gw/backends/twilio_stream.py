@@ -2,7 +2,7 @@
 
 Why: teams leaving Twilio already have an AI voice app speaking the bidirectional Media
 Streams protocol (``<Connect><Stream>``). This backend connects to that app as Twilio
-would, so the app runs unchanged and only the media source changes (PROTOCOLS.md 8).
+would, so the app runs unchanged and only the media source changes (docs/PROTOCOLS.md §8).
 
 How, per call (:class:`TwilioStreamSession`):
 

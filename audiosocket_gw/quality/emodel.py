@@ -1,4 +1,4 @@
-"""ITU-T G.107 E-model, simplified for G.711 calls (PROTOCOLS.md section 6).
+"""ITU-T G.107 E-model, simplified for G.711 calls (docs/PROTOCOLS.md §6.3).
 
 What: turn one-way delay and packet loss into an R factor and a MOS (1.0-4.5)::
 

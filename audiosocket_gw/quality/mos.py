@@ -18,7 +18,7 @@ starts and ends. At the end of a call it:
 
 Directions follow the call record: ``in`` is the caller's audio as Asterisk received
 it (``RTCPSent`` Report0), ``out`` is ours as the caller's phone received it
-(``RTCPReceived`` Report0). PROTOCOLS.md sections 2b and 6.
+(``RTCPReceived`` Report0). docs/PROTOCOLS.md §6.1 and §6.2.
 
 Correlating AMI channels to our call id
 ---------------------------------------

@@ -1,7 +1,7 @@
 """Call quality from Asterisk's RTCP AMI events and RTPAUDIOQOS variables.
 
 What: ``RTCPSent``/``RTCPReceived`` events (class ``reporting``, every 5 s on a PJSIP
-call; PROTOCOLS.md sections 2b and 6) become :class:`RtcpSample` values;
+call; docs/PROTOCOLS.md §6.1) become :class:`RtcpSample` values;
 :class:`MosTracker` turns a call's samples into a MOS per direction with the
 E-model (:mod:`.emodel`), next to Asterisk's own ``MES``. :func:`parse_rtpaudioqos`
 reads the ``RTPAUDIOQOS*`` variables set (as ``VarSet`` events) at hangup.

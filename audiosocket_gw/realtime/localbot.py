@@ -2,7 +2,7 @@
 
 Why: users can check an Asterisk + gateway set-up end to end without a cloud key, and the
 project's own tests and demo drive the real ``openai`` backend against it. It follows the
-GA wire format described in ``docs/PROTOCOLS.md`` section 7, including the failure modes
+GA wire format described in docs/PROTOCOLS.md §7, including the failure modes
 the gateway must survive (beta shape rejected, 401 on a bad key, dropped and expired
 sessions, truncation limits).
 

@@ -1,6 +1,6 @@
 """Completion of Asterisk MixMonitor files: only when Asterisk has closed them.
 
-Facts (PROTOCOLS.md 5, 2b): there is **no MixMonitorStop at hangup**; the
+Facts (docs/PROTOCOLS.md §5.3): there is **no MixMonitorStop at hangup**; the
 post-process ``command`` runs 1-10 ms after the hangup with the WAV already closed
 and complete; in that command variables are written ``^{VAR}`` (expanded when
 MixMonitor starts). So the primary signal is the hook; the dialplan runs::

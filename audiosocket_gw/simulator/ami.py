@@ -1,4 +1,4 @@
-"""An AMI server that behaves like Asterisk 22 (PROTOCOLS.md sections 2 and 2b).
+"""An AMI server that behaves like Asterisk 22 (docs/PROTOCOLS.md §2).
 
 For tests, demos and benchmarks of the AMI side of the gateway: a TCP server on
 asyncio that speaks the wire format of ``audiosocket_gw.ami.protocol`` and plays

@@ -1,6 +1,6 @@
 """Simulated Asterisk calls over real AudioSocket TCP.
 
-Each call behaves as Asterisk's ``AudioSocket()`` application does (PROTOCOLS.md 1):
+Each call behaves as Asterisk's ``AudioSocket()`` application does (docs/PROTOCOLS.md §1):
 connect, send the 16-byte UUID frame first, then one audio frame per packetisation
 interval (320 bytes every 20 ms by default, 480 every 30 ms for a 30 ms SIP caller),
 DTMF as one 0x03 frame per digit, and at the end close the socket without any frame

@@ -4,7 +4,7 @@ Why: the gateway's promise is that an existing Media Streams app runs unchanged 
 Asterisk. This server behaves like a typical such app (greets with TTS audio followed by a
 mark, optionally echoes the caller, barges in with ``clear`` on DTMF, hangs up on a timer)
 and validates every frame it receives the way a strict app would, recording each deviation
-from Twilio's behaviour (PROTOCOLS.md 8) in :attr:`AppSession.violations`. A test passes
+from Twilio's behaviour (docs/PROTOCOLS.md §8) in :attr:`AppSession.violations`. A test passes
 the gateway through it and asserts ``violations == []``.
 
 How: :class:`StreamValidator` is the pure checker (one instance per connection);

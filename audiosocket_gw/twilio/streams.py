@@ -1,7 +1,7 @@
 """Twilio Media Streams protocol, the gateway's side (sans I/O).
 
 Why: the gateway plays Twilio's part toward an existing bidirectional ``<Connect><Stream>``
-AI app, so what it sends must be byte-for-byte the shape Twilio sends (PROTOCOLS.md 8), and
+AI app, so what it sends must be byte-for-byte the shape Twilio sends (docs/PROTOCOLS.md §8.1), and
 what the app sends must be parsed strictly enough to catch a broken app, but no stricter
 than Twilio is.
 

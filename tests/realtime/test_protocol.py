@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from audiosocket_gw.realtime import protocol as p
 from audiosocket_gw.realtime.protocol import RealtimeError, RealtimeProtocolError
 
-# The exact session.update documented in PROTOCOLS.md section 7 (instructions "...").
+# The exact session.update documented in docs/PROTOCOLS.md §7.2 (instructions "...").
 DOCUMENTED_SESSION_UPDATE: dict[str, Any] = {
     "type": "session.update",
     "session": {

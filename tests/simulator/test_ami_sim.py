@@ -1,4 +1,4 @@
-"""The AMI simulator speaks AMI as PROTOCOLS.md 2/2b says (raw sockets, our parser)."""
+"""The AMI simulator speaks AMI as docs/PROTOCOLS.md §2 says (raw sockets, our parser)."""
 
 from __future__ import annotations
 
