@@ -58,9 +58,11 @@ from .watchdogs import Watchdogs
 log = logging.getLogger("audiosocket_gw")
 
 C = TypeVar("C")
+_NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
 
-def make_backend(name: str, settings: Settings, metrics: Metrics) -> Backend:
+def make_backend(name: str, settings: Settings, metrics: Metrics,
+                 tenants: TenantsConfig | None = None) -> Backend:
     """Build the backend called ``name`` (imported lazily: each pulls its own deps)."""
     config = settings.core
     if name == "echo":
@@ -74,7 +76,8 @@ def make_backend(name: str, settings: Settings, metrics: Metrics) -> Backend:
     if name == "twilio-stream":
         from .backends.twilio_stream import TwilioStreamBackend
 
-        return TwilioStreamBackend.from_config(config, metrics.registry)
+        return TwilioStreamBackend.from_config(config, metrics.registry, tenants=tenants,
+                                               env=settings.environ)
     raise ConfigError(f"unknown backend {name!r}")
 
 
@@ -212,8 +215,21 @@ class Gateway:
         name = info.agent_cfg.backend if info.agent_cfg is not None else self.config.backend
         backend = self.backends.get(name)
         if backend is None:
-            backend = self.backends[name] = make_backend(name, self.settings, self.metrics)
+            backend = self.backends[name] = make_backend(name, self.settings, self.metrics,
+                                                         self.tenants)
         return backend
+
+    def check_agents(self) -> None:
+        """Build every agent's backend and validate its options: a bad setting stops
+        the gateway here, naming the file, the agent and the key."""
+        source = self.config.config or "the built-in default agent"
+        for agent in self.tenants.agents.values():
+            try:
+                backend = self.backend_for(call_info(agent, _NIL_UUID))
+                if self._forced_backend is None:
+                    backend.check_agent(agent)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: agent {agent.name!r}: {exc}") from None
 
     def _tick_stats(self, lateness: float, frames: int) -> None:
         self.metrics.pacer_lateness.observe(lateness)
@@ -261,9 +277,7 @@ class Gateway:
         await asyncio.to_thread(self.config.data_path.mkdir, mode=0o700, parents=True,
                                 exist_ok=True)
         await self.store.open()
-        # Build every configured backend now so a bad setting fails at start.
-        for agent in self.tenants.agents.values():
-            self.backend_for(call_info(agent, "00000000-0000-0000-0000-000000000000"))
+        self.check_agents()
         started: list[Component] = []
         try:
             for comp in self.components:

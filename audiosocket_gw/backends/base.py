@@ -117,5 +117,9 @@ class Backend(abc.ABC):
     def create(self, call: CallInfo, control: CallControl) -> BackendSession:
         """A session for ``call``, not yet started."""
 
+    def check_agent(self, agent: Agent) -> None:  # noqa: B027 - optional hook
+        """Validate ``agent``'s options for this backend at startup; raise
+        ``ConfigError`` naming the key. No call is ever hung up for a bad setting."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources at shutdown."""

@@ -69,6 +69,7 @@ from ..dsp.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from ..dsp.resample import StreamResampler
 from ..dump import CallDump
 from ..realtime import protocol as rt
+from ..tenants import Agent
 from .base import Backend, BackendSession, CallControl, CallInfo
 from .openai_policy import (
     ContextHistory,
@@ -150,6 +151,9 @@ class OpenAIBackend(Backend):
     def url_for(self, settings: OpenAISettings) -> str:
         """The WebSocket URL of one session (the agent's model wins over the config's)."""
         return compose_url(self.url, settings.model or self.model)
+
+    def check_agent(self, agent: Agent) -> None:
+        settings_for(agent)
 
     def create(self, call: CallInfo, control: CallControl) -> BackendSession:
         error: ConfigError | None = None

@@ -60,9 +60,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from ..call import CallLog
-from ..config import Config
+from ..config import Config, ConfigError
 from ..dsp.g711 import ulaw_decode, ulaw_encode
-from ..tenants import load_tenants
+from ..tenants import Agent, TenantsConfig, load_tenants
 from ..twilio.ids import new_stream_sid
 from ..twilio.streams import (
     DTMF_DIGITS,
@@ -174,17 +174,32 @@ class TwilioStreamBackend(Backend):
 
     @classmethod
     def from_config(
-        cls, config: Config, registry: CollectorRegistry | None = None
+        cls, config: Config, registry: CollectorRegistry | None = None, *,
+        tenants: TenantsConfig | None = None, env: Mapping[str, str] | None = None,
     ) -> TwilioStreamBackend:
         """Build from the gateway config: ``stream_url`` and the tenants' AccountSids.
 
         ``registry``: the gateway's metrics registry (a private one when None, so the
-        ``aigw_twilio_*`` metrics are then counted but not exported).
+        ``aigw_twilio_*`` metrics are then counted but not exported). ``tenants``: the
+        gateway's loaded tenants (read from ``config.config`` when None); ``env``: where
+        tenant-named auth tokens are read.
         """
-        tenants = load_tenants(config.config)
+        if tenants is None:
+            tenants = load_tenants(config.config)
         sids = {t.id: t.account_sid for t in tenants.tenants.values() if t.account_sid}
-        return cls(stream_url=config.stream_url, account_sids=sids,
+        return cls(stream_url=config.stream_url, account_sids=sids, env=env,
                    metrics=TwilioStreamMetrics(registry))
+
+    def check_agent(self, agent: Agent) -> None:
+        for key, allowed in (("on_app_close", ("hangup", "continue")),
+                             ("fallback", ("hangup", "announce"))):
+            value = agent.extra.get(key)
+            if value is not None and value not in allowed:
+                raise ConfigError(
+                    f"agent extra {key!r}: {value!r} is not one of {', '.join(allowed)}")
+        if not (agent.stream_url or agent.voice_url or self.stream_url):
+            raise ConfigError("a twilio-stream agent needs stream_url or voice_url "
+                              "(or --stream-url for the default agent)")
 
     def create(self, call: CallInfo, control: CallControl) -> BackendSession:
         return TwilioStreamSession(self, call, control)
