@@ -15,7 +15,7 @@ import pytest
 from audiosocket_gw.api import CallsComponent
 from audiosocket_gw.app import Gateway
 from audiosocket_gw.callstate import CallStatus
-from audiosocket_gw.simulator.ami import AmiSimulator, Outcome
+from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
 from tests.helpers import MS, make_config
 
 TOML = """

@@ -111,7 +111,7 @@ async def test_outbound_busy_gets_initiated_ringing_and_completed_busy(
     initiated / ringing / completed(busy) callbacks, though no AudioSocket ever starts."""
     from audiosocket_gw.api import CallsComponent
     from audiosocket_gw.app import Gateway
-    from audiosocket_gw.simulator.ami import AmiSimulator, Outcome
+    from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
     from tests.helpers import make_config
 
     received: list[dict[str, str]] = []

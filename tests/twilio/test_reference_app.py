@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 
-from audiosocket_gw.bench_bargein import caller_audio
-from audiosocket_gw.simulator.pbx import CallPlan, CallReport, run_simulation
-from audiosocket_gw.twilio.fakeapp import StreamValidator
+from audiosocket_gw.testing.bench.bargein import caller_audio
+from audiosocket_gw.testing.fakeapp import StreamValidator
+from audiosocket_gw.testing.simulator.pbx import CallPlan, CallReport, run_simulation
 from tests.helpers import MS, running_gateway
 from tests.twilio.reference_app import CallLog, ReferenceApp
 

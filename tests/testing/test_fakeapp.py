@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from audiosocket_gw.dsp.g711 import ulaw_decode
-from audiosocket_gw.twilio.fakeapp import (
+from audiosocket_gw.testing.fakeapp import (
     GREETING_MARK,
     FakeTwilioApp,
     StreamValidator,

@@ -33,8 +33,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from ..dsp.g711 import ulaw_encode
-from .ids import ACCOUNT_PREFIX, CALL_PREFIX, STREAM_PREFIX, is_sid
-from .streams import DTMF_DIGITS, MEDIA_FORMAT
+from ..twilio.ids import ACCOUNT_PREFIX, CALL_PREFIX, STREAM_PREFIX, is_sid
+from ..twilio.streams import DTMF_DIGITS, MEDIA_FORMAT
 
 __all__ = [
     "FRAME_BYTES",
