@@ -4,6 +4,10 @@ bench``.
 The names, flags and environment variables here are a contract other tools script
 against: keep them. Every flag of ``serve`` mirrors a ``Config`` field and its
 ``AIGW_`` environment variable (the flag wins).
+
+``simulate``, ``mock-realtime``, ``demo`` and ``bench`` run tooling from
+:mod:`audiosocket_gw.testing`, imported only inside the functions that need it: the
+runtime never imports that package (``tests/test_layout.py`` checks it).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__, cli_call, mock_realtime_cli, numbers_import
+from . import __version__, cli_call, numbers_import
 from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, ConfigError, parse_hostport
 
 
@@ -73,11 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Asterisk AudioSocket gateway for AI phone agents.",
     )
     parser.add_argument("--version", action="version", version=f"audiosocket-gw {__version__}")
+    from .testing import mock_realtime
+
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _serve_parser(sub)
     _simulate_parser(sub)
     cli_call.add_parser(sub)
-    mock_realtime_cli.add_parser(sub)
+    mock_realtime.add_parser(sub)
     numbers_import.add_parser(sub)
     d = sub.add_parser("demo", help="start a gateway, place simulated calls, print a report")
     d.add_argument("--calls", type=int, default=3)
@@ -137,8 +143,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .simulator import load_wav_8k, run_simulation
-    from .simulator.pbx import CallPlan, format_report, speech_like
+    from .testing.simulator import load_wav_8k, run_simulation
+    from .testing.simulator.pbx import CallPlan, format_report, speech_like
 
     try:
         host, port = parse_hostport(args.target, setting="--target")
@@ -176,15 +182,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "call":
         return cli_call.run(args)
     if args.command == "mock-realtime":
-        return mock_realtime_cli.run(args)
+        from .testing import mock_realtime
+
+        return mock_realtime.run(args)
     if args.command == "numbers":
         return numbers_import.run(args)
     if args.command == "demo":
-        from .demo import run_demo
+        from .testing.demo import run_demo
 
         return asyncio.run(run_demo(calls=args.calls, seconds=args.seconds))
     if args.command == "bench":
-        from .bench import run_bench
+        from .testing.bench.run import run_bench
 
         return asyncio.run(run_bench(levels=args.calls, seconds=args.seconds, out=args.out))
     return 2  # pragma: no cover

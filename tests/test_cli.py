@@ -13,8 +13,8 @@ import pytest
 from audiosocket_gw import __version__
 from audiosocket_gw.cli import build_parser
 from audiosocket_gw.config import Config, ConfigError
-from audiosocket_gw.proc import GatewayProcess
-from audiosocket_gw.simulator.pbx import run_simulation
+from audiosocket_gw.testing.proc import GatewayProcess
+from audiosocket_gw.testing.simulator.pbx import run_simulation
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

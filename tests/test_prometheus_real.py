@@ -33,8 +33,8 @@ from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.config import format_hostport
 from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.quality.mos import MosMonitor
-from audiosocket_gw.realtime.localbot import LocalRealtimeBot
-from audiosocket_gw.simulator.pbx import run_simulation
+from audiosocket_gw.testing.localbot import LocalRealtimeBot
+from audiosocket_gw.testing.simulator.pbx import run_simulation
 from tests.helpers import MS, RawPeer, running_gateway
 from tests.quality.test_mos_component import (
     CALL_ID,

@@ -14,8 +14,8 @@ import pytest
 from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.backends.base import Backend, BackendSession, CallControl, CallInfo
 from audiosocket_gw.gateway import Gateway
-from audiosocket_gw.simulator.audio import speech_like
-from audiosocket_gw.simulator.pbx import CallPlan, run_simulation
+from audiosocket_gw.testing.simulator.audio import speech_like
+from audiosocket_gw.testing.simulator.pbx import CallPlan, run_simulation
 
 from .helpers import GAP_MS, MS, RawPeer, make_config, running_gateway
 

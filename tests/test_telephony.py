@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 
 from audiosocket_gw.callstate import CallStatus
-from audiosocket_gw.proc import GatewayProcess
-from audiosocket_gw.simulator.ami import AmiSimulator
 from audiosocket_gw.store.sqlite import SqliteCallStore
+from audiosocket_gw.testing.proc import GatewayProcess
+from audiosocket_gw.testing.simulator.ami import AmiSimulator
 
 TOML = """
 [tenants.acme]

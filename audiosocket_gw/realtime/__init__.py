@@ -1,7 +1,7 @@
-"""OpenAI Realtime API support: GA wire format (:mod:`.protocol`) and a local test bot.
+"""OpenAI Realtime API support: the GA wire format (:mod:`.protocol`).
 
-:mod:`audiosocket_gw.realtime.localbot` is imported lazily by its users (it pulls in the
-websockets server); the protocol names are re-exported here.
+The protocol names are re-exported here. The local test bot that speaks the other side
+lives with the tooling, in :mod:`audiosocket_gw.testing.localbot`.
 """
 
 from audiosocket_gw.realtime.protocol import (

@@ -1,7 +1,7 @@
 """OpenAI Realtime API (GA shape) wire format: client event builders and server event parser.
 
 Why: the gateway talks to OpenAI's Realtime WebSocket (and to the bundled
-:mod:`audiosocket_gw.realtime.localbot`). Keeping the JSON shapes in one pure module (no
+:mod:`audiosocket_gw.testing.localbot`). Keeping the JSON shapes in one pure module (no
 I/O, no logging, no clock) makes them testable on their own and keeps the transport code
 free of dictionary plumbing. Only the GA shape is produced: the beta shape (``OpenAI-Beta:
 realtime=v1``, a top-level ``input_audio_format``, ``response.audio.delta``) is rejected by

@@ -3,9 +3,10 @@
 * :mod:`.streams` -- the Media Streams protocol, gateway side (sans I/O encoder/parser);
 * :mod:`.twiml` -- parse the TwiML a voice webhook returns (``<Connect><Stream>`` ...);
 * :mod:`.signature` -- ``X-Twilio-Signature`` computation and validation;
-* :mod:`.ids` -- Twilio-shaped SIDs (``MZ``/``CA``/``RE``/``AC`` + 32 hex digits);
-* :mod:`.fakeapp` -- a strict fake Media Streams app server, for tests and demos (imports
-  ``websockets``; not imported here).
+* :mod:`.ids` -- Twilio-shaped SIDs (``MZ``/``CA``/``RE``/``AC`` + 32 hex digits).
+
+A strict fake Media Streams app server, for tests and demos, lives with the tooling in
+:mod:`audiosocket_gw.testing.fakeapp`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from audiosocket_gw.ami.client import AmiActionError, AmiClient, AmiSettings, AmiUnavailable
-from audiosocket_gw.simulator.ami import AmiSimulator
+from audiosocket_gw.testing.simulator.ami import AmiSimulator
 
 
 def settings(sim: AmiSimulator, secret: str = "secret") -> AmiSettings:

@@ -18,8 +18,8 @@ from audiosocket_gw.ami.tracker import CallTracker
 from audiosocket_gw.api import CallsApi
 from audiosocket_gw.callstate import CallStatus
 from audiosocket_gw.gateway import Gateway
-from audiosocket_gw.simulator.ami import AmiSimulator, Outcome
 from audiosocket_gw.telephony import AsteriskProvider
+from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
 from tests.helpers import MS, make_config
 
 TOML = """

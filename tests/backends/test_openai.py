@@ -28,13 +28,13 @@ from audiosocket_gw.backends.openai_policy import (
     TurnTracker,
     settings_for,
 )
-from audiosocket_gw.bench_bargein import SimCaller, caller_audio
 from audiosocket_gw.call import Call
 from audiosocket_gw.config import ConfigError
 from audiosocket_gw.dsp.g711 import ulaw_encode
 from audiosocket_gw.gateway import Gateway
-from audiosocket_gw.realtime.localbot import LocalRealtimeBot
 from audiosocket_gw.tenants import Agent
+from audiosocket_gw.testing.bench.bargein import SimCaller, caller_audio
+from audiosocket_gw.testing.localbot import LocalRealtimeBot
 from tests.helpers import MS, make_config, running_gateway
 
 S = 1000 * MS  # one test second

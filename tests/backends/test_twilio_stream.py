@@ -19,7 +19,7 @@ import pytest
 
 from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.dsp.g711 import ulaw_encode
-from audiosocket_gw.twilio.fakeapp import GREETING_MARK, FakeTwilioApp
+from audiosocket_gw.testing.fakeapp import GREETING_MARK, FakeTwilioApp
 from audiosocket_gw.twilio.ids import is_sid
 from audiosocket_gw.twilio.webhook import call_sid_for
 from tests.helpers import MS, running_gateway

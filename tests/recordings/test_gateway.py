@@ -20,7 +20,7 @@ from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.recordings.component import RecordingsComponent
 from audiosocket_gw.recordings.queue import RecordingRow
-from audiosocket_gw.simulator.pbx import run_simulation
+from audiosocket_gw.testing.simulator.pbx import run_simulation
 from audiosocket_gw.twilio.ids import is_sid
 from audiosocket_gw.twilio.signature import SIGNATURE_HEADER, validate_signature
 

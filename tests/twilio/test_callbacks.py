@@ -112,7 +112,7 @@ async def test_outbound_busy_gets_initiated_ringing_and_completed_busy(
     from audiosocket_gw.ami.tracker import CallTracker
     from audiosocket_gw.api import CallsApi
     from audiosocket_gw.gateway import Gateway
-    from audiosocket_gw.simulator.ami import AmiSimulator, Outcome
+    from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
     from tests.helpers import make_config
 
     received: list[dict[str, str]] = []

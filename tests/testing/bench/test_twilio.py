@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from audiosocket_gw.bench_twilio import app_script, measure_twilio
+from audiosocket_gw.testing.bench.twilio import app_script, measure_twilio
 
 
 def test_app_script_pairs_media_and_marks() -> None:

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .demo import fetch_metrics, histogram_quantile
-from .proc import GatewayProcess, cpu_seconds, rss_kib
-from .simulator.pbx import run_simulation
+from ..demo import fetch_metrics, histogram_quantile
+from ..proc import GatewayProcess, cpu_seconds, rss_kib
+from ..simulator.pbx import run_simulation
 
 ECHO_DELAY_MS = 20
 
@@ -156,7 +156,7 @@ async def run_bench(levels: list[int], seconds: float, out: str) -> int:
         r = await bench_level(n, seconds)
         results.append(r)
         print("  " + ", ".join(f"{k}={v}" for k, v in r.items()), flush=True)
-    from .bench_bargein import measure_barge_in
+    from .bargein import measure_barge_in
 
     barge: dict[str, Any] = {}
     for mode, server_vad in (("server_and_local_vad", True), ("local_vad_only", False)):
@@ -164,7 +164,7 @@ async def run_bench(levels: list[int], seconds: float, out: str) -> int:
               flush=True)
         barge[mode] = await measure_barge_in(calls=10, seconds=6.0, server_vad=server_vad)
         print("  " + ", ".join(f"{k}={v}" for k, v in barge[mode].items()), flush=True)
-    from .bench_twilio import measure_twilio
+    from .twilio import measure_twilio
 
     print("bench: twilio-stream backend and mark echoes (20 calls, 8 s) ...", flush=True)
     twilio = await measure_twilio(calls=20, seconds=8.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from .config import parse_hostport
+from ..config import parse_hostport
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -1,8 +1,9 @@
-"""The reference Twilio Media Streams app runs unchanged behind the real gateway.
+"""A Media Streams app shaped like Twilio's and OpenAI's samples runs unchanged behind the gateway.
 
 Each test runs the real gateway in process (``running_gateway(backend="twilio-stream",
-stream_url=app.url)``), the sample-shaped app of :mod:`tests.twilio.reference_app` and a
-simulated Asterisk call (:func:`run_simulation`). What the app believes (mark echoes, how
+stream_url=app.url)``), the fake app of :mod:`audiosocket_gw.testing.fakeapp` behaving as
+the samples do (``mark_each_chunk``, ``barge_in``, ``reply_ms``) and a simulated Asterisk
+call (:func:`run_simulation`). What the app believes (mark echoes, how
 much was played, when it cut) is checked against what the caller actually heard: the
 simulator's per-frame arrival times (``CallReport.heard``).
 
@@ -18,78 +19,70 @@ from __future__ import annotations
 
 import asyncio
 
-from audiosocket_gw.bench_bargein import caller_audio
-from audiosocket_gw.simulator.pbx import CallPlan, CallReport, run_simulation
-from audiosocket_gw.twilio.fakeapp import StreamValidator
+from audiosocket_gw.testing.bench.bargein import caller_audio
+from audiosocket_gw.testing.fakeapp import AppSession, FakeTwilioApp
+from audiosocket_gw.testing.simulator.pbx import CallPlan, CallReport, run_simulation
 from tests.helpers import MS, running_gateway
-from tests.twilio.reference_app import CallLog, ReferenceApp
 
 FRAME_S = 0.020
 LOUD = 256.0  # the simulator's silence threshold (mean |sample|)
 
 
-def connect_time(call: CallLog, onset_s: float, app: ReferenceApp) -> float:
+def sample_app(*, greeting_ms: int, delta_ms: int = 100, reply_ms: int = 0) -> FakeTwilioApp:
+    """The samples' behaviour: ``delta_ms`` deltas each followed by a mark, barge-in."""
+    return FakeTwilioApp(greeting_ms=greeting_ms, greeting_chunk_bytes=8 * delta_ms,
+                         mark_each_chunk=True, barge_in=True, reply_ms=reply_ms,
+                         path="/media-stream")
+
+
+def connect_time(call: AppSession, onset_s: float, app: FakeTwilioApp) -> float:
     """Monotonic time of the simulated call's connect (see the module docstring)."""
     first_loud = next(t for t, _, level in call.inbound_levels if level >= app.speech_level)
     return first_loud - round(onset_s / FRAME_S) * FRAME_S
 
 
-def violations(call: CallLog) -> list[str]:
-    """Replay the app's traffic through the strict Twilio stream checker."""
-    checker = StreamValidator()
-    out: list[str] = []
-    events = [(t, 0, m) for t, m in call.sent] + [(t, 1, m) for t, m in call.received]
-    for _, incoming, msg in sorted(events, key=lambda e: (e[0], e[1])):
-        if not incoming:
-            if msg["event"] == "mark":
-                checker.expect_mark(msg["mark"]["name"])
-        else:
-            out += checker.feed(msg)
-    return out
-
-
-async def place_call(app: ReferenceApp, seconds: float,
-                     speech: list[tuple[float, float]]) -> tuple[CallReport, CallLog]:
+async def place_call(app: FakeTwilioApp, seconds: float,
+                     speech: list[tuple[float, float]]) -> tuple[CallReport, AppSession]:
     async with running_gateway(backend="twilio-stream", stream_url=app.url) as gw:
         plan = CallPlan(seconds=seconds, audio=caller_audio(seconds + 1.0, speech))
         sim = await run_simulation(*gw.audiosocket.address, plans=[plan])
-        call = app.calls[0]
+        call = app.sessions[0]
         await asyncio.wait_for(call.closed.wait(), 2.0)  # the stop after the hangup
     return sim.calls[0], call
 
 
 async def test_greeting_heard_and_each_mark_echoed_after_its_audio() -> None:
-    async with ReferenceApp(greeting_ms=400, delta_ms=100) as app:
+    async with sample_app(greeting_ms=400, delta_ms=100) as app:
         # The caller only speaks after the greeting: nothing to interrupt.
         report, call = await place_call(app, 1.0, [(0.8, 2.0)])
     assert report.ok, report.error
-    assert violations(call) == []
+    assert call.violations == []
     t0 = connect_time(call, 0.8, app)
     loud = [t0 + t for t, level in report.heard if level >= LOUD]
     assert len(loud) == 20  # 400 ms of greeting, whole
     assert max(b - a for a, b in zip(loud, loud[1:], strict=False)) < 0.035  # paced, no gap
     names = [f"greeting:{n}" for n in range(4)]
-    assert [name for _, name in call.mark_echoes] == names
-    for k, (echo_at, _) in enumerate(call.mark_echoes):
+    assert [name for _, name in call.mark_echoes()] == names
+    for k, (echo_at, _) in enumerate(call.mark_echoes()):
         last_frame = loud[5 * k + 4]  # the last 20 ms frame of delta k
         assert -10 * MS <= echo_at - last_frame <= 45 * MS, (k, echo_at - last_frame)
     # Caller speech with no mark pending: the sample's logic sends no clear.
     assert len(call.speech_starts) == 1
-    assert call.interruptions == [] and call.mark_queue_at_end == []
-    assert all(m["event"] != "clear" for _, m in call.sent)
+    assert call.interruptions == [] and call.mark_queue == []
+    assert all(m["event"] != "clear" for _, m in call.timed_sent())
 
 
 async def test_barge_in_clear_silences_the_line_within_a_tick() -> None:
-    async with ReferenceApp(greeting_ms=2400, delta_ms=100, reply_ms=300) as app:
+    async with sample_app(greeting_ms=2400, delta_ms=100, reply_ms=300) as app:
         report, call = await place_call(app, 2.0, [(0.8, 1.1)])
     assert report.ok, report.error
-    assert violations(call) == []
+    assert call.violations == []
     assert len(call.interruptions) == 1
     cut = call.interruptions[0]
     assert cut.item == "greeting"
     t0 = connect_time(call, 0.8, app)
     heard = [(t0 + t, level >= LOUD) for t, level in report.heard]
-    reply_at = next(t for t, m in call.sent if m["event"] == "media" and t > cut.at)
+    reply_at = next(t for t, m in call.timed_sent() if m["event"] == "media" and t > cut.at)
 
     # The caller's line goes silent on the next tick after the clear.
     first_silent = next(t for t, loud in heard if t >= cut.at and not loud)
@@ -98,11 +91,11 @@ async def test_barge_in_clear_silences_the_line_within_a_tick() -> None:
     # Every pending mark came back at once, marking its audio as not played.
     pending = set(cut.pending_marks)
     assert len(pending) >= 10
-    late = [t - cut.at for t, name in call.mark_echoes if name in pending]
+    late = [t - cut.at for t, name in call.mark_echoes() if name in pending]
     assert len(late) == len(pending) and max(late) <= 40 * MS and min(late) >= 0
     # Each mark sent came back exactly once (the reply's after its audio played).
-    assert sorted(n for _, n in call.mark_echoes) == sorted(n for _, n in call.sent_marks())
-    assert call.mark_queue_at_end == []
+    assert sorted(n for _, n in call.mark_echoes()) == sorted(n for _, n in call.sent_marks())
+    assert call.mark_queue == []
 
     # What the app computed as played matches what the caller heard.
     heard_ms = 20 * sum(1 for t, loud in heard if loud and t < first_silent)

@@ -18,8 +18,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from audiosocket_gw import mock_realtime_cli
 from audiosocket_gw.realtime import protocol as p
+from audiosocket_gw.testing import mock_realtime as mock_realtime_cli
 
 FACTOR = float(os.environ.get("AIGW_TEST_TIME_FACTOR", "1"))
 START_S = 15.0 * FACTOR  # interpreter + numpy import on a loaded 2-core machine
@@ -59,7 +59,7 @@ class Child:
 @asynccontextmanager
 async def mock_realtime(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Child]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "audiosocket_gw.mock_realtime_cli", *args,
+        sys.executable, "-m", "audiosocket_gw.testing.mock_realtime", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )

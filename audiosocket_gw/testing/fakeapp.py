@@ -1,4 +1,4 @@
-"""A fake Twilio Media Streams AI app: a strict WebSocket server for tests and demos.
+"""A fake Twilio Media Streams AI app: a strict WebSocket server for tests, demos and bench.
 
 Why: the gateway's promise is that an existing Media Streams app runs unchanged behind
 Asterisk. This server behaves like a typical such app (greets with TTS audio followed by a
@@ -7,12 +7,36 @@ and validates every frame it receives the way a strict app would, recording each
 from Twilio's behaviour (docs/PROTOCOLS.md §8) in :attr:`AppSession.violations`. A test passes
 the gateway through it and asserts ``violations == []``.
 
+It can also behave the way the official samples do
+(twilio-samples/speech-assistant-openai-realtime-api-python, openai-realtime-twilio-demo),
+knowing nothing about the gateway, only the Twilio wire protocol, so tests can check that
+what such an app believes (marks echoed, audio played, where it cut) matches what the
+caller heard. Each session keeps the samples' state under their names
+(``latest_media_timestamp``, ``last_assistant_item``, ``mark_queue``,
+``response_start_timestamp_twilio``), and:
+
+* ``mark_each_chunk``: every response is sent the way the samples forward
+  ``response.output_audio.delta``: one ``media`` message per delta, each followed by a
+  ``mark`` named ``{item}:{n}``; the first delta sets ``response_start_timestamp_twilio =
+  latest_media_timestamp``. Each ``mark`` echo pops the ``mark_queue``;
+* speech detection stands in for OpenAI's ``input_audio_buffer.speech_started``: an
+  energy detector on the decoded inbound mu-law (``speech_frames`` frames of mean
+  ``|sample| >= speech_level`` in a row), on when ``barge_in`` or ``reply_ms`` is set;
+* ``barge_in``: on speech start while marks are pending, do what the samples'
+  ``handle_speech_started_event`` does: elapsed = ``latest_media_timestamp -
+  response_start_timestamp_twilio`` (their ``audio_end_ms`` for
+  ``conversation.item.truncate``), send ``clear``, empty the ``mark_queue``, forget the
+  item; record it as an :class:`Interruption`, with how much the mark echoes say was
+  played (the other way the samples track playback);
+* ``reply_ms``: after the caller stops speaking (``silence_frames`` quiet frames), answer
+  with that much audio (turn-taking), as deltas and marks again.
+
 How: :class:`StreamValidator` is the pure checker (one instance per connection);
 :class:`FakeTwilioApp` is a ``websockets`` asyncio server that records one
 :class:`AppSession` per connection: every received event with its arrival time
 (:func:`time.monotonic`), the mark echoes, the DTMF digits, the decoded inbound audio and
-every message the app sent. :meth:`FakeTwilioApp.wait_for` lets tests await a condition
-without sleeping.
+every message the app sent with its send time. :meth:`FakeTwilioApp.wait_for` lets tests
+await a condition without sleeping.
 """
 
 from __future__ import annotations
@@ -32,25 +56,31 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from ..dsp.g711 import ulaw_encode
-from .ids import ACCOUNT_PREFIX, CALL_PREFIX, STREAM_PREFIX, is_sid
-from .streams import DTMF_DIGITS, MEDIA_FORMAT
+from ..dsp.g711 import ulaw_decode, ulaw_encode
+from ..twilio.ids import ACCOUNT_PREFIX, CALL_PREFIX, STREAM_PREFIX, is_sid
+from ..twilio.streams import DTMF_DIGITS, MEDIA_FORMAT
 
 __all__ = [
     "FRAME_BYTES",
+    "GREETING_ITEM",
     "GREETING_MARK",
     "AppSession",
     "FakeTwilioApp",
+    "Interruption",
     "ReceivedEvent",
     "StreamValidator",
+    "mulaw_level",
     "tone_ulaw",
 ]
 
 FRAME_BYTES: Final = 160
 """Bytes of mu-law in one 20 ms Twilio media frame."""
 
-GREETING_MARK: Final = "greeting-end"
-"""Name of the mark the fake app sends after its greeting audio."""
+GREETING_ITEM: Final = "greeting"
+"""Item name of the greeting response (replies are ``reply-1``, ``reply-2`` ...)."""
+
+GREETING_MARK: Final = f"{GREETING_ITEM}-end"
+"""Name of the mark the fake app sends after its greeting audio (``{item}-end``)."""
 
 _RATE: Final = 8000
 _HANGUP_TASK: Final = "fakeapp-hangup"
@@ -61,6 +91,12 @@ def tone_ulaw(ms: int, freq_hz: float = 440.0, amplitude: float = 0.3) -> bytes:
     n = np.arange(ms * _RATE // 1000, dtype=np.float64)
     pcm = np.round(amplitude * 32767.0 * np.sin(2.0 * math.pi * freq_hz * n / _RATE))
     return ulaw_encode(pcm.astype("<i2").tobytes())
+
+
+def mulaw_level(payload: bytes) -> float:
+    """Mean absolute sample value of mu-law audio (the speech detector's measure)."""
+    pcm = np.frombuffer(ulaw_decode(payload), dtype="<i2")
+    return float(np.abs(pcm.astype(np.int32)).mean()) if len(pcm) else 0.0
 
 
 def _is_count(value: object) -> bool:
@@ -263,6 +299,22 @@ class ReceivedEvent:
         return kind if isinstance(kind, str) else "?"
 
 
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """One barge-in, as the app computed it when it sent ``clear``."""
+
+    at: float
+    """:func:`time.monotonic` time the ``clear`` was sent."""
+    item: str
+    """The response cut (``last_assistant_item``)."""
+    elapsed_ms: int
+    """``latest_media_timestamp - response_start_timestamp_twilio`` (the samples' value)."""
+    played_ms_by_marks: int
+    """Audio of the item whose marks had come back before the interruption, in ms."""
+    pending_marks: tuple[str, ...]
+    """The ``mark_queue`` at that moment (audio the app believes was not played)."""
+
+
 @dataclass(eq=False)
 class AppSession:
     """Everything one WebSocket connection to the fake app saw and did."""
@@ -283,6 +335,8 @@ class AppSession:
     """Concatenated decoded mu-law of every inbound media event."""
     sent: list[dict[str, Any]] = field(default_factory=list)
     """Every message the fake app sent, in order."""
+    sent_at: list[float] = field(default_factory=list)
+    """:func:`time.monotonic` send time of each message of :attr:`sent` (same index)."""
     stream_sid: str | None = None
     call_sid: str | None = None
     account_sid: str | None = None
@@ -294,6 +348,29 @@ class AppSession:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the connection is over."""
     validator: StreamValidator = field(default_factory=StreamValidator)
+    # The samples' per-call state, under their names.
+    latest_media_timestamp: int = 0
+    """``media.timestamp`` of the last inbound media event."""
+    last_assistant_item: str | None = None
+    """The response being played, as far as the app knows (None after a barge-in)."""
+    mark_queue: list[str] = field(default_factory=list)
+    """Marks sent and not yet echoed: each echo pops one, a barge-in empties it."""
+    response_start_timestamp_twilio: int | None = None
+    """``latest_media_timestamp`` when the current response's first delta was sent."""
+    # What the speech detector and the responses did.
+    responses: list[str] = field(default_factory=list)
+    """Item names of the responses started, in order (``greeting``, ``reply-1`` ...)."""
+    inbound_levels: list[tuple[float, int, float]] = field(default_factory=list)
+    """(arrival, media timestamp, level) of every inbound media frame, when listening."""
+    speech_starts: list[tuple[float, int]] = field(default_factory=list)
+    """(arrival, media timestamp) of each detected caller speech start."""
+    interruptions: list[Interruption] = field(default_factory=list)
+    """Every barge-in (``barge_in``), in order."""
+    _mark_audio: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
+    _played_bytes: dict[str, int] = field(default_factory=dict, repr=False)
+    _loud_run: int = field(default=0, repr=False)
+    _quiet_run: int = field(default=0, repr=False)
+    _speaking: bool = field(default=False, repr=False)
 
     def kinds(self) -> list[str]:
         """The ``event`` field of every received event, in order."""
@@ -302,6 +379,22 @@ class AppSession:
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         """The received events whose ``event`` is ``kind``."""
         return [e.event for e in self.events if e.kind == kind]
+
+    def timed_sent(self) -> list[tuple[float, dict[str, Any]]]:
+        """(send time, message) of every message the app sent, in order."""
+        return list(zip(self.sent_at, self.sent, strict=True))
+
+    def sent_marks(self) -> list[tuple[float, str]]:
+        """(send time, name) of every mark the app sent."""
+        return [(t, m["mark"]["name"]) for t, m in self.timed_sent() if m["event"] == "mark"]
+
+    def mark_echoes(self) -> list[tuple[float, str]]:
+        """(arrival, name) of every mark echo received."""
+        return [
+            (e.at, str(e.event["mark"].get("name")))
+            for e in self.events
+            if e.kind == "mark" and isinstance(e.event.get("mark"), dict)
+        ]
 
     def sent_audio(self) -> bytes:
         """Concatenated decoded mu-law of every media message the app sent."""
@@ -315,11 +408,21 @@ class FakeTwilioApp:
 
     Behaviour (all off by default, so the app is a silent recorder):
 
-    * ``greeting_ms``: on ``start``, send that much tone as ``media`` messages of
-      ``greeting_chunk_bytes`` bytes each (the last may be shorter), then a mark named
-      :data:`GREETING_MARK`;
+    * ``greeting_ms``: on ``start``, send that much tone (``greeting_freq_hz``) as
+      ``media`` messages of ``greeting_chunk_bytes`` bytes each (the last may be shorter),
+      then a mark named :data:`GREETING_MARK`;
+    * ``mark_each_chunk``: instead, follow every ``media`` message of a response with a
+      mark named ``{item}:{n}`` (the samples' way, one per Realtime audio delta);
     * ``echo``: send every inbound media payload straight back;
     * ``clear_on_dtmf``: send ``clear`` when a ``dtmf`` event arrives;
+    * ``barge_in``: send ``clear`` when the caller starts speaking over a response whose
+      marks are pending (the samples' ``handle_speech_started_event``, see the module
+      docstring); recorded in :attr:`AppSession.interruptions`;
+    * ``reply_ms``: when the caller stops speaking, answer with that much tone
+      (``reply_freq_hz``), chunked and marked like the greeting;
+    * ``speech_level``, ``speech_frames``, ``silence_frames``: the speech detector
+      (mean ``|sample|`` per 20 ms frame; loud frames in a row that start speech, quiet
+      ones that end it), which runs only with ``barge_in`` or ``reply_ms``;
     * ``hangup_after_ms``: close the socket that long after ``start``;
     * ``extra_on_start``: raw frames (``str``) or messages (dicts, ``streamSid`` added if
       absent) sent after the greeting, e.g. to test the gateway with odd input.
@@ -331,8 +434,15 @@ class FakeTwilioApp:
         greeting_ms: int = 0,
         greeting_chunk_bytes: int = 1000,
         greeting_freq_hz: float = 440.0,
+        mark_each_chunk: bool = False,
         echo: bool = False,
         clear_on_dtmf: bool = False,
+        barge_in: bool = False,
+        reply_ms: int = 0,
+        reply_freq_hz: float = 660.0,
+        speech_level: float = 1000.0,
+        speech_frames: int = 2,
+        silence_frames: int = 15,
         hangup_after_ms: int | None = None,
         extra_on_start: Iterable[str | Mapping[str, Any]] = (),
         path: str = "/stream",
@@ -343,8 +453,17 @@ class FakeTwilioApp:
         self.greeting_ms = greeting_ms
         self.greeting_chunk_bytes = greeting_chunk_bytes
         self.greeting_freq_hz = greeting_freq_hz
+        self.mark_each_chunk = mark_each_chunk
         self.echo = echo
         self.clear_on_dtmf = clear_on_dtmf
+        self.barge_in = barge_in
+        self.reply_ms = reply_ms
+        self.reply_freq_hz = reply_freq_hz
+        self.speech_level = speech_level
+        self.speech_frames = speech_frames
+        self.silence_frames = silence_frames
+        self.listens = barge_in or reply_ms > 0
+        """Whether the speech detector runs (``barge_in`` or ``reply_ms``)."""
         self.hangup_after_ms = hangup_after_ms
         self.extra_on_start = list(extra_on_start)
         self.path = path
@@ -466,7 +585,7 @@ class FakeTwilioApp:
         if event == "start":
             self._on_start(ws, session, msg, tasks)
         elif event == "media":
-            await self._on_media(ws, session, msg)
+            await self._on_media(ws, session, msg, arrival, tasks)
         elif event == "dtmf":
             body = msg.get("dtmf")
             digit = body.get("digit") if isinstance(body, dict) else None
@@ -477,6 +596,10 @@ class FakeTwilioApp:
             body = msg.get("mark")
             name = body.get("name") if isinstance(body, dict) else None
             session.marks_echoed.append(str(name))
+            if session.mark_queue:  # the samples pop one per echo, whatever its name
+                session.mark_queue.pop(0)
+                item, size = session._mark_audio.get(str(name), ("", 0))
+                session._played_bytes[item] = session._played_bytes.get(item, 0) + size
 
     def _on_start(
         self,
@@ -508,9 +631,21 @@ class FakeTwilioApp:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _on_media(self, ws: ServerConnection, session: AppSession, msg: Any) -> None:
+    async def _on_media(
+        self,
+        ws: ServerConnection,
+        session: AppSession,
+        msg: Any,
+        arrival: float,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
         body = msg.get("media")
-        payload = body.get("payload") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            return
+        stamp = body.get("timestamp")
+        if isinstance(stamp, str) and _is_count(stamp):
+            session.latest_media_timestamp = int(stamp)
+        payload = body.get("payload")
         if not isinstance(payload, str):
             return
         try:
@@ -520,29 +655,120 @@ class FakeTwilioApp:
         session.inbound_audio += audio
         if self.echo:
             await self._send(ws, session, {"event": "media", "media": {"payload": payload}})
+        if self.listens:
+            await self._detect_speech(ws, session, audio, arrival, tasks)
+
+    async def _detect_speech(
+        self,
+        ws: ServerConnection,
+        session: AppSession,
+        audio: bytes,
+        arrival: float,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        """The stand-in for OpenAI's ``speech_started`` / end of the caller's turn."""
+        level = mulaw_level(audio)
+        stamp = session.latest_media_timestamp
+        session.inbound_levels.append((arrival, stamp, level))
+        if level >= self.speech_level:
+            session._loud_run, session._quiet_run = session._loud_run + 1, 0
+        else:
+            session._loud_run, session._quiet_run = 0, session._quiet_run + 1
+        if not session._speaking and session._loud_run >= self.speech_frames:
+            session._speaking = True
+            session.speech_starts.append((arrival, stamp))
+            if self.barge_in and session.last_assistant_item:
+                await self._handle_speech_started_event(ws, session)
+        elif session._speaking and session._quiet_run >= self.silence_frames:
+            session._speaking = False
+            if self.reply_ms > 0:
+                item = f"reply-{len(session.responses)}"
+                self._spawn(tasks, self._respond_task(ws, session, item, self.reply_ms,
+                                                      self.reply_freq_hz))
+
+    async def _handle_speech_started_event(
+        self, ws: ServerConnection, session: AppSession
+    ) -> None:
+        """The caller spoke over the response: cut it (the samples' logic)."""
+        start = session.response_start_timestamp_twilio
+        if not session.mark_queue or start is None:
+            return
+        elapsed_ms = session.latest_media_timestamp - start
+        item = session.last_assistant_item or ""
+        # The truncate an OpenAI app would send here:
+        # {"type": "conversation.item.truncate", "item_id": item,
+        #  "content_index": 0, "audio_end_ms": elapsed_ms}
+        at = await self._send(ws, session, {"event": "clear"})
+        session.interruptions.append(Interruption(
+            at=at,
+            item=item,
+            elapsed_ms=elapsed_ms,
+            played_ms_by_marks=session._played_bytes.get(item, 0) // 8,
+            pending_marks=tuple(session.mark_queue),
+        ))
+        session.mark_queue.clear()
+        session.last_assistant_item = None
+        session.response_start_timestamp_twilio = None
 
     async def _send(
         self, ws: ServerConnection, session: AppSession, msg: str | Mapping[str, Any]
-    ) -> None:
+    ) -> float:
+        """Send ``msg``; return its :func:`time.monotonic` send time."""
+        at = time.monotonic()
         if isinstance(msg, str):
             await ws.send(msg)
-            return
+            return at
         full = dict(msg)
         full.setdefault("streamSid", session.stream_sid)
         if full.get("event") == "mark":
             session.validator.expect_mark(str(full["mark"]["name"]))
         session.sent.append(full)
+        session.sent_at.append(at)
         await ws.send(json.dumps(full))
+        return at
+
+    async def _send_mark(
+        self, ws: ServerConnection, session: AppSession, name: str, item: str, size: int
+    ) -> None:
+        """Send mark ``name`` after ``size`` bytes of ``item``'s audio (the samples'
+        ``send_mark``); queued before it leaves, so its echo always finds it."""
+        session.mark_queue.append(name)
+        session._mark_audio[name] = (item, size)
+        await self._send(ws, session, {"event": "mark", "mark": {"name": name}})
+
+    async def _respond(
+        self, ws: ServerConnection, session: AppSession, item: str, ms: int, freq_hz: float
+    ) -> None:
+        """Send a response's audio as the samples forward Realtime audio deltas."""
+        audio = tone_ulaw(ms, freq_hz)
+        step = self.greeting_chunk_bytes
+        session.responses.append(item)
+        for n, i in enumerate(range(0, len(audio), step)):
+            chunk = audio[i : i + step]
+            payload = base64.b64encode(chunk).decode("ascii")
+            await self._send(ws, session, {"event": "media", "media": {"payload": payload}})
+            if session.response_start_timestamp_twilio is None:
+                session.response_start_timestamp_twilio = session.latest_media_timestamp
+            session.last_assistant_item = item
+            if self.mark_each_chunk:
+                await self._send_mark(ws, session, f"{item}:{n}", item, len(chunk))
+        if not self.mark_each_chunk:
+            await self._send_mark(ws, session, f"{item}-end", item, len(audio))
+
+    async def _respond_task(
+        self, ws: ServerConnection, session: AppSession, item: str, ms: int, freq_hz: float
+    ) -> None:
+        try:
+            await self._respond(ws, session, item, ms, freq_hz)
+        except ConnectionClosed:
+            pass
+        self._notify()
 
     async def _greet(self, ws: ServerConnection, session: AppSession) -> None:
         try:
             if self.greeting_ms > 0:
-                audio = tone_ulaw(self.greeting_ms, self.greeting_freq_hz)
-                step = self.greeting_chunk_bytes
-                for i in range(0, len(audio), step):
-                    payload = base64.b64encode(audio[i : i + step]).decode("ascii")
-                    await self._send(ws, session, {"event": "media", "media": {"payload": payload}})
-                await self._send(ws, session, {"event": "mark", "mark": {"name": GREETING_MARK}})
+                await self._respond(ws, session, GREETING_ITEM, self.greeting_ms,
+                                    self.greeting_freq_hz)
             for extra in self.extra_on_start:
                 await self._send(ws, session, extra)
         except ConnectionClosed:

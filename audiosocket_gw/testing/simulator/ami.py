@@ -49,9 +49,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
-from ..ami.protocol import AmiMessage, AmiParser, AmiProtocolError
+from ...ami.protocol import AmiMessage, AmiParser, AmiProtocolError
 
-log = logging.getLogger("audiosocket_gw.simulator.ami")
+log = logging.getLogger("audiosocket_gw.testing.simulator.ami")
 
 BANNER: Final = b"Asterisk Call Manager/11.0.0\r\n"
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from audiosocket_gw.bench_bargein import (
+from audiosocket_gw.testing.bench.bargein import (
     HeardCall,
     SimCaller,
     caller_audio,

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from audiosocket_gw.dsp.g711 import ulaw_decode, ulaw_encode
 from audiosocket_gw.dsp.vad import frame_level
 from audiosocket_gw.realtime import protocol as p
-from audiosocket_gw.realtime.localbot import LocalRealtimeBot
+from audiosocket_gw.testing.localbot import LocalRealtimeBot
 
 # Seconds per test "second"; raise AIGW_TEST_TIME_FACTOR on a slow machine.
 FACTOR = float(os.environ.get("AIGW_TEST_TIME_FACTOR", "1"))

@@ -27,8 +27,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from .. import audiosocket as asp
-from ..dsp.vad import frame_levels
+from ... import audiosocket as asp
+from ...dsp.vad import frame_levels
 from .audio import (
     FRAME_SAMPLES,
     RATE,

@@ -49,7 +49,7 @@ same machine can split a latency into the bot's share and the gateway's: monoton
 is system-wide, so it compares across processes too.
 
 Run it stand-alone with ``audiosocket-gw mock-realtime --listen 127.0.0.1:8765`` (see
-:mod:`audiosocket_gw.mock_realtime_cli`) or ``python -m audiosocket_gw.realtime.localbot``.
+:mod:`audiosocket_gw.testing.mock_realtime`) or ``python -m audiosocket_gw.testing.localbot``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from audiosocket_gw.ami.protocol import AmiMessage, AmiParser, encode_action
-from audiosocket_gw.simulator.ami import AmiSimulator
+from audiosocket_gw.testing.simulator.ami import AmiSimulator
 from tests.helpers import MS
 
 

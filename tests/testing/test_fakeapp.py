@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from audiosocket_gw.dsp.g711 import ulaw_decode
-from audiosocket_gw.twilio.fakeapp import (
+from audiosocket_gw.testing.fakeapp import (
     GREETING_MARK,
     FakeTwilioApp,
     StreamValidator,
@@ -376,3 +376,73 @@ def test_validator_order_problems():
     assert any("start sent again" in v for v in run(events[:2] + [events[1]]))
     after = run(events + [events[2]])
     assert after[0].startswith("#9 media: event after stop")
+
+
+async def test_sample_shaped_deltas_barge_in_and_reply(app_factory):
+    """``mark_each_chunk`` + ``barge_in`` + ``reply_ms``: the official samples' behaviour."""
+    app = await app_factory(greeting_ms=500, greeting_chunk_bytes=800, mark_each_chunk=True,
+                            barge_in=True, reply_ms=100, silence_frames=3)
+    assert app.listens
+    enc = encoder()
+    quiet, loud = bytes([0xFF]) * 160, tone_ulaw(20, 300.0)
+    async with connect(app.url) as ws:
+        await ws.send(enc.connected())
+        await ws.send(enc.start())
+        greeting = [await recv_json(ws) for _ in range(10)]
+        # one media message per 100 ms delta, each followed by its mark
+        assert [m["event"] for m in greeting] == ["media", "mark"] * 5
+        names = [m["mark"]["name"] for m in greeting[1::2]]
+        assert names == [f"greeting:{n}" for n in range(5)]
+        session = await app.wait_for_session()
+        assert session.mark_queue == names and session.last_assistant_item == "greeting"
+        for name in names[:2]:  # the caller heard the first 200 ms
+            await ws.send(enc.mark(name))
+        for frame in (quiet, quiet, loud, loud):  # speech starts on the 2nd loud frame
+            await ws.send(enc.media(frame))
+        assert await recv_json(ws) == {"event": "clear", "streamSid": enc.stream_sid}
+        for name in names[2:]:  # Twilio echoes what the clear discarded at once
+            await ws.send(enc.mark(name))
+        for frame in (quiet, quiet, quiet):  # the caller's turn ends: the app replies
+            await ws.send(enc.media(frame))
+        reply = [await recv_json(ws) for _ in range(2)]
+        assert [m["event"] for m in reply] == ["media", "mark"]
+        assert reply[1]["mark"]["name"] == "reply-1:0"
+        assert base64.b64decode(reply[0]["media"]["payload"]) == tone_ulaw(100, 660.0)
+        await ws.send(enc.mark("reply-1:0"))
+        await ws.send(enc.stop())
+        await app.wait_for(lambda: len(session.events) == 2 + 5 + 7 + 1 + 1)
+    await asyncio.wait_for(session.closed.wait(), WAIT)
+
+    assert session.violations == []
+    assert session.responses == ["greeting", "reply-1"]
+    assert [stamp for _, stamp in session.speech_starts] == [60]
+    assert [stamp for _, stamp, _ in session.inbound_levels] == [20 * k for k in range(7)]
+    (cut,) = session.interruptions
+    assert cut.item == "greeting"
+    assert cut.elapsed_ms == 60  # latest_media_timestamp - response_start_timestamp_twilio
+    assert cut.played_ms_by_marks == 200
+    assert cut.pending_marks == tuple(names[2:])
+    assert cut.at == session.timed_sent()[10][0]  # the clear, after the 10 greeting messages
+    assert session.mark_queue == [] and session.last_assistant_item == "reply-1"
+    assert [n for _, n in session.mark_echoes()] == [*names, "reply-1:0"]
+    assert [n for _, n in session.sent_marks()] == [*names, "reply-1:0"]
+    assert session.sent_at == sorted(session.sent_at)
+
+
+async def test_no_speech_detection_unless_asked(app_factory):
+    app = await app_factory(greeting_ms=100)
+    assert not app.listens
+    enc = encoder()
+    async with connect(app.url) as ws:
+        await ws.send(enc.connected())
+        await ws.send(enc.start())
+        while (await recv_json(ws))["event"] != "mark":
+            pass
+        for _ in range(4):
+            await ws.send(enc.media(tone_ulaw(20, 300.0)))
+        session = await app.wait_for_session()
+        await app.wait_for(lambda: len(session.events) == 6)
+    assert session.inbound_levels == [] and session.speech_starts == []
+    assert [m["event"] for m in session.sent] == ["media", "mark"]  # no clear
+    assert session.mark_queue == [GREETING_MARK]  # never echoed
+    assert session.responses == ["greeting"]

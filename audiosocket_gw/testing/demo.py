@@ -2,7 +2,7 @@
 
 No Asterisk and no cloud key: the demo plays every part around the gateway itself.
 
-1. A local OpenAI-Realtime-compatible bot (``realtime.localbot``, GA protocol).
+1. A local OpenAI-Realtime-compatible bot (``testing.localbot``, GA protocol).
 2. ``audiosocket-gw serve`` as a child process, on free loopback ports (or on
    ``AIGW_AUDIOSOCKET``/``AIGW_HTTP`` when set), with a demo tenant: one DID routed
    to an AI assistant (the ``openai`` backend pointed at the local bot), one to an
@@ -32,9 +32,9 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client.parser import text_string_to_metric_families
 
-from .config import format_hostport
+from ..config import format_hostport
+from .localbot import LocalRealtimeBot
 from .proc import GatewayProcess
-from .realtime.localbot import LocalRealtimeBot
 from .simulator.audio import speech_like
 from .simulator.pbx import CallPlan, format_report, run_simulation
 

@@ -6,13 +6,13 @@ the gateway with this backend (caller audio mu-law encoded and sent as a JSON ``
 event every 20 ms, app audio decoded and paced), and how exactly ``mark`` echoes follow
 the audio, which an app relies on to know what the caller heard (barge-in truncation).
 
-How: this process runs a :class:`~audiosocket_gw.twilio.fakeapp.FakeTwilioApp` that, on
+How: this process runs a :class:`~audiosocket_gw.testing.fakeapp.FakeTwilioApp` that, on
 ``start``, sends the whole response at once as a Realtime-backed app does (``delta_ms``
 tone deltas, each followed by a ``mark``), and the simulated Asterisk callers
-(:class:`~audiosocket_gw.bench_bargein.SimCaller`: 320-byte frames every 20 ms, every
+(:class:`~audiosocket_gw.testing.bench.bargein.SimCaller`: 320-byte frames every 20 ms, every
 received frame kept with its :func:`time.monotonic` arrival). The gateway is a child
 process (``--backend twilio-stream --stream-url``) pinned to one core when there are two,
-as in :mod:`audiosocket_gw.bench`.
+as in :mod:`audiosocket_gw.testing.bench.run`.
 
 Figures:
 
@@ -40,12 +40,12 @@ import os
 import time
 from typing import Any, Final
 
-from .bench_bargein import FRAME_S, SimCaller, _fetch_metrics, percentile
-from .dsp.vad import SILENCE_LEVEL, frame_level
-from .proc import GatewayProcess, cpu_seconds
-from .simulator.audio import speech_like
-from .twilio.fakeapp import AppSession, FakeTwilioApp, tone_ulaw
-from .twilio.webhook import call_sid_for
+from ...dsp.vad import SILENCE_LEVEL, frame_level
+from ...twilio.webhook import call_sid_for
+from ..fakeapp import AppSession, FakeTwilioApp, tone_ulaw
+from ..proc import GatewayProcess, cpu_seconds
+from ..simulator.audio import speech_like
+from .bargein import FRAME_S, SimCaller, _fetch_metrics, percentile
 
 __all__ = ["app_script", "mark_delays_ms", "measure_twilio"]
 
@@ -194,7 +194,7 @@ async def measure_twilio(calls: int = 20, seconds: float = 8.0, *,
 
 
 def main() -> None:
-    """``python -m audiosocket_gw.bench_twilio [CALLS [SECONDS]]``: print the figures."""
+    """``python -m audiosocket_gw.testing.bench.twilio [CALLS [SECONDS]]``: print the figures."""
     import json
     import sys
 

@@ -3,7 +3,7 @@
 Why: the barge-in promise ("the bot stops talking as soon as I speak") can only be
 measured from the caller's side: the time from the first loud frame the caller sends
 to the first silent frame the gateway sends back. This module starts
-:class:`~audiosocket_gw.realtime.localbot.LocalRealtimeBot` (a long reply, buffered
+:class:`~audiosocket_gw.testing.localbot.LocalRealtimeBot` (a long reply, buffered
 faster than real time as OpenAI sends it) and a real gateway child process
 (``--backend openai``, ``AIGW_OPENAI_URL`` pointing at the bot, an agent with a
 greeting), then places simulated calls whose caller stays silent while the bot greets,
@@ -49,8 +49,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from . import audiosocket as asp
-from .dsp.vad import SILENCE_LEVEL, frame_level
+from ... import audiosocket as asp
+from ...dsp.vad import SILENCE_LEVEL, frame_level
 
 __all__ = [
     "HeardCall",
@@ -315,8 +315,8 @@ async def measure_barge_in(
     ``truncates``/``cancels`` (what the bot received),
     ``barge_ins_by_source``, ``cpu_ms_per_call_s`` (gateway CPU ms per second of call).
     """
-    from .proc import GatewayProcess, cpu_seconds
-    from .realtime.localbot import BotResponse, LocalRealtimeBot
+    from ..localbot import BotResponse, LocalRealtimeBot
+    from ..proc import GatewayProcess, cpu_seconds
 
     if calls < 1 or seconds <= 0 or stagger_s < 0:
         raise ValueError("calls must be >= 1, seconds > 0 and stagger_s >= 0")
@@ -435,7 +435,7 @@ async def measure_barge_in(
 
 
 def main() -> None:
-    """``python -m audiosocket_gw.bench_bargein [CALLS [SECONDS]]``: print the figures.
+    """``python -m audiosocket_gw.testing.bench.bargein [CALLS [SECONDS]]``: print the figures.
 
     Two runs: server VAD and local VAD both active (whichever cuts first), then the
     gateway's local VAD alone.

@@ -1,7 +1,7 @@
 """``audiosocket-gw mock-realtime``: run the local OpenAI-Realtime-compatible bot.
 
 Why: anyone can check an Asterisk + gateway set-up end to end with no cloud key. This
-serves :class:`~audiosocket_gw.realtime.localbot.LocalRealtimeBot` (GA wire format,
+serves :class:`~audiosocket_gw.testing.localbot.LocalRealtimeBot` (GA wire format,
 energy VAD, tone replies, truncate/cancel semantics as OpenAI) on ``--listen`` until
 SIGINT or SIGTERM, and prints the URL to give the gateway as ``AIGW_OPENAI_URL``::
 
@@ -14,7 +14,7 @@ otherwise, as OpenAI); the key is read from the environment, never from the comm
 (where ``ps`` would show it), and never printed. Exit codes: 0 after a clean stop on a
 signal, 1 if the address cannot be bound, 2 on a usage error.
 
-Also runnable as ``python -m audiosocket_gw.mock_realtime_cli [options]``.
+Also runnable as ``python -m audiosocket_gw.testing.mock_realtime [options]``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import ConfigError, is_loopback, parse_hostport
+from ..config import ConfigError, is_loopback, parse_hostport
 
 if TYPE_CHECKING:  # imported lazily at run time: numpy + websockets are not needed for --help
-    from .realtime.localbot import LocalRealtimeBot
+    from .localbot import LocalRealtimeBot
 
 __all__ = ["DEFAULT_LISTEN", "add_parser", "build_parser", "main", "run"]
 
@@ -73,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser with the same options (``python -m ...mock_realtime_cli``)."""
+    """A stand-alone parser with the same options (``python -m ...testing.mock_realtime``)."""
     p = argparse.ArgumentParser(prog="audiosocket-gw mock-realtime",
                                 description="Serve a local Realtime (GA) test bot.")
     _add_arguments(p)
@@ -92,7 +92,7 @@ def _error(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit code (see the module docstring)."""
-    from .realtime.localbot import LocalRealtimeBot
+    from .localbot import LocalRealtimeBot
 
     try:
         host, port = parse_hostport(args.listen, setting="--listen")
@@ -156,7 +156,7 @@ async def _serve(bot: LocalRealtimeBot, host: str, port: int, key_env: str | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m audiosocket_gw.mock_realtime_cli [options]``."""
+    """``python -m audiosocket_gw.testing.mock_realtime [options]``."""
     return run(build_parser().parse_args(argv))
 
 
