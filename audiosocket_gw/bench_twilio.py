@@ -45,7 +45,7 @@ from .dsp.vad import SILENCE_LEVEL, frame_level
 from .proc import GatewayProcess, cpu_seconds
 from .simulator.audio import speech_like
 from .twilio.fakeapp import AppSession, FakeTwilioApp, tone_ulaw
-from .twilio.webhook import call_sid_for
+from .twilio.ids import call_sid_for
 
 __all__ = ["app_script", "mark_delays_ms", "measure_twilio"]
 
