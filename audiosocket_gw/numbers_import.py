@@ -20,8 +20,9 @@ are appended):
 
 * one agent per distinct (``voice_url``, ``status_callback``, ``account_sid``), backend
   ``twilio-stream``, with ``voice_url`` and ``status_callback`` (an existing agent of the
-  tenant with the same routing is reused instead). ``account_sid`` goes to the new tenant,
-  or to the agent's ``extra`` when it differs from its tenant's;
+  tenant with the same routing is reused instead). ``account_sid`` goes to the new
+  tenant's ``twilio_account_sid``, or to the agent's ``extra`` when it differs from its
+  tenant's;
 * one ``[numbers."+E164"]`` table per number, ``agent = ...``, with the friendly name and
   the number's SID in a comment above it (comments are sanitised: a hostile friendly name
   cannot break the file);
@@ -430,7 +431,7 @@ def plan_import(
         raise NumbersImportError(
             f"{source} has several tenants ({', '.join(sorted(tenants))}): pass --tenant")
     tenant_exists = tid in tenants
-    tenant_sid = tenants[tid].account_sid if tenant_exists else None
+    tenant_sid = tenants[tid].twilio_account_sid if tenant_exists else None
 
     plan = ImportPlan(old_text=existing_text, text=existing_text, tenant=tid)
     nl = "\r\n" if "\r\n" in existing_text else "\n"
@@ -586,7 +587,7 @@ def plan_import(
         plan.tenant_added = True
         t = [f"[tenants.{toml_string(tid)}]"]
         if new_tenant_sid:
-            t.append(f"account_sid = {toml_string(new_tenant_sid)}")
+            t.append(f"twilio_account_sid = {toml_string(new_tenant_sid)}")
         blocks.append("\n".join(t))
     for name, route in new_agents.items():
         a = [f"[agents.{toml_string(name)}]",

@@ -14,7 +14,12 @@ File format::
     [tenants.acme]
     name = "Acme"                    # default: the id
     max_concurrent_calls = 20        # default 10
-    account_sid = "AC123"            # optional, handed to Twilio-stream apps
+    # Twilio identity (optional; see audiosocket_gw.twilio.ids): the AccountSid every
+    # request to the tenant's apps carries ("AC" + 32 hex digits; default: derived from
+    # the tenant id), and the environment variable holding the auth token that signs
+    # them (default: AIGW_TWILIO_AUTH_TOKEN). ``account_sid`` is the old name of the first.
+    twilio_account_sid = "AC0123456789abcdef0123456789abcdef"
+    twilio_auth_token_env = "ACME_TWILIO_AUTH_TOKEN"
 
     [agents.support]
     tenant = "acme"                  # required, a tenant id above
@@ -63,6 +68,7 @@ from types import MappingProxyType
 from typing import Any, Literal, cast
 
 from .config import ConfigError
+from .twilio.ids import ACCOUNT_PREFIX, is_sid
 
 __all__ = [
     "BACKENDS",
@@ -91,6 +97,7 @@ STATUS_EVENTS: tuple[str, ...] = ("initiated", "ringing", "answered", "completed
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,8 @@ class Tenant:
     id: str
     name: str
     max_concurrent_calls: int = 10
-    account_sid: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -359,6 +367,28 @@ def _check_id(r: _Reader, kind: str, ident: str) -> None:
         raise r.error(f"{kind} id {ident!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
 
 
+def _account_sid(r: _Reader) -> str | None:
+    """The tenant's ``twilio_account_sid`` (or its old name ``account_sid``), checked."""
+    key = "twilio_account_sid"
+    sid = r.opt_str(key)
+    legacy = r.opt_str("account_sid")
+    if legacy is not None:
+        if sid is not None:
+            raise r.error("set twilio_account_sid only (account_sid is its old name)",
+                          "account_sid")
+        key, sid = "account_sid", legacy
+    if sid is not None and not is_sid(ACCOUNT_PREFIX, sid):
+        raise r.error(f"must be 'AC' followed by 32 lowercase hex digits, got {sid!r}", key)
+    return sid
+
+
+def _env_name(r: _Reader, key: str) -> str | None:
+    name = r.opt_str(key)
+    if name is not None and not _ENV_NAME_RE.fullmatch(name):
+        raise r.error(f"must be an environment variable name, got {name!r}", key)
+    return name
+
+
 def tenants_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> TenantsConfig:
     """Build a ``TenantsConfig`` from parsed TOML (a dict), validating everything."""
     top = _Reader(source, "", dict(data))
@@ -371,7 +401,8 @@ def tenants_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Ten
             id=tid,
             name=r.str_("name", tid),
             max_concurrent_calls=r.int_("max_concurrent_calls", 10, minimum=1),
-            account_sid=r.opt_str("account_sid"),
+            twilio_account_sid=_account_sid(r),
+            twilio_auth_token_env=_env_name(r, "twilio_auth_token_env"),
         )
         r.done()
 

@@ -92,7 +92,7 @@ def test_round_trip_new_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     # One agent per distinct (voice_url, status_callback).
     assert len(cfg.agents) == 2
     assert cfg.lookup_did("+15551230001").agent == cfg.lookup_did("+15551230002").agent  # type: ignore[union-attr]
-    assert cfg.tenants["default"].account_sid == ACCOUNT
+    assert cfg.tenants["default"].twilio_account_sid == ACCOUNT
     assert cfg.default_agent in cfg.agents
     assert out.count(" added ") == 3 and "3 added, 0 updated, 0 unchanged, 0 skipped" in out
     # Friendly name and SID are kept as a comment above each number.
@@ -119,7 +119,7 @@ def test_merge_keeps_existing_text_and_backs_up(
     assert cfg.agents["support"].instructions.startswith("multi\n[numbers.")
     num = cfg.lookup_did("+15551230001")
     assert num is not None and num.tenant == "acme"
-    assert cfg.tenants["acme"].account_sid is None
+    assert cfg.tenants["acme"].twilio_account_sid is None
     # The tenant has no AccountSid: each new agent carries the export's.
     assert cfg.agents[num.agent].extra["account_sid"] == ACCOUNT
     assert "default_agent set to support" in out

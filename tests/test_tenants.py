@@ -82,7 +82,8 @@ def test_module_docstring_example_parses() -> None:
     text = "\n".join(line[4:] for line in block.splitlines())
     cfg = loads_tenants(text)
     assert cfg.agents["support"].extra == {"model": "gpt-realtime"}
-    assert cfg.tenants["acme"].account_sid == "AC123"
+    assert cfg.tenants["acme"].twilio_account_sid == "AC0123456789abcdef0123456789abcdef"
+    assert cfg.tenants["acme"].twilio_auth_token_env == "ACME_TWILIO_AUTH_TOKEN"
 
 
 @pytest.mark.parametrize(
@@ -123,7 +124,8 @@ def test_full_agent_and_number_forms(tmp_path: Path) -> None:
 [tenants.t1]
 [tenants.t2]
 max_concurrent_calls = 1
-account_sid = "AC1"
+twilio_account_sid = "AC11111111111111111111111111111111"
+twilio_auth_token_env = "T2_TOKEN"
 [agents.a1]
 tenant = "t1"
 backend = "twilio-stream"
@@ -160,7 +162,10 @@ tenant = "t2"
     assert a1.debug_dump and a1.echo_delay_ms == 0 and a1.voice == "alloy"
     assert a1.extra == {"k": "v"}
     assert cfg.tenants["t1"].name == "t1"
-    assert cfg.tenants["t2"].account_sid == "AC1"
+    assert cfg.tenants["t2"].twilio_account_sid == "AC" + "1" * 32
+    assert cfg.tenants["t2"].twilio_auth_token_env == "T2_TOKEN"
+    assert cfg.tenants["t1"].twilio_account_sid is None
+    assert cfg.tenants["t1"].twilio_auth_token_env is None
     assert set(cfg.numbers) == {"+15551230000", "+442071234567"}
     assert cfg.lookup_did("+44 20 7123 4567") == Number("+442071234567", "t2", "a2")
 
@@ -285,6 +290,38 @@ BAD: list[tuple[str, str, str]] = [
     ("tenants not a table", "tenants = 3\n", "tenants: expected a table"),
     ("agent not a table", BASE + "[agents]\nb = 1\n", "expected a table"),
     ("bad id", '[tenants."a b"]\n', "tenant id 'a b'"),
+    (
+        "short account sid",
+        '[tenants.t]\ntwilio_account_sid = "AC123"\n' + BASE[11:],
+        "tenants.t.twilio_account_sid: must be 'AC' followed by 32 lowercase hex digits, "
+        "got 'AC123'",
+    ),
+    (
+        "account sid of another type",
+        f'[tenants.t]\ntwilio_account_sid = "CA{"0" * 32}"\n' + BASE[11:],
+        "tenants.t.twilio_account_sid: must be 'AC'",
+    ),
+    (
+        "account sid not a string",
+        "[tenants.t]\ntwilio_account_sid = 1\n" + BASE[11:],
+        "tenants.t.twilio_account_sid: expected a string",
+    ),
+    (
+        "old account sid key checked too",
+        '[tenants.t]\naccount_sid = "AC1"\n' + BASE[11:],
+        "tenants.t.account_sid: must be 'AC'",
+    ),
+    (
+        "account sid under both names",
+        f'[tenants.t]\naccount_sid = "AC{"0" * 32}"\ntwilio_account_sid = "AC{"0" * 32}"\n'
+        + BASE[11:],
+        "tenants.t.account_sid: set twilio_account_sid only",
+    ),
+    (
+        "auth token env not a variable name",
+        '[tenants.t]\ntwilio_auth_token_env = "$TOKEN"\n' + BASE[11:],
+        "tenants.t.twilio_auth_token_env: must be an environment variable name",
+    ),
     ("invalid toml", "[tenants.t\n", "invalid TOML"),
 ]
 
@@ -363,3 +400,10 @@ def test_normalize_e164_output_shape(raw: str) -> None:
 @given(st.from_regex(r"\A\+[1-9][0-9]{2,14}\Z"))
 def test_normalize_e164_accepts_e164(e164: str) -> None:
     assert normalize_e164(e164) == e164
+
+
+def test_old_account_sid_key_still_read() -> None:
+    """``account_sid`` (the key's name before ``twilio_account_sid``) keeps working."""
+    sid = "AC" + "ab" * 16
+    cfg = loads_tenants(f'[tenants.t]\naccount_sid = "{sid}"\n' + BASE[11:])
+    assert cfg.tenants["t"].twilio_account_sid == sid

@@ -40,7 +40,7 @@ sequence number is spent on it, so the stream the app sees stays consistent.
 
 Agent extras used: ``on_app_close`` (``hangup`` | ``continue``), ``fallback`` (``hangup``
 | ``announce``: what happens when the app or its webhook is down), ``account_sid``,
-``auth_token_env``.
+``auth_token_env`` (the call's identity: see :mod:`audiosocket_gw.twilio.ids`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
@@ -62,8 +61,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from ..call import CallLog
 from ..config import Config, ConfigError
 from ..dsp.g711 import ulaw_decode, ulaw_encode
-from ..tenants import Agent, TenantsConfig, load_tenants
-from ..twilio.ids import new_stream_sid
+from ..tenants import Agent, Tenant, TenantsConfig, load_tenants
+from ..twilio.ids import account_sid_for, auth_token_for, call_sid_for, stream_sid_for
 from ..twilio.streams import (
     DTMF_DIGITS,
     AppClear,
@@ -75,10 +74,7 @@ from ..twilio.streams import (
 )
 from ..twilio.webhook import (
     WebhookError,
-    account_sid_for,
     announcement_pcm,
-    auth_token_for,
-    call_sid_for,
     run_voice_webhook,
     voice_params,
 )
@@ -146,7 +142,7 @@ class TwilioStreamBackend(Backend):
         self,
         *,
         stream_url: str | None = None,
-        account_sids: Mapping[str, str] | None = None,
+        tenants: Mapping[str, Tenant] | None = None,
         env: Mapping[str, str] | None = None,
         metrics: TwilioStreamMetrics | None = None,
         # Timeouts (seconds)
@@ -157,11 +153,12 @@ class TwilioStreamBackend(Backend):
         send_queue: int = 500,
         max_message_bytes: int = 2 * 1024 * 1024,
     ) -> None:
-        """``stream_url`` is the default agent's URL; ``account_sids`` maps tenant ids to
-        their configured AccountSid; ``env`` is where auth tokens are read (os.environ)."""
+        """``stream_url`` is the default agent's URL; ``tenants`` (by id) hold each
+        tenant's Twilio identity; ``env`` is where auth tokens are read (the gateway
+        passes its settings' snapshot of the environment; none: requests go unsigned)."""
         self.stream_url = stream_url
-        self.account_sids = dict(account_sids or {})
-        self.env: Mapping[str, str] = os.environ if env is None else env
+        self.tenants = dict(tenants or {})
+        self.env: Mapping[str, str] = {} if env is None else env
         self.metrics = metrics or TwilioStreamMetrics()
         self.connect_timeout = connect_timeout
         self.webhook_timeout = webhook_timeout
@@ -177,7 +174,7 @@ class TwilioStreamBackend(Backend):
         cls, config: Config, registry: CollectorRegistry | None = None, *,
         tenants: TenantsConfig | None = None, env: Mapping[str, str] | None = None,
     ) -> TwilioStreamBackend:
-        """Build from the gateway config: ``stream_url`` and the tenants' AccountSids.
+        """Build from the gateway config: ``stream_url`` and the tenants.
 
         ``registry``: the gateway's metrics registry (a private one when None, so the
         ``aigw_twilio_*`` metrics are then counted but not exported). ``tenants``: the
@@ -186,8 +183,7 @@ class TwilioStreamBackend(Backend):
         """
         if tenants is None:
             tenants = load_tenants(config.config)
-        sids = {t.id: t.account_sid for t in tenants.tenants.values() if t.account_sid}
-        return cls(stream_url=config.stream_url, account_sids=sids, env=env,
+        return cls(stream_url=config.stream_url, tenants=tenants.tenants, env=env,
                    metrics=TwilioStreamMetrics(registry))
 
     def check_agent(self, agent: Agent) -> None:
@@ -261,10 +257,10 @@ class TwilioStreamSession(BackendSession):
         self.log = CallLog(log, {"call_id": info.call_id})
         agent = info.agent_cfg
         self.extra: Mapping[str, str] = agent.extra if agent is not None else {}
+        tenant = backend.tenants.get(info.tenant)
         self.call_sid = call_sid_for(info.call_id)
-        self.account_sid = account_sid_for(
-            info, backend.account_sids.get(info.tenant), backend.env
-        )
+        self.account_sid = account_sid_for(info.tenant, tenant=tenant, agent=agent,
+                                           env=backend.env)
         self.encoder: TwilioStreamEncoder | None = None
         self.ws: ClientConnection | None = None
         self.streaming = False
@@ -299,7 +295,8 @@ class TwilioStreamSession(BackendSession):
                     self.backend.http,
                     voice_url=agent.voice_url,
                     params=voice_params(self.info, self.call_sid, self.account_sid),
-                    token=auth_token_for(agent, self.backend.env),
+                    token=auth_token_for(tenant=self.backend.tenants.get(self.info.tenant),
+                                         agent=agent, env=self.backend.env),
                     time_limit=self.backend.webhook_timeout,
                     call_log=self.log,
                     observe_latency=self.backend.metrics.webhook_latency.observe,
@@ -325,7 +322,7 @@ class TwilioStreamSession(BackendSession):
             return
         self.ws = ws
         self.encoder = TwilioStreamEncoder(
-            stream_sid=new_stream_sid(),
+            stream_sid=stream_sid_for(self.info.call_id),
             call_sid=self.call_sid,
             account_sid=self.account_sid,
             custom_parameters=params,

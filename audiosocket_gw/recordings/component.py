@@ -3,9 +3,9 @@
 Per agent (tenants TOML): ``record = true`` and ``recording_source`` =
 ``"gateway"`` (a ``StereoRecorder`` tap on the call) or ``"mixmonitor"`` (wait for
 Asterisk's file; the dialplan records it). Extras on the agent:
-``recording_status_callback`` (URL receiving Twilio-style recording status POSTs) and
-optionally ``recording_status_callback_token`` (overrides AIGW_TWILIO_AUTH_TOKEN to sign
-them).
+``recording_status_callback`` (URL receiving Twilio-style recording status POSTs, with
+the call's ``CallSid``/``AccountSid`` and signed with the account's auth token: see
+:mod:`audiosocket_gw.twilio.ids`).
 
 HTTP (bearer token required when ``config.api_token`` is set):
 
@@ -34,7 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from ..httpapi import api_error
-from ..twilio.ids import new_recording_sid
+from ..twilio.ids import account_sid_for, auth_token_for, call_sid_for
 from ..twilio.signature import SIGNATURE_HEADER, compute_signature
 from .metrics import RecordingMetrics
 from .mixmonitor import Expected, MixMonitorWatcher
@@ -42,7 +42,7 @@ from .pipeline import RecordingPipeline
 from .queue import RecordingRow, TranscriptRow
 from .recorder import CapturedFile, StereoRecorder, WavWriterThread, threadsafe_done
 from .settings import RecordingSettings, backoff_delay
-from .urls import account_sid_for, call_sid_for, recording_url, status_callback_params
+from .urls import recording_url, status_callback_params
 
 if TYPE_CHECKING:
     from ..call import Call
@@ -172,8 +172,7 @@ class RecordingsComponent:
         try:
             row = await self.pipeline.add_capture(
                 call_id=call_id, tenant=tenant, agent=agent, source=source, path=path,
-                channels=channels, duration_s=duration, recording_sid=new_recording_sid(),
-                callback_url=callback)
+                channels=channels, duration_s=duration, callback_url=callback)
         except Exception:
             log.exception("call %s: could not queue the recording", call_id)
             self.metrics.failures.labels("capture", "queue_error").inc()
@@ -224,14 +223,12 @@ class RecordingsComponent:
         assert row.callback_url is not None
         tenant = self.ctx.tenants.tenants.get(row.tenant)
         agent = self.ctx.tenants.agents.get(row.agent)
-        call = await self.ctx.store.get_call(row.call_id)
-        meta_sid = call.metadata.get("call_sid") if call is not None else None
+        env = self.ctx.settings.environ
         params = status_callback_params(
             row, url=await self._url(row), status=status,
-            account_sid=account_sid_for(row.tenant, tenant.account_sid if tenant else None),
-            call_sid=call_sid_for(row.call_id, meta_sid if isinstance(meta_sid, str) else None))
-        token = (agent.extra.get("recording_status_callback_token") if agent else None) \
-            or self.settings.callback_token
+            account_sid=account_sid_for(row.tenant, tenant=tenant, agent=agent, env=env),
+            call_sid=call_sid_for(row.call_id))
+        token = auth_token_for(tenant=tenant, agent=agent, env=env)
         headers = {}
         if token:
             headers[SIGNATURE_HEADER] = compute_signature(token, row.callback_url, params)

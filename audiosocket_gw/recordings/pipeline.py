@@ -28,6 +28,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from ..twilio.ids import recording_sid_for
 from .metrics import RecordingMetrics
 from .queue import JobState, RecordingDB, RecordingQueue, RecordingRow, RecState, TranscriptRow
 from .s3 import S3Uploader, UploadError, file_sha256
@@ -129,7 +130,6 @@ class RecordingPipeline:
         path: str,
         channels: int,
         duration_s: float,
-        recording_sid: str,
         callback_url: str | None = None,
     ) -> RecordingRow | None:
         """Queue a complete recording file. Returns the row, or None if the call
@@ -140,7 +140,7 @@ class RecordingPipeline:
         row = RecordingRow(
             call_id=call_id, tenant=tenant, agent=agent, source=source, path=path,
             key=object_key(self.settings.s3_prefix, tenant, call_id),
-            recording_sid=recording_sid, state=state.value, attempts=0, sha256=sha,
+            recording_sid=recording_sid_for(call_id), state=state.value, attempts=0, sha256=sha,
             size=size, duration_s=duration_s, channels=channels, captured_at=now,
             next_attempt_at=now, callback_url=callback_url,
         )

@@ -2,8 +2,8 @@
 
 Why a separate settings object: the gateway's ``Config`` is owned elsewhere and the
 upload worker must also run on its own (a child process after a crash), so the
-pipeline reads its few knobs itself. Secrets (the transcription key, the callback
-token) are kept out of ``repr``; S3 credentials are never read here at all: boto3
+pipeline reads its few knobs itself. Secrets (the transcription key) are kept out of
+``repr``; S3 credentials are never read here at all: boto3
 takes them from the standard AWS environment variables.
 
 | variable | meaning | default |
@@ -27,7 +27,10 @@ takes them from the standard AWS environment variables.
 | AIGW_TRANSCRIBE_KEY | bearer key of the transcription endpoint | - |
 | AIGW_TRANSCRIBE_TIMEOUT_S | per request | 120 |
 | AIGW_WHISPER_MODEL_PATH | local faster-whisper model (used if importable) | - |
-| AIGW_TWILIO_AUTH_TOKEN | signs recording status callbacks (X-Twilio-Signature) | - |
+
+Recording status callbacks are signed with the call's account auth token
+(:func:`audiosocket_gw.twilio.ids.auth_token_for`: ``AIGW_TWILIO_AUTH_TOKEN`` unless the
+tenant or agent names another variable).
 """
 
 from __future__ import annotations
@@ -73,8 +76,7 @@ class RecordingSettings:
     transcribe_key: str | None = field(default=None, repr=False)
     transcribe_timeout_s: float = 120.0
     whisper_model_path: str | None = None
-    # Status callbacks
-    callback_token: str | None = field(default=None, repr=False)
+    # Status callbacks (signed with the account's auth token: twilio.ids.auth_token_for)
     callback_timeout_s: float = 10.0
 
     @property
@@ -149,7 +151,6 @@ ENV: dict[str, str] = {
     "transcribe_key": "AIGW_TRANSCRIBE_KEY",
     "transcribe_timeout_s": "AIGW_TRANSCRIBE_TIMEOUT_S",
     "whisper_model_path": "AIGW_WHISPER_MODEL_PATH",
-    "callback_token": "AIGW_TWILIO_AUTH_TOKEN",
 }
 """Setting name -> environment variable."""
 

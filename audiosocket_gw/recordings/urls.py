@@ -5,16 +5,14 @@ base is configured (a CDN or a public bucket), else a presigned GET URL of the
 configured lifetime (S3 mode), else None (local-only mode without a public base).
 
 The status callback mirrors Twilio's ``recordingStatusCallback`` form fields so an
-app migrated from Twilio keeps working: ``AccountSid``, ``CallSid``,
-``RecordingSid`` (``RE`` + 32 hex), ``RecordingUrl``, ``RecordingStatus``
-(completed | failed | absent), ``RecordingDuration`` (whole seconds),
-``RecordingChannels``, ``RecordingSource``, ``RecordingStartTime`` (RFC 2822).
+app migrated from Twilio keeps working: ``AccountSid``, ``CallSid``, ``RecordingSid``
+(all three made by :mod:`audiosocket_gw.twilio.ids`), ``RecordingUrl``,
+``RecordingStatus`` (completed | failed | absent), ``RecordingDuration`` (whole
+seconds), ``RecordingChannels``, ``RecordingSource``, ``RecordingStartTime`` (RFC 2822).
 """
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import Callable
 from email.utils import formatdate
 
@@ -37,22 +35,6 @@ def recording_url(
     if presign is not None and row.state in ("verified", "deleted", "uploaded"):
         return presign(row.key, settings.url_ttl_s)
     return None
-
-
-def call_sid_for(call_id: str, metadata_sid: str | None = None) -> str:
-    """The call's Twilio-style sid: the one it was given, else ``CA`` + the UUID's hex."""
-    if metadata_sid:
-        return metadata_sid
-    try:
-        return "CA" + uuid.UUID(call_id).hex
-    except ValueError:
-        return "CA" + hashlib.sha256(call_id.encode()).hexdigest()[:32]
-
-
-def account_sid_for(tenant: str, configured: str | None) -> str:
-    if configured:
-        return configured
-    return "AC" + hashlib.sha256(tenant.encode()).hexdigest()[:32]
 
 
 def status_callback_params(

@@ -3,7 +3,8 @@
 * :mod:`.streams` -- the Media Streams protocol, gateway side (sans I/O encoder/parser);
 * :mod:`.twiml` -- parse the TwiML a voice webhook returns (``<Connect><Stream>`` ...);
 * :mod:`.signature` -- ``X-Twilio-Signature`` computation and validation;
-* :mod:`.ids` -- Twilio-shaped SIDs (``MZ``/``CA``/``RE``/``AC`` + 32 hex digits).
+* :mod:`.ids` -- every Twilio identity: the ``CA``/``MZ``/``RE``/``AC`` SIDs of a call and
+  its tenant, and the auth token signing requests (the one place they are derived);
 
 A strict fake Media Streams app server, for tests and demos, lives with the tooling in
 :mod:`audiosocket_gw.testing.fakeapp`.
@@ -12,11 +13,14 @@ A strict fake Media Streams app server, for tests and demos, lives with the tool
 from __future__ import annotations
 
 from .ids import (
+    account_sid_for,
+    auth_token_for,
+    call_id_for_sid,
+    call_sid_for,
+    derived_account_sid,
     is_sid,
-    new_account_sid,
-    new_call_sid,
-    new_recording_sid,
-    new_stream_sid,
+    recording_sid_for,
+    stream_sid_for,
 )
 from .signature import compute_signature, validate_signature
 from .streams import (
@@ -63,13 +67,16 @@ __all__ = [
     "TwimlError",
     "Unsupported",
     "Verb",
+    "account_sid_for",
+    "auth_token_for",
+    "call_id_for_sid",
+    "call_sid_for",
     "compute_signature",
+    "derived_account_sid",
     "is_sid",
-    "new_account_sid",
-    "new_call_sid",
-    "new_recording_sid",
-    "new_stream_sid",
     "parse_app_message",
     "parse_twiml",
+    "recording_sid_for",
+    "stream_sid_for",
     "validate_signature",
 ]

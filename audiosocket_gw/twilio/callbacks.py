@@ -11,8 +11,8 @@ tracker reports ``initiated`` and ``ringing`` by calling :meth:`StatusCallbacks.
 (find the component in ``gateway.components``). ``notify`` never blocks: it builds the
 form (pure: :func:`status_params`) and puts it on a bounded queue; when the queue is full
 the callback is dropped and counted. Worker tasks POST each request with
-``X-Twilio-Signature`` (the agent's auth token, see
-:func:`~audiosocket_gw.twilio.webhook.auth_token_for`); a connection error, a timeout, a
+``X-Twilio-Signature`` (the account's auth token, see
+:func:`~audiosocket_gw.twilio.ids.auth_token_for`); a connection error, a timeout, a
 5xx or a 429 schedules a retry with exponential backoff (``attempts`` tries in all)
 without holding a worker, so one dead endpoint never delays the others' callbacks, nor
 any audio. ``SequenceNumber`` counts each call's callbacks from 0, as Twilio does, so an
@@ -45,14 +45,8 @@ from prometheus_client import CollectorRegistry, Counter
 from ..backends.base import CallInfo
 from ..callstate import CallInput, CallStatus
 from ..store.base import CallRecord
-from .webhook import (
-    API_VERSION,
-    account_sid_for,
-    auth_token_for,
-    call_sid_for,
-    signed_post,
-    twilio_direction,
-)
+from .ids import account_sid_for, auth_token_for, call_sid_for
+from .webhook import API_VERSION, signed_post, twilio_direction
 
 if TYPE_CHECKING:
     from ..call import Call
@@ -190,16 +184,15 @@ class StatusCallbacks:
             info,
             event,
             sequence=seq,
-            account_sid=account_sid_for(
-                info, tenant.account_sid if tenant else None, self.env
-            ),
+            account_sid=account_sid_for(info.tenant, tenant=tenant, agent=agent, env=self.env),
             at=time.time() if at is None else at,
             status=status,
             duration_s=duration_s,
         )
         if event == "completed":
             self._forget(info.call_id)
-        job = _Job(agent.status_callback, params, auth_token_for(agent, self.env))
+        job = _Job(agent.status_callback, params,
+                   auth_token_for(tenant=tenant, agent=agent, env=self.env))
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:

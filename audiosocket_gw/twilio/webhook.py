@@ -24,18 +24,14 @@ Reaching the end of the document without a ``<Connect>`` hangs up, as Twilio doe
 When the app is down, times out, answers an error status or unparsable TwiML,
 :class:`WebhookError` is raised and the session applies the agent's fallback.
 
-Identity helpers shared with the stream backend and the status callbacks live here too:
-the ``CallSid`` is derived from the gateway call id (:func:`call_sid_for`), so the webhook,
-the stream's ``start`` and every status callback name the same call without shared state.
-
-Secrets: the auth token comes from the environment (``AIGW_TWILIO_AUTH_TOKEN``, or the
-variable named by the agent extra ``auth_token_env``) and is never logged.
+The ``CallSid``/``AccountSid`` in the form and the auth token signing it come from
+:mod:`audiosocket_gw.twilio.ids`, like those of the stream and of every callback. The
+auth token is never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import logging
 import math
@@ -50,8 +46,6 @@ import numpy.typing as npt
 
 from ..backends.base import CallInfo
 from ..dsp.resample import StreamResampler
-from ..tenants import Agent
-from .ids import ACCOUNT_PREFIX, CALL_PREFIX
 from .signature import SIGNATURE_HEADER, compute_signature
 from .twiml import (
     ConnectStream,
@@ -66,16 +60,11 @@ from .twiml import (
 )
 
 __all__ = [
-    "ACCOUNT_SID_ENV",
     "API_VERSION",
-    "AUTH_TOKEN_ENV",
     "MAX_REDIRECTS",
     "TwimlHost",
     "WebhookError",
-    "account_sid_for",
     "announcement_pcm",
-    "auth_token_for",
-    "call_sid_for",
     "decode_audio_8k",
     "fetch_audio_8k",
     "fetch_twiml",
@@ -88,10 +77,6 @@ __all__ = [
 log = logging.getLogger("audiosocket_gw.twilio.webhook")
 
 API_VERSION: Final = "2010-04-01"
-AUTH_TOKEN_ENV: Final = "AIGW_TWILIO_AUTH_TOKEN"
-"""Environment variable holding the auth token used to sign requests to the app."""
-ACCOUNT_SID_ENV: Final = "AIGW_TWILIO_ACCOUNT_SID"
-"""Environment variable with the AccountSid to announce when the tenant has none."""
 MAX_REDIRECTS: Final = 5
 """Most ``<Redirect>`` hops followed for one call (Twilio loops forever; we do not)."""
 MAX_AUDIO_BYTES: Final = 16 * 1024 * 1024
@@ -111,52 +96,7 @@ class WebhookError(Exception):
         self.reason = reason
 
 
-# -- identities ---------------------------------------------------------------------------
-
-
-def _hex32(label: str) -> str:
-    return hashlib.sha256(label.encode("utf-8")).hexdigest()[:32]
-
-
-def call_sid_for(call_id: str) -> str:
-    """The ``CallSid`` of gateway call ``call_id``: ``CA`` + 32 hex digits, deterministic.
-
-    Deterministic so the webhook, the stream ``start`` and the status callbacks agree
-    without sharing state (and an app can correlate them, as with Twilio).
-    """
-    return CALL_PREFIX + _hex32("aigw-call:" + call_id)
-
-
-def account_sid_for(
-    info: CallInfo, configured: str | None = None, env: Mapping[str, str] | None = None
-) -> str:
-    """The ``AccountSid`` to announce for ``info``'s call.
-
-    In order: the agent extra ``account_sid``, ``configured`` (the tenant's
-    ``account_sid``), the environment's ``AIGW_TWILIO_ACCOUNT_SID``, else an ``AC`` SID
-    derived from the tenant id (stable across restarts).
-    """
-    agent = info.agent_cfg
-    if agent is not None and agent.extra.get("account_sid"):
-        return agent.extra["account_sid"]
-    if configured:
-        return configured
-    if env is not None and env.get(ACCOUNT_SID_ENV):
-        return env[ACCOUNT_SID_ENV]
-    return ACCOUNT_PREFIX + _hex32("aigw-account:" + info.tenant)
-
-
-def auth_token_for(agent: Agent | None, env: Mapping[str, str]) -> str | None:
-    """The auth token signing requests for ``agent`` (None: requests go unsigned).
-
-    The agent extra ``auth_token_env`` names the environment variable to read (a
-    per-tenant token); otherwise ``AIGW_TWILIO_AUTH_TOKEN``.
-    """
-    var = AUTH_TOKEN_ENV
-    if agent is not None and agent.extra.get("auth_token_env"):
-        var = agent.extra["auth_token_env"]
-    token = env.get(var)
-    return token or None
+# -- forms --------------------------------------------------------------------------------
 
 
 def twilio_direction(direction: str) -> str:

@@ -20,8 +20,7 @@ import pytest
 from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.dsp.g711 import ulaw_encode
 from audiosocket_gw.testing.fakeapp import GREETING_MARK, FakeTwilioApp
-from audiosocket_gw.twilio.ids import is_sid
-from audiosocket_gw.twilio.webhook import call_sid_for
+from audiosocket_gw.twilio.ids import call_sid_for, is_sid
 from tests.helpers import MS, running_gateway
 
 SILENT = 64.0  # mean |sample| below which a frame counts as silence
@@ -132,7 +131,8 @@ def assert_suffix_stream(got: bytes, sent_pcm: bytes, frame_bytes: int) -> None:
 
 def tenants_toml(tmp_path: Path, *, stream_url: str = "", voice_url: str = "",
                  extra: dict[str, str] | None = None, **agent: Any) -> str:
-    lines = ['default_agent = "bot"', "[tenants.acme]", 'account_sid = "AC' + "ab" * 16 + '"',
+    lines = ['default_agent = "bot"', "[tenants.acme]",
+             'twilio_account_sid = "AC' + "ab" * 16 + '"',
              "[agents.bot]", 'tenant = "acme"', 'backend = "twilio-stream"']
     if stream_url:
         lines.append(f'stream_url = "{stream_url}"')

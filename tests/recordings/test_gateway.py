@@ -34,7 +34,7 @@ def tenants_toml(tmp: Path, source: str = "gateway", extra: str = "") -> str:
     path.write_text(f"""
 default_agent = "support"
 [tenants.acme]
-account_sid = "AC{'a' * 32}"
+twilio_account_sid = "AC{'a' * 32}"
 [agents.support]
 tenant = "acme"
 backend = "echo"

@@ -54,8 +54,7 @@ async def wait_state(p: RecordingPipeline, call_id: str, states: set[str],
 
 async def add(p: RecordingPipeline, call_id: str, path: Path) -> RecordingRow:
     row = await p.add_capture(call_id=call_id, tenant="acme", agent="support", source="gateway",
-                              path=str(path), channels=2, duration_s=1.0,
-                              recording_sid="RE" + "0" * 32)
+                              path=str(path), channels=2, duration_s=1.0)
     assert row is not None
     return row
 

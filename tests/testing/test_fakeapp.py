@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from audiosocket_gw.testing.fakeapp import (
     StreamValidator,
     tone_ulaw,
 )
-from audiosocket_gw.twilio.ids import new_account_sid, new_call_sid, new_stream_sid
+from audiosocket_gw.twilio.ids import call_sid_for, derived_account_sid, stream_sid_for
 from audiosocket_gw.twilio.streams import (
     AppClear,
     AppMark,
@@ -35,10 +36,11 @@ WAIT = 5.0
 
 
 def encoder(**kw: Any) -> TwilioStreamEncoder:
+    call_id = str(uuid.uuid4())
     return TwilioStreamEncoder(
-        stream_sid=new_stream_sid(),
-        call_sid=new_call_sid(),
-        account_sid=new_account_sid(),
+        stream_sid=stream_sid_for(call_id),
+        call_sid=call_sid_for(call_id),
+        account_sid=derived_account_sid("acme"),
         **kw,
     )
 

@@ -11,8 +11,8 @@ from aiohttp import web
 from audiosocket_gw.backends.base import CallInfo
 from audiosocket_gw.tenants import Agent
 from audiosocket_gw.twilio.callbacks import StatusCallbacks, rfc2822, status_params
+from audiosocket_gw.twilio.ids import call_sid_for
 from audiosocket_gw.twilio.signature import validate_signature
-from audiosocket_gw.twilio.webhook import call_sid_for
 from tests.backends.test_twilio_stream import Caller, eventually
 from tests.helpers import running_gateway
 

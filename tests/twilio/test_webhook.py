@@ -14,8 +14,9 @@ import soundfile as sf
 from aiohttp import web
 
 from audiosocket_gw.testing.fakeapp import FakeTwilioApp
+from audiosocket_gw.twilio.ids import call_sid_for
 from audiosocket_gw.twilio.signature import validate_signature
-from audiosocket_gw.twilio.webhook import call_sid_for, decode_audio_8k
+from audiosocket_gw.twilio.webhook import decode_audio_8k
 from tests.backends.test_twilio_stream import Caller, speech, tenants_toml
 from tests.helpers import running_gateway
 

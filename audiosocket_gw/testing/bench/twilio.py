@@ -41,7 +41,7 @@ import time
 from typing import Any, Final
 
 from ...dsp.vad import SILENCE_LEVEL, frame_level
-from ...twilio.webhook import call_sid_for
+from ...twilio.ids import call_sid_for
 from ..fakeapp import AppSession, FakeTwilioApp, tone_ulaw
 from ..proc import GatewayProcess, cpu_seconds
 from ..simulator.audio import speech_like
