@@ -136,10 +136,29 @@ class CallsApi:
         return web.json_response({"id": call_id, "status": status}, status=201)
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        rec = await self.provider.get_call(request.match_info["id"])
+        """One call, with its status history and where its MOS figures came from."""
+        call_id = request.match_info["id"]
+        rec = await self.provider.get_call(call_id)
         if rec is None:
             return api_error(404, "not_found", "no such call")
-        return web.json_response(call_to_json(rec))
+        body = call_to_json(rec)
+        history: list[dict[str, Any]] = []
+        quality: dict[str, Any] | None = None
+        for ev in await self.ctx.store.events(call_id):
+            if ev.kind == "input" and ev.data.get("changed"):
+                history.append({"status": ev.data.get("to"), "at": ev.at,
+                                "input": ev.data.get("input")})
+            elif ev.kind == "quality":
+                quality = ev.data
+        body["status_history"] = history
+        for side in ("in", "out"):
+            q = quality.get(side) if quality else None
+            body["quality"][f"mos_{side}_source"] = q.get("source") if isinstance(q, dict) \
+                else None
+        if quality is not None:
+            body["quality"]["gateway_loss"] = quality.get("gateway_loss")
+            body["quality"]["underruns"] = quality.get("underruns")
+        return web.json_response(body)
 
     async def list(self, request: web.Request) -> web.StreamResponse:
         q = request.query

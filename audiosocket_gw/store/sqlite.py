@@ -389,10 +389,16 @@ class SqliteCallStore:
                 # the AMI Hangup brings its cause.
                 if updated.hangup_cause is None and cause is not None:
                     updated = replace(updated, hangup_cause=cause)
-                if updated.hangup_reason is None:
+                # An explicit reason (ours: caller-hangup, silence-timeout...) wins over
+                # the text of a Q.850 cause, whichever input arrived first: the AMI
+                # Hangup and the AudioSocket end of one call race, the record must not.
+                derived = (updated.hangup_reason is not None
+                           and updated.hangup_cause is not None
+                           and updated.hangup_reason == hangup_cause_text(updated.hangup_cause))
+                if updated.hangup_reason is None or derived:
                     if isinstance(reason, str) and reason:
                         updated = replace(updated, hangup_reason=reason)
-                    elif updated.hangup_cause is not None:
+                    elif updated.hangup_reason is None and updated.hangup_cause is not None:
                         text = hangup_cause_text(updated.hangup_cause)
                         updated = replace(updated, hangup_reason=text)
             if updated != call:

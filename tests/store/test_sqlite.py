@@ -464,3 +464,32 @@ async def test_crash_safety_sigkill_mid_writes(tmp_path: Path) -> None:
         # Still writable after the crash.
         await s.create_call(rec("after-crash"))
         assert await s.get_call("after-crash") is not None
+
+
+@pytest.mark.parametrize("ami_first", [True, False])
+@pytest.mark.parametrize("cause", [0, 16])
+async def test_hangup_reason_does_not_depend_on_which_end_arrives_first(
+        store: SqliteCallStore, ami_first: bool, cause: int) -> None:
+    """The callee's BYE reaches us twice (AMI Hangup with a cause, AudioSocket EOF with
+    our reason); the record must say the same whatever the order (a real PBX gave
+    'caller-hangup' in one run and the cause text in another)."""
+    await store.create_call(rec("b1", direction="outbound"))
+    await store.apply_input("b1", CallInput.ORIGINATE_QUEUED, T0)
+    await store.apply_input("b1", CallInput.ANSWERED, T0 + 1)
+    ami = (CallInput.HANGUP, {"source": "ami", "cause": cause})
+    eof = (CallInput.AUDIOSOCKET_EOF, {"reason": "caller-hangup"})
+    for inp, detail in ([ami, eof] if ami_first else [eof, ami]):
+        r = await store.apply_input("b1", inp, T0 + 9, detail)
+    assert r is not None and r.status is CallStatus.COMPLETED
+    assert r.hangup_reason == "caller-hangup" and r.hangup_cause == cause
+
+
+async def test_a_cause_alone_still_explains_the_end(store: SqliteCallStore) -> None:
+    await store.create_call(rec("b2", direction="outbound"))
+    await store.apply_input("b2", CallInput.ORIGINATE_QUEUED, T0)
+    r = await store.apply_input("b2", CallInput.HANGUP, T0 + 3, {"cause": 17})
+    assert r is not None and r.status is CallStatus.BUSY and r.hangup_reason == "User busy"
+    # a later explicit reason overrides the cause text, a second one does not
+    r = await store.apply_input("b2", CallInput.GATEWAY_HANGUP, T0 + 4, {"reason": "api-hangup"})
+    r = await store.apply_input("b2", CallInput.GATEWAY_HANGUP, T0 + 5, {"reason": "shutdown"})
+    assert r is not None and r.hangup_reason == "api-hangup"
