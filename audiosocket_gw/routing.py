@@ -33,7 +33,6 @@ no I/O; ``RoutingComponent`` is the thin aiohttp/asyncio shell.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from aiohttp import web
 from .admission import LimitExceeded, clean_number, recording_path, safe_id
 from .callstate import CallInput
 from .config import format_hostport, parse_hostport
-from .httpapi import api_error
+from .httpapi import JsonBodyError, api_error, parse_json_object
 from .settings import DIAL_RE, SAFE_DIR_RE, RoutingSettings
 from .store.base import StoreError
 from .tenants import normalize_e164
@@ -120,11 +119,9 @@ def parse_route_request(body: bytes) -> RouteRequest:
     if len(body) > MAX_BODY:
         raise RouteRequestError(f"body larger than {MAX_BODY} bytes")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise RouteRequestError("body is not JSON") from None
-    if not isinstance(data, dict):
-        raise RouteRequestError("body must be a JSON object")
+        data = parse_json_object(body, max_depth=4)
+    except JsonBodyError as exc:
+        raise RouteRequestError(str(exc)) from None
     out: dict[str, str] = {}
     for name, limit in _FIELD_LIMITS.items():
         v = data.get(name, "")

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -142,6 +143,16 @@ async def test_recorded_call_scores_both_directions_and_waits_for_the_ami_hangup
     assert m[("aigw_rtcp_reports_total", (("direction", "in"),))] == 2
     assert m[("aigw_rtcp_reports_total", (("direction", "out"),))] == 1
     assert m[("aigw_call_mos_estimates_total", (("direction", "out"), ("source", "rtcp")))] == 1
+
+    # The calls API shows the figures with their source and the status history.
+    host, port = gw.http_address
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://{host}:{port}/v1/calls/{CALL_ID}") as resp:
+        body = await resp.json()
+    assert resp.status == 200
+    assert body["quality"]["mos_in_source"] == body["quality"]["mos_out_source"] == "rtcp"
+    assert body["quality"]["mos_out_mean"] == pytest.approx(q.outbound.mean_mos, abs=1e-3)
+    assert [h["status"] for h in body["status_history"]] == ["in-progress", "completed"]
 
 
 async def test_short_call_without_rtcp_uses_rtpaudioqos(gw: Gateway) -> None:

@@ -1,0 +1,94 @@
+"""Hostile HTTP input gets a 4xx in the one error shape, never a 500, and loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.helpers import running_gateway
+
+TOKEN = "a-long-enough-test-token-123"
+TOML = """
+[tenants.acme]
+max_concurrent_calls = 2
+
+[agents.bot]
+tenant = "acme"
+backend = "echo"
+
+[numbers."+15551230000"]
+agent = "bot"
+"""
+
+
+async def raw_request(addr: tuple[str, int], head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    r, w = await asyncio.open_connection(*addr)
+    w.write(head + body)
+    await w.drain()
+    data = await asyncio.wait_for(r.read(), 5.0)
+    w.close()
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("auth", [b"Bearer \xff\xfe\xfd", b"\xc3\x28 token", b"Basic \x80"])
+async def test_non_utf8_authorization_is_401(auth: bytes) -> None:
+    async with running_gateway(api_token=TOKEN) as gw:
+        head = (b"GET /v1/calls HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Authorization: " + auth + b"\r\n\r\n")
+        status, body = await raw_request(gw.http_address, head)
+    assert status == 401
+    assert json.loads(body)["error"]["code"] == "unauthorized"
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("path", ["/v1/route", "/v1/calls"])
+@pytest.mark.parametrize("body", [
+    '{"did": "+15551230000", "x": ' + nested(50_000) + "}",
+    '{"did": "+15551230000", "x": ' + nested(100) + "}",
+    '{"to": "+15550001111", "tenant": "acme", "metadata": {"a": NaN}}',
+    '{"to": "+15550001111", "tenant": "acme", "metadata": {"a": Infinity}}',
+    '{"did": "+15551230000", "caller": -Infinity}',
+    '\xff\xfe',
+])
+async def test_hostile_json_is_400_and_takes_no_slot(tmp_path: Path, path: str,
+                                                     body: str) -> None:
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(TOML)
+    async with running_gateway(config=str(cfg), allow_unregistered=False) as gw:
+        host, port = gw.http_address
+        async with aiohttp.ClientSession() as http, http.post(
+                f"http://{host}:{port}{path}", data=body.encode("utf-8", "surrogateescape"),
+                headers={"Content-Type": "application/json"}) as resp:
+            status, got = resp.status, await resp.json()
+        assert status in (400, 413), got
+        assert set(got["error"]) == {"code", "message"}
+        assert await gw.store.active_slots("acme") == 0
+        assert await gw.store.list_calls() == []
+
+
+async def test_every_error_has_one_shape(tmp_path: Path) -> None:
+    async with running_gateway(api_token=TOKEN) as gw:
+        host, port = gw.http_address
+        base = f"http://{host}:{port}"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession() as http:
+            for method, path, headers in [("GET", "/v1/calls", {}),
+                                          ("POST", "/v1/route", {}),
+                                          ("GET", "/v1/calls/nope", auth),
+                                          ("GET", "/v1/nothing-here", auth),
+                                          ("DELETE", "/v1/calls", auth),
+                                          ("POST", "/v1/calls", auth)]:
+                async with http.request(method, base + path, headers=headers) as resp:
+                    body = await resp.json()
+                    assert 400 <= resp.status < 500, (path, resp.status)
+                    assert set(body["error"]) == {"code", "message"}, (path, body)
+            async with http.get(base + "/healthz") as resp:
+                assert resp.status == 200
