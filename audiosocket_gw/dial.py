@@ -1,0 +1,68 @@
+"""Moving a call elsewhere through the dialplan: the shared, pure types.
+
+Asterisk does the bridge, not the gateway (docs/PROTOCOLS.md §4): to ``<Dial>`` a
+number or a SIP URI, or to transfer to a human, the gateway sets channel variables
+over AMI (``Setvar``), ends the AudioSocket leg with a hangup frame, and the included
+dialplan continues into ``Dial()`` through the tenant's trunk. When the TwiML asks
+for an ``action`` (or an agent tool wants the caller back after a failed transfer),
+the dialplan opens a new AudioSocket leg with a pre-registered ``resume`` id once
+``Dial()`` returns, and the outcome (``DialOutcome``) travels with it.
+
+These types are shared by the TwiML interpreter (``<Dial>``), the Twilio REST
+emulation, agent tools (``transfer_call``) and the AMI call controller
+(``callcontrol.py``), which is the one place that talks to Asterisk about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["DialOutcome", "DialRequest", "DialStatus", "DialTarget"]
+
+DialStatus = Literal["completed", "answered", "busy", "no-answer", "failed", "canceled"]
+"""Twilio's ``DialCallStatus`` values (mapped from Asterisk's ``DIALSTATUS``)."""
+
+
+@dataclass(frozen=True)
+class DialTarget:
+    """One party to ring: an E.164 number (through the tenant's trunk) or a SIP URI."""
+
+    kind: Literal["number", "sip"]
+    address: str
+    send_digits: str = ""
+    """DTMF to send once this party answers (``<Number sendDigits>``)."""
+
+
+@dataclass(frozen=True)
+class DialRequest:
+    """What ``<Dial>`` (or a transfer tool) asks for.
+
+    Several targets ring at once (simultaneous dialing, first to answer wins), as
+    Twilio does for several ``<Number>``/``<Sip>`` nouns.
+    """
+
+    targets: tuple[DialTarget, ...]
+    timeout_s: float = 30.0
+    caller_id: str = ""
+    record: bool = False
+    hangup_on_star: bool = False
+    time_limit_s: float = 14400.0
+    resume: bool = False
+    """Bring the caller back to the gateway when ``Dial()`` returns (an ``action``
+    URL, or a failed transfer back to the bot)."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Carried to the resumed leg's ``CallInfo.metadata``."""
+
+
+@dataclass(frozen=True)
+class DialOutcome:
+    """How ``Dial()`` ended, as Twilio reports it to a ``<Dial action>``."""
+
+    status: DialStatus
+    duration_s: int = 0
+    """``DialCallDuration``: seconds the dialed party was connected."""
+    dial_call_sid: str = ""
+    """``DialCallSid``: the Twilio-shaped sid of the dialed leg."""
+    asterisk_status: str = ""
+    """Asterisk's raw ``DIALSTATUS`` (ANSWER, BUSY, NOANSWER, CANCEL, CONGESTION...)."""
