@@ -38,7 +38,7 @@ from .backends.base import Backend, CallInfo
 from .config import Config, ConfigError, format_hostport
 from .context import Clock, Component, GatewayContext
 from .events import CallEvents
-from .httpapi import auth_middleware, error_middleware
+from .httpapi import PUBLIC_PATHS, auth_middleware, error_middleware
 from .metrics import BackendCounters, Metrics
 from .pacer import Pacer
 from .quality.cost import CostMeter
@@ -241,7 +241,9 @@ class Gateway:
 
     def _http_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[error_middleware, auth_middleware(self.config.api_token)],
+            middlewares=[error_middleware, auth_middleware(
+                self.config.api_token,
+                public=PUBLIC_PATHS | ({"/metrics"} if self.config.metrics_public else set()))],
             client_max_size=1024 * 1024,
         )
         app.router.add_get("/metrics", self._metrics)

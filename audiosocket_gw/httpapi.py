@@ -1,7 +1,8 @@
 """The HTTP layer every route shares: one auth check, one error shape, one body reader.
 
 - **Auth** (``auth_middleware``): when a token is configured (``AIGW_API_TOKEN``;
-  required off loopback), every request except the public paths needs
+  required off loopback), every request except the public paths (``/healthz``, and
+  ``/metrics`` only with ``AIGW_METRICS_PUBLIC=1``) needs
   ``Authorization: Bearer <token>``, compared in constant time on bytes (a header
   that is not ASCII is simply wrong, never a 500). Paths under ``/2010-04-01/`` use
   Twilio's own per-tenant Basic auth and are left to their handlers.
@@ -35,7 +36,7 @@ log = logging.getLogger("audiosocket_gw.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PUBLIC_PATHS: Final = frozenset({"/healthz", "/metrics"})
+PUBLIC_PATHS: Final = frozenset({"/healthz"})
 TWILIO_PREFIX: Final = "/2010-04-01/"
 MAX_DEPTH: Final = 16
 
