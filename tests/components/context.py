@@ -19,16 +19,13 @@ would hand it over), claims the id in the registry, adds it to ``calls`` and emi
 ``events.started``; ending it removes it and emits ``events.ended``, as the server
 does.
 
-About the clock: a ``Call`` stamps ``started_at`` (and its speech/bot-audio times)
-with ``time.monotonic()`` itself, and components compare those with
-``ctx.clock.monotonic()``; so ``FakeClock.monotonic`` starts at the real monotonic
-time and only moves when ``advance`` is called.
+The call gets the context's clock, as the AudioSocket server gives it the
+gateway's: its ``started_at`` and speech/bot-audio times are on the fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -73,7 +70,7 @@ class FakeClock:
 
     def __init__(self, wall: float = 1_750_000_000.0) -> None:
         self._wall = wall
-        self._mono = time.monotonic()  # comparable with a Call's own stamps
+        self._mono = 1000.0
 
     def wall(self) -> float:
         return self._wall
@@ -239,7 +236,8 @@ async def open_call(h: Harness, call_id: str | None = None, *, backend_name: str
         ctx.events.ended.emit(call)
 
     call = Call(info, transport, backend_name=backend_name, config=ctx.settings.core,
-                metrics=ctx.metrics, on_end=on_end, levels=LevelBatch(immediate=True))
+                metrics=ctx.metrics, on_end=on_end, levels=LevelBatch(immediate=True),
+                clock=ctx.clock)
     if start:
         h.calls[call_id] = call
         ctx.events.started.emit(call)
