@@ -223,9 +223,10 @@ async def open_call(h: Harness, call_id: str | None = None, *, backend_name: str
     """A real ``Call`` on a real loopback connection, as the AudioSocket server opens
     one: the id is claimed from the registry (an admitted call gets its agent), then
     the call is added to ``calls`` and ``events.started`` emitted (``start=False``:
-    neither). Its end removes it from ``calls`` and emits ``events.ended``."""
+    neither). Its end removes it from ``calls`` and emits ``events.ended``. With
+    ``info`` the registry is not asked (a call the gateway knows nothing about)."""
     ctx = h.ctx
-    call_id = call_id or str(uuid.uuid4())
+    call_id = call_id or (info.call_id if info is not None else str(uuid.uuid4()))
     if info is None:
         info = ctx.registry.claim(call_id)
         assert info is not None, f"call {call_id} is not registered"
