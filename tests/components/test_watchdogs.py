@@ -144,3 +144,20 @@ async def test_voicemail_budget_gives_unknown(h: Harness, dogs: Watchdogs) -> No
     assert h.call_metrics.answered_by.labels("unknown", "budget")._value.get() == 1
     assert not call.ended  # an unknown answer is not hung up
     await dogs.start()
+
+
+async def test_caller_speech_seen_by_the_call_holds_it_open(
+        h: Harness, dogs: Watchdogs) -> None:
+    call = await open_call(h, await admit(h, "talker", "inbound"))
+    loud = (8000).to_bytes(2, "little", signed=True) * 160  # 20 ms
+    h.clock.advance(4)
+    for _ in range(10):  # 200 ms of speech at t=4, on the call's (the context's) clock
+        call.on_caller_audio(loud)
+    assert call.caller_speaking
+    assert call.last_caller_speech == h.clock.monotonic()
+    h.clock.advance(4.5)
+    h.ticks.advance(PERIOD)
+    assert not call.ended
+    h.clock.advance(1)
+    h.ticks.advance(PERIOD)
+    assert call.end_reason == "silence-timeout"
