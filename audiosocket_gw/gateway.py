@@ -145,12 +145,14 @@ class Gateway:
         self.store = SqliteCallStore(config.data_path / "aigw.sqlite")
         self.events = CallEvents()
         self.registry = CallRegistry(
-            allow_unregistered=config.allow_unregistered, default=self.default_call_info
+            allow_unregistered=config.allow_unregistered, default=self.default_call_info,
+            clock=self.clock.monotonic,
         )
         self.pacer = Pacer(on_tick_stats=self._tick_stats, spin=config.pacer_spin_ms / 1000.0)
         self.audiosocket = AudioSocketServer(
             config, self.backend_for, self.metrics, self.registry, self.pacer,
             on_call_start=self.events.started.emit, on_call_end=self.events.ended.emit,
+            clock=self.clock,
         )
         self.status = StatusWriter(self.store, self.call_metrics, self.events,
                                    self.clock.wall)

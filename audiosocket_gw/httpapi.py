@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -61,6 +62,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number; one that overflows to infinity (``1e400``) is refused like
+    ``Infinity`` (the store, and any JSON reader of ours, refuses non-finite floats)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def _depth(value: Any, limit: int) -> int:
     """Nesting depth of a decoded JSON value, stopping past ``limit``."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -84,7 +94,8 @@ def parse_json_object(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, An
         raise JsonBodyError(400, "bad_json", "JSON nested or repeated too much")
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text or "null", parse_constant=_reject_constant)
+        value = json.loads(text or "null", parse_constant=_reject_constant,
+                           parse_float=_finite_float)
     except (ValueError, RecursionError):
         raise JsonBodyError(400, "bad_json", "body must be a JSON object") from None
     if not isinstance(value, dict):
