@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, MutableMapping
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from typing import Any, Final
 
 from .audiosocket import HANGUP_FRAME, HEADER, Kind
-from .backends.base import BackendError, BackendSession, CallInfo
+from .backends.base import AudioTap, BackendError, BackendSession, CallInfo, CallLog, Ticker
 from .config import Config
 from .dsp.vad import VadConfig, VadEvent, VoiceActivityDetector, frame_level, frame_levels
 from .metrics import Metrics
 from .playout import FRAME_BYTES, PlayoutBuffer
+
+__all__ = ["AudioTap", "Call", "CallLog", "LevelBatch"]  # AudioTap, CallLog: from base
 
 log = logging.getLogger("audiosocket_gw.call")
 
@@ -72,26 +74,6 @@ class LevelBatch:
             call.on_caller_level(level, len(pcm) // 2, 0.0 if i is None else levels[i])
 
 
-class AudioTap(Protocol):
-    """Sees both directions of a call: debug dumps and the gateway's own recording."""
-
-    def caller(self, pcm: bytes) -> None:
-        """Caller audio as it arrives (8 kHz slin)."""
-
-    def bot(self, frame: bytes | None) -> None:
-        """The frame the pacer wrote this tick (None = silence)."""
-
-    def close(self) -> None:
-        """The call ended."""
-
-
-class CallLog(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes every line with the call id."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        return f"call {self.extra['call_id'] if self.extra else '?'}: {msg}", kwargs
-
-
 class Call:
     """One live call. Created by the server once the UUID frame has been accepted."""
 
@@ -106,6 +88,7 @@ class Call:
         on_end: Callable[[Call], None],
         barge_in: bool = True,
         levels: LevelBatch | None = None,
+        ticker: Ticker | None = None,
     ) -> None:
         self.info = info
         self.call_id = info.call_id
@@ -146,6 +129,7 @@ class Call:
         self._turn_end: float | None = None  # when the caller stopped talking
         self.barge_ins = 0
         self.taps: list[AudioTap] = []
+        self._ticker = ticker
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} backend={self.backend_name}>"
@@ -375,3 +359,17 @@ class Call:
 
     def hangup(self, reason: str) -> None:
         self.end(reason, outcome="gateway_hangup")
+
+    # (``barge_in`` is above, with the lifecycle.)
+
+    def add_tap(self, tap: AudioTap) -> None:
+        self.taps.append(tap)
+
+    def backend_error(self, reason: str) -> None:
+        self.metrics.backend_errors.labels(self.backend_name, reason).inc()
+
+    @property
+    def ticker(self) -> Ticker:
+        if self._ticker is None:
+            raise RuntimeError("this call has no pacer to subscribe to")
+        return self._ticker

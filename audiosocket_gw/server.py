@@ -267,6 +267,7 @@ class AudioSocketServer:
             on_end=self._call_ended,
             barge_in=backend.local_barge_in,
             levels=self.levels,
+            ticker=self.pacer,
         )
         self.calls[info.call_id] = call
         self.metrics.active_calls.labels(backend.name).inc()

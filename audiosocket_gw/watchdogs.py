@@ -21,8 +21,11 @@ Pure cores on an injected clock, and a thin component that ticks them:
   ``voicemail_budget_s`` (then ``unknown``). A machine is hung up
   (``voicemail_action = "hangup"``) or left to the bot (``leave_message``).
 * ``Watchdogs``: the component. Every ``interval`` s (250 ms) it checks every live
-  call, applies verdicts (``call.hangup(reason)``, ``store.update_call``) and counts
-  them. It taps caller audio of outbound calls for the detector.
+  call (``check(now)``), applies verdicts (``call.hangup(reason)``,
+  ``store.update_call``) and counts them. It has no loop of its own: ``attach(pacer)``
+  subscribes ``check`` to the gateway's pacer every ``interval`` worth of ticks
+  (``start()`` attaches to ``gateway.pacer`` when nobody attached it before). It
+  feeds the detector of outbound calls the caller levels the bridge already measured.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 from .dsp.vad import frame_level
+from .pacer import ticks_for
 from .tenants import Agent
 
 if TYPE_CHECKING:
     from .ami_metrics import CallMetrics
     from .app import Gateway
+    from .backends.base import Subscription, Ticker
     from .call import Call
 
 log = logging.getLogger("audiosocket_gw.watchdogs")
@@ -277,7 +282,7 @@ class Watchdogs:
         self.clock = clock
         self.interval = interval
         self.watches: dict[str, CallWatch] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._sub: Subscription | None = None
         self._writes: set[asyncio.Task[None]] = set()
         self._early_amd: dict[str, tuple[str, str]] = {}
         gateway.audiosocket.on_call_start.append(self._call_started)
@@ -317,30 +322,37 @@ class Watchdogs:
             self._spawn(self._store_answered_by(call_id, answered_by_from_amd(status, cause),
                                                 "asterisk"))
 
+    def attach(self, ticker: Ticker) -> None:
+        """Run ``check`` on ``ticker`` (the pacer) every ``interval`` worth of ticks.
+
+        The hook for whoever builds the components: call it with the gateway's pacer
+        (``watchdogs.attach(pacer)``); ``start()`` does it with ``gateway.pacer`` when it
+        was not done before. Attaching again moves the subscription.
+        """
+        self.detach()
+        self._sub = ticker.every(ticks_for(self.interval), self.check)
+
+    def detach(self) -> None:
+        if self._sub is not None:
+            self._sub.cancel()
+            self._sub = None
+
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._sub is None:
+            self.attach(self.gateway.pacer)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self.detach()
         for t in list(self._writes):
             with contextlib.suppress(Exception):
                 await t
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                self.tick()
-            except Exception:
-                log.exception("watchdog tick failed")
-
     def tick(self) -> None:
-        """Check every live call once (the component calls this every ``interval``)."""
-        now = self.clock()
+        """Check every live call now (on this component's clock)."""
+        self.check(self.clock())
+
+    def check(self, now: float) -> None:
+        """Check every live call once at ``now`` (the pacer calls this every ``interval``)."""
         calls = self.gateway.audiosocket.calls
         for call_id, watch in list(self.watches.items()):
             call = calls.get(call_id)
