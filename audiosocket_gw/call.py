@@ -12,16 +12,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from itertools import islice
+from typing import Any, Final, Protocol
 
 from .audiosocket import HANGUP_FRAME, HEADER, Kind
 from .backends.base import AudioTap, BackendError, BackendSession, CallInfo, CallLog, Ticker
 from .config import Config
-from .dsp.vad import VadConfig, VadEvent, VoiceActivityDetector, frame_level, frame_levels
+from .dsp.vad import (
+    SILENCE_LEVEL,
+    VadConfig,
+    VadEvent,
+    VoiceActivityDetector,
+    frame_level,
+    frame_levels,
+)
 from .metrics import Metrics
 from .playout import FRAME_BYTES, PlayoutBuffer
 
-__all__ = ["AudioTap", "Call", "CallLog", "LevelBatch"]  # AudioTap, CallLog: from base
+__all__ = ["AudioTap", "Call", "CallLog", "LevelBatch", "Metered"]  # AudioTap, CallLog: from base
 
 log = logging.getLogger("audiosocket_gw.call")
 
@@ -29,49 +37,66 @@ FRAME_HEADER: Final = HEADER.pack(Kind.SLIN, FRAME_BYTES)
 SILENCE_FRAME: Final = FRAME_HEADER + bytes(FRAME_BYTES)
 
 
+class Metered(Protocol):
+    """What ``LevelBatch`` measures for: a call's two directions."""
+
+    def on_caller_level(self, level: float, samples: int) -> None:
+        """The level of one caller frame (``samples`` long), in arrival order."""
+
+    def on_bot_level(self, level: float) -> None:
+        """The level of the bot frame the pacer wrote last."""
+
+
 class LevelBatch:
-    """Caller frames of one pacer tick, measured together.
+    """Frames of one pacer tick, measured together: caller frames and bot frames.
 
     numpy costs microseconds per call whatever the size, so measuring each 20 ms
     frame alone cost more than the rest of the audio path together; the pacer runs
-    ``run()`` at the start of each tick and every call's VAD steps with its level.
-    A barge-in decided here is cut by the same tick, so batching adds no latency.
-    ``immediate=True`` (a call without a server, in tests) measures on ``add``.
+    ``run()`` at the start of each tick and every call gets the level of the bot frame
+    it wrote on the previous tick (``on_bot_level``: is the bot audible, how loud is
+    its echo), then of each caller frame that arrived since (``on_caller_level``: VAD,
+    answering-machine detection). A barge-in decided here is cut by the same tick, so
+    batching adds no latency. ``immediate=True`` (a call without a server, in tests)
+    measures on ``add``/``add_bot``.
     """
 
-    __slots__ = ("calls", "frames", "immediate")
+    __slots__ = ("bot_frames", "bots", "calls", "frames", "immediate")
 
     def __init__(self, *, immediate: bool = False) -> None:
         self.immediate = immediate
-        self.calls: list[Call] = []
+        self.calls: list[Metered] = []
         self.frames: list[bytes] = []
+        self.bots: list[Metered] = []
+        self.bot_frames: list[bytes] = []
 
-    def add(self, call: Call, pcm: bytes) -> None:
+    def add(self, call: Metered, pcm: bytes) -> None:
+        """A caller frame (even number of bytes) to measure at the next tick."""
         if self.immediate:
-            bot = call._last_bot_frame
-            bot_level = frame_level(bot) if bot and call.playout.has_audio else 0.0
-            call.on_caller_level(frame_level(pcm), len(pcm) // 2, bot_level)
+            call.on_caller_level(frame_level(pcm), len(pcm) // 2)
             return
         self.calls.append(call)
         self.frames.append(pcm)
 
-    def run(self) -> None:
-        if not self.frames:
+    def add_bot(self, call: Metered, frame: bytes) -> None:
+        """The bot frame the pacer just wrote for ``call``, to measure at the next tick."""
+        if self.immediate:
+            call.on_bot_level(frame_level(frame))
             return
-        calls, frames = self.calls, self.frames
-        self.calls, self.frames = [], []
-        # The bot's last frame of each call that is talking: the echo allowance.
-        bot_index: dict[Call, int] = {}
-        extra: list[bytes] = []
-        for call in calls:
-            last = call._last_bot_frame
-            if last and call not in bot_index and call.playout.has_audio:
-                bot_index[call] = len(frames) + len(extra)
-                extra.append(last)
-        levels = frame_levels(frames + extra).tolist()
-        for call, pcm, level in zip(calls, frames, levels, strict=False):
-            i = bot_index.get(call)
-            call.on_caller_level(level, len(pcm) // 2, 0.0 if i is None else levels[i])
+        self.bots.append(call)
+        self.bot_frames.append(frame)
+
+    def run(self) -> None:
+        if not self.frames and not self.bot_frames:
+            return
+        calls, frames, bots, measured = self.calls, self.frames, self.bots, self.bot_frames
+        self.calls, self.frames, self.bots, self.bot_frames = [], [], [], []
+        measured += frames  # bot frames first, then caller frames: one numpy pass
+        levels = frame_levels(measured).tolist()
+        nbots = len(bots)
+        for call, level in zip(bots, levels, strict=False):
+            call.on_bot_level(level)
+        for call, pcm, level in zip(calls, frames, islice(levels, nbots, None), strict=True):
+            call.on_caller_level(level, len(pcm) // 2)
 
 
 class Call:
@@ -121,8 +146,12 @@ class Call:
         self.local_barge_in = config.barge_in and barge_in
         self.caller_speaking = False
         self.last_caller_speech = self.started_at
+        # Bot audio the caller can hear: a frame at or above Asterisk's silence level
+        # (echoed or padded silence is not the bot talking). Measured in the batch.
         self.last_bot_audio = self.started_at
-        self._last_bot_frame: bytes | None = None
+        self.bot_level = 0.0  # level of the bot frame written last (the echo allowance)
+        self._bot_at = self.started_at  # when that frame was written
+        self._level_listeners: list[Callable[[float, int], None]] = []
         self._levels = levels if levels is not None else LevelBatch(immediate=True)
         self._cut_onset: float | None = None  # speech onset of a pending barge-in cut
         self._clear_at: float | None = None  # when the backend asked to drop its audio
@@ -235,17 +264,30 @@ class Call:
         if session is not None and pcm:
             session.on_audio(pcm)
 
-    def on_caller_level(self, level: float, samples: int, bot_level: float = 0.0) -> None:
+    def add_level_listener(self, fn: Callable[[float, int], None]) -> None:
+        """Also give ``fn(level, samples)`` every caller frame's level (batched, cheap)."""
+        self._level_listeners.append(fn)
+
+    def on_bot_level(self, level: float) -> None:
+        """Level of the bot frame last written (called by ``LevelBatch``)."""
+        self.bot_level = level
+        if level >= SILENCE_LEVEL:
+            self.last_bot_audio = self._bot_at
+
+    def on_caller_level(self, level: float, samples: int) -> None:
         """VAD step for one caller frame (called by ``LevelBatch`` at the pacer tick).
 
-        ``bot_level`` is the level of the bot frame last written (0 when the bot is
-        quiet): caller audio must rise above the bot's echo to count as speech.
+        While bot audio is queued, caller audio must rise above the echo of the bot
+        frame last written (``bot_level``) to count as speech.
         """
         if self.ended:
             return
+        if self._level_listeners:
+            for fn in self._level_listeners:
+                fn(level, samples)
         vad = self.vad
         bot_pending = self.playout.has_audio
-        ev = vad.process_level(level, samples, bot_level if bot_pending else 0.0)
+        ev = vad.process_level(level, samples, self.bot_level if bot_pending else 0.0)
         if ev is VadEvent.SPEECH_START:
             self.caller_speaking = True
             if bot_pending and self.local_barge_in:
@@ -297,8 +339,8 @@ class Call:
                 self.stats.underruns += 1
         else:
             transport.write(FRAME_HEADER + frame)
-            self._last_bot_frame = frame
-            self.last_bot_audio = now = time.monotonic()
+            self._bot_at = now = time.monotonic()
+            self._levels.add_bot(self, frame)  # audible? (sets last_bot_audio)
             if self._turn_end is not None:
                 self.metrics.response_latency.labels(self.backend_name).observe(
                     now - self._turn_end

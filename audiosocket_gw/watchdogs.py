@@ -122,9 +122,15 @@ class AmdDetector:
         """One chunk of 8 kHz slin; returns the verdict once there is one."""
         if self.result is not None or len(pcm) < 2:
             return self.result
-        ms = len(pcm) / 16.0
+        return self.feed_level(frame_level(pcm), len(pcm) // 2)
+
+    def feed_level(self, level: float, samples: int) -> AmdResult | None:
+        """``feed`` for a chunk whose level (mean |sample|) is already measured."""
+        if self.result is not None or samples < 1:
+            return self.result
+        ms = samples / 8.0
         self._total += ms
-        if frame_level(pcm) < self.threshold:
+        if level < self.threshold:
             self._silence += ms
             self._voice = 0.0
             if self._in_word and self._silence >= self.between_words_silence_ms:
@@ -208,10 +214,15 @@ class CallWatch:
 
     def caller_audio(self, pcm: bytes) -> None:
         """Caller audio for the in-stream detector (outbound, undecided calls only)."""
+        if len(pcm) >= 2:
+            self.caller_level(frame_level(pcm), len(pcm) // 2)
+
+    def caller_level(self, level: float, samples: int) -> None:
+        """``caller_audio`` for a frame the bridge has already measured (``LevelBatch``)."""
         det = self.detector
         if det is None or self.answered_by is not None:
             return
-        res = det.feed(pcm)
+        res = det.feed_level(level, samples)
         if res is not None:
             self._decide(answered_by_from_amd(res.status, res.cause), "stream")
 
@@ -250,22 +261,6 @@ class CallWatch:
         return out
 
 
-class _Tap:
-    """Feeds a call's caller audio to its ``CallWatch`` (an ``AudioTap``)."""
-
-    def __init__(self, watch: CallWatch) -> None:
-        self.watch = watch
-
-    def caller(self, pcm: bytes) -> None:
-        self.watch.caller_audio(pcm)
-
-    def bot(self, frame: bytes | None) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
 class Watchdogs:
     """The component: one ``CallWatch`` per live AudioSocket call, ticked every 250 ms."""
 
@@ -296,8 +291,8 @@ class Watchdogs:
         early = self._early_amd.pop(call.call_id, None)
         if early is not None:
             watch.amd(*early)
-        if watch.outbound:
-            call.taps.append(_Tap(watch))
+        if watch.outbound:  # the detector steps with the levels the bridge measured
+            call.add_level_listener(watch.caller_level)
 
     def _call_ended(self, call: Call) -> None:
         self.watches.pop(call.call_id, None)
