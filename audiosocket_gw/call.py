@@ -334,9 +334,7 @@ class Call:
                 )
                 self._clear_at = None
         if frame is None:
-            transport.write(SILENCE_FRAME)
-            if playout.streaming:
-                self.stats.underruns += 1
+            transport.write(SILENCE_FRAME)  # (an underrun is judged by the playout)
         else:
             transport.write(FRAME_HEADER + frame)
             self._bot_at = now = time.monotonic()
@@ -365,14 +363,20 @@ class Call:
     def play(self, pcm: bytes, item_id: str | None = None) -> None:
         if self.ended:
             return
-        self.playout.streaming = True
-        if not self.playout.push(pcm, item_id):
-            self.log.warning(
-                "playout buffer full (%.0f ms); audio dropped", self.playout.pending_ms
-            )
+        playout = self.playout
+        playout.streaming = True
+        underruns = playout.underruns
+        if not playout.push(pcm, item_id):
+            self.log.warning("playout buffer full (%.0f ms); audio dropped", playout.pending_ms)
+        if playout.underruns != underruns:  # a gap inside the utterance, now judged
+            self.stats.underruns += playout.underruns - underruns
 
     def end_of_audio(self) -> None:
-        self.playout.streaming = False
+        playout = self.playout
+        underruns = playout.underruns
+        playout.end_utterance()
+        if playout.underruns != underruns:
+            self.stats.underruns += playout.underruns - underruns
 
     def mark(self, name: str) -> None:
         if self.playout.mark(name) and self.session is not None:

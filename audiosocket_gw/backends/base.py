@@ -106,7 +106,12 @@ class CallControl(Protocol):
         """Queue bot audio (8 kHz slin). Marks the bot stream as active."""
 
     def end_of_audio(self) -> None:
-        """The current utterance is complete: a short tail is padded, not an underrun."""
+        """The current utterance is complete: a short tail is padded and played.
+
+        Until then silent ticks are a possible gap in the utterance (an underrun, if
+        more of it follows); after it the bot is idle. A backend that never calls this
+        leaves every pause looking like a gap waiting to be judged.
+        """
 
     def mark(self, name: str) -> None:
         """Echo ``name`` back (via ``on_marks``) once all audio queued so far is written."""
