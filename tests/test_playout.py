@@ -116,3 +116,17 @@ def test_buffer_is_bounded() -> None:
     assert b.push(tone(900))
     assert not b.push(tone(200))
     assert b.dropped_bytes == 200 and b.pending_bytes == 900
+
+
+def test_item_history_keeps_the_newest_items() -> None:
+    """The per-item history is bounded (32 items): the oldest items are forgotten, the
+    newest always kept, or ``played_ms`` of the item being played (the one a barge-in
+    truncates) would read 0 once a call has had more than 32 bot items."""
+    b = PlayoutBuffer()
+    for i in range(40):
+        b.push(tone(FRAME_BYTES), item_id=f"i{i}")  # 20 ms each
+    b.push(tone(FRAME_BYTES * 5), item_id="long")  # 100 ms
+    for _ in range(42):
+        assert b.pop_frame() is not None
+    assert b.played_ms("long") == 40  # the item in progress, 2 frames in
+    assert [b.played_ms(f"i{i}") for i in range(40)] == [0] * 9 + [20] * 31
