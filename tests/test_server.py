@@ -61,8 +61,10 @@ async def test_echo_call_returns_the_callers_audio_exactly() -> None:
 async def test_echo_caller_pauses_are_not_underruns_and_outbound_mos_holds() -> None:
     """A perfect loopback call whose caller pauses (DTX: no frames for a while, twice,
     in 20 and 30 ms frames). The echo bot is idle during the pauses, not underrunning:
-    no underrun is counted and the gateway-only outbound MOS stays at its ceiling."""
-    async with running_gateway(echo_delay_ms=20) as gw:
+    no underrun is counted and the gateway-only outbound MOS stays at its ceiling.
+    (The echo delay is the jitter cushion: frames late by more than it inside a talk
+    spurt would be real underruns, which a loaded test machine must not produce.)"""
+    async with running_gateway(echo_delay_ms=round(100_000 * MS)) as gw:
         plans = [CallPlan(seconds=2.4, audio=speech_like(3.0), frame_ms=frame_ms,
                           pauses=[(0.4, 1.0), (1.4, 1.9)])
                  for frame_ms in (20, 30)]
