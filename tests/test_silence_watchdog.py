@@ -101,6 +101,9 @@ async def test_silence_to_an_echo_agent_is_hung_up() -> None:
     """The caller sends only silence; the echo agent returns it. Echoed silence is not
     the bot talking: the call is hung up after the silence timeout."""
     async with gateway() as (gw, ended):
+        # The watchdogs run on the pacer's clock, no loop of their own.
+        assert gw.calls_component.watchdogs._sub is not None
+        assert not [t for t in asyncio.all_tasks() if "Watchdogs" in repr(t.get_coro())]
         c = await call(gw, seconds=TIMEOUT_S + 1.5, audio=zeros(1.0))
         assert c.ended_by == "gateway-hangup", c
         assert silence_hangups(gw) == 1
@@ -142,3 +145,20 @@ async def test_caller_speech_resets_the_silence_timer() -> None:
         last_speech = quiet_s + talk_s + 0.4
         assert last_speech + TIMEOUT_S - 0.05 <= duration
         assert duration <= last_speech + TIMEOUT_S + CHECK_S + SLACK_S + 0.05
+
+
+async def test_watchdogs_hook_moves_to_the_pacer_it_is_attached_to() -> None:
+    """``Watchdogs.attach(pacer)`` is the wiring hook: one subscription, every
+    ``interval`` worth of ticks, moved (not doubled) by a second attach."""
+    from audiosocket_gw.pacer import Pacer
+
+    async with gateway() as (gw, _):
+        dogs = gw.calls_component.watchdogs
+        other = Pacer()
+        dogs.attach(other)
+        assert [s.n_ticks for s in other._every] == [round(0.25 / 0.020)]
+        assert all(s.fn != dogs.check for s in gw.pacer._every)
+        dogs.attach(gw.pacer)
+        assert other._every == ()
+        await dogs.stop()
+        assert all(s.fn != dogs.check for s in gw.pacer._every)
