@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
+from itertools import islice
 from typing import Any, Final, Protocol
 
 from .audiosocket import HANGUP_FRAME, HEADER, Kind
-from .backends.base import BackendError, BackendSession, CallInfo
+from .backends.base import AudioTap, BackendError, BackendSession, CallInfo, CallLog, Ticker
 from .clock import Clock
 from .config import Config
-from .dsp.vad import VadConfig, VadEvent, VoiceActivityDetector, frame_level, frame_levels
+from .dsp.vad import (
+    SILENCE_LEVEL,
+    VadConfig,
+    VadEvent,
+    VoiceActivityDetector,
+    frame_level,
+    frame_levels,
+)
 from .metrics import Metrics
 from .playout import FRAME_BYTES, PlayoutBuffer
+
+__all__ = ["AudioTap", "Call", "CallLog", "LevelBatch", "Metered"]  # AudioTap, CallLog: from base
 
 log = logging.getLogger("audiosocket_gw.call")
 
@@ -27,69 +37,66 @@ FRAME_HEADER: Final = HEADER.pack(Kind.SLIN, FRAME_BYTES)
 SILENCE_FRAME: Final = FRAME_HEADER + bytes(FRAME_BYTES)
 
 
+class Metered(Protocol):
+    """What ``LevelBatch`` measures for: a call's two directions."""
+
+    def on_caller_level(self, level: float, samples: int) -> None:
+        """The level of one caller frame (``samples`` long), in arrival order."""
+
+    def on_bot_level(self, level: float) -> None:
+        """The level of the bot frame the pacer wrote last."""
+
+
 class LevelBatch:
-    """Caller frames of one pacer tick, measured together.
+    """Frames of one pacer tick, measured together: caller frames and bot frames.
 
     numpy costs microseconds per call whatever the size, so measuring each 20 ms
     frame alone cost more than the rest of the audio path together; the pacer runs
-    ``run()`` at the start of each tick and every call's VAD steps with its level.
-    A barge-in decided here is cut by the same tick, so batching adds no latency.
-    ``immediate=True`` (a call without a server, in tests) measures on ``add``.
+    ``run()`` at the start of each tick and every call gets the level of the bot frame
+    it wrote on the previous tick (``on_bot_level``: is the bot audible, how loud is
+    its echo), then of each caller frame that arrived since (``on_caller_level``: VAD,
+    answering-machine detection). A barge-in decided here is cut by the same tick, so
+    batching adds no latency. ``immediate=True`` (a call without a server, in tests)
+    measures on ``add``/``add_bot``.
     """
 
-    __slots__ = ("calls", "frames", "immediate")
+    __slots__ = ("bot_frames", "bots", "calls", "frames", "immediate")
 
     def __init__(self, *, immediate: bool = False) -> None:
         self.immediate = immediate
-        self.calls: list[Call] = []
+        self.calls: list[Metered] = []
         self.frames: list[bytes] = []
+        self.bots: list[Metered] = []
+        self.bot_frames: list[bytes] = []
 
-    def add(self, call: Call, pcm: bytes) -> None:
+    def add(self, call: Metered, pcm: bytes) -> None:
+        """A caller frame (even number of bytes) to measure at the next tick."""
         if self.immediate:
-            bot = call._last_bot_frame
-            bot_level = frame_level(bot) if bot and call.playout.has_audio else 0.0
-            call.on_caller_level(frame_level(pcm), len(pcm) // 2, bot_level)
+            call.on_caller_level(frame_level(pcm), len(pcm) // 2)
             return
         self.calls.append(call)
         self.frames.append(pcm)
 
-    def run(self) -> None:
-        if not self.frames:
+    def add_bot(self, call: Metered, frame: bytes) -> None:
+        """The bot frame the pacer just wrote for ``call``, to measure at the next tick."""
+        if self.immediate:
+            call.on_bot_level(frame_level(frame))
             return
-        calls, frames = self.calls, self.frames
-        self.calls, self.frames = [], []
-        # The bot's last frame of each call that is talking: the echo allowance.
-        bot_index: dict[Call, int] = {}
-        extra: list[bytes] = []
-        for call in calls:
-            last = call._last_bot_frame
-            if last and call not in bot_index and call.playout.has_audio:
-                bot_index[call] = len(frames) + len(extra)
-                extra.append(last)
-        levels = frame_levels(frames + extra).tolist()
-        for call, pcm, level in zip(calls, frames, levels, strict=False):
-            i = bot_index.get(call)
-            call.on_caller_level(level, len(pcm) // 2, 0.0 if i is None else levels[i])
+        self.bots.append(call)
+        self.bot_frames.append(frame)
 
-
-class AudioTap(Protocol):
-    """Sees both directions of a call: debug dumps and the gateway's own recording."""
-
-    def caller(self, pcm: bytes) -> None:
-        """Caller audio as it arrives (8 kHz slin)."""
-
-    def bot(self, frame: bytes | None) -> None:
-        """The frame the pacer wrote this tick (None = silence)."""
-
-    def close(self) -> None:
-        """The call ended."""
-
-
-class CallLog(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes every line with the call id."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        return f"call {self.extra['call_id'] if self.extra else '?'}: {msg}", kwargs
+    def run(self) -> None:
+        if not self.frames and not self.bot_frames:
+            return
+        calls, frames, bots, measured = self.calls, self.frames, self.bots, self.bot_frames
+        self.calls, self.frames, self.bots, self.bot_frames = [], [], [], []
+        measured += frames  # bot frames first, then caller frames: one numpy pass
+        levels = frame_levels(measured).tolist()
+        nbots = len(bots)
+        for call, level in zip(bots, levels, strict=False):
+            call.on_bot_level(level)
+        for call, pcm, level in zip(calls, frames, islice(levels, nbots, None), strict=True):
+            call.on_caller_level(level, len(pcm) // 2)
 
 
 class Call:
@@ -107,6 +114,7 @@ class Call:
         barge_in: bool = True,
         levels: LevelBatch | None = None,
         clock: Clock | None = None,
+        ticker: Ticker | None = None,
     ) -> None:
         # One clock for the gateway: components compare ``started_at``,
         # ``last_caller_speech`` and ``last_bot_audio`` with ``ctx.clock.monotonic``.
@@ -144,14 +152,19 @@ class Call:
         self.local_barge_in = config.barge_in and barge_in
         self.caller_speaking = False
         self.last_caller_speech = self.started_at
+        # Bot audio the caller can hear: a frame at or above Asterisk's silence level
+        # (echoed or padded silence is not the bot talking). Measured in the batch.
         self.last_bot_audio = self.started_at
-        self._last_bot_frame: bytes | None = None
+        self.bot_level = 0.0  # level of the bot frame written last (the echo allowance)
+        self._bot_at = self.started_at  # when that frame was written
+        self._level_listeners: list[Callable[[float, int], None]] = []
         self._levels = levels if levels is not None else LevelBatch(immediate=True)
         self._cut_onset: float | None = None  # speech onset of a pending barge-in cut
         self._clear_at: float | None = None  # when the backend asked to drop its audio
         self._turn_end: float | None = None  # when the caller stopped talking
         self.barge_ins = 0
         self.taps: list[AudioTap] = []
+        self._ticker = ticker
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} backend={self.backend_name}>"
@@ -257,17 +270,30 @@ class Call:
         if session is not None and pcm:
             session.on_audio(pcm)
 
-    def on_caller_level(self, level: float, samples: int, bot_level: float = 0.0) -> None:
+    def add_level_listener(self, fn: Callable[[float, int], None]) -> None:
+        """Also give ``fn(level, samples)`` every caller frame's level (batched, cheap)."""
+        self._level_listeners.append(fn)
+
+    def on_bot_level(self, level: float) -> None:
+        """Level of the bot frame last written (called by ``LevelBatch``)."""
+        self.bot_level = level
+        if level >= SILENCE_LEVEL:
+            self.last_bot_audio = self._bot_at
+
+    def on_caller_level(self, level: float, samples: int) -> None:
         """VAD step for one caller frame (called by ``LevelBatch`` at the pacer tick).
 
-        ``bot_level`` is the level of the bot frame last written (0 when the bot is
-        quiet): caller audio must rise above the bot's echo to count as speech.
+        While bot audio is queued, caller audio must rise above the echo of the bot
+        frame last written (``bot_level``) to count as speech.
         """
         if self.ended:
             return
+        if self._level_listeners:
+            for fn in self._level_listeners:
+                fn(level, samples)
         vad = self.vad
         bot_pending = self.playout.has_audio
-        ev = vad.process_level(level, samples, bot_level if bot_pending else 0.0)
+        ev = vad.process_level(level, samples, self.bot_level if bot_pending else 0.0)
         if ev is VadEvent.SPEECH_START:
             self.caller_speaking = True
             if bot_pending and self.local_barge_in:
@@ -314,13 +340,11 @@ class Call:
                 )
                 self._clear_at = None
         if frame is None:
-            transport.write(SILENCE_FRAME)
-            if playout.streaming:
-                self.stats.underruns += 1
+            transport.write(SILENCE_FRAME)  # (an underrun is judged by the playout)
         else:
             transport.write(FRAME_HEADER + frame)
-            self._last_bot_frame = frame
-            self.last_bot_audio = now = self._now()
+            self._bot_at = now = self._now()
+            self._levels.add_bot(self, frame)  # audible? (sets last_bot_audio)
             if self._turn_end is not None:
                 self.metrics.response_latency.labels(self.backend_name).observe(
                     now - self._turn_end
@@ -345,14 +369,20 @@ class Call:
     def play(self, pcm: bytes, item_id: str | None = None) -> None:
         if self.ended:
             return
-        self.playout.streaming = True
-        if not self.playout.push(pcm, item_id):
-            self.log.warning(
-                "playout buffer full (%.0f ms); audio dropped", self.playout.pending_ms
-            )
+        playout = self.playout
+        playout.streaming = True
+        underruns = playout.underruns
+        if not playout.push(pcm, item_id):
+            self.log.warning("playout buffer full (%.0f ms); audio dropped", playout.pending_ms)
+        if playout.underruns != underruns:  # a gap inside the utterance, now judged
+            self.stats.underruns += playout.underruns - underruns
 
     def end_of_audio(self) -> None:
-        self.playout.streaming = False
+        playout = self.playout
+        underruns = playout.underruns
+        playout.end_utterance()
+        if playout.underruns != underruns:
+            self.stats.underruns += playout.underruns - underruns
 
     def mark(self, name: str) -> None:
         if self.playout.mark(name) and self.session is not None:
@@ -381,3 +411,17 @@ class Call:
 
     def hangup(self, reason: str) -> None:
         self.end(reason, outcome="gateway_hangup")
+
+    # (``barge_in`` is above, with the lifecycle.)
+
+    def add_tap(self, tap: AudioTap) -> None:
+        self.taps.append(tap)
+
+    def backend_error(self, reason: str) -> None:
+        self.metrics.backend_errors.labels(self.backend_name, reason).inc()
+
+    @property
+    def ticker(self) -> Ticker:
+        if self._ticker is None:
+            raise RuntimeError("this call has no pacer to subscribe to")
+        return self._ticker

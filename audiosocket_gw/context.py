@@ -25,19 +25,13 @@ from .tenants import TenantsConfig
 
 if TYPE_CHECKING:
     from .admission import Admission
-    from .backends.base import CallInfo
+    from .backends.base import CallInfo, Ticker
     from .call import Call
     from .server import CallRegistry
     from .status import StatusWriter
     from .store.base import CallStore
 
-__all__ = ["Clock", "Component", "GatewayContext", "TickSource"]
-
-
-class TickSource(Protocol):
-    """The pacer's subscription API: run ``fn`` every ``n`` 20 ms ticks."""
-
-    def every(self, n_ticks: int, fn: Callable[[], None]) -> Callable[[], None]: ...
+__all__ = ["Clock", "Component", "GatewayContext"]
 
 
 class Component(Protocol):
@@ -68,6 +62,6 @@ class GatewayContext:
     events: CallEvents
     status: StatusWriter
     admission: Admission
-    ticks: TickSource
+    ticks: Ticker
     call_info: Callable[..., CallInfo]
     clock: Clock = field(default_factory=Clock)

@@ -2,7 +2,7 @@
 
 Why: when a caller says "the bot talked over me" or "it cut me off", the only useful
 evidence is both directions on one time line next to what the backend said. A
-``CallDump`` is an ``AudioTap`` (``call.taps``) and writes:
+``CallDump`` is an ``AudioTap`` (``control.add_tap``) and writes:
 
 * ``<dir>/<call_id>.wav``: 8 kHz 16-bit stereo, caller left, bot right, aligned on the
   pacer clock. Every pacer tick adds exactly one 20 ms stereo frame: the bot frame the

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,31 @@ class Schedule:
         return behind, lateness
 
 
+class Every:
+    """A callback the pacer runs every ``n_ticks`` ticks (``Pacer.every``)."""
+
+    __slots__ = ("fn", "left", "n_ticks", "pacer")
+
+    def __init__(self, pacer: Pacer, n_ticks: int, fn: Callable[[float], None]) -> None:
+        self.pacer: Pacer | None = pacer
+        self.n_ticks = n_ticks
+        self.left = n_ticks
+        self.fn = fn
+
+    def cancel(self) -> None:
+        pacer, self.pacer = self.pacer, None
+        if pacer is not None:
+            pacer._unsubscribe(self)
+
+    def __repr__(self) -> str:
+        return f"<Every {self.n_ticks} ticks: {self.fn!r}>"
+
+
+def ticks_for(seconds: float, period: float = PERIOD) -> int:
+    """Whole pacer ticks closest to ``seconds`` (at least one)."""
+    return max(1, round(seconds / period))
+
+
 class PacedStream(Protocol):
     def on_tick(self) -> None:
         """Write the next frame. Must not block and should not raise."""
@@ -94,21 +119,23 @@ class Pacer:
         self.errors = 0
         self.before_tick: list[Callable[[], None]] = []
         """Run once per tick before any stream writes (batched per-tick work)."""
-        self._periodic: list[list[Any]] = []  # [n_ticks, ticks_left, fn]
+        self._every: tuple[Every, ...] = ()
 
-    def every(self, n_ticks: int, fn: Callable[[], None]) -> Callable[[], None]:
-        """Run ``fn`` after the streams on every ``n_ticks``-th tick (one clock for all
-        periodic work); returns a function that unsubscribes it."""
+    def every(self, n_ticks: int, fn: Callable[[float], None]) -> Every:
+        """Run ``fn(now)`` every ``n_ticks`` ticks, after the streams have written.
+
+        The one clock for periodic work (silence fill, watchdogs...): no task, no timer
+        of its own. ``now`` is ``time.monotonic()`` at that tick. Call ``cancel()`` on
+        the returned handle to stop. A failing ``fn`` is logged and counted, and kept.
+        """
         if n_ticks < 1:
-            raise ValueError("n_ticks must be >= 1")
-        entry: list[Any] = [n_ticks, n_ticks, fn]
-        self._periodic.append(entry)
+            raise ValueError(f"n_ticks must be >= 1, got {n_ticks}")
+        sub = Every(self, n_ticks, fn)
+        self._every = (*self._every, sub)
+        return sub
 
-        def cancel() -> None:
-            if entry in self._periodic:
-                self._periodic.remove(entry)
-
-        return cancel
+    def _unsubscribe(self, sub: Every) -> None:
+        self._every = tuple(s for s in self._every if s is not sub)
 
     def add(self, stream: PacedStream) -> None:
         self._streams[stream] = None
@@ -163,17 +190,25 @@ class Pacer:
                     self.errors += 1
                     log.exception("pacer: stream %r failed on tick; removing it", stream)
                     self.remove(stream)
-            for entry in self._periodic:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    entry[1] = entry[0]
-                    try:
-                        entry[2]()
-                    except Exception:
-                        self.errors += 1
-                        log.exception("pacer: periodic hook %r failed", entry[2])
+            if self._every:
+                self._run_every()
         if n and self._on_tick_stats is not None:
             self._on_tick_stats(lateness, len(self._snapshot) * n)
+
+    def _run_every(self) -> None:
+        now = 0.0
+        for sub in self._every:
+            sub.left -= 1
+            if sub.left > 0:
+                continue
+            sub.left = sub.n_ticks
+            if not now:
+                now = time.monotonic()
+            try:
+                sub.fn(now)
+            except Exception:
+                self.errors += 1
+                log.exception("pacer: periodic callback %r failed", sub)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -24,13 +24,20 @@ class PlayoutBuffer:
     """FIFO of bot audio chunks, popped one whole frame per pacer tick.
 
     ``streaming`` tells the buffer that the backend is in the middle of an utterance:
-    a tick that finds less than a frame then counts as an underrun and the partial
-    tail is held back (so frames stay aligned); when not streaming the tail is padded
-    with silence and played.
+    a tick that finds less than a frame then writes silence and the partial tail is
+    held back (so frames stay aligned); when not streaming the tail is padded with
+    silence and played.
+
+    An underrun is a gap *inside* an utterance: silent ticks while streaming that are
+    followed by more audio of the same utterance (counted when that audio arrives, or
+    when ``end_utterance`` finds a held-back tail still to play). Ticks after the last
+    audio of an utterance, before the backend says it is over, and any tick of an idle
+    bot are not underruns: nothing was missing from what the caller heard.
     """
 
     __slots__ = (
         "_chunks",
+        "_gap",
         "_head",
         "_item_played",
         "_marks",
@@ -56,6 +63,7 @@ class PlayoutBuffer:
         self.pending_bytes = 0
         self.dropped_bytes = 0
         self.underruns = 0
+        self._gap = 0  # silent ticks of the current utterance, not yet judged
         self.streaming = False
 
     # -- producer side -------------------------------------------------------
@@ -68,6 +76,10 @@ class PlayoutBuffer:
         if self.pending_bytes + n > self.max_bytes:
             self.dropped_bytes += n
             return False
+        if self._gap:  # the utterance goes on after silent ticks: they were a gap in it
+            if self.streaming:
+                self.underruns += self._gap
+            self._gap = 0
         self._chunks.append((pcm, item_id))
         self.pending_bytes += n
         self.enqueued_bytes += n
@@ -84,6 +96,18 @@ class PlayoutBuffer:
         self._marks.append((self.enqueued_bytes, name))
         return False
 
+    def end_utterance(self) -> None:
+        """The backend's utterance is complete: a partial tail is padded and played.
+
+        Silent ticks just before count as underruns only if a held-back tail still
+        follows them; otherwise the utterance had simply run out (not a gap).
+        """
+        if self._gap:
+            if self.pending_bytes:
+                self.underruns += self._gap
+            self._gap = 0
+        self.streaming = False
+
     def clear(self) -> list[str]:
         """Drop all queued audio; return every pending mark name (they were not played)."""
         self.dropped_bytes += self.pending_bytes
@@ -92,6 +116,7 @@ class PlayoutBuffer:
         self._head = 0
         self.pending_bytes = 0
         self.streaming = False
+        self._gap = 0  # what would have followed the silent ticks was dropped
         names = [name for _, name in self._marks]
         self._marks.clear()
         return names
@@ -105,7 +130,7 @@ class PlayoutBuffer:
         if pending < fb:
             if pending == 0 or self.streaming:
                 if self.streaming:
-                    self.underruns += 1
+                    self._gap += 1
                 return None
         chunk, item = self._chunks[0]
         head = self._head

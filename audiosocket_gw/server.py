@@ -274,6 +274,7 @@ class AudioSocketServer:
             barge_in=backend.local_barge_in,
             levels=self.levels,
             clock=self.clock,
+            ticker=self.pacer,
         )
         self.calls[info.call_id] = call
         self.metrics.active_calls.labels(backend.name).inc()

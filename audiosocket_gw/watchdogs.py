@@ -21,8 +21,11 @@ Pure cores on an injected clock, and a thin component that ticks them:
   ``voicemail_budget_s`` (then ``unknown``). A machine is hung up
   (``voicemail_action = "hangup"``) or left to the bot (``leave_message``).
 * ``Watchdogs``: the component. Every ``interval`` s (250 ms) it checks every live
-  call, applies verdicts (``call.hangup(reason)``, ``store.update_call``) and counts
-  them. It taps caller audio of outbound calls for the detector.
+  call (``check(now)``), applies verdicts (``call.hangup(reason)``,
+  ``store.update_call``) and counts them. It has no loop of its own: ``attach(pacer)``
+  subscribes ``check`` to the gateway's pacer every ``interval`` worth of ticks
+  (``start()`` attaches to ``ctx.ticks``, the pacer, when nobody attached it before). It
+  feeds the detector of outbound calls the caller levels the bridge already measured.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from typing import TYPE_CHECKING, Final, Literal
 from aiohttp import web
 
 from .dsp.vad import frame_level
+from .pacer import ticks_for
 from .tenants import Agent
 
 if TYPE_CHECKING:
     from .ami_metrics import CallMetrics
+    from .backends.base import Subscription, Ticker
     from .call import Call
     from .context import GatewayContext
 
@@ -118,9 +123,15 @@ class AmdDetector:
         """One chunk of 8 kHz slin; returns the verdict once there is one."""
         if self.result is not None or len(pcm) < 2:
             return self.result
-        ms = len(pcm) / 16.0
+        return self.feed_level(frame_level(pcm), len(pcm) // 2)
+
+    def feed_level(self, level: float, samples: int) -> AmdResult | None:
+        """``feed`` for a chunk whose level (mean |sample|) is already measured."""
+        if self.result is not None or samples < 1:
+            return self.result
+        ms = samples / 8.0
         self._total += ms
-        if frame_level(pcm) < self.threshold:
+        if level < self.threshold:
             self._silence += ms
             self._voice = 0.0
             if self._in_word and self._silence >= self.between_words_silence_ms:
@@ -204,10 +215,15 @@ class CallWatch:
 
     def caller_audio(self, pcm: bytes) -> None:
         """Caller audio for the in-stream detector (outbound, undecided calls only)."""
+        if len(pcm) >= 2:
+            self.caller_level(frame_level(pcm), len(pcm) // 2)
+
+    def caller_level(self, level: float, samples: int) -> None:
+        """``caller_audio`` for a frame the bridge has already measured (``LevelBatch``)."""
         det = self.detector
         if det is None or self.answered_by is not None:
             return
-        res = det.feed(pcm)
+        res = det.feed_level(level, samples)
         if res is not None:
             self._decide(answered_by_from_amd(res.status, res.cause), "stream")
 
@@ -246,22 +262,6 @@ class CallWatch:
         return out
 
 
-class _Tap:
-    """Feeds a call's caller audio to its ``CallWatch`` (an ``AudioTap``)."""
-
-    def __init__(self, watch: CallWatch) -> None:
-        self.watch = watch
-
-    def caller(self, pcm: bytes) -> None:
-        self.watch.caller_audio(pcm)
-
-    def bot(self, frame: bytes | None) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
 class Watchdogs:
     """The component: one ``CallWatch`` per live AudioSocket call, ticked every 250 ms."""
 
@@ -277,6 +277,7 @@ class Watchdogs:
         self.clock = ctx.clock.monotonic
         self.interval = interval
         self.watches: dict[str, CallWatch] = {}
+        self._sub: Subscription | None = None
         self._writes: set[asyncio.Task[None]] = set()
         self._early_amd: dict[str, tuple[str, str]] = {}
         self._unsubscribe: list[Callable[[], None]] = []
@@ -292,8 +293,8 @@ class Watchdogs:
         early = self._early_amd.pop(call.call_id, None)
         if early is not None:
             watch.amd(*early)
-        if watch.outbound:
-            call.taps.append(_Tap(watch))
+        if watch.outbound:  # the detector steps with the levels the bridge measured
+            call.add_level_listener(watch.caller_level)
 
     def _call_ended(self, call: Call) -> None:
         self.watches.pop(call.call_id, None)
@@ -318,24 +319,48 @@ class Watchdogs:
             self._spawn(self._store_answered_by(call_id, answered_by_from_amd(status, cause),
                                                 "asterisk"))
 
+    def attach(self, ticker: Ticker) -> None:
+        """Run ``check`` on ``ticker`` (the pacer) every ``interval`` worth of ticks.
+
+        The hook for whoever builds the components: call it with the gateway's pacer
+        (``watchdogs.attach(pacer)``); ``start()`` does it with ``ctx.ticks`` when it
+        was not done before. Attaching again moves the subscription.
+        """
+        self.detach()
+        self._sub = ticker.every(ticks_for(self.interval), self._on_tick)
+
+    def _on_tick(self, now: float) -> None:
+        # The context's clock, not the pacer's reading: the two are the same clock in
+        # a gateway, and a test's injected clock stays the only one.
+        self.check(self.clock())
+
+    def detach(self) -> None:
+        if self._sub is not None:
+            self._sub.cancel()
+            self._sub = None
+
     async def start(self) -> None:
         self._unsubscribe = [self.ctx.events.started.connect(self._call_started),
                              self.ctx.events.ended.connect(self._call_ended)]
         # One clock: checked on the pacer's tick, every ``interval`` seconds.
-        self._unsubscribe.append(
-            self.ctx.ticks.every(max(1, round(self.interval / 0.02)), self.tick))
+        if self._sub is None:
+            self.attach(self.ctx.ticks)
 
     async def stop(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []
+        self.detach()
         for t in list(self._writes):
             with contextlib.suppress(Exception):
                 await t
 
     def tick(self) -> None:
-        """Check every live call once (the component calls this every ``interval``)."""
-        now = self.clock()
+        """Check every live call now (on this component's clock)."""
+        self.check(self.clock())
+
+    def check(self, now: float) -> None:
+        """Check every live call once at ``now`` (the pacer calls this every ``interval``)."""
         calls = self.ctx.calls
         for call_id, watch in list(self.watches.items()):
             call = calls.get(call_id)

@@ -74,3 +74,33 @@ async def test_pacer_drives_every_stream_and_survives_a_failing_one() -> None:
     pacer.remove(a)
     pacer.remove(a)  # idempotent
     assert len(pacer) == 1
+
+
+async def test_every_runs_on_the_pacer_clock_and_can_be_cancelled() -> None:
+    loop = asyncio.get_running_loop()
+    pacer = Pacer(period=20 * MS)
+    stream = Recorder(loop)
+    pacer.add(stream)
+    each: list[float] = []
+    third: list[float] = []
+    pacer.every(1, each.append)
+    sub3 = pacer.every(3, third.append)
+
+    def boom(now: float) -> None:
+        raise RuntimeError("boom")
+
+    pacer.every(2, boom)
+    with pytest.raises(ValueError):
+        pacer.every(0, each.append)
+    pacer.start()
+    await asyncio.sleep(250 * MS)
+    sub3.cancel()
+    sub3.cancel()  # idempotent
+    n3 = len(third)
+    await asyncio.sleep(100 * MS)
+    await pacer.stop()
+    # Same clock as the streams: one call per tick (give or take the tick in flight).
+    assert abs(len(each) - len(stream.times)) <= 1 and len(each) >= 10
+    assert n3 >= 3 and len(third) == n3
+    assert all(b > a for a, b in zip(each, each[1:], strict=False))
+    assert pacer.errors >= 3  # the failing callback is counted, and kept

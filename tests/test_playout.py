@@ -33,9 +33,41 @@ def test_streaming_tail_is_held_and_counted_as_underrun() -> None:
     b.push(tone(400))
     assert b.pop_frame() == tone(320)
     assert b.pop_frame() is None  # 80 bytes held back, frame alignment kept
+    b.push(tone(240, 3))  # the utterance went on: that silent tick was a gap in it
     assert b.underruns == 1
-    b.push(tone(240, 3))
     assert b.pop_frame() == tone(80) + tone(240, 3)
+
+
+def test_idle_ticks_are_not_underruns() -> None:
+    """Only a gap inside an utterance is an underrun: silent ticks after its last audio
+    (before or after the backend says it is over) and an idle bot are not."""
+    b = PlayoutBuffer()
+    b.streaming = True
+    b.push(tone(640))
+    assert b.pop_frame() is not None and b.pop_frame() is not None
+    for _ in range(5):  # ran out; the backend has not said it is over yet
+        assert b.pop_frame() is None
+    b.end_utterance()
+    for _ in range(50):  # idle bot
+        assert b.pop_frame() is None
+    b.streaming = True  # the next utterance
+    b.push(tone(320))
+    assert b.underruns == 0
+    # A gap inside an utterance, then its end with a held-back tail still to play.
+    assert b.pop_frame() is not None
+    b.push(tone(100))
+    assert b.pop_frame() is None and b.pop_frame() is None
+    b.end_utterance()
+    assert b.underruns == 2
+    assert b.pop_frame() == tone(100) + bytes(220)
+    # A gap whose continuation was cleared (barge-in) is not an underrun either.
+    b.streaming = True
+    b.push(tone(100))
+    assert b.pop_frame() is None
+    b.clear()
+    b.streaming = True
+    b.push(tone(320))
+    assert b.underruns == 2
 
 
 def test_marks_fire_when_their_audio_is_written() -> None:
@@ -84,3 +116,17 @@ def test_buffer_is_bounded() -> None:
     assert b.push(tone(900))
     assert not b.push(tone(200))
     assert b.dropped_bytes == 200 and b.pending_bytes == 900
+
+
+def test_item_history_keeps_the_newest_items() -> None:
+    """The per-item history is bounded (32 items): the oldest items are forgotten, the
+    newest always kept, or ``played_ms`` of the item being played (the one a barge-in
+    truncates) would read 0 once a call has had more than 32 bot items."""
+    b = PlayoutBuffer()
+    for i in range(40):
+        b.push(tone(FRAME_BYTES), item_id=f"i{i}")  # 20 ms each
+    b.push(tone(FRAME_BYTES * 5), item_id="long")  # 100 ms
+    for _ in range(42):
+        assert b.pop_frame() is not None
+    assert b.played_ms("long") == 40  # the item in progress, 2 frames in
+    assert [b.played_ms(f"i{i}") for i in range(40)] == [0] * 9 + [20] * 31

@@ -58,6 +58,28 @@ async def test_echo_call_returns_the_callers_audio_exactly() -> None:
         assert counter(gw, "aigw_active_calls", backend="echo") == 0
 
 
+async def test_echo_caller_pauses_are_not_underruns_and_outbound_mos_holds() -> None:
+    """A perfect loopback call whose caller pauses (DTX: no frames for a while, twice,
+    in 20 and 30 ms frames). The echo bot is idle during the pauses, not underrunning:
+    no underrun is counted and the gateway-only outbound MOS stays at its ceiling.
+    (The echo delay is the jitter cushion: frames late by more than it inside a talk
+    spurt would be real underruns, which a loaded test machine must not produce.)"""
+    async with running_gateway(echo_delay_ms=round(100_000 * MS)) as gw:
+        plans = [CallPlan(seconds=2.4, audio=speech_like(3.0), frame_ms=frame_ms,
+                          pauses=[(0.4, 1.0), (1.4, 1.9)])
+                 for frame_ms in (20, 30)]
+        report = await run_simulation(*gw.audiosocket.address, plans=plans, out_dir=None)
+        await gw.mos.drain()
+        for plan, c in zip(plans, report.calls, strict=True):
+            assert c.ok, c
+            assert c.max_gap_ms is not None and c.max_gap_ms < GAP_MS  # silence kept flowing
+            q = gw.mos.results[plan.call_id]
+            assert q.underruns == 0
+            assert q.outbound is not None and q.outbound.source == "gateway"
+            assert q.outbound.mean_mos >= 4.0, q
+        assert counter(gw, "aigw_playout_underruns_total") == 0
+
+
 async def test_byte_at_a_time_client() -> None:
     async with running_gateway() as gw:
         peer = await RawPeer.connect(gw.audiosocket.address)

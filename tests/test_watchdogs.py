@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from audiosocket_gw.call import LevelBatch
+from audiosocket_gw.dsp.vad import frame_level
 from audiosocket_gw.watchdogs import AmdDetector, CallWatch, Limits, answered_by_from_amd
 
 
@@ -84,3 +86,33 @@ def test_answered_by_mapping() -> None:
     assert answered_by_from_amd("MACHINE") == "machine_start"
     assert answered_by_from_amd("NOTSURE") == "unknown"
     assert answered_by_from_amd("HANGUP") == "unknown"
+
+
+def test_detector_steps_on_levels_measured_by_the_bridge() -> None:
+    """The bridge measures every caller frame once (``LevelBatch``); the in-stream
+    detector steps on those levels and decides exactly as on the raw audio."""
+    pcm = tone(300) + silence(120) + tone(250) + silence(900)
+    frames = [pcm[i:i + 480] for i in range(0, len(pcm), 480)]  # 30 ms frames
+    on_audio, on_levels = AmdDetector(), AmdDetector()
+    for f in frames:
+        on_audio.feed(f)
+        on_levels.feed_level(frame_level(f), len(f) // 2)
+    assert on_audio.result is not None and on_audio.result == on_levels.result
+    w = CallWatch("c", 0.0, Limits(), outbound=True)
+    batch = LevelBatch()
+    long_greeting = tone(2000)
+    for i in range(0, len(long_greeting), 320):
+        batch.add(_LevelsTo(w), long_greeting[i:i + 320])
+    batch.run()
+    assert w.answered_by == "machine_start"
+
+
+class _LevelsTo:
+    def __init__(self, watch: CallWatch) -> None:
+        self.watch = watch
+
+    def on_caller_level(self, level: float, samples: int) -> None:
+        self.watch.caller_level(level, samples)
+
+    def on_bot_level(self, level: float) -> None:
+        raise AssertionError("no bot frame was added")

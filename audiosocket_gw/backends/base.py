@@ -16,9 +16,10 @@ the same format; the pacer cuts it into 20 ms frames.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..tenants import Agent
 
@@ -50,16 +51,67 @@ class CallInfo:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+class CallLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the call id."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        return f"call {self.extra['call_id'] if self.extra else '?'}: {msg}", kwargs
+
+
+class AudioTap(Protocol):
+    """Sees both directions of a call: debug dumps and the gateway's own recording."""
+
+    def caller(self, pcm: bytes) -> None:
+        """Caller audio as it arrives (8 kHz slin)."""
+
+    def bot(self, frame: bytes | None) -> None:
+        """The frame the pacer wrote this tick (None = silence)."""
+
+    def close(self) -> None:
+        """The call ended."""
+
+
+class Subscription(Protocol):
+    """A periodic callback on the gateway's clock (see ``Ticker.every``)."""
+
+    def cancel(self) -> None:
+        """Stop calling it (idempotent)."""
+
+
+class Ticker(Protocol):
+    """The gateway's one 20 ms clock (the pacer), for periodic work."""
+
+    def every(self, n_ticks: int, fn: Callable[[float], None]) -> Subscription:
+        """Call ``fn(now)`` every ``n_ticks`` pacer ticks (``now``: time.monotonic())."""
+
+
 class CallControl(Protocol):
-    """What a backend session may do to its call. Every method returns at once."""
+    """What a backend session may do to its call. Every method returns at once.
+
+    This is the whole of what a backend sees of the bridge: backends never import
+    ``audiosocket_gw.call`` nor read the bridge's attributes.
+    """
 
     call_id: str
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The call's logger (every line prefixed with the call id)."""
+
+    @property
+    def ticker(self) -> Ticker:
+        """The pacer's clock: periodic work subscribes here instead of running a loop."""
 
     def play(self, pcm: bytes, item_id: str | None = None) -> None:
         """Queue bot audio (8 kHz slin). Marks the bot stream as active."""
 
     def end_of_audio(self) -> None:
-        """The current utterance is complete: a short tail is padded, not an underrun."""
+        """The current utterance is complete: a short tail is padded and played.
+
+        Until then silent ticks are a possible gap in the utterance (an underrun, if
+        more of it follows); after it the bot is idle. A backend that never calls this
+        leaves every pause looking like a gap waiting to be judged.
+        """
 
     def mark(self, name: str) -> None:
         """Echo ``name`` back (via ``on_marks``) once all audio queued so far is written."""
@@ -79,6 +131,20 @@ class CallControl(Protocol):
 
     def hangup(self, reason: str) -> None:
         """End the call (``00 00 00`` to Asterisk) with a bounded ``reason``."""
+
+    def barge_in(self, source: str) -> None:
+        """The caller spoke over the bot (``source``: bounded label, e.g. "server-vad").
+
+        Drops queued bot audio on the next tick, counts the barge-in and then calls the
+        session's ``on_barge_in`` (so ``played_ms`` is exact there). Nothing happens
+        when no bot audio is queued or streaming.
+        """
+
+    def add_tap(self, tap: AudioTap) -> None:
+        """Let ``tap`` see both directions of the call from now on (closed at the end)."""
+
+    def backend_error(self, reason: str) -> None:
+        """Count an error of this call's backend (``aigw_backend_errors_total``)."""
 
 
 class BackendSession(abc.ABC):

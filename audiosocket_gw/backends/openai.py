@@ -18,8 +18,8 @@ What it does, per call (``OpenAISession``):
   ``greeting`` the bot speaks first (``conversation.item.create`` + ``response.create``).
 * Barge-in is exact: the bridge cuts playout locally on its own VAD and calls
   :meth:`OpenAISession.on_barge_in`; ``input_audio_buffer.speech_started`` while bot
-  audio is pending makes the session cut it (``Call.barge_in("server-vad")`` when the
-  control offers it, else ``control.clear()``). Either way the server then gets
+  audio is pending makes the session cut it (``control.barge_in("server-vad")``, which
+  calls back :meth:`OpenAISession.on_barge_in`). Either way the server then gets
   ``conversation.item.truncate`` with ``audio_end_ms`` = the milliseconds of that item
   the pacer really wrote, clamped to what was received, and ``response.cancel`` only if
   the response is still active and the server does not cancel it itself (see
@@ -36,7 +36,7 @@ What it does, per call (``OpenAISession``):
   ``response.output_audio_transcript.done`` (bot) go to ``control.transcript`` and to the
   debug dump.
 * Debug dump (opt-in: agent ``debug_dump`` or ``--debug-dump``): a
-  :class:`~audiosocket_gw.dump.CallDump` is attached to ``control.taps`` and fed the
+  :class:`~audiosocket_gw.dump.CallDump` is attached with ``control.add_tap`` and fed the
   backend events.
 
 Per-agent settings are the agent's ``instructions``/``voice``/``greeting`` and the
@@ -63,14 +63,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from ..call import CallLog
 from ..config import Config, ConfigError
 from ..dsp.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from ..dsp.resample import StreamResampler
 from ..dump import CallDump
 from ..realtime import protocol as rt
 from ..tenants import Agent
-from .base import Backend, BackendSession, CallControl, CallInfo
+from .base import Backend, BackendSession, CallControl, CallInfo, CallLog
 from .openai_policy import (
     ContextHistory,
     OpenAISettings,
@@ -163,14 +162,13 @@ class OpenAIBackend(Backend):
             settings, error = OpenAISettings(), exc
         dump: CallDump | None = None
         wants_dump = self.debug_dump or (call.agent_cfg is not None and call.agent_cfg.debug_dump)
-        taps = getattr(control, "taps", None)
-        if wants_dump and self.data_dir is not None and isinstance(taps, list):
+        if wants_dump and self.data_dir is not None:
             try:
                 dump = CallDump(self.data_dir / "dumps", call.call_id)
             except (OSError, RuntimeError) as exc:
                 log.warning("call %s: debug dump not available: %s", call.call_id, exc)
             else:
-                taps.append(dump)
+                control.add_tap(dump)
         return OpenAISession(self, call, control, settings, config_error=error, dump=dump)
 
 
@@ -505,12 +503,7 @@ class OpenAISession(BackendSession):
         if control.bot_audio_pending:
             self._server_cut = True
             try:
-                barge_in = getattr(control, "barge_in", None)
-                if callable(barge_in):
-                    barge_in("server-vad")  # clears playout, then calls on_barge_in()
-                else:
-                    control.clear()
-                    self.on_barge_in()
+                control.barge_in("server-vad")  # clears playout, then calls on_barge_in()
             finally:
                 self._server_cut = False
         elif self.tracker.active_response is not None and not self.tracker.is_cut(
@@ -546,9 +539,7 @@ class OpenAISession(BackendSession):
 
     def _count_error(self, reason: str) -> None:
         self.counters[f"error_{reason}"] += 1
-        metrics = getattr(self._control, "metrics", None)
-        if metrics is not None:
-            metrics.backend_errors.labels(self.backend.name, reason).inc()
+        self._control.backend_error(reason)
 
     def _fail(self, error: str, reason: str) -> str:
         """Count ``error`` and hang the call up with ``reason``; returns the reason."""

@@ -16,8 +16,10 @@ How, per call (:class:`TwilioStreamSession`):
   30 ms...) is mu-law encoded and re-cut into 160-byte chunks, each sent as one ``media``
   event as soon as it is complete (a 30 ms frame yields one chunk and keeps half a chunk
   for the next one). Asterisk sends nothing while the caller's channel produces no
-  frames, but Twilio always streams: one backend-wide 20 ms timer (not a task per call)
-  checks every session, and when no caller audio came for more than 40 ms it pads the
+  frames, but Twilio always streams: one backend-wide subscription to the gateway's
+  pacer (``control.ticker.every(1, ...)``: no task or timer of its own, none per call)
+  checks every session each tick, and when no caller audio came for more than 40 ms it
+  pads the
   partial chunk with mu-law silence (0xFF) and sends silence chunks until the stream's
   audio time catches up with the wall clock. ``timestamp`` is therefore audio time,
   continuous across gaps, as the app expects.
@@ -58,7 +60,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from ..call import CallLog
 from ..config import Config, ConfigError
 from ..dsp.g711 import ulaw_decode, ulaw_encode
 from ..tenants import Agent, Tenant, TenantsConfig, load_tenants
@@ -78,20 +79,27 @@ from ..twilio.webhook import (
     run_voice_webhook,
     voice_params,
 )
-from .base import Backend, BackendError, BackendSession, CallControl, CallInfo
+from .base import (
+    Backend,
+    BackendError,
+    BackendSession,
+    CallControl,
+    CallInfo,
+    CallLog,
+    Subscription,
+)
 
 log = logging.getLogger("audiosocket_gw.backends.twilio_stream")
 
 CHUNK: Final = 160
 """mu-law bytes in one 20 ms media event."""
 SILENCE_ULAW: Final = b"\xff" * CHUNK
-TICK_S: Final = 0.020
 GAP_S: Final = 0.040
 """No caller audio for longer than this: stream silence in its place."""
 APP_IDLE_S: Final = 0.060
 """No app media for this long: the app's utterance is over, play its partial tail."""
 MAX_FILL_PER_TICK: Final = 5
-"""Silence chunks sent per timer tick at most (no burst after a stalled loop)."""
+"""Silence chunks sent per pacer tick at most (no burst after a stalled loop)."""
 _INTERNAL_MARK: Final = "\x00aigw-internal-"
 _MAX_LOGGED_ERRORS: Final = 5
 
@@ -133,7 +141,7 @@ class TwilioStreamMetrics:
 
 
 class TwilioStreamBackend(Backend):
-    """Factory of :class:`TwilioStreamSession`; owns the shared timer and HTTP client."""
+    """Factory of :class:`TwilioStreamSession`; owns the shared tick and HTTP client."""
 
     name = "twilio-stream"
     local_barge_in = False  # the app barges in itself, with `clear`
@@ -166,7 +174,8 @@ class TwilioStreamBackend(Backend):
         self.send_queue = send_queue
         self.max_message_bytes = max_message_bytes
         self.sessions: set[TwilioStreamSession] = set()
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticking: tuple[TwilioStreamSession, ...] = ()
+        self._tick_sub: Subscription | None = None
         self._http: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -208,43 +217,36 @@ class TwilioStreamBackend(Backend):
         return self._http
 
     async def aclose(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        if self._tick_sub is not None:
+            self._tick_sub.cancel()
+            self._tick_sub = None
         if self._http is not None:
             await self._http.close()
             self._http = None
 
-    # -- the shared 20 ms timer ------------------------------------------------------
+    # -- the shared tick (the gateway's pacer) ------------------------------------------
 
     def _register(self, session: TwilioStreamSession) -> None:
         self.sessions.add(session)
-        if self._ticker is None or self._ticker.done():
-            self._ticker = asyncio.get_running_loop().create_task(
-                self._tick_loop(), name="twilio-stream-ticker"
-            )
+        self._ticking = tuple(self.sessions)
+        if self._tick_sub is None:
+            self._tick_sub = session.control.ticker.every(1, self._tick)
 
     def _unregister(self, session: TwilioStreamSession) -> None:
         self.sessions.discard(session)
+        self._ticking = tuple(self.sessions)
+        if not self.sessions and self._tick_sub is not None:
+            self._tick_sub.cancel()
+            self._tick_sub = None
 
-    async def _tick_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        while self.sessions:
-            deadline += TICK_S
-            now = loop.time()
-            if deadline < now:  # blocked loop: skip ahead, never burst
-                deadline = now + TICK_S
-            await asyncio.sleep(deadline - now)
-            mono = time.monotonic()
-            for session in list(self.sessions):
-                try:
-                    session.tick(mono)
-                except Exception:
-                    session.log.exception("twilio-stream timer failed")
-                    self.sessions.discard(session)
+    def _tick(self, now: float) -> None:
+        """Every pacer tick (after the frames went out): each streaming session's turn."""
+        for session in self._ticking:
+            try:
+                session.tick(now)
+            except Exception:
+                session.log.exception("twilio-stream tick failed")
+                self._unregister(session)
 
 
 class TwilioStreamSession(BackendSession):
@@ -409,7 +411,7 @@ class TwilioStreamSession(BackendSession):
             self._enqueue(self.encoder.dtmf(digit))
 
     def tick(self, now: float) -> None:
-        """The shared 20 ms timer: stream silence over caller gaps, close app utterances."""
+        """Each pacer tick: stream silence over caller gaps, close app utterances."""
         if not self.streaming or self.encoder is None:
             return
         if self._app_tail_open and now - self._last_app_media > APP_IDLE_S:

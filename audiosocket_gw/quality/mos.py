@@ -39,11 +39,12 @@ The gateway's contribution (documented approximation)
 ------------------------------------------------------
 The pacer is the clock of our outbound audio, so the gateway can damage only ``out``:
 
-* **Loss**: a tick where the bot is mid-utterance but less than a frame is buffered
-  (an underrun, ``call.playout.underruns``) puts 20 ms of silence inside speech; a
-  tick the pacer skipped (``aigw_pacer_missed_ticks``, global, counted for every call
-  live at the time) loses a frame. RTP cannot see either (Asterisk still sends a
-  packet), so this loss is *added* to what RTCP reports::
+* **Loss**: a silent tick inside a bot utterance (less than a frame buffered while
+  the backend streams, and more of the same utterance played after it: an underrun,
+  ``call.playout.underruns``; an idle bot is not one) puts 20 ms of silence inside
+  speech; a tick the pacer skipped (``aigw_pacer_missed_ticks``, global, counted for
+  every call live at the time) loses a frame. RTP cannot see either (Asterisk still
+  sends a packet), so this loss is *added* to what RTCP reports::
 
       active  = speech_frames + underruns
       m_s     = missed * active / ticks          (the missed ticks' speech share)

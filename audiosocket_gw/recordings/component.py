@@ -130,7 +130,7 @@ class RecordingsComponent:
         part = self.root / ".part" / f"{info.call_id}.wav.part"
         fut, done = threadsafe_done(asyncio.get_running_loop())
         rec = StereoRecorder(self.writer, final, part, done)
-        call.taps.append(rec)
+        call.add_tap(rec)
         self._spawn(self._gateway_capture(info.call_id, info.tenant, agent.name,
                                           _callback(agent.extra), fut), self._captures)
 

@@ -440,6 +440,24 @@ def test_turn_tracker_plans() -> None:
     assert t.barge_in(0, server_cancels=False).truncate is None  # nothing playing now
 
 
+@pytest.mark.parametrize(("bytes_per_ms", "received", "want_ms"), [
+    (8.0, 805, 100),  # pcmu/pcma: 100.625 ms received
+    (8.0, 7, 0),  # less than a millisecond
+    (48.0, 1000, 20),  # pcm 24 kHz: 20.83 ms received
+    (48.0, 4799, 99),  # 99.98 ms
+])
+def test_truncate_clamp_rounds_received_audio_down(
+        bytes_per_ms: float, received: int, want_ms: int) -> None:
+    """The server refuses a truncate past the audio it sent; fractional milliseconds
+    received (odd delta sizes) must round down, never up."""
+    t = TurnTracker(bytes_per_ms)
+    t.response_created("r1")
+    t.audio("r1", "i1", received)
+    assert t.received_ms("i1") == want_ms
+    plan = t.barge_in(want_ms + 50, server_cancels=False)  # played "more" than received
+    assert plan.truncate == ("i1", want_ms)
+
+
 def test_context_history_is_bounded() -> None:
     h = ContextHistory(limit=2)
     for i in range(5):

@@ -86,6 +86,16 @@ class FakeClock:
         return Clock(wall=self.wall, monotonic=self.monotonic)
 
 
+class _Sub:
+    def __init__(self, ticks: ManualTicks, entry: list[Any]) -> None:
+        self._ticks = ticks
+        self._entry = entry
+
+    def cancel(self) -> None:
+        if self._entry in self._ticks._subs:
+            self._ticks._subs.remove(self._entry)
+
+
 class ManualTicks:
     """The pacer's ``every()`` with ticks fired by the test (``advance``)."""
 
@@ -93,26 +103,21 @@ class ManualTicks:
         self._subs: list[list[Any]] = []  # [period, ticks left, fn]
         self.ticks = 0
 
-    def every(self, n_ticks: int, fn: Callable[[], None]) -> Callable[[], None]:
+    def every(self, n_ticks: int, fn: Callable[[float], None]) -> _Sub:
         if n_ticks < 1:
             raise ValueError("n_ticks must be >= 1")
         entry: list[Any] = [n_ticks, n_ticks, fn]
         self._subs.append(entry)
+        return _Sub(self, entry)
 
-        def cancel() -> None:
-            if entry in self._subs:
-                self._subs.remove(entry)
-
-        return cancel
-
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, now: float = 0.0) -> None:
         for _ in range(n):
             self.ticks += 1
             for entry in tuple(self._subs):
                 entry[1] -= 1
                 if entry[1] <= 0:
                     entry[1] = entry[0]
-                    entry[2]()
+                    entry[2](now)
 
     def __len__(self) -> int:
         return len(self._subs)

@@ -54,6 +54,9 @@ class CallPlan:
     frame_ms: int = 20
     dtmf: list[tuple[float, str]] = field(default_factory=list)
     tagged: bool = False
+    pauses: list[tuple[float, float]] = field(default_factory=list)
+    """(start, end) seconds into the call when no frames are sent (DTX, as a phone with
+    silence suppression does: Asterisk then sends AudioSocket nothing)."""
 
 
 @dataclass
@@ -273,6 +276,9 @@ class _SimCall(asyncio.Protocol):
             self.next_send = now + period
             return self.next_send
         while self.next_send <= horizon:
+            if self.plan.pauses and self._paused(self.next_send - self.started):
+                self.next_send += period
+                continue
             chunk = self.pcm[self.offset : self.offset + self.frame_bytes]
             if len(chunk) < self.frame_bytes:
                 self.offset = 0
@@ -288,6 +294,9 @@ class _SimCall(asyncio.Protocol):
             if now - self.next_send > 2 * period:  # stalled: do not burst, skip ahead
                 self.next_send = now + period
         return self.next_send
+
+    def _paused(self, at: float) -> bool:
+        return any(start <= at < end for start, end in self.plan.pauses)
 
     def analyse(self, out_dir: Path | None, transit_offset_s: float) -> None:
         self._decode()
