@@ -14,6 +14,7 @@ import pytest
 from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.backends.base import Backend, BackendSession, CallControl, CallInfo
 from audiosocket_gw.gateway import Gateway
+from audiosocket_gw.quality.mos import MosMonitor
 from audiosocket_gw.testing.simulator.audio import speech_like
 from audiosocket_gw.testing.simulator.pbx import CallPlan, run_simulation
 
@@ -69,11 +70,11 @@ async def test_echo_caller_pauses_are_not_underruns_and_outbound_mos_holds() -> 
                           pauses=[(0.4, 1.0), (1.4, 1.9)])
                  for frame_ms in (20, 30)]
         report = await run_simulation(*gw.audiosocket.address, plans=plans, out_dir=None)
-        await gw.mos.drain()
+        await gw.component(MosMonitor).drain()
         for plan, c in zip(plans, report.calls, strict=True):
             assert c.ok, c
             assert c.max_gap_ms is not None and c.max_gap_ms < GAP_MS  # silence kept flowing
-            q = gw.mos.results[plan.call_id]
+            q = gw.component(MosMonitor).results[plan.call_id]
             assert q.underruns == 0
             assert q.outbound is not None and q.outbound.source == "gateway"
             assert q.outbound.mean_mos >= 4.0, q
