@@ -72,6 +72,24 @@ class LevelBatch:
             call.on_caller_level(level, len(pcm) // 2, 0.0 if i is None else levels[i])
 
 
+def close_bounded(transport: asyncio.Transport, timeout: float) -> None:
+    """Make a ``close()`` that waits for unsent data end within ``timeout`` seconds.
+
+    ``close()`` flushes the write buffer first; a peer that stopped reading never lets
+    it, and the connection (and its socket) would stay forever. Abort it instead.
+    """
+    if transport.get_write_buffer_size() == 0:
+        return
+
+    def abort() -> None:
+        if transport.get_write_buffer_size() > 0:
+            log.warning("peer did not read the last %d bytes in %.1f s: connection aborted",
+                        transport.get_write_buffer_size(), timeout)
+            transport.abort()
+
+    asyncio.get_running_loop().call_later(max(0.0, timeout), abort)
+
+
 class AudioTap(Protocol):
     """Sees both directions of a call: debug dumps and the gateway's own recording."""
 
@@ -185,6 +203,7 @@ class Call:
             transport.write(HANGUP_FRAME)
         if not transport.is_closing():
             transport.close()
+        close_bounded(transport, self.config.write_stall_timeout)
         duration = time.monotonic() - self.started_at
         self.log.info(
             "ended: %s (outcome %s, %.1f s, %d frames in, %d out)",

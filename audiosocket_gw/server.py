@@ -18,7 +18,7 @@ from typing import Final
 
 from . import audiosocket as asp
 from .backends.base import Backend, CallInfo
-from .call import Call, LevelBatch
+from .call import Call, LevelBatch, close_bounded
 from .config import Config
 from .metrics import Metrics
 from .pacer import Pacer
@@ -212,6 +212,7 @@ class AudioSocketProtocol(asyncio.Protocol):
             if hangup:
                 t.write(asp.HANGUP_FRAME)
             t.close()
+            close_bounded(t, self._server.config.write_stall_timeout)
 
 
 class AudioSocketServer:

@@ -225,6 +225,47 @@ async def test_peer_that_stops_reading_is_dropped_without_hurting_others() -> No
         sock.close()
 
 
+async def _stalled_peer(gw: Gateway) -> socket.socket:
+    """A peer that sent its UUID and never reads: the gateway's write buffer fills."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, gw.audiosocket.address)
+    sock.send(asp.encode_uuid(uuid.uuid4()))
+    return sock
+
+
+@pytest.mark.parametrize("how", ["hangup", "shutdown"])
+async def test_ended_call_to_a_peer_that_stopped_reading_is_aborted(how: str) -> None:
+    async with running_gateway(
+        socket_sndbuf=4096, write_buffer_limit=1 << 20, write_stall_timeout=0.3
+    ) as gw:
+        socks = [await _stalled_peer(gw) for _ in range(3)]
+        for _ in range(250):  # until every call's user-space write buffer holds data
+            if len(gw.audiosocket.calls) == 3 and all(
+                    c.transport.get_write_buffer_size() for c in gw.audiosocket.calls.values()):
+                break
+            await asyncio.sleep(20 * MS)
+        assert len(gw.audiosocket.connections) == 3
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if how == "hangup":
+            for call in list(gw.audiosocket.calls.values()):
+                call.hangup("test")
+        else:
+            await gw.audiosocket.shutdown(grace=0)
+        # Before: close() waited for the buffer forever and the connections stayed.
+        for _ in range(100):
+            if not gw.audiosocket.connections:
+                break
+            await asyncio.sleep(10 * MS)
+        assert not gw.audiosocket.connections
+        assert loop.time() - t0 < 0.3 + 1000 * MS
+        assert loop.time() - t0 >= 0.25  # the peer got its bounded chance to read
+        for sock in socks:
+            sock.close()
+
+
 async def test_graceful_shutdown_lets_calls_finish_then_hangs_up() -> None:
     gw = Gateway(make_config(shutdown_grace=0.3))
     await gw.start()
