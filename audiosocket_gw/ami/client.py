@@ -42,9 +42,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from panoramisk import actions as pk_actions
+from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.manager import Manager
 
-from .protocol import AmiMessage
+from .protocol import DEFAULT_MAX_LINE, AmiMessage
 
 log = logging.getLogger("audiosocket_gw.ami")
 
@@ -97,6 +98,10 @@ class AmiSettings:
     backoff_max: float = 30.0
     # Limits
     event_queue: int = 10_000
+    max_line: int = DEFAULT_MAX_LINE
+    """Longest line (bytes) accepted from Asterisk (it writes ~1024 at most)."""
+    max_message: int = 1 << 20
+    """Largest message (bytes, up to its blank line); also bounds what is buffered."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AmiSettings | None:
@@ -145,6 +150,58 @@ class _Manager(Manager):  # type: ignore[misc]
         self._on_lost()
 
 
+class _BoundedProtocol(AMIProtocol):  # type: ignore[misc]
+    """panoramisk's protocol with a bound on what the peer can make us buffer.
+
+    panoramisk keeps everything up to the next blank line: a 10 MB line or an event
+    that never ends grows memory without limit. Here a line over ``max_line`` bytes,
+    a message over ``max_message`` bytes (or a buffer over it: panoramisk only splits
+    on CRLF CRLF) aborts the connection; ``on_violation(reason)`` is told once, and
+    the client reconnects as after any lost connection.
+    """
+
+    def __init__(self, max_line: int, max_message: int,
+                 on_violation: Callable[[str], None]) -> None:
+        super().__init__()
+        self._max_line = max_line
+        self._max_message = max_message
+        self._on_violation = on_violation
+        self._line = 0  # bytes of the current (unfinished) line
+        self._message = 0  # bytes of the current (unfinished) message
+        self._blank = True  # the current line is empty so far (or just a CR)
+        self._violated = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._violated:
+            return
+        reason = self._check(data)
+        if reason is None:
+            super().data_received(data)
+            pending = self.queue[0] if self.queue else ""
+            if len(pending) > self._max_message:
+                reason = f"more than {self._max_message} bytes without a message end"
+        if reason is not None:
+            self._violated = True
+            self.queue.clear()
+            self._on_violation(reason)
+            self.transport.abort()
+
+    def _check(self, data: bytes) -> str | None:
+        for i, piece in enumerate(data.split(b"\n")):
+            if i:  # a line ended: a blank one (LF or CRLF) ends the message
+                self._message = 0 if self._blank else self._message + self._line + 1
+                self._line, self._blank = 0, True
+            if piece:
+                self._line += len(piece)
+                if self._blank and (self._line > 1 or piece != b"\r"):
+                    self._blank = False
+            if self._line > self._max_line + 1:  # + a CR
+                return f"a line longer than {self._max_line} bytes"
+            if self._message + self._line > self._max_message:
+                return f"a message larger than {self._max_message} bytes"
+        return None
+
+
 def _to_message(msg: Any) -> AmiMessage:
     """A panoramisk ``Message`` as our ``AmiMessage`` (repeated keys expanded)."""
     headers: list[tuple[str, str]] = []
@@ -178,6 +235,8 @@ class AmiClient:
         self.dropped = 0
         """Events dropped because the queue was full."""
         self.ping_failures = 0
+        self.protocol_errors = 0
+        """Connections dropped because the peer broke a size limit."""
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -263,6 +322,8 @@ class AmiClient:
             events="on", ping_delay=10**9, ping_interval=10**9,
             reconnect_timeout=10**9, loop=asyncio.get_running_loop(),
             log=logging.getLogger("audiosocket_gw.ami.panoramisk"),
+            protocol_factory=lambda: _BoundedProtocol(s.max_line, s.max_message,
+                                                      self._protocol_violation),
         )
         manager.register_event("*", self._on_event)
         self._manager = manager
@@ -308,6 +369,11 @@ class AmiClient:
                 log.warning("AMI Ping unanswered within %.1f s: reconnecting", s.ping_timeout)
                 break
         self._close_manager()
+
+    def _protocol_violation(self, reason: str) -> None:
+        self.protocol_errors += 1
+        log.error("AMI %s:%d sent %s: connection dropped", self.settings.host,
+                  self.settings.port, reason)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -70,3 +70,55 @@ async def test_wrong_secret_never_connects_and_unanswered_ping_reconnects() -> N
                     await asyncio.sleep(0.01)
         finally:
             await client.stop()
+
+
+@pytest.mark.parametrize("flood", ["long line", "endless event", "lf-only messages"])
+async def test_oversized_input_drops_the_connection_then_reconnects(
+        flood: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with AmiSimulator() as sim:
+        host, port = sim.address
+        client = AmiClient(AmiSettings(host=host, port=port, username="aigw", secret="secret",
+                                       backoff_initial=0.02, backoff_max=0.05,
+                                       ping_interval=5.0))  # default limits
+        await client.start()
+        try:
+            assert await client.wait_connected(3)
+            if flood == "long line":
+                payload = b"Event: Foo\r\nValue: " + b"x" * (10 << 20)
+            elif flood == "endless event":
+                payload = b"Event: Foo\r\n" + (b"Key: " + b"v" * 100 + b"\r\n") * 100_000
+            else:  # bare-LF messages: valid AMI, but panoramisk only splits on CRLF CRLF
+                payload = b"Event: Foo\nKey: v\n\n" * 100_000  # 2.1 MB
+            sim.send_raw(payload)
+            async with asyncio.timeout(5):
+                while client.connects < 2 or not client.connected:
+                    await asyncio.sleep(0.01)
+            assert client.protocol_errors == 1
+            errors = [r for r in caplog.records if r.name == "audiosocket_gw.ami"
+                      and r.levelname == "ERROR"]
+            assert len(errors) == 1 and "connection dropped" in errors[0].getMessage()
+            pong = await client.send_action("Ping")
+            assert not isinstance(pong, list) and pong.get("Ping") == "Pong"
+        finally:
+            await client.stop()
+
+
+async def test_normal_traffic_within_the_limits_is_untouched() -> None:
+    async with AmiSimulator() as sim:
+        host, port = sim.address
+        client = AmiClient(AmiSettings(host=host, port=port, username="aigw", secret="secret",
+                                       ping_interval=5.0, max_line=1024, max_message=4096))
+        await client.start()
+        try:
+            assert await client.wait_connected(3)
+            # Many messages in one burst (far more than max_message in total), LF and CRLF.
+            sim.send_raw(b"".join(b"Event: Foo\r\nN: %d\r\n\r\n" % i for i in range(2000)))
+            got = 0
+            async with asyncio.timeout(3):
+                while got < 2000:
+                    ev = await client.next_event(1.0)
+                    if ev is not None and ev.event == "Foo":
+                        got += 1
+            assert client.protocol_errors == 0 and client.connects == 1
+        finally:
+            await client.stop()
