@@ -17,9 +17,10 @@ actions); we own what it gets wrong (PROTOCOLS.md, "panoramisk gotchas"):
   puts the ``OriginateResponse`` into the event stream itself, so the tracker sees
   it like any other event. ``originate_channel_id(action_id)`` maps it back.
 * **Events** arrive as ``audiosocket_gw.ami.protocol.AmiMessage`` through one bounded
-  queue (``events()``, an async iterator). When the consumer falls behind, new events
-  are dropped and counted (``dropped``) rather than growing memory without bound;
-  the tracker's resync after reconnect repairs what a drop could lose.
+  queue (``events()``, an async iterator). When the consumer falls behind, optional
+  events (RTCP, talking, unrelated VarSets: ``is_optional_event``) are shed and
+  counted (``dropped``); events that carry a call's state (starts, ends, answer,
+  AudioSocket ties) are never dropped: they wait in order past the bound.
 * ``on_connected`` callbacks (coroutines) run after every successful login: the
   tracker resyncs there (``CoreShowChannels``).
 
@@ -33,19 +34,20 @@ Errors: ``AmiUnavailable`` (not connected / the connection dropped while waiting
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from panoramisk import actions as pk_actions
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.manager import Manager
 
-from .protocol import DEFAULT_MAX_LINE, AmiMessage
+from .protocol import DEFAULT_MAX_LINE, AmiMessage, audiosocket_call_id
 
 log = logging.getLogger("audiosocket_gw.ami")
 
@@ -56,6 +58,7 @@ __all__ = [
     "AmiSettings",
     "AmiTimeout",
     "AmiUnavailable",
+    "is_optional_event",
 ]
 
 
@@ -202,6 +205,31 @@ class _BoundedProtocol(AMIProtocol):  # type: ignore[misc]
         return None
 
 
+# Events that carry a call's state (the tracker's inputs): never shed.
+_STATE_EVENTS: Final = frozenset({
+    "newchannel", "newstate", "hangup", "originateresponse", "fullybooted", "shutdown",
+    "userevent",
+})
+_STATE_VARIABLES: Final = frozenset({"AIGW_CALL_ID", "AMDSTATUS", "AMDCAUSE"})
+
+
+def is_optional_event(msg: AmiMessage) -> bool:
+    """True for an event that may be shed under load (RTCP, talking, other VarSets...).
+
+    Call starts and ends and anything that changes or ties a call's state are not
+    optional: ``Newchannel``, ``Newstate``, ``Hangup``, ``OriginateResponse``, the
+    ``Newexten`` that runs AudioSocket, the ``VarSet``s of ``AIGW_CALL_ID`` and AMD.
+    """
+    ev = (msg.event or "").lower()
+    if ev in _STATE_EVENTS:
+        return False
+    if ev == "varset":
+        return (msg.get("Variable") or "").upper() not in _STATE_VARIABLES
+    if ev == "newexten":
+        return audiosocket_call_id(msg.get("Application"), msg.get("AppData")) is None
+    return True
+
+
 def _to_message(msg: Any) -> AmiMessage:
     """A panoramisk ``Message`` as our ``AmiMessage`` (repeated keys expanded)."""
     headers: list[tuple[str, str]] = []
@@ -223,6 +251,8 @@ class AmiClient:
         """Coroutine functions run after every successful login (resync)."""
         self._on_reconnect = on_reconnect
         self._queue: asyncio.Queue[AmiMessage] = asyncio.Queue(settings.event_queue)
+        self._overflow: collections.deque[AmiMessage] = collections.deque()
+        """State-carrying events past the queue's bound, in order (never dropped)."""
         self._manager: _Manager | None = None
         self._lost = asyncio.Event()
         self._ready = asyncio.Event()
@@ -233,7 +263,7 @@ class AmiClient:
         self.connects = 0
         """Successful logins so far (the first one included)."""
         self.dropped = 0
-        """Events dropped because the queue was full."""
+        """Optional events shed because the queue was full (``is_optional_event``)."""
         self.ping_failures = 0
         self.protocol_errors = 0
         """Connections dropped because the peer broke a size limit."""
@@ -393,10 +423,22 @@ class AmiClient:
         self._put(_to_message(message))
 
     def _put(self, msg: AmiMessage) -> None:
-        try:
-            self._queue.put_nowait(msg)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        overflow = self._overflow
+        if not overflow:
+            try:
+                self._queue.put_nowait(msg)
+                return
+            except asyncio.QueueFull:
+                pass
+        if is_optional_event(msg):
+            self.dropped += 1  # shed: nothing about a call's state is lost
+            return
+        overflow.append(msg)  # call starts, ends, state: never dropped
+
+    def _refill(self) -> None:
+        overflow = self._overflow
+        while overflow and not self._queue.full():
+            self._queue.put_nowait(overflow.popleft())
 
     def inject(self, msg: AmiMessage) -> None:
         """Put ``msg`` in the event stream (used for the ``OriginateResponse``)."""
@@ -405,14 +447,18 @@ class AmiClient:
     async def events(self) -> AsyncIterator[AmiMessage]:
         """Every event, in arrival order, forever (one consumer)."""
         while True:
-            yield await self._queue.get()
+            msg = await self._queue.get()
+            self._refill()
+            yield msg
 
     async def next_event(self, timeout: float) -> AmiMessage | None:  # noqa: ASYNC109
         """The next event, or None after ``timeout`` s."""
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
+            msg = await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
             return None
+        self._refill()
+        return msg
 
     # -- actions ------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ AudioSocket died with it): closed with VANISHED, reason ``gateway-restart``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -316,11 +317,34 @@ class CallTracker:
     def _on_call_end(self, call: Call) -> None:
         self._enqueue("end", call)
 
+    # Starts and ends carry a call's state: never dropped. Past the queue's bound they
+    # wait in this backlog (in order); the worker moves them on as it frees room. Each
+    # entry is a call the server has already accepted, so the backlog is bounded by
+    # the calls themselves, not by what a peer can send.
+    _backlog: collections.deque[tuple[str, Call]] | None = None
+    _backlog_warned = 0.0
+
     def _enqueue(self, kind: str, call: Call) -> None:
-        try:
-            self._ops.put_nowait((kind, call))
-        except asyncio.QueueFull:
-            call.log.error("call tracker queue full: %s not recorded", kind)
+        backlog = self._backlog
+        if not backlog:
+            try:
+                self._ops.put_nowait((kind, call))
+                return
+            except asyncio.QueueFull:
+                pass
+        if backlog is None:
+            backlog = self._backlog = collections.deque()
+        backlog.append((kind, call))
+        now = time.monotonic()
+        if now - self._backlog_warned >= 10.0:
+            self._backlog_warned = now
+            log.warning("call tracker behind: %d AudioSocket starts/ends waiting",
+                        self._ops.qsize() + len(backlog))
+
+    def _refill(self) -> None:
+        backlog = self._backlog
+        while backlog and not self._ops.full():
+            self._ops.put_nowait(backlog.popleft())
 
     async def _audiosocket_worker(self) -> None:
         while True:
@@ -333,6 +357,7 @@ class CallTracker:
             except Exception:
                 call.log.exception("call tracker failed on AudioSocket %s", kind)
             finally:
+                self._refill()  # before task_done: join() must also wait for the backlog
                 self._ops.task_done()
 
     async def _started(self, call: Call) -> None:

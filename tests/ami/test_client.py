@@ -9,6 +9,7 @@ import pytest
 
 from audiosocket_gw.ami.client import AmiActionError, AmiClient, AmiSettings, AmiUnavailable
 from audiosocket_gw.simulator.ami import AmiSimulator
+from tests.helpers import MS
 
 
 def settings(sim: AmiSimulator, secret: str = "secret") -> AmiSettings:
@@ -120,5 +121,41 @@ async def test_normal_traffic_within_the_limits_is_untouched() -> None:
                     if ev is not None and ev.event == "Foo":
                         got += 1
             assert client.protocol_errors == 0 and client.connects == 1
+        finally:
+            await client.stop()
+
+
+async def test_full_event_queue_sheds_only_optional_events() -> None:
+    async with AmiSimulator() as sim:
+        host, port = sim.address
+        client = AmiClient(AmiSettings(host=host, port=port, username="aigw", secret="secret",
+                                       ping_interval=5.0, event_queue=5))
+        await client.start()
+        try:
+            assert await client.wait_connected(3)
+            await asyncio.sleep(50 * MS)
+            while await client.next_event(0.01) is not None:  # FullyBooted
+                pass
+            # Nobody consumes while a burst of short calls happens: RTCP, talking and
+            # VarSets interleaved with the events that carry the calls' state.
+            ids = [f"cid-{i}" for i in range(40)]
+            for cid in ids:
+                ch = sim._new_channel(cid, f"PJSIP/t-{cid}", "aigw-outbound", "s", state=5)
+                sim.varset(ch, "AIGW_CALL_ID", cid)
+                sim._newstate(ch, 6)
+                sim.rtcp(cid)
+                sim.talk(cid)
+                sim.varset(ch, "SOMETHING", "x")
+                sim.end_channel(cid, 16)
+            await asyncio.sleep(200 * MS)
+            got = []
+            while (ev := await client.next_event(100 * MS)) is not None:
+                got.append(ev)
+            for cid in ids:
+                kinds = [(m.event, m.get("Variable")) for m in got if m.get("Uniqueid") == cid]
+                assert ("Newchannel", None) in kinds and ("Newstate", None) in kinds
+                assert ("Hangup", None) in kinds and ("VarSet", "AIGW_CALL_ID") in kinds
+                assert kinds.index(("Newchannel", None)) < kinds.index(("Hangup", None))
+            assert client.dropped > 0  # RTCP, talking and other VarSets were shed
         finally:
             await client.stop()

@@ -231,3 +231,27 @@ async def test_api_auth_and_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         await gw.shutdown(grace=0)
         await sim.stop()
+
+
+async def test_burst_of_short_calls_never_loses_a_start_or_an_end(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from audiosocket_gw.simulator.pbx import run_simulation
+
+    gw = Gateway(make_config(allow_unregistered=True))
+    tracker = component(gw).tracker
+    tracker._ops = asyncio.Queue(4)  # a small bound: the burst below overflows it
+    await gw.start()
+    try:
+        report = await run_simulation(*gw.audiosocket.address, calls=60, seconds=0.05)
+        ids = [c.call_id for c in report.calls]
+        assert all(c.connected for c in report.calls)
+        async with asyncio.timeout(10):
+            while True:
+                recs = [await gw.store.get_call(cid) for cid in ids]
+                if all(r is not None and r.is_terminal for r in recs):
+                    break
+                await asyncio.sleep(20 * MS)
+        assert await gw.store.active_calls() == []
+        assert not [r for r in caplog.records if "queue full" in r.getMessage()]
+    finally:
+        await gw.shutdown(grace=0)
