@@ -177,6 +177,8 @@ class CallTracker:
             except AmiClientError as exc:
                 log.warning("AMI resync failed: %s", exc)
                 return 0
+            active = await self.store.active_calls()
+            ours = {rec.id for rec in active}
             live: set[str] = set()
             for ch in chans:
                 uid = ch.get("Uniqueid") or ""
@@ -190,12 +192,12 @@ class CallTracker:
                     live.add(app_cid)
                     self._map(uid, app_cid)
                 name = ch.get("Channel")
-                owner = self._uid_call.get(uid) or (uid if uid in live else None)
-                if name and owner:
-                    self.channels.setdefault(owner, name)
+                owner = self._uid_call.get(uid) or uid
+                if name and owner in ours:  # only our calls' channels are kept
+                    self._remember_channel(owner, name, replace=False)
             closed = 0
             now = self.clock()
-            for rec in await self.store.active_calls():
+            for rec in active:
                 if rec.id in live or rec.id in self.gateway.audiosocket.calls:
                     continue
                 if rec.status is CallStatus.QUEUED and now - rec.created_at < self.queued_grace_s:
@@ -226,6 +228,14 @@ class CallTracker:
                 self.metrics.ami_events_dropped.inc(client.dropped - self._dropped_seen)
                 self._dropped_seen = client.dropped
 
+    def _remember_channel(self, call_id: str, name: str, *, replace: bool = True) -> None:
+        channels = self.channels
+        if not replace and call_id in channels:
+            return
+        if call_id not in channels and len(channels) >= _MAX_MAP:
+            channels.pop(next(iter(channels)))  # a safety bound: the oldest goes
+        channels[call_id] = name
+
     def _map(self, uid: str, call_id: str) -> None:
         if uid and uid not in self._uid_call:
             if len(self._uid_call) >= _MAX_MAP:
@@ -251,7 +261,7 @@ class CallTracker:
             if app_cid:
                 self._map(uid, app_cid)
                 if msg.get("Channel"):
-                    self.channels.setdefault(app_cid, msg.get("Channel", ""))
+                    self._remember_channel(app_cid, msg.get("Channel", ""), replace=False)
             return
         if ev == "varset":
             var = (msg.get("Variable") or "").upper()
@@ -259,7 +269,7 @@ class CallTracker:
             if var == "AIGW_CALL_ID" and value:
                 self._map(uid, value)
                 if msg.get("Channel"):
-                    self.channels.setdefault(value, msg.get("Channel", ""))
+                    self._remember_channel(value, msg.get("Channel", ""), replace=False)
                 return
             if var == "AMDCAUSE" and self.watchdogs is not None:
                 owner = self._call_for(msg)
@@ -275,8 +285,11 @@ class CallTracker:
         if cid is None:
             return
         if ev == "newchannel":
-            if msg.get("Channel"):
-                self.channels[cid] = msg.get("Channel", "")
+            # Only our calls' channels: a busy PBX creates many others, and they would
+            # stay here forever (only our calls' ends remove entries).
+            name = msg.get("Channel")
+            if name and (uid in self._uid_call or await self.store.get_call(cid) is not None):
+                self._remember_channel(cid, name)
         elif ev == "newstate":
             state = msg.get("ChannelState")
             if state == "5":
@@ -292,6 +305,8 @@ class CallTracker:
                 detail["cause"] = cause
             await self.apply(cid, CallInput.HANGUP, detail)
             self._uid_call.pop(uid, None)
+            if self.channels.get(cid) == msg.get("Channel"):
+                self.channels.pop(cid, None)  # that channel is gone: nothing to hang up
         elif ev in ("channeltalkingstart", "channeltalkingstop"):
             if self.watchdogs is not None:
                 self.watchdogs.on_talking(cid)

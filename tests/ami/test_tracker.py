@@ -255,3 +255,31 @@ async def test_burst_of_short_calls_never_loses_a_start_or_an_end(
         assert not [r for r in caplog.records if "queue full" in r.getMessage()]
     finally:
         await gw.shutdown(grace=0)
+
+
+async def test_foreign_channels_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with stack(monkeypatch, ring_s=10 * MS, talk_s=30.0) as (gw, sim):
+        comp = component(gw)
+        cid = await comp.provider.start_outbound_call("acme", "+15550006666", "+15559990000")
+        await wait_status(gw, cid, CallStatus.IN_PROGRESS)
+        # A busy PBX: channels that are not ours, some still up, some hung up, some
+        # running another gateway's AudioSocket.
+        for i in range(300):
+            ch = sim._new_channel(f"99.{i}", f"PJSIP/other-{i:08x}", "from-internal", "100")
+            sim._newstate(ch, 6)
+            if i % 3 == 1:
+                sim._newexten(ch, "AudioSocket",
+                              f"00000000-0000-4000-8000-{i:012d},10.0.0.9:9092")
+            if i % 3 != 0:
+                sim.end_channel(ch.uniqueid, 16)
+        async with asyncio.timeout(3):
+            while comp.tracker.events_seen < 300 * 3:
+                await asyncio.sleep(10 * MS)
+        await asyncio.sleep(50 * MS)
+        assert list(comp.tracker.channels) == [cid]
+        # A resync (CoreShowChannels lists the foreign live channels) keeps none either.
+        await comp.tracker.resync()
+        assert list(comp.tracker.channels) == [cid]
+        sim.end_channel(cid, 16)
+        await wait_status(gw, cid, CallStatus.COMPLETED)
+        assert comp.tracker.channels == {}
