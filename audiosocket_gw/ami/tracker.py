@@ -24,7 +24,9 @@ Resync (after every AMI login): ``CoreShowChannels``; a tracked call that is nei
 a live channel nor a live AudioSocket is closed with VANISHED, reason
 ``ami-resync-vanished``, which releases its slot; then ``reconcile_slots``.
 Startup: calls a previous process left open cannot be live any more (their
-AudioSocket died with it): closed with VANISHED, reason ``gateway-restart``.
+AudioSocket died with it): closed with VANISHED, reason ``gateway-restart``, at the
+last time they were known alive (``last_alive_at``, written for live calls in one
+batch every ``alive_interval_s``), so the downtime is neither duration nor billed.
 """
 
 from __future__ import annotations
@@ -100,10 +102,14 @@ class CallTracker:
 
     # -- lifecycle ----------------------------------------------------------------
 
+    alive_interval_s = 5.0
+    """How often live calls' ``last_alive_at`` is written (one batch per interval)."""
+
     async def start(self) -> None:
         await self.reconcile_startup()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._audiosocket_worker()))
+        self._tasks.append(loop.create_task(self._heartbeat()))
         if self.client is not None:
             self._tasks.append(loop.create_task(self._event_worker(self.client)))
 
@@ -118,16 +124,31 @@ class CallTracker:
                 await t
         self._tasks.clear()
 
+    async def _heartbeat(self) -> None:
+        """Every ``alive_interval_s``: one batch marks the calls known alive (a live
+        AudioSocket, or a channel AMI showed us) so a crash costs at most that much."""
+        while True:
+            await asyncio.sleep(self.alive_interval_s)
+            ids = [*self.gateway.audiosocket.calls, *self.channels]
+            if not ids:
+                continue
+            try:
+                await self.store.touch_alive(ids, self.clock())
+            except Exception:
+                log.exception("call heartbeat failed")
+
     # -- the one way a status changes ---------------------------------------------
 
     async def apply(self, call_id: str, inp: CallInput,
-                    detail: dict[str, Any] | None = None) -> CallRecord | None:
-        """``store.apply_input`` at now, counting the transition in the metrics."""
+                    detail: dict[str, Any] | None = None, *,
+                    at: float | None = None) -> CallRecord | None:
+        """``store.apply_input`` at now (or ``at``), counting the transition."""
         async with self._lock:
             before = await self.store.get_call(call_id)
             if before is None:
                 return None
-            after = await self.store.apply_input(call_id, inp, self.clock(), detail)
+            when = self.clock() if at is None else at
+            after = await self.store.apply_input(call_id, inp, when, detail)
             if after is not None:
                 for listener in self.status_listeners:
                     try:
@@ -155,7 +176,13 @@ class CallTracker:
         """Close every call a previous process left open; release stale slots."""
         closed = 0
         for rec in await self.store.active_calls():
-            await self.apply(rec.id, CallInput.VANISHED, {"reason": "gateway-restart"})
+            # The call died with the previous process: it ended when it was last known
+            # alive (heartbeat, answer or creation), not now; the downtime is not billed.
+            last = max(t for t in (rec.created_at, rec.answered_at, rec.last_alive_at)
+                       if t is not None)
+            await self.apply(rec.id, CallInput.VANISHED,
+                             {"reason": "gateway-restart", "last_alive_at": last},
+                             at=min(last, self.clock()))
             self.metrics.resync_vanished.labels("startup").inc()
             closed += 1
         released = await self.store.reconcile_slots()

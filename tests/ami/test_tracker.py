@@ -283,3 +283,80 @@ async def test_foreign_channels_are_not_kept(monkeypatch: pytest.MonkeyPatch) ->
         sim.end_channel(cid, 16)
         await wait_status(gw, cid, CallStatus.COMPLETED)
         assert comp.tracker.channels == {}
+
+
+_ROOT = Path(__file__).resolve().parent.parent.parent
+_CRASHING_GATEWAY = """
+import asyncio, sys
+from audiosocket_gw.api import CallsComponent
+from audiosocket_gw.app import Gateway
+from tests.helpers import make_config
+
+async def main():
+    gw = Gateway(make_config(data_dir=sys.argv[1]))
+    for c in gw.components:
+        if isinstance(c, CallsComponent):
+            c.tracker.alive_interval_s = float(sys.argv[2])
+    await gw.start()
+    print("%s %d" % gw.audiosocket.address, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_calls_of_a_killed_gateway_end_when_last_known_alive() -> None:
+    import math
+    import os
+    import signal
+    import sys
+    import time
+
+    from audiosocket_gw import audiosocket as asp
+    from audiosocket_gw.store.sqlite import SqliteCallStore
+    from tests.helpers import RawPeer, running_gateway
+
+    data_dir = tempfile.mkdtemp(prefix="aigw-kill-")
+    root = _ROOT
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIGW_AMI")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHING_GATEWAY, data_dir, "0.1", cwd=root, env=env,
+        stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            host, port = (await proc.stdout.readline()).decode().split()
+        peer = await RawPeer.connect((host, int(port)))
+        cid = peer.send_uuid()
+        store = SqliteCallStore(Path(data_dir) / "aigw.sqlite")
+        await store.open()
+        try:
+            async with asyncio.timeout(5):
+                while True:  # talk for 0.5 s after the answer (heartbeats every 0.1 s)
+                    peer.send(asp.encode_audio(bytes(320)))
+                    rec = await store.get_call(cid)
+                    if rec is not None and rec.answered_at is not None \
+                            and time.time() - rec.answered_at > 0.5:
+                        break
+                    await asyncio.sleep(20 * MS)
+        finally:
+            await store.close()
+        killed_at = time.time()
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9: no shutdown, no ends written
+        await proc.wait()
+        await peer.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    await asyncio.sleep(1000 * MS)  # downtime before the restart
+    async with running_gateway(data_dir=data_dir) as gw:
+        rec = await gw.store.get_call(cid)
+        assert rec is not None and rec.status is CallStatus.COMPLETED
+        assert rec.hangup_reason == "gateway-restart"
+        assert rec.ended_at is not None and rec.answered_at is not None
+        assert rec.duration_s is not None and rec.billable_s is not None
+        # Ended at the last heartbeat (every 0.1 s), not at the restart 1 s later.
+        assert killed_at - 0.1 - 300 * MS <= rec.ended_at <= killed_at
+        assert rec.duration_s <= killed_at - rec.created_at
+        assert rec.billable_s <= math.ceil(killed_at - rec.answered_at)
