@@ -59,7 +59,9 @@ class CallDump:
     ) -> None:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
+        # One plain name inside ``directory``: no separator, never "." / ".." or hidden.
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in call_id)[:100]
+        safe = safe.lstrip(".") or "call"
         self.wav_path = path / f"{safe}.wav"
         self.events_path = path / f"{safe}.events.jsonl"
         self._clock = clock

@@ -77,7 +77,7 @@ MAX_BODY: Final = 4096
 """Largest request body accepted (the AGI script sends ~200 bytes)."""
 
 _FIELD_LIMITS: Final = {"did": 64, "caller": 128, "uniqueid": 64, "channel": 256}
-_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # as tenants.py
 _DIAL_RE: Final = re.compile(r"[A-Za-z0-9]{1,16}/[A-Za-z0-9@_.+:/-]{1,200}")
 _DIR_RE: Final = re.compile(r"/[A-Za-z0-9_./-]{0,200}")
 STATUSES: Final = ("ok", "busy", "unknown")
@@ -197,7 +197,8 @@ def recording_path(recording_dir: str, tenant: str, call_id: str) -> str:
     """``{dir}/{tenant}/{call_id}.wav`` (PROTOCOLS.md 5); all parts are validated ids."""
     if not _ID_RE.fullmatch(tenant) or tenant in (".", ".."):
         raise ValueError(f"tenant id {tenant!r} is not usable in a path")
-    uuid.UUID(call_id)
+    if str(uuid.UUID(call_id)) != call_id.lower():
+        raise ValueError(f"call id {call_id!r} is not a canonical UUID")
     return f"{recording_dir.rstrip('/')}/{tenant}/{call_id}.wav"
 
 
@@ -384,6 +385,12 @@ class RoutingComponent:
             log.warning("route: agent %s has an invalid fallback_dial; ignored", agent.name)
             fallback = ""
         call_id = str(uuid.uuid4())
+        record = agent.record and agent.recording_source == "mixmonitor"
+        try:  # before taking a slot: a refused path must not leak one (or answer 500)
+            rec_file = recording_path(self.settings.recording_dir, tenant.id, call_id)
+        except ValueError as exc:
+            log.error("route: tenant %s: %s: unavailable", tenant.id, exc)
+            return route_variables("unavailable", fallback=fallback)
         store = self.gw.store
         if not await store.try_acquire_slot(tenant.id, call_id, tenant.max_concurrent_calls):
             log.info("route: tenant %s at its limit (%d): busy", tenant.id,
@@ -406,8 +413,6 @@ class RoutingComponent:
         info = self.gw.agent_info(agent, call_id, direction="inbound", from_=from_, to=to)
         self.gw.registry.register(dataclasses.replace(info, metadata=metadata))
         self.pending[call_id] = self._monotonic() + self.gw.registry.ttl
-        record = agent.record and agent.recording_source == "mixmonitor"
-        rec_file = recording_path(self.settings.recording_dir, tenant.id, call_id)
         log.info("route: call %s -> tenant %s, agent %s", call_id, tenant.id, agent.name)
         return route_variables(
             "ok", call_id=call_id, audiosocket=self.audiosocket_address(), tenant=tenant.id,

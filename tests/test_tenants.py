@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -363,3 +364,19 @@ def test_normalize_e164_output_shape(raw: str) -> None:
 @given(st.from_regex(r"\A\+[1-9][0-9]{2,14}\Z"))
 def test_normalize_e164_accepts_e164(e164: str) -> None:
     assert normalize_e164(e164) == e164
+
+
+@pytest.mark.parametrize("ident", [".", "..", ".hidden", "-rf", "_x"])
+@pytest.mark.parametrize("kind", ["tenant", "agent"])
+def test_ids_that_could_leave_a_directory_are_refused(kind: str, ident: str) -> None:
+    data: dict[str, Any] = {"tenants": {"t": {}},
+                            "agents": {"a": {"tenant": "t", "backend": "echo"}}}
+    if kind == "tenant":
+        data = {"tenants": {ident: {}}, "agents": {"a": {"tenant": ident, "backend": "echo"}}}
+    else:
+        data["agents"] = {ident: {"tenant": "t", "backend": "echo"}}
+    with pytest.raises(ConfigError, match=f"{kind} id"):
+        tenants_from_dict(data)
+    # A normal id with dots and dashes inside is still fine.
+    tenants_from_dict({"tenants": {"acme.eu-1": {}},
+                       "agents": {"a_1": {"tenant": "acme.eu-1", "backend": "echo"}}})

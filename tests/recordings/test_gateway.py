@@ -282,3 +282,39 @@ async def test_transcription_per_speaker_callback_and_presigned_url(
     finally:
         await gw.shutdown(grace=0)
         await runner.cleanup()
+
+
+def _outside(tree: Path, root: Path) -> list[Path]:
+    return [p for p in tree.rglob("*.wav*") if not p.resolve().is_relative_to(root)]
+
+
+@pytest.mark.parametrize("tenant", ["..", ".", "../../escape", "a/b"])
+async def test_recording_never_lands_outside_the_recordings_dir(
+        tmp_path: Path, tenant: str) -> None:
+    import dataclasses
+
+    data = tmp_path / "data"
+    gw = Gateway(make_config(config=tenants_toml(tmp_path), data_dir=str(data)))
+    await gw.start()
+    try:
+        cid = str(uuid.uuid4())
+        info = dataclasses.replace(gw.default_call_info(cid), tenant=tenant)
+        gw.registry.register(info)
+        peer = await RawPeer.connect(gw.audiosocket.address)
+        peer.send_uuid(cid)
+        await peer.read_frames(3)
+        for _ in range(5):
+            peer.send(asp.encode_audio(bytes(320)))
+            await asyncio.sleep(20 * MS)
+        await peer.close()
+        await asyncio.sleep(200 * MS)
+    finally:
+        await gw.shutdown(grace=0)
+    root = (data / "recordings").resolve()
+    assert _outside(tmp_path, root) == []
+    from audiosocket_gw.recordings.mixmonitor import mixmonitor_path, path_inside
+
+    for bad in (tenant, f"{cid}/../.."):
+        with pytest.raises(ValueError):
+            mixmonitor_path(root, bad, cid if bad == tenant else bad)
+    assert path_inside(root, "acme", f"{cid}.wav") == root / "acme" / f"{cid}.wav"
