@@ -116,3 +116,9 @@ def test_installed_agi_script_runs(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == 'SET VARIABLE AIGW_STATUS "unavailable"'
+
+
+def test_systemd_unit_sets_a_restrictive_umask():
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "audiosocket-gw.service")
+    service = unit.read_text().split("[Service]", 1)[1].split("\n[", 1)[0]
+    assert "UMask=0027" in [line.strip() for line in service.splitlines()]

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 from ..callstate import ACTIVE, CallInput, CallStatus, hangup_cause_text, next_status
+from ..private import secure_sqlite
 from .base import (
     CallEvent,
     CallRecord,
@@ -179,7 +180,7 @@ class SqliteCallStore:
             executor.shutdown(wait=True)
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        secure_sqlite(self.path)  # phone numbers: 0600 (and its -wal/-shm), dir 0700
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")

@@ -318,3 +318,36 @@ async def test_recording_never_lands_outside_the_recordings_dir(
         with pytest.raises(ValueError):
             mixmonitor_path(root, bad, cid if bad == tenant else bad)
     assert path_inside(root, "acme", f"{cid}.wav") == root / "acme" / f"{cid}.wav"
+
+
+async def test_recordings_dumps_and_databases_are_owner_only(tmp_path: Path) -> None:
+    import stat
+
+    old = os.umask(0o022)  # the usual default umask: 0644 files unless we say otherwise
+    try:
+        data = tmp_path / "data"
+        gw = Gateway(make_config(config=tenants_toml(tmp_path), data_dir=str(data)))
+        await gw.start()
+        try:
+            report = await run_simulation(*gw.audiosocket.address, calls=1, seconds=0.3)
+            cid = report.calls[0].call_id
+            (row,) = await wait_rows(component(gw), [cid], {"local"})
+        finally:
+            await gw.shutdown(grace=0)
+        from audiosocket_gw.dump import CallDump  # the OpenAI backend's debug dump
+
+        dump = CallDump(data / "dumps" / "new", cid)
+        dump.close()
+    finally:
+        os.umask(old)
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    files = [Path(row.path), data / "aigw.sqlite", data / "recordings.sqlite",
+             *(data / "dumps" / "new").iterdir()]
+    files += [p for p in data.glob("*.sqlite-*")]
+    assert any(p.suffix == ".jsonl" for p in files) and any(p.suffix == ".wav" for p in files)
+    assert {str(p.relative_to(data)): oct(mode(p)) for p in files if mode(p) != 0o600} == {}
+    dirs = [data / "recordings", Path(row.path).parent, data / "dumps", data / "dumps" / "new"]
+    assert {str(d.relative_to(data)): oct(mode(d)) for d in dirs if mode(d) != 0o700} == {}
