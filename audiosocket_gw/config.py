@@ -8,6 +8,7 @@ One typed ``Config``; every field can come from the CLI or from the environment
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -47,8 +48,26 @@ def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+MIN_API_TOKEN_LENGTH = 16
+
+
 def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """True for a loopback IP literal (127.0.0.0/8, ::1, ::ffff:127.x) or ``localhost``.
+
+    A name is never parsed by its prefix: ``127.evil.com`` is a DNS name like any other.
+    """
+    h = host.strip()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if h.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 def _env_bool(value: str) -> bool:
@@ -147,6 +166,14 @@ class Config:
         if self.uuid_timeout <= 0 or self.shutdown_grace < 0:
             raise ConfigError("timeouts must be positive")
         host, _ = parse_hostport(self.http, setting="--http/AIGW_HTTP")
+        if self.api_token is not None and self.api_token != "" and (
+                len(self.api_token) < MIN_API_TOKEN_LENGTH
+                or any(c.isspace() for c in self.api_token)):
+            raise ConfigError(
+                f"AIGW_API_TOKEN must be at least {MIN_API_TOKEN_LENGTH} characters with no "
+                "whitespace (for example: python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')"
+            )
         if not is_loopback(host) and not self.api_token:
             raise ConfigError(
                 "--http listens beyond loopback: set AIGW_API_TOKEN (a bearer token the API "

@@ -378,12 +378,12 @@ async def _against_fake_gateway(answer: dict[str, Any], status: int = 200,
 async def test_token_from_environment(tmp_path):
     cfg = tmp_path / "tenants.toml"
     cfg.write_text(TENANTS)
-    async with running_gateway(config=str(cfg), api_token="s3cret") as gw:
+    async with running_gateway(config=str(cfg), api_token="s3cret-0123456789abcdef") as gw:
         denied = await run_agi(route_url(gw), agi_env())
         allowed = await run_agi(route_url(gw), agi_env(),
-                                extra_env={"AIGW_API_TOKEN": "s3cret"})
+                                extra_env={"AIGW_API_TOKEN": "s3cret-0123456789abcdef"})
         tok = tmp_path / "agi-token"
-        tok.write_text("s3cret\n")
+        tok.write_text("s3cret-0123456789abcdef\n")
         from_file = await run_agi(route_url(gw), agi_env(agi_uniqueid="2"),
                                   extra_env={"AIGW_API_TOKEN_FILE": str(tok)})
     assert denied.variables["AIGW_STATUS"] == "unavailable"

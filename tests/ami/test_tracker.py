@@ -202,7 +202,8 @@ async def test_api_auth_and_calls(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(k, v)
     cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
     cfg.write_text(TOML.format(limit=5))
-    gw = Gateway(make_config(config=str(cfg), http="0.0.0.0:0", api_token="s3cret"))
+    gw = Gateway(make_config(config=str(cfg), http="0.0.0.0:0",
+                             api_token="s3cret-0123456789abcdef"))
     await gw.start()
     try:
         comp = component(gw)
@@ -215,7 +216,7 @@ async def test_api_auth_and_calls(monkeypatch: pytest.MonkeyPatch) -> None:
             async with s.post(f"{base}/v1/calls", json=body,
                               headers={"Authorization": "Bearer wrong"}) as r:
                 assert r.status == 401
-            auth = {"Authorization": "Bearer s3cret"}
+            auth = {"Authorization": "Bearer s3cret-0123456789abcdef"}
             async with s.post(f"{base}/v1/calls", json=body, headers=auth) as r:
                 assert r.status == 201
                 cid = (await r.json())["id"]

@@ -166,11 +166,12 @@ async def test_mixmonitor_file_completes_only_after_hook_or_stable_after_hangup(
     monkeypatch.setenv("AIGW_MIXMONITOR_DIR", str(root))
     monkeypatch.setenv("AIGW_MIXMONITOR_STABLE_S", "0.3")
     monkeypatch.setenv("AIGW_MIXMONITOR_POLL_S", "0.05")
-    gw = Gateway(make_config(config=tenants_toml(tmp_path, "mixmonitor"), api_token="tok"))
+    gw = Gateway(make_config(config=tenants_toml(tmp_path, "mixmonitor"),
+                             api_token="tok-0123456789abcdef"))
     await gw.start()
     comp = component(gw)
     base = "http://{}:{}".format(*gw.http_address)
-    auth = {"Authorization": "Bearer tok"}
+    auth = {"Authorization": "Bearer tok-0123456789abcdef"}
     try:
         peers, writers = [], []
         for _ in range(2):
