@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -205,6 +206,36 @@ class _BoundedProtocol(AMIProtocol):  # type: ignore[misc]
         return None
 
 
+# panoramisk logs whole actions and messages (an Originate's Channel, CallerID and
+# variables: phone numbers) at INFO/DEBUG, e.g. "Adding action ... to awaiting list"
+# when AMI drops while an Originate is pending. Its loggers are held at WARNING, and
+# what still passes has every phone-number-like digit run redacted.
+_PANORAMISK_LOGGERS: Final = ("audiosocket_gw.ami.panoramisk", "panoramisk",
+                              "panoramisk.ami_protocol", "panoramisk.manager",
+                              "panoramisk.actions", "panoramisk.message")
+_NUMBER_RE: Final = re.compile(r"\+?\d[\d\s().-]{5,}\d")
+
+
+class _RedactNumbers(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        record.msg = _NUMBER_RE.sub("<redacted>", text)
+        record.args = None
+        return True
+
+
+def quiet_panoramisk() -> None:
+    """Hold panoramisk's loggers at WARNING and redact numbers from them (idempotent)."""
+    for name in _PANORAMISK_LOGGERS:
+        lg = logging.getLogger(name)
+        lg.setLevel(max(lg.level, logging.WARNING))
+        if not any(isinstance(f, _RedactNumbers) for f in lg.filters):
+            lg.addFilter(_RedactNumbers())
+
+
 # Events that carry a call's state (the tracker's inputs): never shed.
 _STATE_EVENTS: Final = frozenset({
     "newchannel", "newstate", "hangup", "originateresponse", "fullybooted", "shutdown",
@@ -340,6 +371,7 @@ class AmiClient:
 
     async def _connect_once(self) -> bool:
         s = self.settings
+        quiet_panoramisk()
         self._lost = asyncio.Event()
         lost = self._lost
         def on_lost() -> None:

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from audiosocket_gw.ami.client import AmiActionError, AmiClient, AmiSettings, AmiUnavailable
+from audiosocket_gw.ami.protocol import AmiMessage
 from audiosocket_gw.simulator.ami import AmiSimulator
 from tests.helpers import MS
 
@@ -159,3 +160,45 @@ async def test_full_event_queue_sheds_only_optional_events() -> None:
             assert client.dropped > 0  # RTCP, talking and other VarSets were shed
         finally:
             await client.stop()
+
+
+async def test_no_phone_number_is_logged_when_ami_drops_with_an_originate_pending(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    async with AmiSimulator() as sim:
+        host, port = sim.address
+        client = AmiClient(AmiSettings(host=host, port=port, username="aigw", secret="secret",
+                                       backoff_initial=0.02, ping_interval=5.0,
+                                       action_timeout=2.0))
+        await client.start()
+        try:
+            assert await client.wait_connected(3)
+            orig = sim.handle
+            # Asterisk is slow to answer the Originate, then the connection drops.
+            def slow(s: object, m: AmiMessage) -> None:
+                if m.get("Action") == "Originate":
+                    sim.actions.append(m)
+                else:
+                    orig(s, m)  # type: ignore[arg-type]
+
+            sim.handle = slow  # type: ignore[assignment]
+            pending = asyncio.ensure_future(client.originate(
+                channel="PJSIP/+15551234567@trunk", channel_id="cid-9", context="aigw-outbound",
+                caller_id="+15559876543", variables={"AIGW_TO": "+15551234567"}))
+            async with asyncio.timeout(3):
+                while not any(a.get("Action") == "Originate" for a in sim.actions):
+                    await asyncio.sleep(0.01)
+            sim.drop_sessions()
+            with pytest.raises(AmiUnavailable):
+                await pending
+            async with asyncio.timeout(3):
+                while client.connects < 2:
+                    await asyncio.sleep(0.01)
+        finally:
+            await client.stop()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "AMI connection" in text  # our own lines are there
+    for digits in ("5551234567", "5559876543"):
+        assert digits not in text
