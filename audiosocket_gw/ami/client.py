@@ -40,6 +40,7 @@ import logging
 import os
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -100,6 +101,8 @@ class AmiSettings:
     # Reconnect backoff (seconds): initial, doubling, capped, with 20 % jitter
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    backoff_reset_after: float = 30.0
+    """A connection must stay up this long before the backoff starts over."""
     # Limits
     event_queue: int = 10_000
     max_line: int = DEFAULT_MAX_LINE
@@ -353,11 +356,15 @@ class AmiClient:
         while not self._stopping:
             ok = await self._connect_once()
             if ok:
-                delay = self.settings.backoff_initial
                 was_up = True
+                up_at = time.monotonic()
                 await self._serve_connection()
                 if self._stopping:
                     return
+                # A login alone proves little (a peer may drop every connection a moment
+                # later): the backoff starts over only after a healthy stretch.
+                if time.monotonic() - up_at >= self.settings.backoff_reset_after:
+                    delay = self.settings.backoff_initial
                 log.warning("AMI connection to %s:%d lost", self.settings.host,
                             self.settings.port)
                 if self._on_reconnect is not None:

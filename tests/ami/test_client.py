@@ -202,3 +202,28 @@ async def test_no_phone_number_is_logged_when_ami_drops_with_an_originate_pendin
     assert "AMI connection" in text  # our own lines are there
     for digits in ("5551234567", "5559876543"):
         assert digits not in text
+
+
+async def test_backoff_keeps_growing_against_a_peer_that_drops_after_login() -> None:
+    async with AmiSimulator() as sim:
+        orig = sim.handle
+
+        def flaky(s: object, m: AmiMessage) -> None:
+            orig(s, m)  # type: ignore[arg-type]
+            if m.get("Action") == "Login":  # logged in, then cut in the middle of an event
+                t = s.transport  # type: ignore[attr-defined]
+                t.write(b"Event: Newchannel\r\nChannel: PJSIP/x\r\n")
+                asyncio.get_running_loop().call_later(0.01, t.close)
+
+        sim.handle = flaky  # type: ignore[assignment]
+        host, port = sim.address
+        client = AmiClient(AmiSettings(host=host, port=port, username="aigw", secret="secret",
+                                       backoff_initial=0.05, backoff_max=0.4, ping_interval=5.0))
+        await client.start()
+        try:
+            await asyncio.sleep(1.2)
+            # Without growth (reset at every login) this is about 1.2 / 0.06 = 20 logins;
+            # growing 0.05, 0.1, 0.2, 0.4, 0.4... it is at most about 6.
+            assert 2 <= client.connects <= 7, client.connects
+        finally:
+            await client.stop()
