@@ -18,6 +18,7 @@ from .audiosocket import HANGUP_FRAME, HEADER, Kind
 from .backends.base import BackendError, BackendSession, CallInfo
 from .config import Config
 from .dsp.vad import VadConfig, VadEvent, VoiceActivityDetector, frame_level, frame_levels
+from .lograte import LogRate
 from .metrics import Metrics
 from .playout import FRAME_BYTES, PlayoutBuffer
 
@@ -164,6 +165,9 @@ class Call:
         self._turn_end: float | None = None  # when the caller stopped talking
         self.barge_ins = 0
         self.taps: list[AudioTap] = []
+        self.playout_drops = 0
+        """Bot audio chunks dropped on a full playout buffer."""
+        self._drop_log = LogRate()
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} backend={self.backend_name}>"
@@ -360,9 +364,10 @@ class Call:
             return
         self.playout.streaming = True
         if not self.playout.push(pcm, item_id):
-            self.log.warning(
-                "playout buffer full (%.0f ms); audio dropped", self.playout.pending_ms
-            )
+            self.playout_drops += 1
+            if (n := self._drop_log.allow()) is not None:  # not one line per chunk
+                self.log.warning("playout buffer full (%.0f ms); audio dropped%s",
+                                 self.playout.pending_ms, LogRate.suffix(n))
 
     def end_of_audio(self) -> None:
         self.playout.streaming = False

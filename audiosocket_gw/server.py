@@ -20,6 +20,7 @@ from . import audiosocket as asp
 from .backends.base import Backend, CallInfo
 from .call import Call, LevelBatch, close_bounded
 from .config import Config
+from .lograte import LogRate
 from .metrics import Metrics
 from .pacer import Pacer
 
@@ -202,8 +203,12 @@ class AudioSocketProtocol(asyncio.Protocol):
 
     def _reject(self, reason: str, why: str, *, hangup: bool = False) -> None:
         self._rejected = True
-        log.warning("rejected connection from %s: %s", self.peer, why)
         self._server.metrics.connections_rejected.labels(reason).inc()
+        # A connection storm must not write one line per connection: per reason, one
+        # line per interval with the count (the metric above counts every one).
+        if (n := self._server.reject_log.allow(reason)) is not None:
+            log.warning("rejected connection from %s: %s%s", self.peer, why,
+                        LogRate.suffix(n))
         self._close(hangup=hangup)
 
     def _close(self, *, hangup: bool) -> None:
@@ -241,6 +246,7 @@ class AudioSocketServer:
         pacer.before_tick.append(self.levels.run)
         self.on_call_start: list[Callable[[Call], None]] = []
         self.on_call_end: list[Callable[[Call], None]] = []
+        self.reject_log = LogRate()
 
     @property
     def address(self) -> tuple[str, int]:

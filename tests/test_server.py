@@ -469,3 +469,34 @@ async def test_response_latency_is_timed_from_the_end_of_the_callers_turn() -> N
         assert latency is not None and 0.5 <= latency <= 950 * MS
     finally:
         await gw.shutdown(grace=0)
+
+
+async def test_floods_log_one_line_per_interval_with_counts(
+        caplog: pytest.LogCaptureFixture) -> None:
+    backend = ScriptedBackend()
+    gw = Gateway(make_config(max_connections=2, uuid_timeout=2.0, playout_max_seconds=0.1),
+                 backend=backend)
+    await gw.start()
+    try:
+        peer = await RawPeer.connect(gw.audiosocket.address)
+        peer.send_uuid()
+        await peer.read_frames(2)
+        (s,) = backend.sessions
+        for _ in range(500):  # a backend far ahead of real time: the buffer is full
+            s.control.play(bytes(3200))
+        (call,) = gw.audiosocket.calls.values()
+        assert getattr(call, "playout_drops", 500) > 400  # counted, not logged, each
+        # A connection storm beyond the cap.
+        other = await RawPeer.connect(gw.audiosocket.address)
+        await asyncio.sleep(50 * MS)
+        storm = [await RawPeer.connect(gw.audiosocket.address) for _ in range(40)]
+        for p in storm:
+            await p.read_until_closed(within=2)
+        assert counter(gw, "aigw_connections_rejected_total", reason="capacity") == 40
+        await other.close()
+        await peer.close()
+    finally:
+        await gw.shutdown(grace=0)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len([m for m in lines if "playout buffer full" in m]) == 1
+    assert len([m for m in lines if "rejected connection" in m]) == 1
