@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Final
 from . import audiosocket as asp
 from .backends.base import Backend, CallInfo
 from .call import Call, LevelBatch, close_bounded
-from .config import Config
+from .config import Config, ConfigError
 from .lograte import LogRate
 from .metrics import Metrics
 from .pacer import Pacer
@@ -27,6 +28,19 @@ from .pacer import Pacer
 log = logging.getLogger("audiosocket_gw.server")
 
 _SLIN: Final = int(asp.Kind.SLIN)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name}: must be >= 0")
+    return value
 
 
 class CallRegistry:
@@ -74,7 +88,8 @@ class CallRegistry:
 
 class AudioSocketProtocol(asyncio.Protocol):
     __slots__ = (
-        "_bytes", "_rejected", "_server", "_timer", "call", "decoder", "peer", "transport"
+        "_bytes", "_counted_ip", "_rejected", "_server", "_timer", "call", "decoder", "peer",
+        "transport",
     )
 
     def __init__(self, server: AudioSocketServer) -> None:
@@ -86,6 +101,7 @@ class AudioSocketProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._bytes = 0
         self._rejected = False
+        self._counted_ip: str | None = None
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -107,6 +123,13 @@ class AudioSocketProtocol(asyncio.Protocol):
         if len(server.connections) >= server.config.max_connections:
             self._reject("capacity", f"at capacity ({server.config.max_connections} connections)")
             return
+        ip = peer[0] if isinstance(peer, tuple) else str(peer)
+        limit = server.max_connections_per_peer
+        if limit and server.per_peer.get(ip, 0) >= limit:
+            self._reject("peer_capacity", f"{ip} already holds {limit} connections")
+            return
+        server.per_peer[ip] = server.per_peer.get(ip, 0) + 1
+        self._counted_ip = ip
         server.connections.add(self)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(server.config.uuid_timeout, self._uuid_timeout)
@@ -135,6 +158,13 @@ class AudioSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         server = self._server
         server.connections.discard(self)
+        ip, self._counted_ip = self._counted_ip, None
+        if ip is not None:
+            left = server.per_peer.get(ip, 1) - 1
+            if left > 0:
+                server.per_peer[ip] = left
+            else:
+                server.per_peer.pop(ip, None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -247,6 +277,12 @@ class AudioSocketServer:
         self.on_call_start: list[Callable[[Call], None]] = []
         self.on_call_end: list[Callable[[Call], None]] = []
         self.reject_log = LogRate()
+        self.per_peer: dict[str, int] = {}
+        """Live connections per peer IP."""
+        self.max_connections_per_peer = _env_int("AIGW_MAX_CONNECTIONS_PER_PEER", 0)
+        """At most this many connections from one IP (0: only ``max_connections``). One
+        Asterisk normally holds every call; with several PBXs, one must not starve the
+        others."""
 
     @property
     def address(self) -> tuple[str, int]:

@@ -500,3 +500,28 @@ async def test_floods_log_one_line_per_interval_with_counts(
     lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len([m for m in lines if "playout buffer full" in m]) == 1
     assert len([m for m in lines if "rejected connection" in m]) == 1
+
+
+async def test_one_peer_cannot_hold_every_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIGW_MAX_CONNECTIONS_PER_PEER", "3")
+    async with running_gateway(max_connections=10, uuid_timeout=2.0) as gw:
+        # One PBX (127.0.0.1) fills its share; a second one (127.0.0.2) still gets in.
+        mine = [await RawPeer.connect(gw.audiosocket.address) for _ in range(3)]
+        await asyncio.sleep(50 * MS)
+        extra = await RawPeer.connect(gw.audiosocket.address)
+        assert await extra.read_until_closed(within=2) == []
+        assert counter(gw, "aigw_connections_rejected_total", reason="peer_capacity") == 1
+        r, w = await asyncio.open_connection(*gw.audiosocket.address,
+                                             local_addr=("127.0.0.2", 0))
+        other = RawPeer(r, w)
+        other.send_uuid()
+        assert len(await other.read_frames(2)) == 2
+        # A slot is given back when a connection ends.
+        await mine[0].close()
+        await asyncio.sleep(50 * MS)
+        again = await RawPeer.connect(gw.audiosocket.address)
+        again.send_uuid()
+        assert len(await again.read_frames(2)) == 2
+        assert counter(gw, "aigw_connections_rejected_total", reason="peer_capacity") == 1
+        for p in (*mine[1:], other, again):
+            await p.close()
