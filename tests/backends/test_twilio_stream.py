@@ -199,7 +199,8 @@ async def test_silent_caller_still_streams_silence() -> None:
         n = len(session.of_kind("media"))
         assert session.violations == []
         assert set(session.inbound_audio) == {0xFF}
-        assert 14 <= n <= 26  # about one chunk per 20 ms
+        expected = 400 * MS / 0.020  # about one chunk per 20 ms of the (scaled) wait
+        assert 0.7 * expected <= n <= 1.3 * expected + 1
         last_ts = int(session.of_kind("media")[-1]["media"]["timestamp"])
         assert abs(last_ts / 1000 - (time.monotonic() - t_first)) < 0.15
         assert caller.hangup_at is None
