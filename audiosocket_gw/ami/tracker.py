@@ -330,6 +330,8 @@ class CallTracker:
             detail: dict[str, Any] = {"source": "ami"}
             if cause is not None:
                 detail["cause"] = cause
+            if self._gateway_reasons and cid in self._gateway_reasons:
+                detail["reason"] = self._gateway_reasons[cid]
             await self.apply(cid, CallInput.HANGUP, detail)
             self._uid_call.pop(uid, None)
             if self.channels.get(cid) == msg.get("Channel"):
@@ -356,7 +358,19 @@ class CallTracker:
     def _on_call_start(self, call: Call) -> None:
         self._enqueue("start", call)
 
+    # Why the gateway ended a call, known at once (the "end" op is applied later, by
+    # the worker): an AMI Hangup that overtakes it (the Hangup action we send, or
+    # Asterisk's own after the 00 00 00) still records the gateway's reason.
+    _gateway_reasons: dict[str, str] | None = None
+
     def _on_call_end(self, call: Call) -> None:
+        reason = call.end_reason or "ended"
+        if reason not in _NORMAL_ENDS:
+            if self._gateway_reasons is None:
+                self._gateway_reasons = {}
+            if len(self._gateway_reasons) >= _MAX_MAP:
+                self._gateway_reasons.pop(next(iter(self._gateway_reasons)))
+            self._gateway_reasons[call.call_id] = reason
         self._enqueue("end", call)
 
     # Starts and ends carry a call's state: never dropped. Past the queue's bound they
@@ -417,10 +431,14 @@ class CallTracker:
 
     async def _ended(self, call: Call) -> None:
         reason = call.end_reason or "ended"
-        if reason in _NORMAL_ENDS:
-            await self.apply(call.call_id, CallInput.AUDIOSOCKET_EOF, {"reason": reason})
-        else:
-            await self.apply(call.call_id, CallInput.GATEWAY_HANGUP, {"reason": reason})
+        try:
+            if reason in _NORMAL_ENDS:
+                await self.apply(call.call_id, CallInput.AUDIOSOCKET_EOF, {"reason": reason})
+            else:
+                await self.apply(call.call_id, CallInput.GATEWAY_HANGUP, {"reason": reason})
+        finally:
+            if self._gateway_reasons:
+                self._gateway_reasons.pop(call.call_id, None)
         channel = self.channels.get(call.call_id)
         if reason not in _NORMAL_ENDS and channel and self.client is not None \
                 and self.client.connected:

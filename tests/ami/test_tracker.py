@@ -366,3 +366,33 @@ async def test_calls_of_a_killed_gateway_end_when_last_known_alive() -> None:
         assert rec.duration_s <= killed_at - rec.created_at
         assert rec.billable_s <= math.ceil(killed_at - rec.answered_at)
 
+
+async def test_gateway_reason_wins_when_amis_hangup_overtakes_the_audiosocket_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiosocket_gw.ami.protocol import AmiMessage
+
+    async with stack(monkeypatch, connect=True, ring_s=20 * MS, talk_s=5.0) as (gw, sim):
+        comp = component(gw)
+        cid = await comp.provider.start_outbound_call("acme", "+15550007777", "+15559990000")
+        await wait_status(gw, cid, CallStatus.IN_PROGRESS)
+        async with asyncio.timeout(3):
+            while cid not in gw.audiosocket.calls:
+                await asyncio.sleep(10 * MS)
+        tracker = comp.tracker
+        # Asterisk's Hangup (after our 00 00 00 or Hangup action) is handled before the
+        # tracker's worker gets to the AudioSocket end: an order a loaded loop produces.
+        hangup = AmiMessage((("Event", "Hangup"), ("Uniqueid", cid), ("Cause", "16"),
+                             ("Channel", tracker.channels.get(cid, "PJSIP/x"))))
+        live = gw.audiosocket.calls[cid]
+        async with tracker._lock:
+            tracker._ops.put_nowait(("start", live))  # keeps the worker busy (a no-op)
+            await asyncio.sleep(20 * MS)
+            live.hangup("api-hangup")  # its "end" op waits behind the no-op...
+            ami = asyncio.ensure_future(tracker.handle_event(hangup))
+            await asyncio.sleep(20 * MS)  # ...and the AMI Hangup gets the lock first
+        await ami
+        assert await wait_status(gw, cid, CallStatus.COMPLETED) is CallStatus.COMPLETED
+        await tracker._ops.join()
+        rec = await gw.store.get_call(cid)
+        assert rec is not None and rec.hangup_reason == "api-hangup"
+        assert rec.hangup_cause == 16
