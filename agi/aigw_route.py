@@ -24,7 +24,11 @@ Security: DID and caller ID are attacker-controlled. They only travel to the gat
 inside a JSON body; no value derived from them is ever set on the channel. Every
 value the gateway returns is checked against a strict pattern (UUID, ``host:port``,
 ``[A-Za-z0-9_.-]`` ids, a safe absolute ``.wav`` path, a plain dial string) before it
-is quoted for ``SET VARIABLE``; a value that fails is never set.
+is quoted for ``SET VARIABLE``; a value that fails is never set. Beyond the shape: the
+AudioSocket address must be the gateway's (the route URL's host, any loopback address
+when that is loopback, or listed in ``AIGW_AUDIOSOCKET_ALLOW``), the recording file
+must be ``<AIGW_MIXMONITOR_DIR>/<tenant>/<call id>.wav``, and the fallback a dial
+string of ``AIGW_FALLBACK_TECHS`` (default PJSIP, SIP, IAX2, DAHDI; never ``Local/``).
 
 AGI quirks handled (docs/PROTOCOLS.md §3.2, §3.4): on caller hangup a process AGI gets
 SIGHUP and no ``HANGUP`` line while the channel waits for the script, so SIGHUP exits
@@ -105,12 +109,70 @@ def _hostport_ok(v: str) -> bool:
     return m is not None and 1 <= int(m.group(1)) <= 65535
 
 
-def validate(answer: object) -> dict[str, str]:
+_LOOPBACK_HOSTS = ("localhost", "::1")
+DEFAULT_RECORDING_DIR = "/var/spool/asterisk/monitor"
+DEFAULT_FALLBACK_TECHS = ("PJSIP", "SIP", "IAX2", "DAHDI")
+
+
+def _host_of(hostport: str) -> str:
+    host = hostport.rpartition(":")[0]
+    return host[1:-1].lower() if host.startswith("[") else host.lower()
+
+
+def _is_loopback(host: str) -> bool:
+    return host in _LOOPBACK_HOSTS or bool(re.fullmatch(r"127(?:\.\d{1,3}){3}", host))
+
+
+def audiosocket_allowed(address: str, route_url: str, env: Mapping[str, str]) -> bool:
+    """The AudioSocket address is the gateway's: the route URL's host (any loopback
+    address when that is loopback), or a host / host:port listed in
+    ``AIGW_AUDIOSOCKET_ALLOW`` (comma-separated; other gateway nodes)."""
+    if not _hostport_ok(address):
+        return False
+    host = _host_of(address)
+    allow = {a.strip().lower() for a in env.get("AIGW_AUDIOSOCKET_ALLOW", "").split(",")
+             if a.strip()}
+    if address.lower() in allow or host in allow or f"[{host}]" in allow:
+        return True
+    m = re.match(r"https?://(\[[^\]]+\]|[^/:]+)", route_url)
+    route_host = (m.group(1).strip("[]").lower() if m else "")
+    if _is_loopback(route_host):
+        return _is_loopback(host)
+    return host == route_host
+
+
+def recording_file_ok(path: str, call_id: str, env: Mapping[str, str]) -> bool:
+    """Exactly ``<AIGW_MIXMONITOR_DIR>/<tenant>/<call id>.wav`` (the gateway's layout)."""
+    root = (env.get("AIGW_MIXMONITOR_DIR") or DEFAULT_RECORDING_DIR).rstrip("/")
+    if not _safe_path(path) or not path.startswith(root + "/"):
+        return False
+    tenant, sep, name = path[len(root) + 1:].partition("/")
+    return bool(sep) and bool(_ID.fullmatch(tenant)) and tenant[0] not in "._-" \
+        and name == f"{call_id}.wav"
+
+
+def dial_ok(dial: str, env: Mapping[str, str]) -> bool:
+    """A plain dial string of an allowed technology (``AIGW_FALLBACK_TECHS``, default
+    PJSIP, SIP, IAX2, DAHDI): never ``Local/`` (it would enter any dialplan context)."""
+    if not _DIAL.fullmatch(dial):
+        return False
+    techs = [t.strip().upper() for t in env.get("AIGW_FALLBACK_TECHS", "").split(",")
+             if t.strip()] or list(DEFAULT_FALLBACK_TECHS)
+    tech = dial.split("/", 1)[0].upper()
+    return tech in techs and tech != "LOCAL"
+
+
+def validate(answer: object, *, route_url: str = DEFAULT_URL,
+             env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The gateway's JSON answer -> the eight variables to set, all validated.
 
     Raises ``Unavailable`` when the answer is malformed or an ``ok`` answer lacks a
-    valid call id or AudioSocket address. Optional values that fail are emptied.
+    valid call id or AudioSocket address (one of the gateway's: ``audiosocket_allowed``).
+    Optional values that fail are emptied: a fallback that is not a plain dial string
+    of an allowed technology, a recording file outside ``AIGW_MIXMONITOR_DIR`` or not
+    named after the call.
     """
+    env = os.environ if env is None else env
     if not isinstance(answer, dict):
         raise Unavailable("answer is not a JSON object")
     raw = answer.get("variables")
@@ -125,7 +187,7 @@ def validate(answer: object) -> dict[str, str]:
     for key in ("AIGW_TENANT", "AIGW_AGENT"):
         if _ID.fullmatch(got.get(key, "")):
             out[key] = got[key]
-    if _DIAL.fullmatch(got.get("AIGW_FALLBACK", "")):
+    if dial_ok(got.get("AIGW_FALLBACK", ""), env):
         out["AIGW_FALLBACK"] = got["AIGW_FALLBACK"]
     out["AIGW_RECORD"] = "1" if got.get("AIGW_RECORD") == "1" else "0"
     if status == "ok":
@@ -133,13 +195,13 @@ def validate(answer: object) -> dict[str, str]:
         address = got.get("AIGW_AUDIOSOCKET", "")
         if not _UUID.fullmatch(call_id):
             raise Unavailable("ok answer without a valid call id")
-        if not _hostport_ok(address):
-            raise Unavailable("ok answer without a valid AudioSocket address")
+        if not audiosocket_allowed(address, route_url, env):
+            raise Unavailable("ok answer without a valid AudioSocket address of the gateway")
         out["AIGW_CALL_ID"] = call_id
         out["AIGW_AUDIOSOCKET"] = address
         rec_file = got.get("AIGW_RECORDING_FILE", "")
         if out["AIGW_RECORD"] == "1":
-            if _safe_path(rec_file):
+            if recording_file_ok(rec_file, call_id, env):
                 out["AIGW_RECORDING_FILE"] = rec_file
             else:
                 out["AIGW_RECORD"] = "0"  # never record to a path we did not check
@@ -310,7 +372,8 @@ def main() -> int:
     except ValueError:
         timeout = DEFAULT_TIMEOUT
     try:
-        variables = validate(ask_gateway(url, request_body(env), _token(os.environ), timeout))
+        variables = validate(ask_gateway(url, request_body(env), _token(os.environ), timeout),
+                             route_url=url)
     except Unavailable as exc:
         _log(f"gateway unavailable ({exc}); uniqueid {_clean(env.get('agi_uniqueid', ''), 64)}")
         variables = unavailable()

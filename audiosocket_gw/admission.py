@@ -86,7 +86,8 @@ def recording_path(recording_dir: str, tenant: str, call_id: str) -> str:
     """``{dir}/{tenant}/{call_id}.wav`` (docs/PROTOCOLS.md §5.3); validated ids."""
     if not safe_id(tenant):
         raise ValueError(f"tenant id {tenant!r} is not usable in a path")
-    uuid.UUID(call_id)
+    if str(uuid.UUID(call_id)) != call_id.lower():
+        raise ValueError(f"call id {call_id!r} is not a canonical UUID")
     return f"{recording_dir.rstrip('/')}/{tenant}/{call_id}.wav"
 
 
@@ -189,6 +190,8 @@ class Admission:
         call to its backend (Twilio custom parameters, Asterisk ids).
         """
         call_id = call_id or str(uuid.uuid4())
+        # Before taking a slot: a refused path (ValueError) must not leak one.
+        recording_file = self.recording_file(tenant, agent, call_id)
         if not await self.store.try_acquire_slot(tenant.id, call_id,
                                                  tenant.max_concurrent_calls):
             self.metrics.limiter_rejections.labels(tenant.id, direction).inc()
@@ -198,7 +201,6 @@ class Admission:
                 f"tenant {tenant.id!r} is at its limit of {tenant.max_concurrent_calls} calls")
         now = self.clock()
         try:
-            recording_file = self.recording_file(tenant, agent, call_id)
             record = CallRecord(
                 id=call_id, tenant=tenant.id, agent=agent.name, direction=direction,
                 from_=from_, to=to, created_at=now,

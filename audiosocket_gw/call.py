@@ -26,6 +26,7 @@ from .dsp.vad import (
     frame_level,
     frame_levels,
 )
+from .lograte import LogRate
 from .metrics import Metrics
 from .playout import FRAME_BYTES, PlayoutBuffer
 
@@ -99,6 +100,25 @@ class LevelBatch:
             call.on_caller_level(level, len(pcm) // 2)
 
 
+def close_bounded(transport: asyncio.Transport, timeout: float) -> None:
+    """Make a ``close()`` that waits for unsent data end within ``timeout`` seconds.
+
+    ``close()`` flushes the write buffer first; a peer that stopped reading never lets
+    it, and the connection (and its socket) would stay forever. Abort it instead.
+    """
+    if transport.get_write_buffer_size() == 0:
+        return
+
+    def abort() -> None:
+        if transport.get_write_buffer_size() > 0:
+            log.warning("peer did not read the last %d bytes in %.1f s: connection aborted",
+                        transport.get_write_buffer_size(), timeout)
+            transport.abort()
+
+    asyncio.get_running_loop().call_later(max(0.0, timeout), abort)
+
+
+
 class Call:
     """One live call. Created by the server once the UUID frame has been accepted."""
 
@@ -165,6 +185,9 @@ class Call:
         self.barge_ins = 0
         self.taps: list[AudioTap] = []
         self._ticker = ticker
+        self.playout_drops = 0
+        """Bot audio chunks dropped on a full playout buffer."""
+        self._drop_log = LogRate()
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} backend={self.backend_name}>"
@@ -204,6 +227,7 @@ class Call:
             transport.write(HANGUP_FRAME)
         if not transport.is_closing():
             transport.close()
+        close_bounded(transport, self.config.write_stall_timeout)
         duration = self._now() - self.started_at
         self.log.info(
             "ended: %s (outcome %s, %.1f s, %d frames in, %d out)",
@@ -373,7 +397,10 @@ class Call:
         playout.streaming = True
         underruns = playout.underruns
         if not playout.push(pcm, item_id):
-            self.log.warning("playout buffer full (%.0f ms); audio dropped", playout.pending_ms)
+            self.playout_drops += 1
+            if (n := self._drop_log.allow()) is not None:  # not one line per chunk
+                self.log.warning("playout buffer full (%.0f ms); audio dropped%s",
+                                 playout.pending_ms, LogRate.suffix(n))
         if playout.underruns != underruns:  # a gap inside the utterance, now judged
             self.stats.underruns += playout.underruns - underruns
 

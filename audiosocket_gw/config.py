@@ -8,6 +8,7 @@ One typed ``Config``; every field can come from the CLI or from the environment
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -47,8 +48,26 @@ def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+MIN_API_TOKEN_LENGTH = 16
+
+
 def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """True for a loopback IP literal (127.0.0.0/8, ::1, ::ffff:127.x) or ``localhost``.
+
+    A name is never parsed by its prefix: ``127.evil.com`` is a DNS name like any other.
+    """
+    h = host.strip()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if h.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 def _env_bool(value: str) -> bool:
@@ -72,6 +91,7 @@ class Config:
     vad_onset_ms: int = 80
     # Limits
     max_connections: int = 1000
+    max_connections_per_peer: int = 0  # 0: only max_connections (one Asterisk holds all)
     max_payload: int = 65535
     playout_max_seconds: float = 120.0
     pacer_spin_ms: float = 1.0  # wake this early and wait out the rest (epoll is ms-grained)
@@ -105,6 +125,7 @@ class Config:
             "allow_unregistered": "AIGW_ALLOW_UNREGISTERED",
             "echo_delay_ms": "AIGW_ECHO_DELAY_MS",
             "max_connections": "AIGW_MAX_CONNECTIONS",
+            "max_connections_per_peer": "AIGW_MAX_CONNECTIONS_PER_PEER",
             "uuid_timeout": "AIGW_UUID_TIMEOUT",
             "shutdown_grace": "AIGW_SHUTDOWN_GRACE",
             "log_level": "AIGW_LOG_LEVEL",
@@ -148,9 +169,19 @@ class Config:
             raise ConfigError("echo delay must be >= 0 ms")
         if self.max_connections < 1:
             raise ConfigError("max connections must be >= 1")
+        if self.max_connections_per_peer < 0:
+            raise ConfigError("AIGW_MAX_CONNECTIONS_PER_PEER: must be >= 0")
         if self.uuid_timeout <= 0 or self.shutdown_grace < 0:
             raise ConfigError("timeouts must be positive")
         host, _ = parse_hostport(self.http, setting="--http/AIGW_HTTP")
+        if self.api_token is not None and self.api_token != "" and (
+                len(self.api_token) < MIN_API_TOKEN_LENGTH
+                or any(c.isspace() for c in self.api_token)):
+            raise ConfigError(
+                f"AIGW_API_TOKEN must be at least {MIN_API_TOKEN_LENGTH} characters with no "
+                "whitespace (for example: python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')"
+            )
         if not is_loopback(host) and not self.api_token:
             raise ConfigError(
                 "--http listens beyond loopback: set AIGW_API_TOKEN (a bearer token the API "

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import soundfile as sf
 
+from .private import create_private, open_private_text, private_dir
 from .stereo import FRAME_BYTES, StereoAligner
 
 __all__ = ["CallDump"]
@@ -57,9 +58,10 @@ class CallDump:
         block_ticks: int = 50,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        path = private_dir(directory)  # call audio: dirs 0700, files 0600
+        # One plain name inside ``directory``: no separator, never "." / ".." or hidden.
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in call_id)[:100]
+        safe = safe.lstrip(".") or "call"
         self.wav_path = path / f"{safe}.wav"
         self.events_path = path / f"{safe}.events.jsonl"
         self._clock = clock
@@ -71,10 +73,11 @@ class CallDump:
         self.events = 0
         self.events_dropped = 0
         self.closed = False
+        create_private(self.wav_path)  # 0600 before libsndfile opens it
         self._wav: sf.SoundFile | None = sf.SoundFile(
             str(self.wav_path), "w", samplerate=RATE, channels=2, subtype="PCM_16"
         )
-        self._events: IO[str] | None = open(self.events_path, "w", encoding="utf-8")
+        self._events: IO[str] | None = open_private_text(self.events_path)
 
     # -- AudioTap ------------------------------------------------------------------
 

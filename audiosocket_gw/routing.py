@@ -74,7 +74,7 @@ MAX_BODY: Final = 4096
 """Largest request body accepted (the AGI script sends ~200 bytes)."""
 
 _FIELD_LIMITS: Final = {"did": 64, "caller": 128, "uniqueid": 64, "channel": 256}
-STATUSES: Final = ("ok", "busy", "unknown")
+STATUSES: Final = ("ok", "busy", "unknown", "unavailable")
 
 ROUTE_VARIABLES: Final = (
     "AIGW_STATUS", "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_TENANT", "AIGW_AGENT",
@@ -283,6 +283,9 @@ class RoutingComponent:
             admitted = await admission.admit(
                 tenant, agent, direction="inbound", from_=clean_number(req.caller),
                 to=normalize_e164(req.did) or "", metadata=metadata, call_metadata=metadata)
+        except ValueError as exc:  # an id unusable in a path: refused before any slot
+            log.error("route: tenant %s: %s: unavailable", tenant.id, exc)
+            return route_variables("unavailable", fallback=fallback)
         except LimitExceeded:
             return route_variables("busy", tenant=tenant.id, agent=agent.name,
                                    fallback=fallback)

@@ -18,9 +18,10 @@ from typing import Final
 
 from . import audiosocket as asp
 from .backends.base import Backend, CallInfo
-from .call import Call, LevelBatch
+from .call import Call, LevelBatch, close_bounded
 from .clock import Clock
 from .config import Config
+from .lograte import LogRate
 from .metrics import Metrics
 from .pacer import Pacer
 
@@ -74,7 +75,8 @@ class CallRegistry:
 
 class AudioSocketProtocol(asyncio.Protocol):
     __slots__ = (
-        "_bytes", "_rejected", "_server", "_timer", "call", "decoder", "peer", "transport"
+        "_bytes", "_counted_ip", "_rejected", "_server", "_timer", "call", "decoder", "peer",
+        "transport",
     )
 
     def __init__(self, server: AudioSocketServer) -> None:
@@ -86,6 +88,7 @@ class AudioSocketProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._bytes = 0
         self._rejected = False
+        self._counted_ip: str | None = None
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -107,6 +110,13 @@ class AudioSocketProtocol(asyncio.Protocol):
         if len(server.connections) >= server.config.max_connections:
             self._reject("capacity", f"at capacity ({server.config.max_connections} connections)")
             return
+        ip = peer[0] if isinstance(peer, tuple) else str(peer)
+        limit = server.max_connections_per_peer
+        if limit and server.per_peer.get(ip, 0) >= limit:
+            self._reject("peer_capacity", f"{ip} already holds {limit} connections")
+            return
+        server.per_peer[ip] = server.per_peer.get(ip, 0) + 1
+        self._counted_ip = ip
         server.connections.add(self)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(server.config.uuid_timeout, self._uuid_timeout)
@@ -135,6 +145,13 @@ class AudioSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         server = self._server
         server.connections.discard(self)
+        ip, self._counted_ip = self._counted_ip, None
+        if ip is not None:
+            left = server.per_peer.get(ip, 1) - 1
+            if left > 0:
+                server.per_peer[ip] = left
+            else:
+                server.per_peer.pop(ip, None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -203,8 +220,12 @@ class AudioSocketProtocol(asyncio.Protocol):
 
     def _reject(self, reason: str, why: str, *, hangup: bool = False) -> None:
         self._rejected = True
-        log.warning("rejected connection from %s: %s", self.peer, why)
         self._server.metrics.connections_rejected.labels(reason).inc()
+        # A connection storm must not write one line per connection: per reason, one
+        # line per interval with the count (the metric above counts every one).
+        if (n := self._server.reject_log.allow(reason)) is not None:
+            log.warning("rejected connection from %s: %s%s", self.peer, why,
+                        LogRate.suffix(n))
         self._close(hangup=hangup)
 
     def _close(self, *, hangup: bool) -> None:
@@ -213,6 +234,7 @@ class AudioSocketProtocol(asyncio.Protocol):
             if hangup:
                 t.write(asp.HANGUP_FRAME)
             t.close()
+            close_bounded(t, self._server.config.write_stall_timeout)
 
 
 class AudioSocketServer:
@@ -246,6 +268,13 @@ class AudioSocketServer:
         pacer.before_tick.append(self.levels.run)
         self._on_call_start = on_call_start
         self._on_call_end = on_call_end
+        self.reject_log = LogRate()
+        self.per_peer: dict[str, int] = {}
+        """Live connections per peer IP."""
+        self.max_connections_per_peer = config.max_connections_per_peer
+        """At most this many connections from one IP (0: only ``max_connections``). One
+        Asterisk normally holds every call; with several PBXs, one must not starve the
+        others."""
 
     @property
     def address(self) -> tuple[str, int]:

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from .ami.protocol import DEFAULT_MAX_LINE
 from .config import Config, ConfigError, format_hostport, parse_hostport
 from .recordings.settings import ENV as RECORDING_ENV
 from .recordings.settings import RecordingSettings
@@ -100,8 +101,14 @@ class AmiSettings:
     # Reconnect backoff (seconds): initial, doubling, capped, with 20 % jitter
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    backoff_reset_after: float = 30.0
+    """A connection must stay up this long before the backoff starts over."""
     # Limits
     event_queue: int = 10_000
+    max_line: int = DEFAULT_MAX_LINE
+    """Longest line (bytes) accepted from Asterisk (it writes ~1024 at most)."""
+    max_message: int = 1 << 20
+    """Largest message (bytes, up to its blank line); also bounds what is buffered."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AmiSettings | None:

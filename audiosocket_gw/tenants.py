@@ -96,7 +96,10 @@ STATUS_EVENTS: tuple[str, ...] = ("initiated", "ringing", "answered", "completed
 """Twilio's ``StatusCallbackEvent`` values."""
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
-_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# An id names a directory (recordings) and appears in URLs and dial variables: it
+# starts with a letter or digit, so ".", "..", hidden names and option-like "-x" are
+# impossible.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -364,7 +367,8 @@ def _tname(v: object) -> str:
 
 def _check_id(r: _Reader, kind: str, ident: str) -> None:
     if not _ID_RE.fullmatch(ident):
-        raise r.error(f"{kind} id {ident!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        raise r.error(f"{kind} id {ident!r} must be 1-64 characters of A-Z a-z 0-9 _ . -,"
+                      " starting with a letter or digit")
 
 
 def _account_sid(r: _Reader) -> str | None:

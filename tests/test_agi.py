@@ -378,12 +378,12 @@ async def _against_fake_gateway(answer: dict[str, Any], status: int = 200,
 async def test_token_from_environment(tmp_path):
     cfg = tmp_path / "tenants.toml"
     cfg.write_text(TENANTS)
-    async with running_gateway(config=str(cfg), api_token="s3cret") as gw:
+    async with running_gateway(config=str(cfg), api_token="s3cret-0123456789abcdef") as gw:
         denied = await run_agi(route_url(gw), agi_env())
         allowed = await run_agi(route_url(gw), agi_env(),
-                                extra_env={"AIGW_API_TOKEN": "s3cret"})
+                                extra_env={"AIGW_API_TOKEN": "s3cret-0123456789abcdef"})
         tok = tmp_path / "agi-token"
-        tok.write_text("s3cret\n")
+        tok.write_text("s3cret-0123456789abcdef\n")
         from_file = await run_agi(route_url(gw), agi_env(agi_uniqueid="2"),
                                   extra_env={"AIGW_API_TOKEN_FILE": str(tok)})
     assert denied.variables["AIGW_STATUS"] == "unavailable"
@@ -457,3 +457,51 @@ async def test_sighup_during_gateway_request_exits_at_once():
 async def test_sighup_while_waiting_for_asterisk_exits_at_once():
     latency = await _sighup_while("reply")
     assert latency < 0.5, latency
+
+
+@pytest.mark.parametrize("address", ["10.6.6.6:9092", "evil.example.com:9092",
+                                     "127.evil.com:9092", "[2001:db8::1]:9092"])
+async def test_audiosocket_address_must_be_the_gateways(address):
+    run = await _against_fake_gateway({"variables": {
+        "AIGW_STATUS": "ok", "AIGW_CALL_ID": str(uuid.uuid4()), "AIGW_AUDIOSOCKET": address}})
+    assert_clean(run)
+    assert run.variables["AIGW_STATUS"] == "unavailable"
+    assert run.variables["AIGW_AUDIOSOCKET"] == ""
+    # Another gateway node is fine once listed.
+    run = await _against_fake_gateway({"variables": {
+        "AIGW_STATUS": "ok", "AIGW_CALL_ID": str(uuid.uuid4()), "AIGW_AUDIOSOCKET": address}},
+        extra_env={"AIGW_AUDIOSOCKET_ALLOW": f"192.0.2.1, {address}"})
+    assert run.variables["AIGW_STATUS"] == "ok"
+    assert run.variables["AIGW_AUDIOSOCKET"] == address
+
+
+@pytest.mark.parametrize(("fallback", "kept"), [
+    ("Local/s@aigw-inbound", False), ("local/1@default/n", False), ("LOCAL/x@y", False),
+    ("Console/dsp", False), ("PJSIP/+15551234567@trunk", True), ("SIP/human", True),
+])
+async def test_fallback_dial_strings_are_plain_trunk_dials(fallback, kept):
+    run = await _against_fake_gateway({"variables": {
+        "AIGW_STATUS": "busy", "AIGW_FALLBACK": fallback}})
+    assert_clean(run)
+    assert run.variables["AIGW_STATUS"] == "busy"
+    assert run.variables["AIGW_FALLBACK"] == (fallback if kept else "")
+
+
+@pytest.mark.parametrize(("path", "kept"), [
+    ("/etc/asterisk/x.wav", False),
+    ("/var/spool/asterisk/monitor/acme/{other}.wav", False),
+    ("/var/spool/asterisk/monitor/{cid}.wav", False),
+    ("/var/spool/asterisk/monitor/acme/sub/{cid}.wav", False),
+    ("/var/spool/asterisk/monitor/.hidden/{cid}.wav", False),
+    ("/var/spool/asterisk/monitor/acme/{cid}.wav", True),
+])
+async def test_recording_file_must_be_the_calls_file_in_the_monitor_dir(path, kept):
+    cid = str(uuid.uuid4())
+    path = path.format(cid=cid, other=uuid.uuid4())
+    run = await _against_fake_gateway({"variables": {
+        "AIGW_STATUS": "ok", "AIGW_CALL_ID": cid, "AIGW_AUDIOSOCKET": "127.0.0.1:9092",
+        "AIGW_RECORD": "1", "AIGW_RECORDING_FILE": path}})
+    assert_clean(run)
+    v = run.variables
+    assert v["AIGW_STATUS"] == "ok"
+    assert (v["AIGW_RECORD"], v["AIGW_RECORDING_FILE"]) == (("1", path) if kept else ("0", ""))

@@ -91,9 +91,10 @@ def test_serve_exits_2_on_bad_config() -> None:
 
 
 def test_secrets_are_not_in_repr() -> None:
-    cfg = Config.from_env(env={"OPENAI_API_KEY": "sk-secret-value", "AIGW_API_TOKEN": "tok"})
+    cfg = Config.from_env(env={"OPENAI_API_KEY": "sk-secret-value",
+                               "AIGW_API_TOKEN": "tok-0123456789abcdef"})
     assert cfg.openai_api_key == "sk-secret-value"
-    assert "sk-secret-value" not in repr(cfg) and "tok'" not in repr(cfg)
+    assert "sk-secret-value" not in repr(cfg) and "tok-0123456789abcdef" not in repr(cfg)
 
 
 async def test_serve_process_runs_calls_and_stops_cleanly_on_sigterm() -> None:
@@ -115,3 +116,34 @@ def test_simulate_reports_failure_when_no_gateway() -> None:
     r = run_cli("simulate", "--target", "127.0.0.1:1", "--calls", "1", "--seconds", "0.2")
     assert r.returncode == 1
     assert "connect failed" in r.stdout
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True),
+    ("localhost", True), ("LOCALHOST", True), ("::ffff:127.0.0.1", True),
+    ("127.evil.com", False), ("127.0.0.1.nip.io", False), ("0.0.0.0", False), ("::", False),
+    ("10.0.0.1", False), ("localhost.evil.com", False), ("", False),
+])
+def test_is_loopback_uses_addresses_not_prefixes(host: str, loopback: bool) -> None:
+    from audiosocket_gw.config import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("http", ["127.evil.com:9094", "0.0.0.0:9094"])
+def test_non_loopback_http_needs_a_token(http: str) -> None:
+    from audiosocket_gw.config import ConfigError
+
+    with pytest.raises(ConfigError, match="AIGW_API_TOKEN"):
+        Config.from_env(env={"AIGW_HTTP": http})
+    Config.from_env(env={"AIGW_HTTP": http, "AIGW_API_TOKEN": "x" * 16})
+
+
+@pytest.mark.parametrize("token", ["x", " ", "short-token", "a" * 15, "has space 0123456789",
+                                   "tab\t0123456789abcdef", "0123456789abcdef\n"])
+def test_weak_or_whitespace_tokens_are_refused(token: str) -> None:
+    from audiosocket_gw.config import ConfigError
+
+    for http in ("0.0.0.0:9094", "127.0.0.1:9094"):
+        with pytest.raises(ConfigError, match="at least 16 characters with no whitespace"):
+            Config.from_env(env={"AIGW_HTTP": http, "AIGW_API_TOKEN": token})

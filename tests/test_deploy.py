@@ -192,3 +192,9 @@ def test_deploy_doc_names_every_make_variable_and_dialplan_global():
                            "AIGW_OUTBOUND_CONTEXT"]
                if n not in internal and f"`{n}" not in doc]
     assert missing == []
+
+
+def test_systemd_unit_sets_a_restrictive_umask():
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "audiosocket-gw.service")
+    service = unit.read_text().split("[Service]", 1)[1].split("\n[", 1)[0]
+    assert "UMask=0027" in [line.strip() for line in service.splitlines()]

@@ -214,6 +214,139 @@ def check(dp: Dialplan) -> list[str]:
     return errors
 
 
+# -- an evaluator: runs contexts the way Asterisk does ---------------------------------
+
+
+class Hangup(Exception):
+    pass
+
+
+@dataclass
+class Run:
+    """What one evaluated path did: applications run (with expanded arguments), the
+    errors Asterisk would log, and the channel variables at the end."""
+
+    apps: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+
+
+def _expand(text: str, variables: dict[str, str]) -> str:
+    return _VAR.sub(lambda m: variables.get(m.group(1), ""), text)
+
+
+def _expr(text: str) -> bool:
+    """``$[...]`` as the dialplan uses it here: ``"a" = "b"``, ``"a" != "b"``, a number."""
+    inner = text.strip()
+    assert inner.startswith("$[") and inner.endswith("]"), text
+    inner = inner[2:-1].strip()
+    m = re.fullmatch(r'"([^"]*)"\s*(!=|=)\s*"([^"]*)"', inner)
+    if m:
+        return (m.group(1) == m.group(3)) == (m.group(2) == "=")
+    return inner not in ("", "0")
+
+
+def evaluate(dp: Dialplan, context: str, exten: str, variables: dict[str, str], *,
+             results: dict[str, dict[str, str]] | None = None,
+             gosub: bool = False, limit: int = 200) -> Run:
+    """Run ``context,exten,1`` like pbx.c + app_stack.c would.
+
+    ``Set(LOCAL(x)=v)`` outside a Gosub frame logs app_stack's ERROR and sets nothing;
+    inside one it sets the channel variable and Return() restores the old value.
+    ``results`` maps an application to the variables it sets (AGI, AMD, TryExec...).
+    ``gosub`` runs the start as a Gosub frame (hangup handlers run that way).
+    """
+    run = Run(variables=dict(variables))
+    v = run.variables
+    results = results or {}
+    frames: list[tuple[str, str, int, dict[str, str | None]]] = []
+    if gosub:
+        frames.append(("", "", 0, {}))
+    ctx, ext, idx = context, exten, 0
+
+    def jump(target: str) -> None:
+        nonlocal ctx, ext, idx
+        parts = split_args(target)
+        if len(parts) == 1:
+            c, e, p = ctx, ext, parts[0]
+        elif len(parts) == 2:
+            c, e, p = ctx, parts[0], parts[1]
+        else:
+            c, e, p = parts
+        steps = dp.contexts[c][e]
+        idx = int(p) - 1 if p.isdigit() else next(i for i, s in enumerate(steps) if s.label == p)
+        ctx, ext = c, e
+
+    for _ in range(limit):
+        steps = dp.contexts[ctx][ext]
+        if idx >= len(steps):
+            return run  # fell off the end: hangup
+        st = steps[idx]
+        idx += 1
+        data = st.data
+        if st.app == "Set":
+            name, _, value = data.partition("=")
+            value = _expand(value, v)
+            m = re.fullmatch(r"LOCAL\((\w+)\)", name)
+            if m:
+                if not frames:
+                    run.errors.append(f"ERROR app_stack.c: Tried to set LOCAL({m.group(1)}), "
+                                      "but we aren't within a Gosub routine")
+                    continue
+                saved = frames[-1][3]
+                if m.group(1) not in saved:
+                    saved[m.group(1)] = v.get(m.group(1))
+                v[m.group(1)] = value
+            elif "(" in name:
+                run.apps.append(("Set", f"{name}={value}"))  # a function: CHANNEL(), TALK_DETECT()
+            else:
+                v[name] = value
+            continue
+        if st.app == "GotoIf":
+            cond, _, branches = data.partition("?")
+            yes, _, no = branches.partition(":")
+            target = yes if _expr(_expand(cond, v)) else no
+            if target:
+                jump(target)
+            continue
+        if st.app == "Goto":
+            jump(data)
+            continue
+        if st.app == "Gosub":
+            frames.append((ctx, ext, idx, {}))
+            jump(data)
+            continue
+        if st.app == "Return":
+            if not frames:
+                run.errors.append("ERROR app_stack.c: Return without Gosub: stack is empty")
+                return run
+            ctx_r, ext_r, idx_r, saved = frames.pop()
+            for k, old in saved.items():
+                if old is None:
+                    v.pop(k, None)
+                else:
+                    v[k] = old
+            if not ctx_r:
+                return run
+            ctx, ext, idx = ctx_r, ext_r, idx_r
+            continue
+        args = _expand(data, v)
+        run.apps.append((st.app, args))
+        key = "AudioSocket" if st.app == "TryExec" and data.startswith("AudioSocket(") \
+            else st.app
+        v.update(results.get(key, {}))
+        if st.app in ("Hangup", "Busy", "Congestion"):
+            return run
+    raise AssertionError(f"no end after {limit} steps at {ctx},{ext}")
+
+
+def amd_args(run: Run) -> list[list[str]]:
+    return [split_args(a) for app, a in run.apps if app == "AMD"]
+
+
 # -- the checks on the real file ----------------------------------------------------
 
 
@@ -260,6 +393,73 @@ def test_variables_contract_matches_the_agi_and_the_api():
     text = CONF.read_text()
     for var in DEPLOYMENT_VARIABLES:
         assert var in text.split("\n[aigw-inbound]")[0], f"{var} undocumented in the header"
+
+
+CALL = {"AIGW_CALL_ID": "0b6f2b1c-3f0e-4d0a-9a51-2f4f2c1d9e10",
+        "AIGW_AUDIOSOCKET": "127.0.0.1:9092"}
+BRIDGED = {"AMD": {"AMDSTATUS": "HUMAN"}, "AudioSocket": {"TRYSTATUS": "SUCCESS"}}
+
+
+@pytest.mark.parametrize("budget", ["15000", "2000", "60000"])
+def test_outbound_amd_gets_the_voicemail_budget_without_errors(budget):
+    dp = parse(CONF.read_text())
+    run = evaluate(dp, "aigw-outbound", "s",
+                   {**CALL, "AIGW_AMD": "1", "AIGW_AMD_MS": budget}, results=BRIDGED)
+    assert run.errors == []
+    assert amd_args(run) == [["2500", "1500", "800", budget]]
+    assert ("TryExec", f"AudioSocket({CALL['AIGW_CALL_ID']},{CALL['AIGW_AUDIOSOCKET']})") \
+        in run.apps
+
+
+def test_outbound_amd_default_and_off():
+    dp = parse(CONF.read_text())
+    run = evaluate(dp, "aigw-outbound", "s", {**CALL, "AIGW_AMD": "1"}, results=BRIDGED)
+    assert run.errors == [] and amd_args(run) == [["2500", "1500", "800", "5000"]]
+    run = evaluate(dp, "aigw-outbound", "s", {**CALL, "AIGW_AMD": "0", "AIGW_AMD_MS": "9000"},
+                   results=BRIDGED)
+    assert run.errors == [] and amd_args(run) == []
+    machine = {**BRIDGED, "AMD": {"AMDSTATUS": "MACHINE"}}
+    run = evaluate(dp, "aigw-outbound", "s", {**CALL, "AIGW_AMD": "1", "AIGW_AMD_MS": "9000",
+                                              "AIGW_VOICEMAIL_ACTION": "hangup"}, results=machine)
+    assert run.errors == [] and run.apps[-1] == ("Hangup", "16")
+    assert not any(app == "TryExec" for app, _ in run.apps)
+
+
+@pytest.mark.parametrize("status", ["ok", "busy", "unknown", "unavailable", ""])
+@pytest.mark.parametrize("trystatus", ["SUCCESS", "FAILED"])
+@pytest.mark.parametrize("fallback", ["", "PJSIP/human"])
+def test_every_path_runs_without_dialplan_errors(status, trystatus, fallback):
+    dp = parse(CONF.read_text())
+    results = {"AGI": {"AIGW_STATUS": status, **CALL, "AIGW_RECORD": "1",
+                       "AIGW_RECORDING_FILE": "/var/spool/asterisk/monitor/t/x.wav",
+                       "AIGW_FALLBACK": fallback},
+               "AudioSocket": {"TRYSTATUS": trystatus}, "Dial": {"DIALSTATUS": "NOANSWER"}}
+    for ctx, ext in (("aigw-inbound", "+15551230000"), ("aigw-inbound", "s"),
+                     ("aigw-outbound", "s")):
+        e = "_[0-9+]." if ext.startswith("+") else ext
+        variables = {"AIGW_AMD": "1", "AIGW_AMD_MS": "7000", **CALL} if ctx == "aigw-outbound" \
+            else {}
+        run = evaluate(dp, ctx, e, variables, results=results)
+        assert run.errors == [], (ctx, ext, run.errors)
+        assert run.apps[-1][0] in ("Hangup", "Busy", "Congestion"), run.apps
+    # The hangup handler runs in a Gosub frame of its own.
+    run = evaluate(dp, "aigw-hangup", "s", {"AIGW_CALL_ID": CALL["AIGW_CALL_ID"]}, gosub=True)
+    assert run.errors == [] and run.apps[0][0] == "UserEvent"
+
+
+def test_evaluator_logs_local_outside_gosub_like_asterisk():
+    buggy = ("[aigw-outbound]\nexten => s,1,Set(LOCAL(amdtotal)=${AIGW_AMD_MS})\n"
+             " same => n,GotoIf($[\"${amdtotal}\" != \"\"]?amd)\n"
+             " same => n,Set(LOCAL(amdtotal)=5000)\n"
+             " same => n(amd),AMD(2500,1500,800,${amdtotal})\n"
+             "[aigw-sub]\nexten => s,1,Set(LOCAL(x)=1)\n same => n,NoOp(${x})\n"
+             " same => n,Return()\n")
+    dp = parse(buggy)
+    run = evaluate(dp, "aigw-outbound", "s", {"AIGW_AMD_MS": "15000"})
+    assert len(run.errors) == 2 and all("aren't within a Gosub" in e for e in run.errors)
+    assert amd_args(run) == [["2500", "1500", "800", ""]]  # AMD falls back to its 5000
+    run = evaluate(dp, "aigw-sub", "s", {}, gosub=True)
+    assert run.errors == [] and run.apps == [("NoOp", "1")] and "x" not in run.variables
 
 
 # -- the checker can fail -------------------------------------------------------------

@@ -130,10 +130,10 @@ async def test_concurrent_routes_never_exceed_the_limit(tenants_file):
 
 
 async def test_bearer_token(tenants_file):
-    async with running_gateway(config=tenants_file, api_token="t0ken") as gw:
+    async with running_gateway(config=tenants_file, api_token="t0ken-0123456789abcdef") as gw:
         assert (await post(gw, CALL))[0] == 401
         assert (await post(gw, CALL, token="wrong"))[0] == 401
-        status, body = await post(gw, CALL, token="t0ken")
+        status, body = await post(gw, CALL, token="t0ken-0123456789abcdef")
         assert status == 200 and body["variables"]["AIGW_STATUS"] == "ok"
 
 

@@ -248,6 +248,47 @@ async def test_peer_that_stops_reading_is_dropped_without_hurting_others() -> No
         sock.close()
 
 
+async def _stalled_peer(gw: Gateway) -> socket.socket:
+    """A peer that sent its UUID and never reads: the gateway's write buffer fills."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, gw.audiosocket.address)
+    sock.send(asp.encode_uuid(uuid.uuid4()))
+    return sock
+
+
+@pytest.mark.parametrize("how", ["hangup", "shutdown"])
+async def test_ended_call_to_a_peer_that_stopped_reading_is_aborted(how: str) -> None:
+    async with running_gateway(
+        socket_sndbuf=4096, write_buffer_limit=1 << 20, write_stall_timeout=0.3
+    ) as gw:
+        socks = [await _stalled_peer(gw) for _ in range(3)]
+        for _ in range(250):  # until every call's user-space write buffer holds data
+            if len(gw.audiosocket.calls) == 3 and all(
+                    c.transport.get_write_buffer_size() for c in gw.audiosocket.calls.values()):
+                break
+            await asyncio.sleep(20 * MS)
+        assert len(gw.audiosocket.connections) == 3
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if how == "hangup":
+            for call in list(gw.audiosocket.calls.values()):
+                call.hangup("test")
+        else:
+            await gw.audiosocket.shutdown(grace=0)
+        # Before: close() waited for the buffer forever and the connections stayed.
+        for _ in range(100):
+            if not gw.audiosocket.connections:
+                break
+            await asyncio.sleep(10 * MS)
+        assert not gw.audiosocket.connections
+        assert loop.time() - t0 < 0.3 + 1000 * MS
+        assert loop.time() - t0 >= 0.25  # the peer got its bounded chance to read
+        for sock in socks:
+            sock.close()
+
+
 async def test_graceful_shutdown_lets_calls_finish_then_hangs_up() -> None:
     gw = Gateway(make_config(shutdown_grace=0.3))
     await gw.start()
@@ -451,3 +492,59 @@ async def test_response_latency_is_timed_from_the_end_of_the_callers_turn() -> N
         assert latency is not None and 0.5 <= latency <= 950 * MS
     finally:
         await gw.shutdown(grace=0)
+
+
+async def test_floods_log_one_line_per_interval_with_counts(
+        caplog: pytest.LogCaptureFixture) -> None:
+    backend = ScriptedBackend()
+    gw = Gateway(make_config(max_connections=2, uuid_timeout=2.0, playout_max_seconds=0.1),
+                 backend=backend)
+    await gw.start()
+    try:
+        peer = await RawPeer.connect(gw.audiosocket.address)
+        peer.send_uuid()
+        await peer.read_frames(2)
+        (s,) = backend.sessions
+        for _ in range(500):  # a backend far ahead of real time: the buffer is full
+            s.control.play(bytes(3200))
+        (call,) = gw.audiosocket.calls.values()
+        assert getattr(call, "playout_drops", 500) > 400  # counted, not logged, each
+        # A connection storm beyond the cap.
+        other = await RawPeer.connect(gw.audiosocket.address)
+        await asyncio.sleep(50 * MS)
+        storm = [await RawPeer.connect(gw.audiosocket.address) for _ in range(40)]
+        for p in storm:
+            await p.read_until_closed(within=2)
+        assert counter(gw, "aigw_connections_rejected_total", reason="capacity") == 40
+        await other.close()
+        await peer.close()
+    finally:
+        await gw.shutdown(grace=0)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len([m for m in lines if "playout buffer full" in m]) == 1
+    assert len([m for m in lines if "rejected connection" in m]) == 1
+
+
+async def test_one_peer_cannot_hold_every_connection() -> None:
+    async with running_gateway(max_connections=10, max_connections_per_peer=3,
+                               uuid_timeout=2.0) as gw:
+        # One PBX (127.0.0.1) fills its share; a second one (127.0.0.2) still gets in.
+        mine = [await RawPeer.connect(gw.audiosocket.address) for _ in range(3)]
+        await asyncio.sleep(50 * MS)
+        extra = await RawPeer.connect(gw.audiosocket.address)
+        assert await extra.read_until_closed(within=2) == []
+        assert counter(gw, "aigw_connections_rejected_total", reason="peer_capacity") == 1
+        r, w = await asyncio.open_connection(*gw.audiosocket.address,
+                                             local_addr=("127.0.0.2", 0))
+        other = RawPeer(r, w)
+        other.send_uuid()
+        assert len(await other.read_frames(2)) == 2
+        # A slot is given back when a connection ends.
+        await mine[0].close()
+        await asyncio.sleep(50 * MS)
+        again = await RawPeer.connect(gw.audiosocket.address)
+        again.send_uuid()
+        assert len(await again.read_frames(2)) == 2
+        assert counter(gw, "aigw_connections_rejected_total", reason="peer_capacity") == 1
+        for p in (*mine[1:], other, again):
+            await p.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -407,3 +408,19 @@ def test_old_account_sid_key_still_read() -> None:
     sid = "AC" + "ab" * 16
     cfg = loads_tenants(f'[tenants.t]\naccount_sid = "{sid}"\n' + BASE[11:])
     assert cfg.tenants["t"].twilio_account_sid == sid
+
+
+@pytest.mark.parametrize("ident", [".", "..", ".hidden", "-rf", "_x"])
+@pytest.mark.parametrize("kind", ["tenant", "agent"])
+def test_ids_that_could_leave_a_directory_are_refused(kind: str, ident: str) -> None:
+    data: dict[str, Any] = {"tenants": {"t": {}},
+                            "agents": {"a": {"tenant": "t", "backend": "echo"}}}
+    if kind == "tenant":
+        data = {"tenants": {ident: {}}, "agents": {"a": {"tenant": ident, "backend": "echo"}}}
+    else:
+        data["agents"] = {ident: {"tenant": "t", "backend": "echo"}}
+    with pytest.raises(ConfigError, match=f"{kind} id"):
+        tenants_from_dict(data)
+    # A normal id with dots and dashes inside is still fine.
+    tenants_from_dict({"tenants": {"acme.eu-1": {}},
+                       "agents": {"a_1": {"tenant": "acme.eu-1", "backend": "echo"}}})

@@ -17,9 +17,10 @@ actions); we own what it gets wrong (docs/PROTOCOLS.md §2.10):
   puts the ``OriginateResponse`` into the event stream itself, so the tracker sees
   it like any other event. ``originate_channel_id(action_id)`` maps it back.
 * **Events** arrive as ``audiosocket_gw.ami.protocol.AmiMessage`` through one bounded
-  queue (``events()``, an async iterator). When the consumer falls behind, new events
-  are dropped and counted (``dropped``) rather than growing memory without bound;
-  the tracker's resync after reconnect repairs what a drop could lose.
+  queue (``events()``, an async iterator). When the consumer falls behind, optional
+  events (RTCP, talking, unrelated VarSets: ``is_optional_event``) are shed and
+  counted (``dropped``); events that carry a call's state (starts, ends, answer,
+  AudioSocket ties) are never dropped: they wait in order past the bound.
 * ``on_connected`` callbacks (coroutines) run after every successful login: the
   tracker resyncs there (``CoreShowChannels``).
 
@@ -33,17 +34,21 @@ Errors: ``AmiUnavailable`` (not connected / the connection dropped while waiting
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from panoramisk import actions as pk_actions
+from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.manager import Manager
 
 from ..settings import AmiSettings
-from .protocol import AmiMessage
+from .protocol import AmiMessage, audiosocket_call_id
 
 log = logging.getLogger("audiosocket_gw.ami")
 
@@ -54,6 +59,7 @@ __all__ = [
     "AmiSettings",
     "AmiTimeout",
     "AmiUnavailable",
+    "is_optional_event",
 ]
 
 
@@ -109,6 +115,113 @@ class _Manager(Manager):  # type: ignore[misc]
         self._on_lost()
 
 
+class _BoundedProtocol(AMIProtocol):  # type: ignore[misc]
+    """panoramisk's protocol with a bound on what the peer can make us buffer.
+
+    panoramisk keeps everything up to the next blank line: a 10 MB line or an event
+    that never ends grows memory without limit. Here a line over ``max_line`` bytes,
+    a message over ``max_message`` bytes (or a buffer over it: panoramisk only splits
+    on CRLF CRLF) aborts the connection; ``on_violation(reason)`` is told once, and
+    the client reconnects as after any lost connection.
+    """
+
+    def __init__(self, max_line: int, max_message: int,
+                 on_violation: Callable[[str], None]) -> None:
+        super().__init__()
+        self._max_line = max_line
+        self._max_message = max_message
+        self._on_violation = on_violation
+        self._line = 0  # bytes of the current (unfinished) line
+        self._message = 0  # bytes of the current (unfinished) message
+        self._blank = True  # the current line is empty so far (or just a CR)
+        self._violated = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._violated:
+            return
+        reason = self._check(data)
+        if reason is None:
+            super().data_received(data)
+            pending = self.queue[0] if self.queue else ""
+            if len(pending) > self._max_message:
+                reason = f"more than {self._max_message} bytes without a message end"
+        if reason is not None:
+            self._violated = True
+            self.queue.clear()
+            self._on_violation(reason)
+            self.transport.abort()
+
+    def _check(self, data: bytes) -> str | None:
+        for i, piece in enumerate(data.split(b"\n")):
+            if i:  # a line ended: a blank one (LF or CRLF) ends the message
+                self._message = 0 if self._blank else self._message + self._line + 1
+                self._line, self._blank = 0, True
+            if piece:
+                self._line += len(piece)
+                if self._blank and (self._line > 1 or piece != b"\r"):
+                    self._blank = False
+            if self._line > self._max_line + 1:  # + a CR
+                return f"a line longer than {self._max_line} bytes"
+            if self._message + self._line > self._max_message:
+                return f"a message larger than {self._max_message} bytes"
+        return None
+
+
+# panoramisk logs whole actions and messages (an Originate's Channel, CallerID and
+# variables: phone numbers) at INFO/DEBUG, e.g. "Adding action ... to awaiting list"
+# when AMI drops while an Originate is pending. Its loggers are held at WARNING, and
+# what still passes has every phone-number-like digit run redacted.
+_PANORAMISK_LOGGERS: Final = ("audiosocket_gw.ami.panoramisk", "panoramisk",
+                              "panoramisk.ami_protocol", "panoramisk.manager",
+                              "panoramisk.actions", "panoramisk.message")
+_NUMBER_RE: Final = re.compile(r"\+?\d[\d\s().-]{5,}\d")
+
+
+class _RedactNumbers(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        record.msg = _NUMBER_RE.sub("<redacted>", text)
+        record.args = None
+        return True
+
+
+def quiet_panoramisk() -> None:
+    """Hold panoramisk's loggers at WARNING and redact numbers from them (idempotent)."""
+    for name in _PANORAMISK_LOGGERS:
+        lg = logging.getLogger(name)
+        lg.setLevel(max(lg.level, logging.WARNING))
+        if not any(isinstance(f, _RedactNumbers) for f in lg.filters):
+            lg.addFilter(_RedactNumbers())
+
+
+# Events that carry a call's state (the tracker's inputs): never shed.
+_STATE_EVENTS: Final = frozenset({
+    "newchannel", "newstate", "hangup", "originateresponse", "fullybooted", "shutdown",
+    "userevent",
+})
+_STATE_VARIABLES: Final = frozenset({"AIGW_CALL_ID", "AMDSTATUS", "AMDCAUSE"})
+
+
+def is_optional_event(msg: AmiMessage) -> bool:
+    """True for an event that may be shed under load (RTCP, talking, other VarSets...).
+
+    Call starts and ends and anything that changes or ties a call's state are not
+    optional: ``Newchannel``, ``Newstate``, ``Hangup``, ``OriginateResponse``, the
+    ``Newexten`` that runs AudioSocket, the ``VarSet``s of ``AIGW_CALL_ID`` and AMD.
+    """
+    ev = (msg.event or "").lower()
+    if ev in _STATE_EVENTS:
+        return False
+    if ev == "varset":
+        return (msg.get("Variable") or "").upper() not in _STATE_VARIABLES
+    if ev == "newexten":
+        return audiosocket_call_id(msg.get("Application"), msg.get("AppData")) is None
+    return True
+
+
 def _to_message(msg: Any) -> AmiMessage:
     """A panoramisk ``Message`` as our ``AmiMessage`` (repeated keys expanded)."""
     headers: list[tuple[str, str]] = []
@@ -130,6 +243,8 @@ class AmiClient:
         """Coroutine functions run after every successful login (resync)."""
         self._on_reconnect = on_reconnect
         self._queue: asyncio.Queue[AmiMessage] = asyncio.Queue(settings.event_queue)
+        self._overflow: collections.deque[AmiMessage] = collections.deque()
+        """State-carrying events past the queue's bound, in order (never dropped)."""
         self._manager: _Manager | None = None
         self._lost = asyncio.Event()
         self._ready = asyncio.Event()
@@ -140,8 +255,10 @@ class AmiClient:
         self.connects = 0
         """Successful logins so far (the first one included)."""
         self.dropped = 0
-        """Events dropped because the queue was full."""
+        """Optional events shed because the queue was full (``is_optional_event``)."""
         self.ping_failures = 0
+        self.protocol_errors = 0
+        """Connections dropped because the peer broke a size limit."""
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -197,11 +314,15 @@ class AmiClient:
         while not self._stopping:
             ok = await self._connect_once()
             if ok:
-                delay = self.settings.backoff_initial
                 was_up = True
+                up_at = time.monotonic()
                 await self._serve_connection()
                 if self._stopping:
                     return
+                # A login alone proves little (a peer may drop every connection a moment
+                # later): the backoff starts over only after a healthy stretch.
+                if time.monotonic() - up_at >= self.settings.backoff_reset_after:
+                    delay = self.settings.backoff_initial
                 log.warning("AMI connection to %s:%d lost", self.settings.host,
                             self.settings.port)
                 if self._on_reconnect is not None:
@@ -215,6 +336,7 @@ class AmiClient:
 
     async def _connect_once(self) -> bool:
         s = self.settings
+        quiet_panoramisk()
         self._lost = asyncio.Event()
         lost = self._lost
         def on_lost() -> None:
@@ -227,6 +349,8 @@ class AmiClient:
             events="on", ping_delay=10**9, ping_interval=10**9,
             reconnect_timeout=10**9, loop=asyncio.get_running_loop(),
             log=logging.getLogger("audiosocket_gw.ami.panoramisk"),
+            protocol_factory=lambda: _BoundedProtocol(s.max_line, s.max_message,
+                                                      self._protocol_violation),
         )
         manager.register_event("*", self._on_event)
         self._manager = manager
@@ -273,6 +397,11 @@ class AmiClient:
                 break
         self._close_manager()
 
+    def _protocol_violation(self, reason: str) -> None:
+        self.protocol_errors += 1
+        log.error("AMI %s:%d sent %s: connection dropped", self.settings.host,
+                  self.settings.port, reason)
+
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -291,10 +420,22 @@ class AmiClient:
         self._put(_to_message(message))
 
     def _put(self, msg: AmiMessage) -> None:
-        try:
-            self._queue.put_nowait(msg)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        overflow = self._overflow
+        if not overflow:
+            try:
+                self._queue.put_nowait(msg)
+                return
+            except asyncio.QueueFull:
+                pass
+        if is_optional_event(msg):
+            self.dropped += 1  # shed: nothing about a call's state is lost
+            return
+        overflow.append(msg)  # call starts, ends, state: never dropped
+
+    def _refill(self) -> None:
+        overflow = self._overflow
+        while overflow and not self._queue.full():
+            self._queue.put_nowait(overflow.popleft())
 
     def inject(self, msg: AmiMessage) -> None:
         """Put ``msg`` in the event stream (used for the ``OriginateResponse``)."""
@@ -303,14 +444,18 @@ class AmiClient:
     async def events(self) -> AsyncIterator[AmiMessage]:
         """Every event, in arrival order, forever (one consumer)."""
         while True:
-            yield await self._queue.get()
+            msg = await self._queue.get()
+            self._refill()
+            yield msg
 
     async def next_event(self, timeout: float) -> AmiMessage | None:  # noqa: ASYNC109
         """The next event, or None after ``timeout`` s."""
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
+            msg = await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
             return None
+        self._refill()
+        return msg
 
     # -- actions ------------------------------------------------------------------
 

@@ -24,14 +24,18 @@ Resync (after every AMI login): ``CoreShowChannels``; a tracked call that is nei
 a live channel nor a live AudioSocket is closed with VANISHED, reason
 ``ami-resync-vanished``, which releases its slot; then ``reconcile_slots``.
 Startup: calls a previous process left open cannot be live any more (their
-AudioSocket died with it): closed with VANISHED, reason ``gateway-restart``.
+AudioSocket died with it): closed with VANISHED, reason ``gateway-restart``, at the
+last time they were known alive (``last_alive_at``, written for live calls in one
+batch every ``alive_interval_s``), so the downtime is neither duration nor billed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -100,6 +104,9 @@ class CallTracker:
     def routes(self) -> list[web.RouteDef]:
         return []
 
+    alive_interval_s = 5.0
+    """How often live calls' ``last_alive_at`` is written (one batch per interval)."""
+
     async def start(self) -> None:
         events = self.ctx.events
         self._unsubscribe = [
@@ -112,6 +119,7 @@ class CallTracker:
         await self.reconcile_startup()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._audiosocket_worker()))
+        self._tasks.append(loop.create_task(self._heartbeat()))
         if self.client is not None:
             self._tasks.append(loop.create_task(self._event_worker(self.client)))
 
@@ -129,12 +137,26 @@ class CallTracker:
             unsubscribe()
         self._unsubscribe = []
 
+    async def _heartbeat(self) -> None:
+        """Every ``alive_interval_s``: one batch marks the calls known alive (a live
+        AudioSocket, or a channel AMI showed us) so a crash costs at most that much."""
+        while True:
+            await asyncio.sleep(self.alive_interval_s)
+            ids = [*self.ctx.calls, *self.channels]
+            if not ids:
+                continue
+            try:
+                await self.store.touch_alive(ids, self.clock())
+            except Exception:
+                log.exception("call heartbeat failed")
+
     # -- status changes -----------------------------------------------------------
 
     async def apply(self, call_id: str, inp: CallInput,
-                    detail: dict[str, Any] | None = None) -> CallRecord | None:
+                    detail: dict[str, Any] | None = None, *,
+                    at: float | None = None) -> CallRecord | None:
         """The status writer's ``apply`` (kept for callers that hold the tracker)."""
-        return await self.ctx.status.apply(call_id, inp, detail)
+        return await self.ctx.status.apply(call_id, inp, detail, at=at)
 
     def _on_status(self, change: StatusChange) -> None:
         if change.after.is_terminal:
@@ -146,7 +168,13 @@ class CallTracker:
         """Close every call a previous process left open; release stale slots."""
         closed = 0
         for rec in await self.store.active_calls():
-            await self.apply(rec.id, CallInput.VANISHED, {"reason": "gateway-restart"})
+            # The call died with the previous process: it ended when it was last known
+            # alive (heartbeat, answer or creation), not now; the downtime is not billed.
+            last = max(t for t in (rec.created_at, rec.answered_at, rec.last_alive_at)
+                       if t is not None)
+            await self.apply(rec.id, CallInput.VANISHED,
+                             {"reason": "gateway-restart", "last_alive_at": last},
+                             at=min(last, self.clock()))
             self.metrics.resync_vanished.labels("startup").inc()
             closed += 1
         released = await self.store.reconcile_slots()
@@ -168,6 +196,8 @@ class CallTracker:
             except AmiClientError as exc:
                 log.warning("AMI resync failed: %s", exc)
                 return 0
+            active = await self.store.active_calls()
+            ours = {rec.id for rec in active}
             live: set[str] = set()
             for ch in chans:
                 uid = ch.get("Uniqueid") or ""
@@ -181,12 +211,12 @@ class CallTracker:
                     live.add(app_cid)
                     self._map(uid, app_cid)
                 name = ch.get("Channel")
-                owner = self._uid_call.get(uid) or (uid if uid in live else None)
-                if name and owner:
-                    self.channels.setdefault(owner, name)
+                owner = self._uid_call.get(uid) or uid
+                if name and owner in ours:  # only our calls' channels are kept
+                    self._remember_channel(owner, name, replace=False)
             closed = 0
             now = self.clock()
-            for rec in await self.store.active_calls():
+            for rec in active:
                 if rec.id in live or rec.id in self.ctx.calls:
                     continue
                 if rec.status is CallStatus.QUEUED and now - rec.created_at < self.queued_grace_s:
@@ -213,6 +243,14 @@ class CallTracker:
                 self.metrics.ami_events_dropped.inc(client.dropped - self._dropped_seen)
                 self._dropped_seen = client.dropped
 
+    def _remember_channel(self, call_id: str, name: str, *, replace: bool = True) -> None:
+        channels = self.channels
+        if not replace and call_id in channels:
+            return
+        if call_id not in channels and len(channels) >= _MAX_MAP:
+            channels.pop(next(iter(channels)))  # a safety bound: the oldest goes
+        channels[call_id] = name
+
     def _map(self, uid: str, call_id: str) -> None:
         if uid and uid not in self._uid_call:
             if len(self._uid_call) >= _MAX_MAP:
@@ -238,7 +276,7 @@ class CallTracker:
             if app_cid:
                 self._map(uid, app_cid)
                 if msg.get("Channel"):
-                    self.channels.setdefault(app_cid, msg.get("Channel", ""))
+                    self._remember_channel(app_cid, msg.get("Channel", ""), replace=False)
             return
         if ev == "varset":
             var = (msg.get("Variable") or "").upper()
@@ -246,7 +284,7 @@ class CallTracker:
             if var == "AIGW_CALL_ID" and value:
                 self._map(uid, value)
                 if msg.get("Channel"):
-                    self.channels.setdefault(value, msg.get("Channel", ""))
+                    self._remember_channel(value, msg.get("Channel", ""), replace=False)
                 return
             if var == "AMDCAUSE" and self.watchdogs is not None:
                 owner = self._call_for(msg)
@@ -262,8 +300,11 @@ class CallTracker:
         if cid is None:
             return
         if ev == "newchannel":
-            if msg.get("Channel"):
-                self.channels[cid] = msg.get("Channel", "")
+            # Only our calls' channels: a busy PBX creates many others, and they would
+            # stay here forever (only our calls' ends remove entries).
+            name = msg.get("Channel")
+            if name and (uid in self._uid_call or await self.store.get_call(cid) is not None):
+                self._remember_channel(cid, name)
         elif ev == "newstate":
             state = msg.get("ChannelState")
             if state == "5":
@@ -277,8 +318,12 @@ class CallTracker:
             detail: dict[str, Any] = {"source": "ami"}
             if cause is not None:
                 detail["cause"] = cause
+            if self._gateway_reasons and cid in self._gateway_reasons:
+                detail["reason"] = self._gateway_reasons[cid]
             await self.apply(cid, CallInput.HANGUP, detail)
             self._uid_call.pop(uid, None)
+            if self.channels.get(cid) == msg.get("Channel"):
+                self.channels.pop(cid, None)  # that channel is gone: nothing to hang up
         elif ev in ("channeltalkingstart", "channeltalkingstop"):
             if self.watchdogs is not None:
                 self.watchdogs.on_talking(cid)
@@ -301,14 +346,49 @@ class CallTracker:
     def _on_call_start(self, call: Call) -> None:
         self._enqueue("start", call)
 
+    # Why the gateway ended a call, known at once (the "end" op is applied later, by
+    # the worker): an AMI Hangup that overtakes it (the Hangup action we send, or
+    # Asterisk's own after the 00 00 00) still records the gateway's reason.
+    _gateway_reasons: dict[str, str] | None = None
+
     def _on_call_end(self, call: Call) -> None:
+        reason = call.end_reason or "ended"
+        if reason not in _NORMAL_ENDS:
+            if self._gateway_reasons is None:
+                self._gateway_reasons = {}
+            if len(self._gateway_reasons) >= _MAX_MAP:
+                self._gateway_reasons.pop(next(iter(self._gateway_reasons)))
+            self._gateway_reasons[call.call_id] = reason
         self._enqueue("end", call)
 
+    # Starts and ends carry a call's state: never dropped. Past the queue's bound they
+    # wait in this backlog (in order); the worker moves them on as it frees room. Each
+    # entry is a call the server has already accepted, so the backlog is bounded by
+    # the calls themselves, not by what a peer can send.
+    _backlog: collections.deque[tuple[str, Call]] | None = None
+    _backlog_warned = 0.0
+
     def _enqueue(self, kind: str, call: Call) -> None:
-        try:
-            self._ops.put_nowait((kind, call))
-        except asyncio.QueueFull:
-            call.log.error("call tracker queue full: %s not recorded", kind)
+        backlog = self._backlog
+        if not backlog:
+            try:
+                self._ops.put_nowait((kind, call))
+                return
+            except asyncio.QueueFull:
+                pass
+        if backlog is None:
+            backlog = self._backlog = collections.deque()
+        backlog.append((kind, call))
+        now = time.monotonic()
+        if now - self._backlog_warned >= 10.0:
+            self._backlog_warned = now
+            log.warning("call tracker behind: %d AudioSocket starts/ends waiting",
+                        self._ops.qsize() + len(backlog))
+
+    def _refill(self) -> None:
+        backlog = self._backlog
+        while backlog and not self._ops.full():
+            self._ops.put_nowait(backlog.popleft())
 
     async def _audiosocket_worker(self) -> None:
         while True:
@@ -321,6 +401,7 @@ class CallTracker:
             except Exception:
                 call.log.exception("call tracker failed on AudioSocket %s", kind)
             finally:
+                self._refill()  # before task_done: join() must also wait for the backlog
                 self._ops.task_done()
 
     async def _started(self, call: Call) -> None:
@@ -338,10 +419,14 @@ class CallTracker:
 
     async def _ended(self, call: Call) -> None:
         reason = call.end_reason or "ended"
-        if reason in _NORMAL_ENDS:
-            await self.apply(call.call_id, CallInput.AUDIOSOCKET_EOF, {"reason": reason})
-        else:
-            await self.apply(call.call_id, CallInput.GATEWAY_HANGUP, {"reason": reason})
+        try:
+            if reason in _NORMAL_ENDS:
+                await self.apply(call.call_id, CallInput.AUDIOSOCKET_EOF, {"reason": reason})
+            else:
+                await self.apply(call.call_id, CallInput.GATEWAY_HANGUP, {"reason": reason})
+        finally:
+            if self._gateway_reasons:
+                self._gateway_reasons.pop(call.call_id, None)
         channel = self.channels.get(call.call_id)
         if reason not in _NORMAL_ENDS and channel and self.client is not None \
                 and self.client.connected:

@@ -37,7 +37,7 @@ from ..httpapi import api_error
 from ..twilio.ids import account_sid_for, auth_token_for, call_sid_for
 from ..twilio.signature import SIGNATURE_HEADER, compute_signature
 from .metrics import RecordingMetrics
-from .mixmonitor import Expected, MixMonitorWatcher
+from .mixmonitor import Expected, MixMonitorWatcher, path_inside
 from .pipeline import RecordingPipeline
 from .queue import RecordingRow, TranscriptRow
 from .recorder import CapturedFile, StereoRecorder, WavWriterThread, threadsafe_done
@@ -126,8 +126,12 @@ class RecordingsComponent:
         if agent.recording_source == "mixmonitor":
             self.watcher.expect(info.call_id, info.tenant, agent.name)
             return
-        final = self.root / info.tenant / f"{info.call_id}.wav"
-        part = self.root / ".part" / f"{info.call_id}.wav.part"
+        try:  # a tenant or call id can never place the file outside the root
+            final = path_inside(self.root, info.tenant, f"{info.call_id}.wav")
+            part = path_inside(self.root, ".part", f"{info.call_id}.wav.part")
+        except ValueError as exc:
+            log.error("call %s: not recorded: %s", info.call_id, exc)
+            return
         fut, done = threadsafe_done(asyncio.get_running_loop())
         rec = StereoRecorder(self.writer, final, part, done)
         call.add_tap(rec)

@@ -84,8 +84,25 @@ class Expected:
     detector: CompletionDetector = field(repr=False)
 
 
+def path_inside(root: str | Path, *parts: str) -> Path:
+    """``root/part/...``, refused (``ValueError``) unless it stays inside ``root``.
+
+    Each part must be one plain name (no separator, not ``.``/``..``, no NUL), and the
+    normalised result must still be below ``root``: a tenant id or call id can never
+    put a file elsewhere, whatever validation happened upstream.
+    """
+    base = Path(os.path.normpath(os.path.abspath(root)))
+    for part in parts:
+        if not part or part in (".", "..") or "/" in part or "\\" in part or "\0" in part:
+            raise ValueError(f"{part!r} is not usable as a file name")
+    out = Path(os.path.normpath(base.joinpath(*parts)))
+    if out.parent == out or not out.is_relative_to(base) or out == base:
+        raise ValueError(f"{out} is outside {base}")
+    return out
+
+
 def mixmonitor_path(root: str | Path, tenant: str, call_id: str) -> str:
-    return str(Path(root) / tenant / f"{call_id}.wav")
+    return str(path_inside(root, tenant, f"{call_id}.wav"))
 
 
 def _stat(path: str) -> Stat | None:
@@ -132,7 +149,12 @@ class MixMonitorWatcher:
         if len(self.pending) >= self.max_pending:
             log.warning("call %s: too many MixMonitor files pending; not tracked", call_id)
             return None
-        exp = Expected(call_id, tenant, agent, mixmonitor_path(self.root, tenant, call_id),
+        try:
+            path = mixmonitor_path(self.root, tenant, call_id)
+        except ValueError as exc:
+            log.error("call %s: MixMonitor file not tracked: %s", call_id, exc)
+            return None
+        exp = Expected(call_id, tenant, agent, path,
                        CompletionDetector(stable_s=self.stable_s, missing_s=self.missing_s))
         self.pending[call_id] = exp
         return exp
@@ -154,7 +176,10 @@ class MixMonitorWatcher:
                 if found is None:
                     return "unknown"
                 tenant = found
-            path = mixmonitor_path(self.root, tenant, call_id)
+            try:
+                path = mixmonitor_path(self.root, tenant, call_id)
+            except ValueError:
+                return "unknown"
             exp = Expected(call_id, tenant, agent, path,
                            CompletionDetector(stable_s=self.stable_s, missing_s=self.missing_s))
         if await asyncio.to_thread(_stat, exp.path) is None:

@@ -35,6 +35,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from ..private import create_private, private_dir
 from ..stereo import StereoAligner
 
 log = logging.getLogger("audiosocket_gw.recordings")
@@ -113,7 +114,8 @@ class WavWriterThread:
                 if err is None:
                     try:
                         if f is None:
-                            os.makedirs(os.path.dirname(part), exist_ok=True)
+                            private_dir(os.path.dirname(part))
+                            create_private(part)  # 0600 before libsndfile opens it
                             f = sf.SoundFile(part, "w", samplerate=RATE, channels=2,
                                              subtype="PCM_16", format="WAV")
                         f.write(block)
@@ -126,14 +128,15 @@ class WavWriterThread:
                 f, frames, err = files.pop(key, (None, 0, None))
                 try:
                     if f is None and err is None:  # no audio at all: still a valid file
-                        os.makedirs(os.path.dirname(part), exist_ok=True)
+                        private_dir(os.path.dirname(part))
+                        create_private(part)
                         f = sf.SoundFile(part, "w", samplerate=RATE, channels=2,
                                          subtype="PCM_16", format="WAV")
                     if f is not None:
                         f.close()
                     if err is None:
-                        os.makedirs(os.path.dirname(final), exist_ok=True)
-                        os.replace(part, final)
+                        private_dir(os.path.dirname(final))
+                        os.replace(part, final)  # keeps the part's 0600
                 except Exception as exc:
                     err = err or f"{type(exc).__name__}: {exc}"
                 try:

@@ -21,6 +21,7 @@ wrong type) raises ``TypeError``/``ValueError``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
@@ -89,6 +90,9 @@ class CallRecord:
     mos_in_mean: float | None = None
     mos_out_min: float | None = None
     mos_out_mean: float | None = None
+    last_alive_at: float | None = None
+    """Last heartbeat of a live call (``touch_alive``): a crashed process's open calls
+    are ended at this time by the next one, not at its start."""
 
     @property
     def is_terminal(self) -> bool:
@@ -211,6 +215,10 @@ class CallStore(Protocol):
 
     async def active_calls(self) -> list[CallRecord]:
         """Calls not in a final status, oldest first."""
+
+    async def touch_alive(self, call_ids: Sequence[str], at: float) -> int:
+        """Set ``last_alive_at`` of the still-active calls among ``call_ids`` (one
+        batch); returns how many were updated."""
 
     # Concurrent-call limiter
 

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 from ..callstate import ACTIVE, CallInput, CallStatus, hangup_cause_text, next_status
+from ..private import secure_sqlite
 from .base import (
     CallEvent,
     CallRecord,
@@ -86,6 +87,8 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE INDEX call_slots_tenant ON call_slots (tenant, released)",
     ),
+    # 2: the last time a live call was known alive (heartbeat), for crash recovery.
+    ("ALTER TABLE calls ADD COLUMN last_alive_at DOUBLE PRECISION",),
 )
 """Migration ``i`` brings the schema from version ``i`` to ``i + 1``. Append only."""
 
@@ -177,7 +180,7 @@ class SqliteCallStore:
             executor.shutdown(wait=True)
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        secure_sqlite(self.path)  # phone numbers: 0600 (and its -wal/-shm), dir 0700
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
@@ -421,6 +424,28 @@ class SqliteCallStore:
             return updated
 
         return await self._run(self._write, apply)
+
+    async def touch_alive(self, call_ids: Sequence[str], at: float) -> int:
+        """Mark the still-active calls of ``call_ids`` alive at ``at`` (one transaction).
+
+        A heartbeat batch, not a per-frame write: after a crash the calls a previous
+        process left open are ended at this time, not at the restart.
+        """
+        ids = list(dict.fromkeys(call_ids))
+        if not ids:
+            return 0
+
+        def touch(conn: sqlite3.Connection) -> int:
+            n = 0
+            for i in range(0, len(ids), 500):  # SQLite's bound-variable limit
+                chunk = ids[i:i + 500]
+                n += conn.execute(
+                    f"UPDATE calls SET last_alive_at = ? WHERE status IN {_ACTIVE_SQL} AND id IN"
+                    f" ({', '.join('?' * len(chunk))})",
+                    (at, *_ACTIVE_VALUES, *chunk)).rowcount
+            return n
+
+        return int(await self._run(self._write, touch))
 
     # --------------------------------------------------------------------- events
 

@@ -43,6 +43,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from ..backends.base import CallInfo
 from ..callstate import CallInput, CallStatus
+from ..lograte import LogRate
 from ..store.base import CallRecord
 from .ids import account_sid_for, auth_token_for, call_sid_for
 from .webhook import API_VERSION, signed_post, twilio_direction
@@ -112,6 +113,8 @@ class _Job:
 
 class StatusCallbacks:
     """The status-callback component (install with ``StatusCallbacks(gateway)``)."""
+
+    _drop_log: LogRate | None = None  # created on the first drop
 
     def __init__(
         self,
@@ -197,7 +200,11 @@ class StatusCallbacks:
         except asyncio.QueueFull:
             self.dropped += 1
             self.results.labels("dropped").inc()
-            log.warning("call %s: status callback %s dropped (queue full)", info.call_id, event)
+            if self._drop_log is None:
+                self._drop_log = LogRate()
+            if (n := self._drop_log.allow()) is not None:  # not one line per callback
+                log.warning("call %s: status callback %s dropped (queue full)%s",
+                            info.call_id, event, LogRate.suffix(n))
             return False
         return True
 

@@ -218,7 +218,8 @@ async def test_api_auth_and_calls(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(k, v)
     cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
     cfg.write_text(TOML.format(limit=5))
-    gw = Gateway(make_config(config=str(cfg), http="0.0.0.0:0", api_token="s3cret"))
+    gw = Gateway(make_config(config=str(cfg), http="0.0.0.0:0",
+                             api_token="s3cret-0123456789abcdef"))
     await gw.start()
     try:
         comp = component(gw)
@@ -231,7 +232,7 @@ async def test_api_auth_and_calls(monkeypatch: pytest.MonkeyPatch) -> None:
             async with s.post(f"{base}/v1/calls", json=body,
                               headers={"Authorization": "Bearer wrong"}) as r:
                 assert r.status == 401
-            auth = {"Authorization": "Bearer s3cret"}
+            auth = {"Authorization": "Bearer s3cret-0123456789abcdef"}
             async with s.post(f"{base}/v1/calls", json=body, headers=auth) as r:
                 assert r.status == 201
                 cid = (await r.json())["id"]
@@ -247,3 +248,165 @@ async def test_api_auth_and_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         await gw.shutdown(grace=0)
         await sim.stop()
+
+
+async def test_burst_of_short_calls_never_loses_a_start_or_an_end(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from audiosocket_gw.testing.simulator.pbx import run_simulation
+
+    gw = Gateway(make_config(allow_unregistered=True))
+    tracker = component(gw).tracker
+    tracker._ops = asyncio.Queue(4)  # a small bound: the burst below overflows it
+    await gw.start()
+    try:
+        report = await run_simulation(*gw.audiosocket.address, calls=60, seconds=0.05)
+        ids = [c.call_id for c in report.calls]
+        assert all(c.connected for c in report.calls)
+        async with asyncio.timeout(10):
+            while True:
+                recs = [await gw.store.get_call(cid) for cid in ids]
+                if all(r is not None and r.is_terminal for r in recs):
+                    break
+                await asyncio.sleep(20 * MS)
+        assert await gw.store.active_calls() == []
+        assert not [r for r in caplog.records if "queue full" in r.getMessage()]
+    finally:
+        await gw.shutdown(grace=0)
+
+
+async def test_foreign_channels_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with stack(monkeypatch, ring_s=10 * MS, talk_s=30.0) as (gw, sim):
+        comp = component(gw)
+        cid = await comp.provider.start_outbound_call("acme", "+15550006666", "+15559990000")
+        await wait_status(gw, cid, CallStatus.IN_PROGRESS)
+        # A busy PBX: channels that are not ours, some still up, some hung up, some
+        # running another gateway's AudioSocket.
+        for i in range(300):
+            ch = sim._new_channel(f"99.{i}", f"PJSIP/other-{i:08x}", "from-internal", "100")
+            sim._newstate(ch, 6)
+            if i % 3 == 1:
+                sim._newexten(ch, "AudioSocket",
+                              f"00000000-0000-4000-8000-{i:012d},10.0.0.9:9092")
+            if i % 3 != 0:
+                sim.end_channel(ch.uniqueid, 16)
+        # Events are handled in order: once a marker sent last has reached the
+        # tracker's listeners, every event of the burst has been handled.
+        caught_up = asyncio.Event()
+        gw.events.ami_message.connect(
+            lambda m: caught_up.set() if m.get("UserEvent") == "burst-done" else None)
+        sim.emit("UserEvent", [("UserEvent", "burst-done")])
+        async with asyncio.timeout(5):
+            await caught_up.wait()
+        assert list(comp.tracker.channels) == [cid]
+        # A resync (CoreShowChannels lists the foreign live channels) keeps none either.
+        await comp.tracker.resync()
+        assert list(comp.tracker.channels) == [cid]
+        sim.end_channel(cid, 16)
+        await wait_status(gw, cid, CallStatus.COMPLETED)
+        assert comp.tracker.channels == {}
+
+
+_ROOT = Path(__file__).resolve().parent.parent.parent
+_CRASHING_GATEWAY = """
+import asyncio, sys
+from audiosocket_gw.ami.tracker import CallTracker
+from audiosocket_gw.gateway import Gateway
+from tests.helpers import make_config
+
+async def main():
+    gw = Gateway(make_config(data_dir=sys.argv[1]))
+    gw.component(CallTracker).alive_interval_s = float(sys.argv[2])
+    await gw.start()
+    print("%s %d" % gw.audiosocket.address, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_calls_of_a_killed_gateway_end_when_last_known_alive() -> None:
+    import math
+    import os
+    import signal
+    import sys
+    import time
+
+    from audiosocket_gw import audiosocket as asp
+    from audiosocket_gw.store.sqlite import SqliteCallStore
+    from tests.helpers import RawPeer, running_gateway
+
+    data_dir = tempfile.mkdtemp(prefix="aigw-kill-")
+    root = _ROOT
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIGW_AMI")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHING_GATEWAY, data_dir, "0.1", cwd=root, env=env,
+        stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            host, port = (await proc.stdout.readline()).decode().split()
+        peer = await RawPeer.connect((host, int(port)))
+        cid = peer.send_uuid()
+        store = SqliteCallStore(Path(data_dir) / "aigw.sqlite")
+        await store.open()
+        try:
+            async with asyncio.timeout(5):
+                while True:  # talk for 0.5 s after the answer (heartbeats every 0.1 s)
+                    peer.send(asp.encode_audio(bytes(320)))
+                    rec = await store.get_call(cid)
+                    if rec is not None and rec.answered_at is not None \
+                            and time.time() - rec.answered_at > 0.5:
+                        break
+                    await asyncio.sleep(20 * MS)
+        finally:
+            await store.close()
+        killed_at = time.time()
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9: no shutdown, no ends written
+        await proc.wait()
+        await peer.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    await asyncio.sleep(1000 * MS)  # downtime before the restart
+    async with running_gateway(data_dir=data_dir) as gw:
+        rec = await gw.store.get_call(cid)
+        assert rec is not None and rec.status is CallStatus.COMPLETED
+        assert rec.hangup_reason == "gateway-restart"
+        assert rec.ended_at is not None and rec.answered_at is not None
+        assert rec.duration_s is not None and rec.billable_s is not None
+        # Ended at the last heartbeat (every 0.1 s), not at the restart 1 s later.
+        assert killed_at - 0.1 - 300 * MS <= rec.ended_at <= killed_at
+        assert rec.duration_s <= killed_at - rec.created_at
+        assert rec.billable_s <= math.ceil(killed_at - rec.answered_at)
+
+
+async def test_gateway_reason_wins_when_amis_hangup_overtakes_the_audiosocket_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiosocket_gw.ami.protocol import AmiMessage
+
+    async with stack(monkeypatch, connect=True, ring_s=20 * MS, talk_s=5.0) as (gw, sim):
+        comp = component(gw)
+        cid = await comp.provider.start_outbound_call("acme", "+15550007777", "+15559990000")
+        await wait_status(gw, cid, CallStatus.IN_PROGRESS)
+        async with asyncio.timeout(3):
+            while cid not in gw.audiosocket.calls:
+                await asyncio.sleep(10 * MS)
+        tracker = comp.tracker
+        # Asterisk's Hangup (after our 00 00 00 or Hangup action) is handled before the
+        # tracker's worker gets to the AudioSocket end: an order a loaded loop produces.
+        hangup = AmiMessage((("Event", "Hangup"), ("Uniqueid", cid), ("Cause", "16"),
+                             ("Channel", tracker.channels.get(cid, "PJSIP/x"))))
+        live = gw.audiosocket.calls[cid]
+        async with gw.status._lock:  # the one status writer
+            tracker._ops.put_nowait(("start", live))  # keeps the worker busy (a no-op)
+            await asyncio.sleep(20 * MS)
+            live.hangup("api-hangup")  # its "end" op waits behind the no-op...
+            ami = asyncio.ensure_future(tracker.handle_event(hangup))
+            await asyncio.sleep(20 * MS)  # ...and the AMI Hangup gets the lock first
+        await ami
+        assert await wait_status(gw, cid, CallStatus.COMPLETED) is CallStatus.COMPLETED
+        await tracker._ops.join()
+        rec = await gw.store.get_call(cid)
+        assert rec is not None and rec.hangup_reason == "api-hangup"
+        assert rec.hangup_cause == 16

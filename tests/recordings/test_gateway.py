@@ -166,11 +166,12 @@ async def test_mixmonitor_file_completes_only_after_hook_or_stable_after_hangup(
     monkeypatch.setenv("AIGW_MIXMONITOR_DIR", str(root))
     monkeypatch.setenv("AIGW_MIXMONITOR_STABLE_S", "0.3")
     monkeypatch.setenv("AIGW_MIXMONITOR_POLL_S", "0.05")
-    gw = Gateway(make_config(config=tenants_toml(tmp_path, "mixmonitor"), api_token="tok"))
+    gw = Gateway(make_config(config=tenants_toml(tmp_path, "mixmonitor"),
+                             api_token="tok-0123456789abcdef"))
     await gw.start()
     comp = component(gw)
     base = "http://{}:{}".format(*gw.http_address)
-    auth = {"Authorization": "Bearer tok"}
+    auth = {"Authorization": "Bearer tok-0123456789abcdef"}
     try:
         peers, writers = [], []
         for _ in range(2):
@@ -282,3 +283,72 @@ async def test_transcription_per_speaker_callback_and_presigned_url(
     finally:
         await gw.shutdown(grace=0)
         await runner.cleanup()
+
+
+def _outside(tree: Path, root: Path) -> list[Path]:
+    return [p for p in tree.rglob("*.wav*") if not p.resolve().is_relative_to(root)]
+
+
+@pytest.mark.parametrize("tenant", ["..", ".", "../../escape", "a/b"])
+async def test_recording_never_lands_outside_the_recordings_dir(
+        tmp_path: Path, tenant: str) -> None:
+    import dataclasses
+
+    data = tmp_path / "data"
+    gw = Gateway(make_config(config=tenants_toml(tmp_path), data_dir=str(data)))
+    await gw.start()
+    try:
+        cid = str(uuid.uuid4())
+        info = dataclasses.replace(gw.default_call_info(cid), tenant=tenant)
+        gw.registry.register(info)
+        peer = await RawPeer.connect(gw.audiosocket.address)
+        peer.send_uuid(cid)
+        await peer.read_frames(3)
+        for _ in range(5):
+            peer.send(asp.encode_audio(bytes(320)))
+            await asyncio.sleep(20 * MS)
+        await peer.close()
+        await asyncio.sleep(200 * MS)
+    finally:
+        await gw.shutdown(grace=0)
+    root = (data / "recordings").resolve()
+    assert _outside(tmp_path, root) == []
+    from audiosocket_gw.recordings.mixmonitor import mixmonitor_path, path_inside
+
+    for bad in (tenant, f"{cid}/../.."):
+        with pytest.raises(ValueError):
+            mixmonitor_path(root, bad, cid if bad == tenant else bad)
+    assert path_inside(root, "acme", f"{cid}.wav") == root / "acme" / f"{cid}.wav"
+
+
+async def test_recordings_dumps_and_databases_are_owner_only(tmp_path: Path) -> None:
+    import stat
+
+    old = os.umask(0o022)  # the usual default umask: 0644 files unless we say otherwise
+    try:
+        data = tmp_path / "data"
+        gw = Gateway(make_config(config=tenants_toml(tmp_path), data_dir=str(data)))
+        await gw.start()
+        try:
+            report = await run_simulation(*gw.audiosocket.address, calls=1, seconds=0.3)
+            cid = report.calls[0].call_id
+            (row,) = await wait_rows(component(gw), [cid], {"local"})
+        finally:
+            await gw.shutdown(grace=0)
+        from audiosocket_gw.dump import CallDump  # the OpenAI backend's debug dump
+
+        dump = CallDump(data / "dumps" / "new", cid)
+        dump.close()
+    finally:
+        os.umask(old)
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    files = [Path(row.path), data / "aigw.sqlite", data / "recordings.sqlite",
+             *(data / "dumps" / "new").iterdir()]
+    files += [p for p in data.glob("*.sqlite-*")]
+    assert any(p.suffix == ".jsonl" for p in files) and any(p.suffix == ".wav" for p in files)
+    assert {str(p.relative_to(data)): oct(mode(p)) for p in files if mode(p) != 0o600} == {}
+    dirs = [data / "recordings", Path(row.path).parent, data / "dumps", data / "dumps" / "new"]
+    assert {str(d.relative_to(data)): oct(mode(d)) for d in dirs if mode(d) != 0o700} == {}

@@ -20,8 +20,11 @@ What it does, as Asterisk does:
   (cause 19, ``Reason: 3``), congestion (cause 34, ``Reason: 8``), failed (no
   channel at all, ``Reason: 0``). On failure ``Channel`` is the dial string.
   ``machine``/``human`` outcomes answer and run ``AMD()`` (two VarSets in the same
-  ms). Without ``Async`` it answers ``Error`` "Originate failed" for a failing
-  outcome, like Asterisk.
+  ms) as ``[aigw-outbound]`` does: only when ``AIGW_AMD=1`` (or not set at all), with
+  ``AppData`` ``2500,1500,800,<AIGW_AMD_MS or 5000>``; a machine with
+  ``AIGW_VOICEMAIL_ACTION=hangup`` is hung up (cause 16) without a bridge. Without
+  ``Async`` it answers ``Error`` "Originate failed" for a failing outcome, like
+  Asterisk.
 * Answered calls run ``[aigw-outbound]``: Newexten ``AudioSocket`` with ``AppData``
   ``<AIGW_CALL_ID>,<AIGW_AUDIOSOCKET>`` and, when ``connect_audiosocket`` is on and
   the AudioSocket address variable is set, a real AudioSocket call to the gateway
@@ -471,14 +474,23 @@ class AmiSimulator:
             return
         self._newstate(ch, 6)
         originate_response("Success", 4, name)
-        if outcome.kind in ("machine", "human"):
-            self._newexten(ch, "AMD", "")
+        if variables.get("AIGW_AMD") == "1" or (
+                "AIGW_AMD" not in variables and outcome.kind in ("machine", "human")):
+            # [aigw-outbound]: AMD(2500,1500,800,<AIGW_AMD_MS, else 5000>). The budget
+            # lives in a plain channel variable: Set(LOCAL(x)=...) outside a Gosub is
+            # an ERROR in Asterisk and sets nothing (then AMD ran with its 5000 ms).
+            total = variables.get("AIGW_AMD_MS") or "5000"
+            self._newexten(ch, "AMD", f"2500,1500,800,{total}")
             await asyncio.sleep(ring_s)
             if uid not in self.channels:
                 return
             if outcome.kind == "machine":
                 self.varset(ch, "AMDSTATUS", "MACHINE")
                 self.varset(ch, "AMDCAUSE", "LONGGREETING-1500-1500")
+                if variables.get("AIGW_VOICEMAIL_ACTION") == "hangup":
+                    self._newexten(ch, "Hangup", "16")
+                    self.end_channel(uid, 16)
+                    return
             else:
                 self.varset(ch, "AMDSTATUS", "HUMAN")
                 self.varset(ch, "AMDCAUSE", "HUMAN-800-800")

@@ -76,3 +76,34 @@ async def test_busy_originate_response_uses_dial_string() -> None:
         hang = [m for m in msgs if m.event == "Hangup"][0]
         assert hang.get("Cause") == "17"
         w.close()
+
+
+async def test_amd_runs_with_the_voicemail_budget_like_the_dialplan() -> None:
+    async with AmiSimulator(ring_s=10 * MS, talk_s=50 * MS,
+                            outcomes={"+15550001": "machine", "+15550002": "human"}) as sim:
+        r, w = await asyncio.open_connection(*sim.address)
+        p = AmiParser()
+        msgs: list[AmiMessage] = []
+        w.write(encode_action("Login", {"Username": "aigw", "Secret": "secret"}, "1"))
+        await read_until(r, p, lambda m: m.event == "FullyBooted", msgs)
+        for n, (number, amd) in enumerate((("+15550001", "1"), ("+15550002", "1"),
+                                            ("+15550002", "0"))):
+            cid = f"cid-{n}"
+            variables = [f"AIGW_CALL_ID={cid}", f"AIGW_AMD={amd}", "AIGW_AMD_MS=15000",
+                         "AIGW_VOICEMAIL_ACTION=hangup"]
+            w.write(encode_action("Originate", {"Channel": f"PJSIP/{number}@trunk",
+                                                "Context": "aigw-outbound", "Exten": "s",
+                                                "Async": "true", "ChannelId": cid,
+                                                "Variable": variables}, str(n + 2)))
+            await read_until(r, p, lambda m, c=cid: m.event == "Hangup"
+                             and m.get("Uniqueid") == c, msgs)
+        apps = {m.get("Uniqueid"): [(x.get("Application"), x.get("AppData")) for x in msgs
+                                     if x.event == "Newexten" and x.get("Uniqueid")
+                                     == m.get("Uniqueid")]
+                for m in msgs if m.event == "Hangup"}
+        # Machine + hangup action: AMD with the budget, then Hangup(16), no bridge.
+        assert apps["cid-0"] == [("AMD", "2500,1500,800,15000"), ("Hangup", "16")]
+        assert apps["cid-1"][0] == ("AMD", "2500,1500,800,15000")
+        assert apps["cid-1"][1][0] == "AudioSocket"
+        assert [a for a, _ in apps["cid-2"]] == ["AudioSocket"]  # AIGW_AMD=0: no AMD
+        w.close()
