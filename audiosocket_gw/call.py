@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, MutableMapping
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .audiosocket import HANGUP_FRAME, HEADER, Kind
 from .backends.base import BackendError, BackendSession, CallInfo
@@ -20,6 +20,9 @@ from .config import Config
 from .dsp.vad import VadConfig, VadEvent, VoiceActivityDetector, frame_level, frame_levels
 from .metrics import Metrics
 from .playout import FRAME_BYTES, PlayoutBuffer
+
+if TYPE_CHECKING:
+    from .dial import DialRequest
 
 log = logging.getLogger("audiosocket_gw.call")
 
@@ -146,6 +149,10 @@ class Call:
         self._turn_end: float | None = None  # when the caller stopped talking
         self.barge_ins = 0
         self.taps: list[AudioTap] = []
+        # Call control over AMI, injected by the gateway's call controller (this module
+        # stays free of AMI): None = not available (no AMI configured).
+        self.on_dial: Callable[[DialRequest], None] | None = None
+        self.on_send_dtmf: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} backend={self.backend_name}>"
@@ -375,3 +382,19 @@ class Call:
 
     def hangup(self, reason: str) -> None:
         self.end(reason, outcome="gateway_hangup")
+
+    def dial(self, request: DialRequest) -> None:
+        if self.ended:
+            return
+        if self.on_dial is None:
+            self.log.warning("dial requested but call control (AMI) is not available")
+            return
+        self.on_dial(request)
+
+    def send_dtmf(self, digits: str) -> None:
+        if self.ended:
+            return
+        if self.on_send_dtmf is None:
+            self.log.warning("DTMF requested but call control (AMI) is not available")
+            return
+        self.on_send_dtmf(digits)

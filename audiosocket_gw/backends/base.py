@@ -18,9 +18,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..tenants import Agent
+
+if TYPE_CHECKING:
+    from ..dial import DialRequest
 
 
 class BackendError(Exception):
@@ -79,6 +82,14 @@ class CallControl(Protocol):
 
     def hangup(self, reason: str) -> None:
         """End the call (``00 00 00`` to Asterisk) with a bounded ``reason``."""
+
+    def dial(self, request: DialRequest) -> None:
+        """Hand the caller to Asterisk's ``Dial()`` (``<Dial>``, transfers): this
+        AudioSocket leg ends; with ``request.resume`` the caller comes back on a new
+        leg whose ``CallInfo.metadata`` has ``parent_call_id`` (callcontrol.py)."""
+
+    def send_dtmf(self, digits: str) -> None:
+        """Play DTMF to the caller's peer (``w`` = 0.5 s pause) through AMI PlayDTMF."""
 
 
 class BackendSession(abc.ABC):

@@ -730,7 +730,6 @@ class AmiSimulator:
             self._newexten(ch, "Hangup", "16")
             self.end_channel(ch.uniqueid, 16)
             return "ended"
-        self.varset(ch, "AIGW_RESUME_ID", "")
         self._newexten(ch, "Answer", "")
         return await self._audiosocket(ch, resume, ch.variables.get("AIGW_AUDIOSOCKET", ""),
                                        outcome, app="TryExec")
