@@ -379,21 +379,7 @@ class CallController:
                  outcome.asterisk_status, outcome.duration_s)
         if watch.resume_id and hung_up:
             self.ctx.registry.discard(watch.resume_id)
-        elif watch.resume_id and self.ctx.registry.is_registered(watch.resume_id):
-            self._refresh_resume(watch, outcome)
         self._spawn(self._log_outcome(watch, outcome))
-
-    def _refresh_resume(self, watch: _Watch, outcome: DialOutcome) -> None:
-        """Put the outcome in the resume leg's metadata (Twilio's ``<Dial action>``
-        parameters) if the leg has not connected yet."""
-        info = self.ctx.registry.claim(watch.resume_id)
-        if info is None:
-            return
-        meta = {**info.metadata, "DialCallStatus": outcome.status,
-                "DialCallDuration": str(outcome.duration_s)}
-        if outcome.dial_call_sid:
-            meta["DialCallSid"] = outcome.dial_call_sid
-        self.ctx.registry.register(dataclasses.replace(info, metadata=meta))
 
     async def _log_outcome(self, watch: _Watch, outcome: DialOutcome) -> None:
         with contextlib.suppress(Exception):

@@ -512,7 +512,11 @@ class AmiClient:
         await self.send_action(
             "PlayDTMF", {"Channel": channel, "Digit": digit.upper(),
                          "Duration": str(duration_ms)},
-            timeout=self.settings.action_timeout + duration_ms / 1000.0)
+            timeout=self.settings.action_timeout + duration_ms / 1000.0,
+            # panoramisk reads a reply ending "successfully queued" as the start of an
+            # Originate-style list and indexes the action's Async field (KeyError, the
+            # connection drops): as_list=False makes it a plain reply.
+            as_list=False)
 
     async def send_digits(self, channel: str, digits: str, duration_ms: int = 250,
                           *, pause_s: float = DTMF_PAUSE_S) -> int:
