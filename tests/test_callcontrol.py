@@ -17,10 +17,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from audiosocket_gw.ami.client import AmiActionError, AmiClient, check_dialplan_value
 from audiosocket_gw.ami.tracker import CallTracker
 from audiosocket_gw.api import CallsApi
+from audiosocket_gw.backends.base import CallInfo
 from audiosocket_gw.callcontrol import (
     DIAL_VARIABLES,
     CallController,
@@ -35,8 +37,10 @@ from audiosocket_gw.dial import DialRequest, DialTarget
 from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.settings import AmiSettings
 from audiosocket_gw.telephony import AsteriskProvider
+from audiosocket_gw.testing.fakeapp import FakeTwilioApp
 from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
-from tests.helpers import MS, make_config
+from audiosocket_gw.twilio.ids import call_sid_for
+from tests.helpers import MS, RawPeer, make_config, running_gateway
 
 TOML = """
 [tenants.acme]
@@ -46,6 +50,7 @@ max_concurrent_calls = 10
 tenant = "acme"
 backend = "echo"
 silence_timeout_s = 30.0
+{extra}
 """
 
 CALLEE = "+15550001111"
@@ -54,7 +59,7 @@ TEMPLATE = "PJSIP/{to}@aigw-trunk"
 
 
 @asynccontextmanager
-async def stack(monkeypatch: pytest.MonkeyPatch, **sim_kw: object
+async def stack(monkeypatch: pytest.MonkeyPatch, *, agent_extra: str = "", **sim_kw: object
                 ) -> AsyncIterator[tuple[Gateway, AmiSimulator]]:
     sim = AmiSimulator(connect_audiosocket=True, **sim_kw)  # type: ignore[arg-type]
     await sim.start()
@@ -63,7 +68,7 @@ async def stack(monkeypatch: pytest.MonkeyPatch, **sim_kw: object
                  "AIGW_AMI_SECRET": "secret"}.items():
         monkeypatch.setenv(k, v)
     cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
-    cfg.write_text(TOML)
+    cfg.write_text(TOML.format(extra=agent_extra))
     gw = Gateway(make_config(config=str(cfg), allow_unregistered=False))
     client = gw.component(CallTracker).client
     assert client is not None
@@ -277,6 +282,48 @@ async def test_dial_without_resume_ends_the_call_once(monkeypatch: pytest.Monkey
         assert 17 in [c for _, c in sim.ended]
 
 
+@pytest.mark.parametrize("resume", [True, False])
+async def test_status_callbacks_one_call_one_sid_one_completed(
+        monkeypatch: pytest.MonkeyPatch, resume: bool) -> None:
+    forms: list[dict[str, str]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        forms.append({k: str(v) for k, v in (await request.post()).items()})
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/status", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/status"
+    extra = (f'status_callback = "{url}"\n'
+             'status_events = ["initiated", "ringing", "answered", "completed"]')
+    try:
+        async with stack(monkeypatch, agent_extra=extra, ring_s=30 * MS,
+                         audiosocket_seconds=600 * MS,
+                         outcomes={HUMAN: Outcome("answered", ring_s=40 * MS,
+                                                  talk_s=200 * MS)}) as (gw, sim):
+            ctl = gw.component(CallController)
+            cid = await live_call(gw)
+            rid = await ctl.dial(cid, DialRequest(targets=(DialTarget("number", HUMAN),),
+                                                  resume=resume))
+            assert (rid is not None) is resume
+            # Mid-Dial (the human talks 200 ms): the call is not completed for the app.
+            await asyncio.sleep(120 * MS)
+            assert [f["CallStatus"] for f in forms].count("completed") == 0
+            await until(lambda: _is(gw, cid, CallStatus.COMPLETED), within=5.0)
+            await until(lambda: any(f["CallStatus"] == "completed" for f in forms))
+            await asyncio.sleep(200 * MS)  # anything late would show up here
+            assert len(sim.legs) == (2 if resume else 1)
+    finally:
+        await runner.cleanup()
+    assert {f["CallSid"] for f in forms} == {call_sid_for(cid)}
+    assert [f["CallStatus"] for f in forms].count("completed") == 1
+    assert [f["CallStatus"] for f in forms][-1] == "completed"
+    assert [f["CallStatus"] for f in forms].count("in-progress") == 1
+
+
 # -- (d) DTMF through PlayDTMF, never 0x03 frames -------------------------------------------
 
 
@@ -387,3 +434,18 @@ async def test_dial_refused_without_a_live_call(monkeypatch: pytest.MonkeyPatch)
         assert cid in gw.audiosocket.calls  # and the call goes on
         with pytest.raises(LookupError):
             await ctl.outcome(cid, 0.1)
+
+
+async def test_resumed_leg_streams_with_the_parent_call_sid() -> None:
+    """A Twilio Media Streams app sees the resumed leg as the same call (CallSid)."""
+    parent = "0b6f2b1c-3f0e-4d0a-9a51-2f4f2c1d9e10"
+    leg_id = "5d1c1a52-0f7e-4b8e-8a4e-6a0d1f2b3c4d"
+    async with FakeTwilioApp() as app, \
+            running_gateway(backend="twilio-stream", stream_url=app.url) as gw:
+        gw.registry.register(CallInfo(call_id=leg_id, metadata={"parent_call_id": parent}))
+        peer = await RawPeer.connect(gw.audiosocket.address)
+        peer.send_uuid(leg_id)
+        session = await app.wait_for_session()
+        await app.wait_for(lambda: session.call_sid is not None, 5.0)
+        assert session.call_sid == call_sid_for(parent) != call_sid_for(leg_id)
+        await peer.close()
