@@ -35,6 +35,7 @@ from audiosocket_gw.callcontrol import (
 from audiosocket_gw.callstate import CallStatus
 from audiosocket_gw.dial import DialRequest, DialTarget
 from audiosocket_gw.gateway import Gateway
+from audiosocket_gw.recordings.component import RecordingsComponent
 from audiosocket_gw.settings import AmiSettings
 from audiosocket_gw.telephony import AsteriskProvider
 from audiosocket_gw.testing.fakeapp import FakeTwilioApp
@@ -449,3 +450,25 @@ async def test_resumed_leg_streams_with_the_parent_call_sid() -> None:
         await app.wait_for(lambda: session.call_sid is not None, 5.0)
         assert session.call_sid == call_sid_for(parent) != call_sid_for(leg_id)
         await peer.close()
+
+
+async def test_mixmonitor_recording_spans_the_dial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asterisk's MixMonitor keeps recording the channel through Dial(): the gateway
+    waits for the parent's file only, and not before the call really ends."""
+    extra = 'record = true\nrecording_source = "mixmonitor"'
+    async with stack(monkeypatch, agent_extra=extra, ring_s=30 * MS,
+                     audiosocket_seconds=3.0,
+                     outcomes={HUMAN: Outcome("busy", ring_s=40 * MS)}) as (gw, sim):
+        watcher = gw.component(RecordingsComponent).watcher
+        ctl = gw.component(CallController)
+        cid = await live_call(gw)
+        assert set(watcher.pending) == {cid}
+        rid = await ctl.dial(cid, DialRequest(targets=(DialTarget("number", HUMAN),),
+                                              resume=True))
+        assert rid is not None
+        await until(lambda: rid in gw.audiosocket.calls)
+        assert set(watcher.pending) == {cid}  # no file expected for the resumed leg
+        assert watcher.pending[cid].detector.ended_at is None  # the call goes on
+        gw.audiosocket.calls[rid].hangup("bot-hangup")
+        await until(lambda: watcher.pending.get(cid) is None
+                    or watcher.pending[cid].detector.ended_at is not None)
