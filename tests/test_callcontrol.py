@@ -193,6 +193,11 @@ async def test_dial_answered_then_resume_on_the_same_call(
         assert all(r.error is None for r in sim.legs)
 
 
+async def _has_transcript(gw: Gateway, cid: str, text: str) -> bool:
+    return any(line.get("text") == text for e in await gw.store.events(cid)
+               if e.kind == "transcript" for line in e.data.get("lines", []))
+
+
 async def _is(gw: Gateway, cid: str, st: CallStatus) -> bool:
     return await status(gw, cid) is st
 
@@ -221,12 +226,15 @@ async def test_dial_failures_come_back_to_the_bot(
         await until(lambda: resume_id in gw.audiosocket.calls)
         assert await status(gw, cid) is CallStatus.IN_PROGRESS
         # The bot hangs up the resumed leg: the one call completes, the channel goes.
-        gw.audiosocket.calls[resume_id].hangup("bot-hangup")
+        leg = gw.audiosocket.calls[resume_id]
+        leg.transcript("bot", "welcome back")
+        leg.hangup("bot-hangup")
         await until(lambda: _is(gw, cid, CallStatus.COMPLETED))
         await until(lambda: cid not in sim.channels)
         rec = await gw.store.get_call(cid)
         assert rec is not None and rec.hangup_reason == "bot-hangup"
         assert await completions(gw, cid) == 1
+        await until(lambda: _has_transcript(gw, cid, "welcome back"))
         if kind == "failed":  # no channel at all: no DialBegin/DialEnd (§4.3)
             assert out.dial_call_sid == ""
 
