@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from .ami.tracker import CallTracker
     from .call import Call
     from .context import GatewayContext
+    from .events import StatusChange
 
 log = logging.getLogger("audiosocket_gw.callcontrol")
 
@@ -206,7 +207,8 @@ class CallController:
     async def start(self) -> None:
         events = self.ctx.events
         self._unsubscribe = [events.ami_message.connect(self._on_ami),
-                             events.started.connect(self._on_call_start)]
+                             events.started.connect(self._on_call_start),
+                             events.status_changed.connect(self._on_status)]
 
     async def stop(self) -> None:
         for unsubscribe in self._unsubscribe:
@@ -226,6 +228,14 @@ class CallController:
         cid = call.call_id
         call.on_dial = lambda request: self._spawn(self._dial_from_call(cid, request))
         call.on_send_dtmf = lambda digits: self._spawn(self._dtmf_from_call(cid, digits))
+
+    def _on_status(self, change: StatusChange) -> None:
+        # The call ended while its Dial was pending and the AMI events that would say
+        # how were lost (AMI down, resync): do not leave waiters hanging.
+        if not change.after.is_terminal or not self._by_channel:
+            return
+        for watch in [w for w in self._by_channel.values() if w.call_id == change.after.id]:
+            self._finish(watch, watch.dialstatus or "CANCEL", hung_up=True)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

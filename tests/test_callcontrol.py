@@ -480,3 +480,46 @@ async def test_mixmonitor_recording_spans_the_dial(monkeypatch: pytest.MonkeyPat
         gw.audiosocket.calls[rid].hangup("bot-hangup")
         await until(lambda: watcher.pending.get(cid) is None
                     or watcher.pending[cid].detector.ended_at is not None)
+
+
+async def test_resumed_leg_can_dial_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[aigw-dial] loops: the resumed leg asks for another Dial (no resume this time)."""
+    other = "+15550003333"
+    async with stack(monkeypatch, ring_s=30 * MS, audiosocket_seconds=3.0,
+                     outcomes={HUMAN: Outcome("no-answer", ring_s=40 * MS),
+                               other: Outcome("answered", ring_s=40 * MS, talk_s=100 * MS)}
+                     ) as (gw, sim):
+        ctl = gw.component(CallController)
+        cid = await live_call(gw)
+        rid = await ctl.dial(cid, DialRequest(targets=(DialTarget("number", HUMAN),),
+                                              resume=True))
+        assert rid is not None
+        assert (await ctl.outcome(rid, 3.0)).status == "no-answer"
+        await until(lambda: rid in gw.audiosocket.calls)
+        assert await ctl.dial(rid, DialRequest(targets=(DialTarget("number", other),))) is None
+        second = await ctl.outcome(rid, 3.0)
+        assert second.status == "completed" and second.asterisk_status == "ANSWER"
+        await until(lambda: _is(gw, cid, CallStatus.COMPLETED))
+        assert [d[1] for d in sim.dials] == [f"PJSIP/{HUMAN}@aigw-trunk",
+                                             f"PJSIP/{other}@aigw-trunk"]
+        assert await completions(gw, cid) == 1
+        rec = await gw.store.get_call(cid)
+        assert rec is not None and rec.hangup_cause == 16
+
+
+async def test_outcome_does_not_hang_when_ami_drops_during_the_dial(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with stack(monkeypatch, ring_s=30 * MS, audiosocket_seconds=3.0,
+                     outcomes={HUMAN: Outcome("answered", ring_s=30.0)}) as (gw, sim):
+        ctl = gw.component(CallController)
+        cid = await live_call(gw)
+        rid = await ctl.dial(cid, DialRequest(targets=(DialTarget("number", HUMAN),),
+                                              resume=True))
+        assert rid is not None
+        await until(lambda: sim.dials)
+        sim.drop_sessions()
+        sim.end_channel(cid, 0)  # the caller hangs up while nobody listens
+        out = await ctl.outcome(rid, 5.0)  # the resync closes the call, and the dial
+        assert out.status == "canceled"
+        assert await status(gw, cid) is CallStatus.COMPLETED
+        assert not gw.registry.is_registered(rid)
