@@ -224,7 +224,10 @@ class CallController:
 
     def _on_call_start(self, call: Call) -> None:
         # The backend session controls its call through Call.dial/send_dtmf; they
-        # land here (call.py knows nothing of AMI).
+        # land here (call.py knows nothing of AMI). Without AMI there is nothing to
+        # offer: the call logs the request and goes on.
+        if self.client is None:
+            return
         cid = call.call_id
         call.on_dial = lambda request: self._spawn(self._dial_from_call(cid, request))
         call.on_send_dtmf = lambda digits: self._spawn(self._dtmf_from_call(cid, digits))

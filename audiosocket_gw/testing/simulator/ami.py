@@ -28,6 +28,19 @@ What it does, as Asterisk does:
   (``simulator.pbx.run_simulation`` with ``call_id`` = the ChannelId). The channel
   hangs up (``RTPAUDIOQOS*`` VarSets, then ``Hangup`` cause 16) when the AudioSocket
   leg ends, or after ``talk_s`` without one.
+* Call control (docs/PROTOCOLS.md §4): ``Setvar`` (``No such channel``; without
+  ``Channel`` a global; a function write such as ``LOCAL(x)`` or ``CALLERID(num)``
+  emits no VarSet, and ``LOCAL()`` outside a Gosub is refused with Asterisk's log
+  line in ``errors`` while the reply stays ``Success``), ``Getvar``, ``PlayDTMF``
+  (reply after ``Duration``, only the first digit, no DTMF events; ``Receive: true``:
+  DTMFEnd at once and a 0x03 frame to the gateway later), ``Redirect`` and ``Bridge``
+  (the AudioSocket leg ends with a plain EOF).
+* After ``AudioSocket()`` returns because the gateway ended the leg, the include's
+  logic: with ``AIGW_NEXT=dial`` the ``[aigw-dial]`` continuation (``Dial()`` with
+  the ``AIGW_DIAL_*`` variables, each target scripted by ``outcomes`` like
+  Originate's, the Dial events of §4.3, ``AIGW_DIAL_ANSWERED``/``AIGW_DIAL_STATUS``,
+  then a new AudioSocket leg with ``AIGW_RESUME_ID`` or a hangup with cause 16);
+  otherwise a hangup. ``legs``/``dials``/``dtmf_played`` record what happened.
 * ``inbound_call()`` plays an inbound PJSIP call, ``talk()`` the TALK_DETECT pair,
   ``rtcp()`` the RTCP reports, ``end_channel()`` a hangup from the far end,
   ``drop_sessions()`` a disconnect in the middle, ``send_raw()`` arbitrary bytes
