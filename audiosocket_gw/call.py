@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from itertools import islice
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .audiosocket import HANGUP_FRAME, HEADER, Kind
 from .backends.base import AudioTap, BackendError, BackendSession, CallInfo, CallLog, Ticker
@@ -31,6 +31,9 @@ from .metrics import Metrics
 from .playout import FRAME_BYTES, PlayoutBuffer
 
 __all__ = ["AudioTap", "Call", "CallLog", "LevelBatch", "Metered"]  # AudioTap, CallLog: from base
+
+if TYPE_CHECKING:
+    from .dial import DialRequest
 
 log = logging.getLogger("audiosocket_gw.call")
 
@@ -188,6 +191,10 @@ class Call:
         self.playout_drops = 0
         """Bot audio chunks dropped on a full playout buffer."""
         self._drop_log = LogRate()
+        # Call control over AMI, injected by the gateway's call controller (this module
+        # stays free of AMI): None = not available (no AMI configured).
+        self.on_dial: Callable[[DialRequest], None] | None = None
+        self.on_send_dtmf: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} backend={self.backend_name}>"
@@ -452,3 +459,19 @@ class Call:
         if self._ticker is None:
             raise RuntimeError("this call has no pacer to subscribe to")
         return self._ticker
+
+    def dial(self, request: DialRequest) -> None:
+        if self.ended:
+            return
+        if self.on_dial is None:
+            self.log.warning("dial requested but call control (AMI) is not available")
+            return
+        self.on_dial(request)
+
+    def send_dtmf(self, digits: str) -> None:
+        if self.ended:
+            return
+        if self.on_send_dtmf is None:
+            self.log.warning("DTMF requested but call control (AMI) is not available")
+            return
+        self.on_send_dtmf(digits)

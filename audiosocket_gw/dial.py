@@ -16,9 +16,13 @@ emulation, agent tools (``transfer_call``) and the AMI call controller
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
-__all__ = ["DialOutcome", "DialRequest", "DialStatus", "DialTarget"]
+__all__ = ["MOVED_END_REASON", "DialOutcome", "DialRequest", "DialStatus", "DialTarget"]
+
+MOVED_END_REASON: Final = "dial"
+"""``Call.end_reason`` of an AudioSocket leg the gateway ended because the call moved
+on in the dialplan (``Dial()``): the call itself goes on, in Asterisk."""
 
 DialStatus = Literal["completed", "answered", "busy", "no-answer", "failed", "canceled"]
 """Twilio's ``DialCallStatus`` values (mapped from Asterisk's ``DIALSTATUS``)."""

@@ -35,6 +35,7 @@ from .ami.tracker import CallTracker
 from .ami_metrics import CallMetrics
 from .api import CallsApi
 from .backends.base import Backend, CallInfo
+from .callcontrol import CallController
 from .config import Config, ConfigError, format_hostport
 from .context import Clock, Component, GatewayContext
 from .events import CallEvents
@@ -190,6 +191,7 @@ class Gateway:
             comps.append(ami)
         comps += [
             CallsApi(ctx, provider),
+            CallController(ctx, client, tracker, s.outbound),
             MosMonitor(ctx),
             CostMeter(ctx, s.cost),
             RecordingsComponent(ctx, s.recording),

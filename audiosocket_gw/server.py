@@ -46,9 +46,10 @@ class CallRegistry:
         self._clock = clock
         self._expected: dict[str, tuple[CallInfo, float]] = {}
 
-    def register(self, info: CallInfo) -> None:
+    def register(self, info: CallInfo, *, ttl: float | None = None) -> None:
+        """Expect ``info.call_id`` for ``ttl`` seconds (default: the registry's)."""
         self._purge()
-        self._expected[info.call_id] = (info, self._clock() + self.ttl)
+        self._expected[info.call_id] = (info, self._clock() + (self.ttl if ttl is None else ttl))
 
     def claim(self, call_id: str) -> CallInfo | None:
         self._purge()

@@ -55,10 +55,12 @@ class TranscriptKeeper:
 
     async def _store(self, call: Call, lines: list[dict[str, object]]) -> None:
         store = self.ctx.store
+        # A leg resumed after Dial() belongs to its parent call's record.
+        record_id = call.info.metadata.get("parent_call_id") or call.call_id
         try:
-            if await store.get_call(call.call_id) is None:
+            if await store.get_call(record_id) is None:
                 return
-            await store.append_event(call.call_id, "transcript", self.ctx.clock.wall(),
+            await store.append_event(record_id, "transcript", self.ctx.clock.wall(),
                                      {"lines": lines})
         except StoreError as exc:
             call.log.warning("could not store the transcript: %s", exc)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from audiosocket_gw.callcontrol import DIAL_RESULT_VARIABLES, DIAL_VARIABLES
 from audiosocket_gw.routing import (
     DEPLOYMENT_VARIABLES,
     ORIGINATE_VARIABLES,
@@ -29,7 +30,7 @@ from audiosocket_gw.routing import (
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "dialplan" / "extensions_aigw.conf"
-SET_BY_DIALPLAN = {"AIGW_BRIDGE", "AIGW_STATUS"}
+SET_BY_DIALPLAN = {"AIGW_BRIDGE", "AIGW_STATUS", *DIAL_RESULT_VARIABLES}
 CALLER_CONTROLLED = ("${EXTEN", "${CALLERID", "${CONNECTEDLINE", "${RDNIS", "${DNID",
                      "${CHANNEL(name", "${SIP_HEADER", "${PJSIP_HEADER")
 
@@ -172,7 +173,7 @@ def check(dp: Dialplan) -> list[str]:
     """Every rule; returns the problems found (empty = good)."""
     errors = list(dp.errors)
     allowed = set(ROUTE_VARIABLES) | set(ORIGINATE_VARIABLES) | set(DEPLOYMENT_VARIABLES) \
-        | SET_BY_DIALPLAN
+        | set(DIAL_VARIABLES) | SET_BY_DIALPLAN
     for ctx, ext, st in dp.steps():
         where = f"line {st.line} ({ctx},{ext},{st.prio})"
         for var in re.findall(r"[$^]\{(AIGW_[A-Z0-9_]+)", st.data):
@@ -204,6 +205,18 @@ def check(dp: Dialplan) -> list[str]:
             follow = dp.contexts[ctx][ext][st.prio:]
             if not follow or "TRYSTATUS" not in follow[0].data:
                 errors.append(f"{where}: TRYSTATUS not checked right after AudioSocket")
+    # LOCAL() only inside a Gosub routine (app_stack.c: elsewhere the write is refused,
+    # "Tried to set LOCAL(...), but we aren't within a Gosub routine").
+    gosub_contexts = set()
+    for c, e, st in dp.steps():
+        if st.app == "Gosub" or (st.app == "Set" and
+                                 st.data.startswith("CHANNEL(hangup_handler_push)=")):
+            gosub_contexts.update(t[0] for t in goto_targets(c, e, st))
+    goto_contexts = {t[0] for c, e, st in dp.steps() if st.app in ("Goto", "GotoIf")
+                     for t in goto_targets(c, e, st) if t[0] != c}
+    for ctx, ext, st in dp.steps():
+        if "LOCAL(" in st.data and (ctx not in gosub_contexts or ctx in goto_contexts):
+            errors.append(f"line {st.line} ({ctx},{ext},{st.prio}): LOCAL() outside a Gosub")
     # The hangup handler must Return.
     for c, e, st in dp.steps():
         if st.app == "Set" and st.data.startswith("CHANNEL(hangup_handler_push)="):
@@ -381,6 +394,31 @@ def test_every_routing_path_reaches_the_shared_bridge_or_a_fallback():
     assert hangup[0].app == "UserEvent" and "${HANGUPCAUSE}" in hangup[0].data
 
 
+def test_dial_context_reads_only_what_the_gateway_sets():
+    dp = parse(CONF.read_text())
+    dial = dp.contexts["aigw-dial"]["s"]
+    step = next(s for s in dial if s.app == "Dial")
+    assert step.data == "${AIGW_DIAL_TARGETS},${AIGW_DIAL_TIMEOUT},${AIGW_DIAL_OPTIONS}"
+    after = dial[dial.index(step) + 1:]
+    assert [s.data.split("=", 1)[0] for s in after[:2]] == [
+        "AIGW_DIAL_ANSWERED", "AIGW_DIAL_STATUS"]
+    assert "${ANSWEREDTIME}" in after[0].data and "${DIALSTATUS}" in after[1].data
+    resume = next(s for s in dial if s.app == "TryExec")
+    assert resume.data == "AudioSocket(${AIGW_RESUME_ID},${AIGW_AUDIOSOCKET})"
+    assert dial[-1].app == "Hangup" and dial[-1].data == "16"  # HANGUPCAUSE sticks
+    read = {v for s in dial for v in re.findall(r"\$\{(AIGW_[A-Z0-9_]+)", s.data)}
+    assert read <= set(DIAL_VARIABLES) | {"AIGW_AUDIOSOCKET"}
+    assert set(DIAL_VARIABLES) - {"AIGW_NEXT"} <= read
+    # Both contexts that run AudioSocket continue there when the gateway asks.
+    for ctx, ext in (("aigw-inbound", "_[0-9+]."), ("aigw-outbound", "s")):
+        steps = dp.contexts[ctx][ext]
+        jump = [s for s in steps if s.app == "GotoIf" and "aigw-dial,s,1" in s.data]
+        assert len(jump) == 1 and "${AIGW_NEXT}" in jump[0].data
+        assert steps.index(jump[0]) > next(i for i, s in enumerate(steps)
+                                           if s.data == "aigw-bridge,s,1")
+    assert "LOCAL(" not in "".join(s.data for s in dp.contexts["aigw-outbound"]["s"])
+
+
 def test_variables_contract_matches_the_agi_and_the_api():
     spec = importlib.util.spec_from_file_location("aigw_route", ROOT / "agi" / "aigw_route.py")
     assert spec is not None and spec.loader is not None
@@ -480,6 +518,10 @@ BROKEN = {
     "priority": "[aigw-x]\nexten => s,2,NoOp()\n",
     "garbage": "[aigw-x]\nexten s 1 NoOp\n",
     "same first": "[aigw-x]\n same => n,NoOp()\n",
+    "LOCAL outside Gosub": "[aigw-x]\nexten => s,1,Set(LOCAL(a)=1)\n same => n,NoOp(${a})\n",
+    "LOCAL in a Goto target": "[aigw-x]\nexten => s,1,Gosub(aigw-y,s,1)\n"
+                              " same => n,Goto(aigw-y,s,1)\n"
+                              "[aigw-y]\nexten => s,1,Set(LOCAL(a)=1)\n same => n,Return()\n",
 }
 
 

@@ -60,7 +60,48 @@ __all__ = [
     "AmiTimeout",
     "AmiUnavailable",
     "is_optional_event",
+    "DTMF_PAUSE_S",
+    "check_dialplan_value",
 ]
+
+_VAR_NAME_RE = re.compile(r"_{0,2}[A-Za-z][A-Za-z0-9_]{0,79}(\([A-Za-z0-9_,]{0,80}\))?")
+"""A channel variable (``AIGW_NEXT``, ``__INHERITED``) or a function (``CALLERID(num)``)."""
+_DIALPLAN_VALUE_RE = re.compile(r"[A-Za-z0-9@_.+:/&()*#=%~-]{0,1000}")
+"""What a value that reaches an application argument may contain: no comma (argument
+separator), quote, backslash, ``$``/``{``/``^`` (expansion), ``;``, ``|`` or whitespace."""
+_CONTEXT_RE = re.compile(r"[A-Za-z0-9_-]{1,79}")
+_EXTEN_RE = re.compile(r"[A-Za-z0-9_+*#.-]{1,80}")
+_DTMF_RE = re.compile(r"[0-9*#A-Da-dwW]*")
+DTMF_PAUSE_S = 0.5
+"""A ``w`` in a digit string (Twilio ``sendDigits``) waits this long."""
+
+
+def check_dialplan_value(value: str) -> str:
+    """``value`` if it is safe to expand into an application argument, else ValueError.
+
+    A variable set over AMI is expanded by ``${...}`` into application arguments,
+    where a comma starts a new argument and quotes, backslashes and brackets change
+    the parsing (docs/PROTOCOLS.md §2b, AGI): only a conservative character set
+    passes, with balanced parentheses (Dial options such as ``L(60000)``).
+    """
+    if not isinstance(value, str) or not _DIALPLAN_VALUE_RE.fullmatch(value):
+        raise ValueError(f"unsafe dialplan value {value!r}")
+    depth = 0
+    for ch in value:
+        depth += 1 if ch == "(" else -1 if ch == ")" else 0
+        if depth < 0:
+            break
+    if depth != 0:
+        raise ValueError(f"unbalanced parentheses in dialplan value {value!r}")
+    return value
+
+
+def _check_channel(channel: str) -> str:
+    # An empty Channel makes Setvar set a *global* (docs/PROTOCOLS.md §2c.1): never.
+    if not isinstance(channel, str) or not channel.strip() or any(
+            c in channel for c in "\r\n\x00, "):
+        raise ValueError(f"invalid channel {channel!r}")
+    return channel
 
 
 class AmiClientError(Exception):
@@ -576,3 +617,86 @@ class AmiClient:
 
     def forget_originate(self, action_id: str) -> None:
         self._originates.pop(action_id, None)
+
+    # -- call control (docs/PROTOCOLS.md §2c) -----------------------------------
+
+    async def setvar(self, channel: str, variable: str, value: str) -> None:
+        """``Setvar`` on ``channel`` (name or Uniqueid; never empty: that sets a global).
+
+        ``value`` must pass ``check_dialplan_value`` (it is expanded into application
+        arguments). ``AmiActionError`` "No such channel" for an unknown channel.
+        """
+        _check_channel(channel)
+        if not _VAR_NAME_RE.fullmatch(variable):
+            raise ValueError(f"invalid variable name {variable!r}")
+        check_dialplan_value(value)
+        await self.send_action("Setvar", {"Channel": channel, "Variable": variable,
+                                          "Value": value})
+
+    async def getvar(self, channel: str, variable: str) -> str:
+        """``Getvar`` on ``channel``: the value ('' when unset)."""
+        _check_channel(channel)
+        if not _VAR_NAME_RE.fullmatch(variable):
+            raise ValueError(f"invalid variable name {variable!r}")
+        res = await self.send_action("Getvar", {"Channel": channel, "Variable": variable})
+        msg = res[0] if isinstance(res, list) else res
+        return msg.get("Value") or ""
+
+    async def play_dtmf(self, channel: str, digit: str, duration_ms: int = 250) -> None:
+        """``PlayDTMF``: one digit (RFC 4733 to the channel's peer, never a 0x03 frame).
+
+        Asterisk sends only the first character and blocks for ``duration_ms`` before
+        answering (docs/PROTOCOLS.md §2c.3), so the reply timeout includes it.
+        """
+        _check_channel(channel)
+        if len(digit) != 1 or not _DTMF_RE.fullmatch(digit) or digit in "wW":
+            raise ValueError(f"invalid DTMF digit {digit!r}")
+        if not 40 <= duration_ms <= 5000:
+            raise ValueError("DTMF duration must be within 40..5000 ms")
+        await self.send_action(
+            "PlayDTMF", {"Channel": channel, "Digit": digit.upper(),
+                         "Duration": str(duration_ms)},
+            timeout=self.settings.action_timeout + duration_ms / 1000.0,
+            # panoramisk reads a reply ending "successfully queued" as the start of an
+            # Originate-style list and indexes the action's Async field (KeyError, the
+            # connection drops): as_list=False makes it a plain reply.
+            as_list=False)
+
+    async def send_digits(self, channel: str, digits: str, duration_ms: int = 250,
+                          *, pause_s: float = DTMF_PAUSE_S) -> int:
+        """Twilio ``sendDigits``: each digit through ``play_dtmf``, in order, each after
+        the previous reply; ``w`` waits ``pause_s``. Returns the digits sent."""
+        if not _DTMF_RE.fullmatch(digits) or len(digits) > 64:
+            raise ValueError(f"invalid DTMF string {digits!r}")
+        sent = 0
+        for ch in digits:
+            if ch in "wW":
+                await asyncio.sleep(pause_s)
+                continue
+            await self.play_dtmf(channel, ch, duration_ms)
+            sent += 1
+        return sent
+
+    async def redirect(self, channel: str, context: str, exten: str = "s",
+                       priority: int = 1, *, extra_channel: str | None = None) -> None:
+        """``Redirect`` out of AudioSocket: the gateway sees a plain EOF (a move, not a
+        hangup); "Channel does not exist: <name>" for an unknown channel."""
+        _check_channel(channel)
+        if not _CONTEXT_RE.fullmatch(context) or not _EXTEN_RE.fullmatch(exten) \
+                or not 1 <= priority <= 10_000:
+            raise ValueError("invalid Redirect destination")
+        fields: dict[str, str | Sequence[str]] = {
+            "Channel": channel, "Context": context, "Exten": exten, "Priority": str(priority)}
+        if extra_channel:
+            fields.update({"ExtraChannel": _check_channel(extra_channel),
+                           "ExtraContext": context, "ExtraExten": exten,
+                           "ExtraPriority": str(priority)})
+        await self.send_action("Redirect", fields)
+
+    async def bridge(self, channel1: str, channel2: str, *, tone: bool = False) -> None:
+        """``Bridge`` two channels ("Channels have been bridged"); both leave their
+        applications (a channel in AudioSocket: the gateway sees EOF)."""
+        await self.send_action("Bridge", {"Channel1": _check_channel(channel1),
+                                          "Channel2": _check_channel(channel2),
+                                          "Tone": "yes" if tone else "no"})
+

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from ..callstate import CallInput, CallStatus, status_from_originate_reason
+from ..dial import MOVED_END_REASON
 from ..store.base import CallRecord, Direction
 from .client import AmiClient, AmiClientError
 from .protocol import AmiMessage, audiosocket_call_id, c_unescape
@@ -353,7 +354,7 @@ class CallTracker:
 
     def _on_call_end(self, call: Call) -> None:
         reason = call.end_reason or "ended"
-        if reason not in _NORMAL_ENDS:
+        if reason not in _NORMAL_ENDS and reason != MOVED_END_REASON:
             if self._gateway_reasons is None:
                 self._gateway_reasons = {}
             if len(self._gateway_reasons) >= _MAX_MAP:
@@ -406,6 +407,12 @@ class CallTracker:
 
     async def _started(self, call: Call) -> None:
         info = call.info
+        parent = info.metadata.get("parent_call_id")
+        if parent:
+            # A leg resumed after Dial(): the same call (one record, one CallSid).
+            await self.apply(parent, CallInput.ANSWERED,
+                             {"source": "audiosocket", "leg": call.call_id})
+            return
         rec = await self.store.get_call(call.call_id)
         if rec is None:
             direction: Direction = "outbound" if info.direction == "outbound" else "inbound"
@@ -419,15 +426,25 @@ class CallTracker:
 
     async def _ended(self, call: Call) -> None:
         reason = call.end_reason or "ended"
+        record_id = call.info.metadata.get("parent_call_id") or call.call_id
+        if reason == MOVED_END_REASON:
+            # The gateway handed the call to Dial() (callcontrol.py): it goes on in
+            # Asterisk and ends with the channel's Hangup or a resumed leg's end.
+            if self._gateway_reasons:
+                self._gateway_reasons.pop(call.call_id, None)
+            return
+        detail = {"reason": reason}
+        if record_id != call.call_id:
+            detail["leg"] = call.call_id
         try:
             if reason in _NORMAL_ENDS:
-                await self.apply(call.call_id, CallInput.AUDIOSOCKET_EOF, {"reason": reason})
+                await self.apply(record_id, CallInput.AUDIOSOCKET_EOF, detail)
             else:
-                await self.apply(call.call_id, CallInput.GATEWAY_HANGUP, {"reason": reason})
+                await self.apply(record_id, CallInput.GATEWAY_HANGUP, detail)
         finally:
             if self._gateway_reasons:
                 self._gateway_reasons.pop(call.call_id, None)
-        channel = self.channels.get(call.call_id)
+        channel = self.channels.get(call.call_id) or self.channels.get(record_id)
         if reason not in _NORMAL_ENDS and channel and self.client is not None \
                 and self.client.connected:
             # The gateway ended the call: make sure Asterisk hangs up the channel too.

@@ -19,9 +19,12 @@ import abc
 import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..tenants import Agent
+
+if TYPE_CHECKING:
+    from ..dial import DialRequest
 
 
 class BackendError(Exception):
@@ -145,6 +148,14 @@ class CallControl(Protocol):
 
     def backend_error(self, reason: str) -> None:
         """Count an error of this call's backend (``aigw_backend_errors_total``)."""
+
+    def dial(self, request: DialRequest) -> None:
+        """Hand the caller to Asterisk's ``Dial()`` (``<Dial>``, transfers): this
+        AudioSocket leg ends; with ``request.resume`` the caller comes back on a new
+        leg whose ``CallInfo.metadata`` has ``parent_call_id`` (callcontrol.py)."""
+
+    def send_dtmf(self, digits: str) -> None:
+        """Play DTMF to the caller's peer (``w`` = 0.5 s pause) through AMI PlayDTMF."""
 
 
 class BackendSession(abc.ABC):

@@ -260,7 +260,8 @@ class TwilioStreamSession(BackendSession):
         agent = info.agent_cfg
         self.extra: Mapping[str, str] = agent.extra if agent is not None else {}
         tenant = backend.tenants.get(info.tenant)
-        self.call_sid = call_sid_for(info.call_id)
+        # A leg resumed after <Dial> is the same call: the same CallSid.
+        self.call_sid = call_sid_for(info.metadata.get("parent_call_id") or info.call_id)
         self.account_sid = account_sid_for(info.tenant, tenant=tenant, agent=agent,
                                            env=backend.env)
         self.encoder: TwilioStreamEncoder | None = None

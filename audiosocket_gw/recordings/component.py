@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from ..dial import MOVED_END_REASON
 from ..httpapi import api_error
 from ..twilio.ids import account_sid_for, auth_token_for, call_sid_for
 from ..twilio.signature import SIGNATURE_HEADER, compute_signature
@@ -124,7 +125,9 @@ class RecordingsComponent:
         info = call.info
         self.metrics.answered.labels(info.tenant, agent.recording_source).inc()
         if agent.recording_source == "mixmonitor":
-            self.watcher.expect(info.call_id, info.tenant, agent.name)
+            # A leg resumed after Dial() is in the parent's MixMonitor file already.
+            if not info.metadata.get("parent_call_id"):
+                self.watcher.expect(info.call_id, info.tenant, agent.name)
             return
         try:  # a tenant or call id can never place the file outside the root
             final = path_inside(self.root, info.tenant, f"{info.call_id}.wav")
@@ -139,7 +142,9 @@ class RecordingsComponent:
                                           _callback(agent.extra), fut), self._captures)
 
     def _on_call_end(self, call: Call) -> None:
-        self.watcher.ended(call.call_id)
+        if call.end_reason == MOVED_END_REASON:
+            return  # the channel (and its MixMonitor) goes on in Dial()
+        self.watcher.ended(call.info.metadata.get("parent_call_id") or call.call_id)
 
     async def _gateway_capture(self, call_id: str, tenant: str, agent: str, callback: str | None,
                                fut: asyncio.Future[CapturedFile]) -> None:

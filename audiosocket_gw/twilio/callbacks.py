@@ -34,7 +34,7 @@ import email.utils
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -43,6 +43,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from ..backends.base import CallInfo
 from ..callstate import CallInput, CallStatus
+from ..dial import MOVED_END_REASON
 from ..lograte import LogRate
 from ..store.base import CallRecord
 from .ids import account_sid_for, auth_token_for, call_sid_for
@@ -156,6 +157,8 @@ class StatusCallbacks:
             registry=registry,
         )
         self._initiated: dict[str, None] = {}
+        self._moved: set[str] = set()
+        """Answered calls handed to Dial() (callcontrol.py): not completed yet."""
 
     # -- API -------------------------------------------------------------------------
 
@@ -215,12 +218,24 @@ class StatusCallbacks:
     # -- lifecycle hooks -------------------------------------------------------------
 
     def _on_call_start(self, call: Call) -> None:
+        if call.info.metadata.get("parent_call_id"):
+            return  # a leg resumed after Dial(): the call was answered long ago
         self._started_at[call.call_id] = self.ctx.clock.monotonic()
         self.notify(call.info, "answered")
 
     def _on_call_end(self, call: Call) -> None:
-        started = self._started_at.get(call.call_id, call.started_at)
-        self.notify(call.info, "completed", duration_s=self.ctx.clock.monotonic() - started)
+        parent = call.info.metadata.get("parent_call_id")
+        info = replace(call.info, call_id=parent) if parent else call.info
+        if call.end_reason == MOVED_END_REASON:
+            # The call goes on in Asterisk's Dial(): completed comes at its real end.
+            self._moved.add(info.call_id)
+            return
+        if parent:
+            if parent not in self._moved:
+                return  # already completed (the channel's Hangup came first)
+            self._moved.discard(parent)
+        started = self._started_at.get(info.call_id, call.started_at)
+        self.notify(info, "completed", duration_s=self.ctx.clock.monotonic() - started)
 
     def _on_status(self, change: StatusChange) -> None:
         self.on_status(change.input, change.before, change.after)
@@ -248,6 +263,12 @@ class StatusCallbacks:
         elif (after.is_terminal and not before.is_terminal and after.answered_at is None
               and after.id not in self._started_at):
             self.notify(info, "completed", status=after.status.value, duration_s=0.0)
+        elif after.is_terminal and not before.is_terminal and after.id in self._moved:
+            # Ended in (or after) Dial() with no leg back to the gateway.
+            self._moved.discard(after.id)
+            started = self._started_at.get(after.id)
+            self.notify(info, "completed", duration_s=after.billable_s if started is None
+                        else self.ctx.clock.monotonic() - started)
 
     # -- component -------------------------------------------------------------------
 

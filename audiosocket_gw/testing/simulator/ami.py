@@ -31,6 +31,19 @@ What it does, as Asterisk does:
   (``simulator.pbx.run_simulation`` with ``call_id`` = the ChannelId). The channel
   hangs up (``RTPAUDIOQOS*`` VarSets, then ``Hangup`` cause 16) when the AudioSocket
   leg ends, or after ``talk_s`` without one.
+* Call control (docs/PROTOCOLS.md §4): ``Setvar`` (``No such channel``; without
+  ``Channel`` a global; a function write such as ``LOCAL(x)`` or ``CALLERID(num)``
+  emits no VarSet, and ``LOCAL()`` outside a Gosub is refused with Asterisk's log
+  line in ``errors`` while the reply stays ``Success``), ``Getvar``, ``PlayDTMF``
+  (reply after ``Duration``, only the first digit, no DTMF events; ``Receive: true``:
+  DTMFEnd at once and a 0x03 frame to the gateway later), ``Redirect`` and ``Bridge``
+  (the AudioSocket leg ends with a plain EOF).
+* After ``AudioSocket()`` returns because the gateway ended the leg, the include's
+  logic: with ``AIGW_NEXT=dial`` the ``[aigw-dial]`` continuation (``Dial()`` with
+  the ``AIGW_DIAL_*`` variables, each target scripted by ``outcomes`` like
+  Originate's, the Dial events of §4.3, ``AIGW_DIAL_ANSWERED``/``AIGW_DIAL_STATUS``,
+  then a new AudioSocket leg with ``AIGW_RESUME_ID`` or a hangup with cause 16);
+  otherwise a hangup. ``legs``/``dials``/``dtmf_played`` record what happened.
 * ``inbound_call()`` plays an inbound PJSIP call, ``talk()`` the TALK_DETECT pair,
   ``rtcp()`` the RTCP reports, ``end_channel()`` a hangup from the far end,
   ``drop_sessions()`` a disconnect in the middle, ``send_raw()`` arbitrary bytes
@@ -53,6 +66,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from ...ami.protocol import AmiMessage, AmiParser, AmiProtocolError
+from .pbx import CallPlan, CallReport, run_simulation
 
 log = logging.getLogger("audiosocket_gw.testing.simulator.ami")
 
@@ -100,6 +114,13 @@ class SimChannel:
     variables: dict[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.monotonic)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    gosub_depth: int = 0
+    """Gosub frames on the stack: ``LOCAL()`` works only inside one."""
+    gosub_seen: bool = False
+    """A Gosub ran once (Asterisk keeps the stack datastore afterwards)."""
+    leg: CallPlan | None = None
+    """The AudioSocket leg this channel is running, if any."""
+    redirect: tuple[str, str, str] | None = None
 
 
 class _Session(asyncio.Protocol):
@@ -162,6 +183,7 @@ class AmiSimulator:
         talk_s: float = 0.3,
         connect_audiosocket: bool = False,
         audiosocket_seconds: float | None = None,
+        dtmf_scale: float = 1.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -175,12 +197,22 @@ class AmiSimulator:
         self.talk_s = talk_s
         self.connect_audiosocket = connect_audiosocket
         self.audiosocket_seconds = audiosocket_seconds
+        self.dtmf_scale = dtmf_scale
         self.sessions: set[_Session] = set()
         self.channels: dict[str, SimChannel] = {}
         self.actions: list[AmiMessage] = []
         """Every action received, in order (tests assert on what the client sent)."""
         self.ended: list[tuple[str, int]] = []
         """(uniqueid, cause) of every channel hung up."""
+        self.errors: list[str] = []
+        """What Asterisk would write as ERROR to its log (e.g. LOCAL() outside Gosub)."""
+        self.legs: list[CallReport] = []
+        """Every AudioSocket connection the simulated dialplan made, in order."""
+        self.dtmf_played: list[tuple[str, str, int]] = []
+        """(channel name, digit, duration ms) of every PlayDTMF that reached a channel."""
+        self.dials: list[tuple[str, str, str, str]] = []
+        """(channel name, targets, timeout, options) of every Dial() the dialplan ran."""
+        self.globals: dict[str, str] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count(1)
@@ -391,17 +423,60 @@ class AmiSimulator:
             s.write([("Event", "CoreShowChannelsComplete"), *base, ("EventList", "Complete"),
                      ("ListItems", str(len(chans)))])
         elif action == "getvar":
-            found = self._find(msg.get("Channel"))
             var = msg.get("Variable") or ""
-            value = found.variables.get(var, "") if found is not None else ""
+            if not var:
+                reply("Error", "No variable specified")
+                return
+            chan = msg.get("Channel")
+            found = self._find(chan) if chan else None
+            if chan and found is None:
+                reply("Error", "No such channel")
+                return
+            if found is None:
+                value = self.globals.get(var, "")
+            elif var.upper().startswith("LOCAL("):
+                value = ""  # frames are not modelled beyond set/refuse
+            else:
+                value = found.variables.get(var, "")
             s.write([("Response", "Success"), *base, ("Variable", var), ("Value", value)])
         elif action == "setvar":
-            target = self._find(msg.get("Channel"))
+            var = msg.get("Variable") or ""
+            if not var:
+                reply("Error", "No variable specified")
+                return
+            chan = msg.get("Channel")
+            if not chan:  # Asterisk sets a global and still says Success (§2c.1)
+                self.globals[var] = msg.get("Value") or ""
+                reply("Success", "Variable Set")
+                return
+            target = self._find(chan)
             if target is None:
                 reply("Error", "No such channel")
                 return
-            self.varset(target, msg.get("Variable") or "", msg.get("Value") or "")
+            self._setvar(target, var, msg.get("Value") or "")
             reply("Success", "Variable Set")
+        elif action == "playdtmf":
+            self._play_dtmf(s, msg, reply)
+        elif action == "redirect":
+            name = msg.get("Channel") or ""
+            target = self._find(name)
+            if target is None:
+                reply("Error", f"Channel does not exist: {name}")
+                return
+            reply("Success", "Redirect successful")
+            self._redirect(target, msg.get("Context") or "", msg.get("Exten") or "s",
+                           msg.get("Priority") or "1")
+        elif action == "bridge":
+            a, b = msg.get("Channel1") or "", msg.get("Channel2") or ""
+            ch1, ch2 = self._find(a), self._find(b)
+            if ch1 is None:
+                reply("Error", f"Channel1 does not exist: {a}")
+                return
+            if ch2 is None:
+                reply("Error", f"Channel2 does not exist: {b}")
+                return
+            reply("Success", "Channels have been bridged")
+            self._bridge_channels(ch1, ch2)
         elif action == "command":
             cmd = msg.get("Command") or ""
             out = [f"{len(self.channels)} active channels"] if "channels" in cmd else [
@@ -410,6 +485,76 @@ class AmiSimulator:
                      *(("Output", line) for line in out)])
         else:
             reply("Error", "Invalid/unknown command")
+
+    def _setvar(self, ch: SimChannel, var: str, value: str) -> None:
+        """``pbx_builtin_setvar_helper``: a function write (``NAME(...)``) emits no VarSet
+        and its failure is only logged; ``LOCAL()`` outside a Gosub fails."""
+        if var.endswith(")"):
+            func = var.split("(", 1)[0].upper()
+            if func == "LOCAL":
+                if ch.gosub_depth == 0:
+                    if not ch.gosub_seen:
+                        self.errors.append(f"Tried to set {var}, but we aren't within a "
+                                           "Gosub routine")
+                    return
+                return  # a local of the current frame: gone at Return()
+            if var.upper() == "CALLERID(NUM)":
+                ch.caller = value
+            ch.variables[var] = value
+            return
+        self.varset(ch, var, value)
+
+    def _play_dtmf(self, s: _Session, msg: AmiMessage, reply: _Reply) -> None:
+        """``PlayDTMF`` (§2c.3): only the first character; the reply comes after
+        ``Duration`` ms; no DTMFBegin/End for sent digits. ``Receive: true``: an
+        immediate reply and ``DTMFEnd`` (Direction Received), then a 0x03 frame to the
+        gateway ``Duration`` ms later."""
+        ch = self._find(msg.get("Channel"))
+        if ch is None:
+            reply("Error", "Channel not found")
+            return
+        digit = (msg.get("Digit") or "")[:1]
+        if not digit:
+            reply("Error", "No digit specified")
+            return
+        duration = _int(msg.get("Duration"), 100)
+        if (msg.get("Receive") or "").lower() in ("true", "yes", "1"):
+            reply("Success", "DTMF successfully queued")
+            self.emit("DTMFEnd", [*self._snapshot(ch), ("Digit", digit),
+                                  ("DurationMs", str(duration)), ("Direction", "Received")])
+            leg = ch.leg
+
+            def deliver() -> None:
+                if leg is not None:
+                    leg.send_dtmf.append(digit)
+
+            asyncio.get_running_loop().call_later(duration / 1000.0 * self.dtmf_scale, deliver)
+            return
+        if ch.state == 6:
+            self.dtmf_played.append((ch.name, digit, duration))
+        loop = asyncio.get_running_loop()
+        loop.call_later(duration / 1000.0 * self.dtmf_scale, reply, "Success",
+                        "DTMF successfully queued")
+
+    def _redirect(self, ch: SimChannel, context: str, exten: str, priority: str) -> None:
+        ch.redirect = (context, exten, priority)
+        ch.context, ch.exten = context, exten
+        ch.gosub_depth = 0  # a Redirect drops the Gosub stack's position
+        if ch.leg is not None and ch.leg.leave is not None:
+            ch.leg.leave.set()
+        self._newexten(ch, "", "")
+
+    def _bridge_channels(self, a: SimChannel, b: SimChannel) -> None:
+        bridge = [("BridgeUniqueid", str(uuid.uuid4())), ("BridgeType", "basic"),
+                  ("BridgeTechnology", "simple_bridge"), ("BridgeCreator", "<unknown>"),
+                  ("BridgeName", "<unknown>"), ("BridgeNumChannels", "0")]
+        self.emit("BridgeCreate", bridge)
+        for ch in (a, b):
+            if ch.leg is not None and ch.leg.leave is not None:
+                ch.leg.leave.set()
+            ch.redirect = ("", "", "")
+            self.emit("BridgeEnter", [*bridge, *self._snapshot(ch)])
+        b.linkedid = a.linkedid or a.uniqueid
 
     def _find(self, name: str | None) -> SimChannel | None:
         for ch in self.channels.values():
@@ -499,30 +644,217 @@ class AmiSimulator:
         await self._bridge(ch, call_id, target, outcome)
 
     async def _bridge(self, ch: SimChannel, call_id: str, target: str, outcome: Outcome) -> None:
-        """``AudioSocket(call_id,target)``: a real leg to the gateway, or a timed talk."""
-        self._newexten(ch, "AudioSocket", f"{call_id},{target}")
-        talk_s = self.talk_s if outcome.talk_s is None else outcome.talk_s
-        if self.connect_audiosocket and target:
-            from .audio import speech_like
-            from .pbx import CallPlan, run_simulation
+        """``Gosub(aigw-bridge)``: ``AudioSocket(call_id,target)`` (a real leg to the
+        gateway, or a timed talk), then what the include does once it returns: the
+        ``[aigw-dial]`` continuation while ``AIGW_NEXT`` = dial, else ``Hangup()``."""
+        ch.gosub_depth += 1
+        ch.gosub_seen = True
+        how = await self._audiosocket(ch, call_id, target, outcome, app="AudioSocket")
+        ch.gosub_depth = max(0, ch.gosub_depth - 1)
+        await self._after_audiosocket(ch, how, outcome)
 
-            host, _, port = target.rpartition(":")
-            seconds = self.audiosocket_seconds or talk_s
-            audio = speech_like(seconds + 1.0, seed=1) if outcome.caller_audio else None
-            plan = CallPlan(seconds=seconds, audio=audio, call_id=call_id)
-            sim = asyncio.ensure_future(run_simulation(host.strip("[]"), int(port),
-                                                        plans=[plan]))
-            ended = asyncio.ensure_future(ch.ended.wait())
-            await asyncio.wait({sim, ended}, return_when=asyncio.FIRST_COMPLETED)
-            if not sim.done():
-                sim.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sim
-            ended.cancel()
+    async def _after_audiosocket(self, ch: SimChannel, how: str, outcome: Outcome) -> None:
+        while ch.uniqueid in self.channels:
+            if how == "moved":
+                context = ch.redirect[0] if ch.redirect else ""
+                ch.redirect = None
+                if context == "aigw-dial":
+                    how = await self._dial(ch, outcome)
+                    continue
+                # Parked elsewhere (MusicOnHold, a bridge): up until someone ends it.
+                await ch.ended.wait()
+                return
+            if how == "gateway" and ch.variables.get("AIGW_NEXT") == "dial":
+                how = await self._dial(ch, outcome)
+                continue
+            if how in ("gateway", "talked"):
+                self.end_channel(ch.uniqueid, 16)
+            return
+
+    async def _audiosocket(self, ch: SimChannel, call_id: str, target: str, outcome: Outcome,
+                           *, app: str) -> str:
+        """One AudioSocket leg; how it ended: ``gateway`` (00 frame or close: the
+        dialplan continues), ``caller`` (the caller hung up: the channel ends),
+        ``moved`` (Redirect/Bridge), ``talked`` (no real leg) or ``ended``."""
+        data = f"{call_id},{target}"
+        if app == "TryExec":
+            self._newexten(ch, "TryExec", f"AudioSocket({data})")
         else:
+            self._newexten(ch, "AudioSocket", data)
+        talk_s = self.talk_s if outcome.talk_s is None else outcome.talk_s
+        if not (self.connect_audiosocket and target):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ch.ended.wait(), talk_s)
+            return "ended" if ch.ended.is_set() else "talked"
+        from .audio import speech_like
+
+        host, _, port = target.rpartition(":")
+        seconds = self.audiosocket_seconds or talk_s
+        audio = speech_like(seconds + 1.0, seed=1) if outcome.caller_audio else None
+        leave = asyncio.Event()
+        plan = CallPlan(seconds=seconds, audio=audio, call_id=call_id, leave=leave)
+        ch.leg = plan
+        sim = asyncio.ensure_future(run_simulation(host.strip("[]"), int(port), plans=[plan]))
+        ended = asyncio.ensure_future(ch.ended.wait())
+        try:
+            await asyncio.wait({sim, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not sim.done():
+                leave.set()  # the channel is gone: the socket closes
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(sim, 1.0)
+        finally:
+            ended.cancel()
+            ch.leg = None
+        if not sim.done() or sim.cancelled() or sim.exception() is not None:
+            return "ended"
+        report = sim.result().calls[0]
+        self.legs.append(report)
+        if ch.ended.is_set():
+            return "ended"
+        if report.ended_by in ("gateway-hangup", "gateway-close"):
+            return "gateway"
+        if report.ended_by == "moved":
+            return "moved"
+        if report.ended_by == "error":
+            self.end_channel(ch.uniqueid, 0)  # Asterisk kills the call (§1)
+            return "ended"
         self.end_channel(ch.uniqueid, 16)
+        return "caller"
+
+    async def _dial(self, ch: SimChannel, outcome: Outcome) -> str:
+        """``[aigw-dial]``: Dial the targets, keep the outcome, then resume or hang up.
+
+        Each target behaves as ``outcomes[number]`` (the same scripts as Originate):
+        answered (rings ``ring_s``, talks ``talk_s``, then the callee hangs up), busy,
+        no-answer (``ring_s`` or the Dial timeout, whichever is shorter), congestion,
+        failed (no channel at all: CHANUNAVAIL without DialBegin/DialEnd). The events
+        follow docs/PROTOCOLS.md §2c.1.
+        """
+        ch.context, ch.exten = "aigw-dial", "s"
+        self.varset(ch, "AIGW_NEXT", "")
+        cid = ch.variables.get("AIGW_DIAL_CALLERID", "")
+        if cid:
+            ch.caller = cid  # Set(CALLERID(num)=...): no VarSet
+        targets = ch.variables.get("AIGW_DIAL_TARGETS", "")
+        timeout = ch.variables.get("AIGW_DIAL_TIMEOUT", "")
+        options = ch.variables.get("AIGW_DIAL_OPTIONS", "")
+        self.dials.append((ch.name, targets, timeout, options))
+        self._newexten(ch, "Dial", f"{targets},{timeout},{options}")
+        if not targets:
+            self.errors.append("Dial requires an argument (dialstring)")
+            self.end_channel(ch.uniqueid, 16)
+            return "ended"
+        status, answered = await self._ring(ch, targets, _float(timeout), options)
+        if ch.uniqueid not in self.channels:
+            return "ended"
+        self._newexten(ch, "Set", f"AIGW_DIAL_ANSWERED={answered}")
+        self.varset(ch, "AIGW_DIAL_ANSWERED", answered)
+        self.varset(ch, "AIGW_DIAL_STATUS", status)
+        resume = ch.variables.get("AIGW_RESUME_ID", "")
+        if not resume:
+            self._newexten(ch, "Hangup", "16")
+            self.end_channel(ch.uniqueid, 16)
+            return "ended"
+        self._newexten(ch, "Answer", "")
+        return await self._audiosocket(ch, resume, ch.variables.get("AIGW_AUDIOSOCKET", ""),
+                                       outcome, app="TryExec")
+
+    async def _ring(self, ch: SimChannel, targets: str, dial_timeout: float | None,
+                    options: str) -> tuple[str, str]:
+        """Dial(): (DIALSTATUS, ANSWEREDTIME); the caller may be gone on return."""
+        self.varset(ch, "DIALSTATUS", "")
+        for var in ("ANSWEREDTIME", "ANSWEREDTIME_MS", "DIALEDTIME", "DIALEDTIME_MS"):
+            self.varset(ch, var, "")
+        legs: list[tuple[float, SimChannel, Outcome]] = []
+        for dial_string in (t for t in targets.split("&") if t):
+            number = _dial_number(dial_string)
+            oc = self.outcomes.get(number, self.default_outcome)
+            if oc.kind == "failed":
+                continue
+            trunk = dial_string.split("@", 1)[1] if "@" in dial_string else "trunk"
+            dest = self._new_channel(f"{int(time.time())}.{next(self._uid)}",
+                                     f"PJSIP/{trunk}-{next(self._seq):08x}", "aigw-dial",
+                                     number, caller=ch.caller)
+            dest.linkedid = ch.linkedid or ch.uniqueid
+            self.emit("DialBegin", [*self._snapshot(ch), *_dest(self._snapshot(dest)),
+                                    ("DialString", dial_string.split("/", 1)[-1])])
+            self._newstate(dest, 5)
+            self.emit("DialState", [*self._snapshot(ch), *_dest(self._snapshot(dest)),
+                                    ("DialStatus", "RINGING")])
+            ring = self.ring_s if oc.ring_s is None else oc.ring_s
+            legs.append((ring, dest, oc))
+        if not legs:
+            self.varset(ch, "DIALSTATUS", "CHANUNAVAIL")
+            return "CHANUNAVAIL", ""
+        legs.sort(key=lambda leg: leg[0])
+        started = time.monotonic()
+        failures: list[str] = []
+        winner: tuple[SimChannel, Outcome] | None = None
+        for ring, dest, oc in legs:
+            due = ring if dial_timeout is None else min(ring, dial_timeout)
+            wait = max(0.0, started + due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ch.ended.wait(), wait)
+            if ch.ended.is_set():
+                break
+            if (dial_timeout is not None and ring > dial_timeout) or oc.kind == "no-answer":
+                failures.append("NOANSWER")
+                self._dial_end(ch, dest, "NOANSWER", 0)
+            elif oc.kind in ("busy", "congestion"):
+                status = "BUSY" if oc.kind == "busy" else "CONGESTION"
+                failures.append(status)
+                self._dial_end(ch, dest, status, 17 if oc.kind == "busy" else 34)
+            else:
+                winner = (dest, oc)
+                break
+        for _, dest, _ in legs:  # everyone still ringing is cancelled
+            if dest.uniqueid in self.channels and (winner is None or dest is not winner[0]):
+                self._dial_end(ch, dest, "CANCEL", 0 if winner is None else 26)
+        if ch.ended.is_set():
+            return "CANCEL", ""
+        if winner is None:
+            status = next((s for s in ("NOANSWER", "BUSY", "CONGESTION") if s in failures),
+                          "CHANUNAVAIL")
+            self.varset(ch, "DIALSTATUS", status)
+            return status, ""
+        dest, oc = winner
+        self._newstate(dest, 6)
+        self.varset(ch, "DIALSTATUS", "ANSWER")
+        self.varset(ch, "DIALEDPEERNAME", dest.name)
+        self.emit("DialEnd", [*self._snapshot(ch), *_dest(self._snapshot(dest)),
+                              ("DialStatus", "ANSWER")])
+        bridge = [("BridgeUniqueid", str(uuid.uuid4())), ("BridgeType", "basic"),
+                  ("BridgeTechnology", "simple_bridge")]
+        self.emit("BridgeCreate", bridge)
+        self.emit("BridgeEnter", [*bridge, *self._snapshot(dest)])
+        self.emit("BridgeEnter", [*bridge, *self._snapshot(ch)])
+        answered_at = time.monotonic()
+        talk = self.talk_s if oc.talk_s is None else oc.talk_s
+        limit = _time_limit_s(options)
+        if limit is not None:
+            talk = min(talk, limit)
+        done = asyncio.ensure_future(ch.ended.wait())
+        gone = asyncio.ensure_future(dest.ended.wait())
+        await asyncio.wait({done, gone}, timeout=talk, return_when=asyncio.FIRST_COMPLETED)
+        done.cancel()
+        gone.cancel()
+        talked = time.monotonic() - answered_at
+        self.emit("BridgeLeave", [*bridge, *self._snapshot(dest)])
+        self.emit("BridgeLeave", [*bridge, *self._snapshot(ch)])
+        self.end_channel(dest.uniqueid, 16)
+        self.emit("BridgeDestroy", bridge)
+        if ch.uniqueid not in self.channels:
+            return "ANSWER", str(int(talked))
+        self.varset(ch, "ANSWEREDTIME", str(int(talked)))
+        self.varset(ch, "ANSWEREDTIME_MS", str(int(talked * 1000)))
+        if "g" not in _dial_flags(options):  # without g the caller is hung up (§2c.1)
+            self.end_channel(ch.uniqueid, 16)
+        return "ANSWER", str(int(talked))
+
+    def _dial_end(self, ch: SimChannel, dest: SimChannel, status: str, cause: int) -> None:
+        self.emit("DialEnd", [*self._snapshot(ch), *_dest(self._snapshot(dest)),
+                              ("DialStatus", status)])
+        self.end_channel(dest.uniqueid, cause, qos=False)
 
     async def inbound_call(
         self,
@@ -566,6 +898,56 @@ class AmiSimulator:
 
 class _Reply(Protocol):
     def __call__(self, response: str, message: str, *extra: tuple[str, str]) -> None: ...
+
+
+def _dest(snapshot: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(f"Dest{k}", v) for k, v in snapshot]
+
+
+def _dial_number(dial_string: str) -> str:
+    """The scripted number of a dial string: ``PJSIP/+1555@trunk`` -> ``+1555``,
+    ``PJSIP/trunk/sip:alice@example.com`` -> ``sip:alice@example.com``."""
+    last = dial_string.rsplit("/", 1)[-1]
+    if last.startswith("sip:"):
+        return last
+    return dial_string.split("/", 1)[-1].split("@", 1)[0]
+
+
+def _dial_flags(options: str) -> str:
+    """Dial option letters without their (arguments)."""
+    out, depth = [], 0
+    for c in options:
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif depth == 0:
+            out.append(c)
+    return "".join(out)
+
+
+def _time_limit_s(options: str) -> float | None:
+    """The first number of a Dial ``L(x[:y][:z])`` option, in seconds."""
+    depth = 0
+    for i, c in enumerate(options):
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "L" and depth == 0 and options[i + 1 : i + 2] == "(":
+            arg = options[i + 2 : options.find(")", i)].split(":", 1)[0]
+            try:
+                return int(arg) / 1000.0
+            except ValueError:
+                return None
+    return None
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def _int(value: str | None, default: int) -> int:

@@ -57,13 +57,19 @@ class CallPlan:
     pauses: list[tuple[float, float]] = field(default_factory=list)
     """(start, end) seconds into the call when no frames are sent (DTX, as a phone with
     silence suppression does: Asterisk then sends AudioSocket nothing)."""
+    leave: asyncio.Event | None = None
+    """Set it to make the channel leave AudioSocket (AMI Redirect/Bridge): the gateway
+    sees a plain EOF, no frame (docs/PROTOCOLS.md §2c.2)."""
+    send_dtmf: list[str] = field(default_factory=list)
+    """Digits to send as 0x03 frames at the next tick (``PlayDTMF Receive: true``)."""
 
 
 @dataclass
 class CallReport:
     call_id: str
     connected: bool = False
-    ended_by: str = "pending"  # simulator | gateway-hangup | gateway-close | inactivity | error
+    ended_by: str = "pending"
+    """simulator | gateway-hangup | gateway-close | inactivity | moved | error"""
     error: str | None = None
     frames_sent: int = 0
     frames_received: int = 0
@@ -265,11 +271,17 @@ class _SimCall(asyncio.Protocol):
         if elapsed >= self.plan.seconds:
             self._finish("simulator")
             return float("inf")
+        if self.plan.leave is not None and self.plan.leave.is_set():
+            self._finish("moved")
+            return float("inf")
         if now - self.last_activity > INACTIVITY_S:
             self._finish("inactivity", "no audio either way for 2 s (Asterisk would hang up)")
             return float("inf")
         while self.dtmf and self.dtmf[0][0] <= elapsed:
             self.transport.write(asp.encode_dtmf(self.dtmf.pop(0)[1]))
+            self.last_activity = now
+        while self.plan.send_dtmf:
+            self.transport.write(asp.encode_dtmf(self.plan.send_dtmf.pop(0)))
             self.last_activity = now
         period = self.plan.frame_ms / 1000.0
         if not self.pcm:
