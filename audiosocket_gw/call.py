@@ -17,6 +17,7 @@ from typing import Any, Final, Protocol
 from .audiosocket import HANGUP_FRAME, HEADER, Kind
 from .backends.base import BackendError, BackendSession, CallInfo
 from .config import Config
+from .dial import DialRequest
 from .dsp.vad import VadConfig, VadEvent, VoiceActivityDetector, frame_level, frame_levels
 from .metrics import Metrics
 from .playout import FRAME_BYTES, PlayoutBuffer
@@ -375,3 +376,10 @@ class Call:
 
     def hangup(self, reason: str) -> None:
         self.end(reason, outcome="gateway_hangup")
+
+    def dial(self, request: DialRequest) -> None:
+        """Without an AMI call controller the call cannot be handed to ``Dial()``: the
+        request is logged and the call ends (reason ``dial-unavailable``)."""
+        self.log.warning("<Dial> of %d target(s) needs the AMI call controller: hanging up",
+                         len(request.targets))
+        self.end("dial-unavailable", outcome="gateway_hangup")

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..dial import DialRequest
 from ..tenants import Agent
 
 
@@ -79,6 +80,14 @@ class CallControl(Protocol):
 
     def hangup(self, reason: str) -> None:
         """End the call (``00 00 00`` to Asterisk) with a bounded ``reason``."""
+
+    def dial(self, request: DialRequest) -> None:
+        """Connect the caller to ``request``'s targets through the dialplan's ``Dial()``.
+
+        This AudioSocket leg ends; with ``request.resume`` the caller comes back on a new
+        leg whose ``CallInfo.metadata`` holds ``parent_call_id``, ``dial_status``,
+        ``dial_duration``, ``dial_call_sid`` and ``request.metadata`` (docs/TWIML.md).
+        """
 
 
 class BackendSession(abc.ABC):
