@@ -567,8 +567,8 @@ class TwilioStreamSession(BackendSession):
             await self._open_stream(verb.url, verb.parameters)
             return await done
         finally:
-            self._stream_done = None
             await self._stop_stream()
+            self._stream_done = None
             self._stream_cb = None
 
     def app_closed(self) -> None:
@@ -634,6 +634,9 @@ class TwilioStreamSession(BackendSession):
         was_streaming = self.streaming
         self.streaming = False
         self.backend._unregister(self)
+        for task in list(self._tasks):  # we close it: not "the app closed the stream"
+            if task.get_name() == "twilio-reader":
+                task.cancel()
         queue = self._queue
         if not enc.stopped and was_streaming:
             queue.put_nowait(enc.stop())
@@ -644,7 +647,7 @@ class TwilioStreamSession(BackendSession):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ws.close(), self.backend.close_timeout)
         for task in list(self._tasks):
-            if task.get_name() in ("twilio-reader", "twilio-writer"):
+            if task.get_name() == "twilio-writer":
                 task.cancel()
         self._stream_status("stream-stopped")
 
