@@ -537,3 +537,28 @@ def wav_file(rate: int, seconds: float) -> bytes:
     sf.write(buf, (0.4 * np.sin(2 * np.pi * 500 * n / rate)).astype(np.float32), rate,
              format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+async def test_record_transcribe_callback(tmp_path: Path) -> None:
+    async def transcribe(request: web.Request) -> web.Response:
+        await request.post()
+        return web.json_response({"text": "leave a message after the tone"})
+
+    r = VoiceResponse()
+    r.record(action="/recorded", timeout=1, play_beep=False, transcribe=True,
+             transcribe_callback="/transcribed")
+    app = App({"/voice": str(r), "/recorded": doc(VoiceResponse().hangup())})
+    async with serve(app, [web.post("/v1/audio/transcriptions", transcribe)]) as base:
+        cfg = tenants_toml(tmp_path, voice_url=f"{base}/voice")
+        async with running_gateway(config=cfg) as gw:
+            backend_of(gw).stt = HttpTranscriber(f"{base}/v1/audio/transcriptions",
+                                                 "whisper-1", None, 5.0)
+            async with Caller(gw.audiosocket.address, audio=None) as caller:
+                await asyncio.sleep(100 * MS)
+                await talk(caller, speech(0.6))
+                rec = await app.wait_path("/recorded", 4.0)
+                form = await app.wait_path("/transcribed", 4.0)
+                assert form["TranscriptionText"] == "leave a message after the tone"
+                assert form["TranscriptionStatus"] == "completed"
+                assert form["RecordingSid"] == rec["RecordingSid"]
+                assert form["CallSid"] == call_sid_for(caller.call_id)
