@@ -6,12 +6,16 @@ would, so the app runs unchanged and only the media source changes (docs/PROTOCO
 
 How, per call (:class:`TwilioStreamSession`):
 
-* ``start()``: optionally run the voice webhook (agent ``voice_url``, see
-  :mod:`audiosocket_gw.twilio.webhook`) to learn the stream URL and its parameters;
-  otherwise use the agent's ``stream_url`` (the default agent's comes from
-  ``--stream-url``). Open a websockets client connection and send ``connected`` and
-  ``start`` (``customParameters`` from the TwiML ``<Parameter>`` or the call metadata).
-  All wire frames come from the pure :class:`~audiosocket_gw.twilio.TwilioStreamEncoder`.
+* ``start()``: with TwiML (the agent's ``voice_url``, or the ``<Dial action>`` of a leg
+  resumed after a dial), run it for the whole call with a
+  :class:`~audiosocket_gw.twilio.twiml_exec.TwimlRunner` (this session is its
+  :class:`~audiosocket_gw.twilio.twiml_exec.TwimlHost`: ``<Say>``, ``<Gather>``,
+  ``<Record>``, ``<Dial>``, forks, streams; docs/TWIML.md); ``redirect()`` replaces the
+  running TwiML live. Without TwiML, stream to the agent's ``stream_url`` (the default
+  agent's comes from ``--stream-url``). A stream: open a websockets client connection and
+  send ``connected`` and ``start`` (``customParameters`` from the TwiML ``<Parameter>`` or
+  the call metadata). All wire frames come from the pure
+  :class:`~audiosocket_gw.twilio.TwilioStreamEncoder`.
 * Caller audio (``on_audio``, any Asterisk frame size: 320 bytes per 20 ms, 480 per
   30 ms...) is mu-law encoded and re-cut into 160-byte chunks, each sent as one ``media``
   event as soon as it is complete (a 30 ms frame yields one chunk and keeps half a chunk
@@ -51,6 +55,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -80,7 +85,7 @@ from ..twilio.streams import (
     TwilioStreamEncoder,
     parse_app_message,
 )
-from ..twilio.twiml import ConnectStream, StartStream, parse_twiml
+from ..twilio.twiml import ConnectStream, StartStream, TwimlError, parse_twiml
 from ..twilio.twiml_exec import (
     DIAL_ACTION_KEY,
     DIAL_CALL_SID_KEY,
@@ -295,6 +300,17 @@ class TwilioStreamBackend(Backend):
                     self.sessions.discard(session)
 
 
+@dataclass(frozen=True)
+class TwimlSource:
+    """A call's first TwiML: fetched from ``url`` with ``method`` (plus ``extra`` form
+    fields), or the inline ``twiml`` (relative URLs in it resolve against ``url``)."""
+
+    url: str
+    method: str = "POST"
+    extra: dict[str, str] = field(default_factory=dict)
+    twiml: str | None = None
+
+
 class TwilioStreamSession(BackendSession):
     """One call: its TwiML (when the agent has a ``voice_url``) and its Media Streams."""
 
@@ -343,8 +359,8 @@ class TwilioStreamSession(BackendSession):
 
     # -- start -----------------------------------------------------------------------
 
-    def _twiml_source(self) -> tuple[str, str, dict[str, str]] | None:
-        """Where this call's first TwiML comes from: ``(url, method, extra form)``.
+    def _twiml_source(self) -> TwimlSource | None:
+        """Where this call's first TwiML comes from.
 
         A leg resumed after ``<Dial action>``: the action, with ``DialCallStatus``...;
         else the agent's ``voice_url``; None: no TwiML, stream to the agent's URL.
@@ -352,15 +368,15 @@ class TwilioStreamSession(BackendSession):
         meta = self.info.metadata
         if self.parent_call_id and meta.get(DIAL_ACTION_KEY):
             status = meta.get("dial_status") or "failed"
-            return meta[DIAL_ACTION_KEY], meta.get(DIAL_METHOD_KEY) or "POST", {
+            return TwimlSource(meta[DIAL_ACTION_KEY], meta.get(DIAL_METHOD_KEY) or "POST", {
                 "DialCallStatus": status,
                 "DialCallDuration": meta.get("dial_duration") or "0",
                 "DialCallSid": meta.get("dial_call_sid") or "",
                 "DialBridged": "true" if status in ("completed", "answered") else "false",
-            }
+            })
         agent = self.info.agent_cfg
         if agent is not None and agent.voice_url:
-            return agent.voice_url, "POST", {}
+            return TwimlSource(agent.voice_url)
         return None
 
     def _call_form(self) -> dict[str, str]:
@@ -404,10 +420,15 @@ class TwilioStreamSession(BackendSession):
         self._start_task = asyncio.current_task()
         source = self._twiml_source()
         if source is not None:
-            url, method, extra = source
             self._program = self._start_task
             try:
-                await self._runner().run(url, method, extra=extra)
+                verbs = parse_twiml(source.twiml) if source.twiml is not None else None
+            except TwimlError as exc:
+                raise BackendError(f"invalid TwiML for this call: {exc}",
+                                   reason="bad-twiml") from None
+            try:
+                await self._runner().run(source.url, source.method, extra=source.extra,
+                                         verbs=verbs)
             except WebhookError as exc:
                 await self._fail(f"voice webhook failed: {exc}", exc.reason)
             return
