@@ -70,7 +70,7 @@ from ..config import Config, ConfigError, format_hostport, parse_hostport
 from ..dial import DialRequest
 from ..dsp.g711 import ulaw_decode, ulaw_encode
 from ..recordings.settings import RecordingSettings
-from ..recordings.transcribe import Transcriber, build_transcriber
+from ..recordings.transcribe import HttpTranscriber, Transcriber
 from ..settings import TtsSettings
 from ..tenants import Agent, Tenant, TenantsConfig, load_tenants
 from ..tts import CachedTts, build_tts
@@ -232,7 +232,9 @@ class TwilioStreamBackend(Backend):
         return cls(stream_url=config.stream_url, tenants=tenants.tenants, env=env,
                    metrics=TwilioStreamMetrics(registry),
                    tts=build_tts(tts or TtsSettings(), data_dir),
-                   stt=build_transcriber(recording) if recording is not None else None,
+                   stt=(HttpTranscriber(recording.transcribe_url, recording.transcribe_model,
+                                        recording.transcribe_key, recording.transcribe_timeout_s)
+                        if recording is not None and recording.transcribe_url else None),
                    data_dir=data_dir, api_base=f"http://{format_hostport(host, port)}")
 
     def check_agent(self, agent: Agent) -> None:

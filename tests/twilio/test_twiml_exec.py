@@ -562,3 +562,35 @@ async def test_record_transcribe_callback(tmp_path: Path) -> None:
                 assert form["TranscriptionStatus"] == "completed"
                 assert form["RecordingSid"] == rec["RecordingSid"]
                 assert form["CallSid"] == call_sid_for(caller.call_id)
+
+
+def test_dial_request_without_action_does_not_resume() -> None:
+    from audiosocket_gw.twilio.twiml import Dial as DialVerb
+    from audiosocket_gw.twilio.twiml import parse_twiml
+    from audiosocket_gw.twilio.twiml_exec import dial_request
+
+    r = VoiceResponse()
+    r.dial("+15550003333", timeout=3)
+    [verb] = parse_twiml(str(r))
+    assert isinstance(verb, DialVerb)
+    req = dial_request(verb, doc_url="http://app/voice", params={"CallSid": "CA" + "0" * 32})
+    assert (req.resume, req.metadata, req.timeout_s) == (False, {}, 5.0)  # clamped to 5 s
+    assert req.targets == (DialTarget("number", "+15550003333"),)
+
+
+def test_backend_wiring_from_settings(tmp_path: Path) -> None:
+    from audiosocket_gw.recordings.settings import RecordingSettings
+    from audiosocket_gw.settings import TtsSettings
+    from tests.helpers import make_config
+
+    cfg = make_config(backend="twilio-stream", stream_url="ws://127.0.0.1:1/s",
+                      data_dir=str(tmp_path), http="0.0.0.0:9999", api_token="t" * 32)
+    rec = RecordingSettings(transcribe_url="http://127.0.0.1:1/v1/audio/transcriptions")
+    backend = TwilioStreamBackend.from_config(cfg, tts=TtsSettings(engine="none"),
+                                              recording=rec)
+    assert backend.tts is None
+    assert isinstance(backend.stt, HttpTranscriber)
+    assert backend.recordings_dir == tmp_path / "recordings" / "twiml"
+    assert backend.api_base == "http://127.0.0.1:9999"
+    plain = TwilioStreamBackend.from_config(cfg, tts=TtsSettings(engine="none"))
+    assert plain.stt is None
