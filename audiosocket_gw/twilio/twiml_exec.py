@@ -319,7 +319,9 @@ class TwimlRunner:
         self._background: set[asyncio.Task[None]] = set()
         self._records = 0
         self._first_request = True
+        self._progress = 0  # verbs run that play or listen (redirect-loop detection)
         self.recording = False
+        """True while a ``<Record>`` listens (the session lets it finish on hang-up)."""
 
     # -- inputs from the session -------------------------------------------------------
 
@@ -420,8 +422,6 @@ class TwimlRunner:
             if nxt.ignore_twiml or self._ended.is_set():
                 return
             doc_url = nxt.url
-
-    _progress = 0
 
     async def _execute(self, verbs: list[Verb], doc_url: str) -> _Next | None:
         host = self.host
