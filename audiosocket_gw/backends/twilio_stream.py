@@ -93,6 +93,7 @@ from ..twilio.twiml_exec import (
     DIAL_FROM_KEY,
     DIAL_METHOD_KEY,
     DIAL_TO_KEY,
+    RECORD_VERB_DIR,
     TwimlContext,
     TwimlRunner,
 )
@@ -193,7 +194,7 @@ class TwilioStreamBackend(Backend):
         ``data_dir/recordings/twiml``; ``api_base`` prefixes their ``RecordingUrl``."""
         self.tts = tts
         self.stt = stt
-        self.recordings_dir = None if data_dir is None else data_dir / "recordings" / "twiml"
+        self.recordings_dir = None if data_dir is None else data_dir / RECORD_VERB_DIR
         self.api_base = api_base
         self.stream_url = stream_url
         self.tenants = dict(tenants or {})

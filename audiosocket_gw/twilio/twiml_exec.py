@@ -44,7 +44,7 @@ import aiohttp
 import numpy as np
 
 from ..dial import DialRequest
-from .ids import recording_sid_for
+from .ids import RECORDING_PREFIX, is_sid, recording_sid_for
 from .twiml import (
     ConnectStream,
     Dial,
@@ -69,6 +69,7 @@ __all__ = [
     "DIAL_CALL_SID_KEY",
     "DIAL_METHOD_KEY",
     "MAX_REDIRECTS",
+    "RECORD_VERB_DIR",
     "SpeechSynth",
     "SpeechToText",
     "TwimlContext",
@@ -76,6 +77,7 @@ __all__ = [
     "TwimlRunner",
     "beep_pcm",
     "dial_request",
+    "record_verb_path",
     "run_inline",
     "trim_silence",
     "wav_bytes",
@@ -192,6 +194,19 @@ class _Next:
 
 
 # -- pure helpers -----------------------------------------------------------------------
+
+
+RECORD_VERB_DIR: Final = Path("recordings") / "twiml"
+"""Where ``<Record>`` files go, under the data directory."""
+
+
+def record_verb_path(data_dir: Path, recording_sid: str) -> Path | None:
+    """The WAV of ``<Record>`` recording ``recording_sid`` under ``data_dir`` (None when
+    ``recording_sid`` is not an ``RE`` SID, so a client-supplied SID can never name
+    another path). For the REST media URL ``.../Recordings/{RecordingSid}``."""
+    if not is_sid(RECORDING_PREFIX, recording_sid):
+        return None
+    return data_dir / RECORD_VERB_DIR / f"{recording_sid}.wav"
 
 
 def beep_pcm(ms: int = 500, freq_hz: float = 1000.0) -> bytes:

@@ -46,7 +46,11 @@ from audiosocket_gw.testing.fakeapp import FakeTwilioApp
 from audiosocket_gw.tts import EspeakTts
 from audiosocket_gw.twilio.ids import call_sid_for, recording_sid_for
 from audiosocket_gw.twilio.signature import validate_signature
-from audiosocket_gw.twilio.twiml_exec import DIAL_ACTION_KEY, DIAL_CALL_SID_KEY
+from audiosocket_gw.twilio.twiml_exec import (
+    DIAL_ACTION_KEY,
+    DIAL_CALL_SID_KEY,
+    record_verb_path,
+)
 from tests.backends.test_twilio_stream import Caller, level, speech, tenants_toml
 from tests.helpers import MS, running_gateway
 
@@ -298,7 +302,9 @@ async def test_record_posts_a_playable_recording(tmp_path: Path) -> None:
             assert form["RecordingDuration"] == "1"
             assert form["RecordingUrl"].endswith(
                 f"/2010-04-01/Accounts/AC{'ab' * 16}/Recordings/{sid}")
-            path = Path(gw.config.data_dir) / "recordings" / "twiml" / f"{sid}.wav"
+            path = record_verb_path(Path(gw.config.data_dir), sid)
+            assert path is not None
+            assert record_verb_path(Path(gw.config.data_dir), "../../etc/passwd") is None
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
             data, rate = sf.read(path, dtype="int16")
             assert rate == 8000 and data.ndim == 1
