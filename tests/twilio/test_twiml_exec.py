@@ -600,3 +600,32 @@ def test_backend_wiring_from_settings(tmp_path: Path) -> None:
     assert backend.api_base == "http://127.0.0.1:9999"
     plain = TwilioStreamBackend.from_config(cfg, tts=TtsSettings(engine="none"))
     assert plain.stt is None
+
+
+async def test_redirect_loop_hangs_up_but_a_menu_loop_goes_on(tmp_path: Path) -> None:
+    from audiosocket_gw.twilio.twiml_exec import MAX_REDIRECTS
+
+    loop = VoiceResponse()
+    loop.redirect("/loop")
+    menu = VoiceResponse()
+    menu.pause(length=0)  # plays (for 0 s): progress
+    menu.redirect("/menu", method="GET")
+    visits: list[int] = []
+
+    def menu_page(form: dict[str, str]) -> str:
+        visits.append(1)
+        return str(menu) if len(visits) <= MAX_REDIRECTS + 3 else "<Response><Hangup/></Response>"
+
+    for start, pages in (("/loop", {"/loop": str(loop)}), ("/menu", {"/menu": menu_page})):
+        app = App(dict(pages))
+        async with serve(app) as base:
+            cfg = tenants_toml(tmp_path, voice_url=f"{base}{start}")
+            async with running_gateway(config=cfg) as gw, \
+                    Caller(gw.audiosocket.address, audio=None) as caller:
+                await asyncio.wait_for(caller.closed.wait(), 3.0)
+                n = len(app.requests)
+                if start == "/loop":
+                    assert n == MAX_REDIRECTS + 1
+                else:
+                    assert n == MAX_REDIRECTS + 4  # every visit ran, then <Hangup>
+                    assert all(ok for _, _, ok in app.requests)
