@@ -17,7 +17,8 @@ form (``CallSid``, ``AccountSid``, ``From``, ``To``, ``CallStatus``, ``Direction
 Limits: at most :data:`MAX_REDIRECTS` documents in a row that do nothing audible
 (a redirect loop hangs up, reason ``twiml-redirect-loop``); ``<Pause>`` and
 ``<Play>``/``<Say>`` loops are capped; a recording is capped at ``maxLength`` (at most
-3600 s, 8 kHz 16-bit mono in memory: 57.6 MB worst case).
+3600 s) and keeps at most :data:`SPILL_BYTES` in memory (the rest goes to a 0600 part
+file, turned into the WAV in a thread).
 
 Callbacks (``recordingStatusCallback``, ``transcribeCallback``, ``<Stream
 statusCallback>``) are sent from background tasks; :meth:`TwimlRunner.aclose` waits for
@@ -101,6 +102,11 @@ MAX_SPEECH_S: Final = 60.0
 SPEECH_CONFIDENCE: Final = "0.9"
 """``Confidence`` sent with ``SpeechResult`` (transcription endpoints report none)."""
 CALLBACK_TIMEOUT_S: Final = 10.0
+SPILL_BYTES: Final = 256 * 1024
+"""A ``<Record>`` keeps at most about this much audio in memory (8 s); the rest is
+appended to ``.{RecordingSid}.pcm.part`` in the recordings folder."""
+MAX_TRANSCRIBE_BYTES: Final = 25 * 1024 * 1024
+"""Largest recording sent for transcription (the OpenAI endpoint's limit)."""
 
 DIAL_ACTION_KEY: Final = "twiml_dial_action"
 """``DialRequest.metadata`` key: the ``<Dial action>`` URL (absolute)."""
@@ -290,6 +296,10 @@ class _Listener:
         self.last_digit = 0.0
         self.voice_frames = 0
         self.speech_started = False
+        self.stored = 0  # bytes kept so far (``audio`` may have been spilled to disk)
+        self.frames = 0  # 20 ms frames measured
+        self.first_loud = -1  # frame indexes, for trim-silence
+        self.last_loud = -1
         self._odd = bytearray()
 
     def digit(self, d: str) -> None:
@@ -298,8 +308,10 @@ class _Listener:
         self.changed.set()
 
     def audio_in(self, pcm: bytes) -> None:
-        if self.keep_audio and len(self.audio) < self.max_bytes:
-            self.audio += pcm[: self.max_bytes - len(self.audio)]
+        if self.keep_audio and self.stored < self.max_bytes:
+            part = pcm[: self.max_bytes - self.stored]
+            self.audio += part
+            self.stored += len(part)
         buf = self._odd
         buf += pcm
         usable = len(buf) - len(buf) % 320
@@ -309,7 +321,12 @@ class _Listener:
         del buf[:usable]
         now = time.monotonic()
         for lv in levels:
+            index = self.frames
+            self.frames += 1
             if lv >= SILENCE_LEVEL:
+                if self.first_loud < 0:
+                    self.first_loud = index
+                self.last_loud = index
                 self.last_voice = now
                 self.voice_frames += 1
                 if self.voice_frames >= 5 and not self.speech_started:  # 100 ms
@@ -623,11 +640,20 @@ class TwimlRunner:
             await self.host.play_and_wait(beep_pcm())
         max_s = min(verb.max_length, MAX_RECORD_S)
         listener = _Listener(keep_audio=True, max_bytes=max_s * RATE * 2)
+        sid = recording_sid_for(self.ctx.call_id, self._records + 1)
+        folder = self.ctx.recordings_dir
+        part = None if folder is None else folder / f".{sid}.pcm.part"
+        if part is not None:
+            await asyncio.to_thread(_create_private, part)
         self._listener = listener
         self.recording = True
         finish = ""
         try:
             while True:
+                if part is not None and len(listener.audio) >= SPILL_BYTES:
+                    chunk = bytes(listener.audio)  # bounded memory: spill to the part file
+                    listener.audio.clear()
+                    await asyncio.to_thread(_append, part, chunk)
                 if self._ended.is_set():
                     finish = "hangup"
                     break
@@ -646,18 +672,33 @@ class TwimlRunner:
         finally:
             self._listener = None
             self.recording = False
-        pcm = bytes(listener.audio)
+        start, end = 0, listener.stored
         if verb.trim:
-            pcm = trim_silence(pcm)
-        if not pcm:
-            self.log.info("<Record>: nothing recorded, continuing")
-            return None
-        self._records += 1
-        sid = recording_sid_for(self.ctx.call_id, self._records)
-        wav = await asyncio.to_thread(wav_bytes, pcm)
-        await asyncio.to_thread(self._save, sid, wav)
+            if listener.first_loud < 0:
+                start = end = 0
+            else:
+                start = listener.first_loud * 320
+                end = min(end, (listener.last_loud + 1) * 320)
+        tail = bytes(listener.audio)
+        if part is None or folder is None:
+            pcm_len = max(0, end - start)
+            if not pcm_len:
+                self.log.info("<Record>: nothing recorded, continuing")
+                return None
+            self._records += 1
+            wav: bytes | None = wav_bytes(tail[start:end])
+        else:
+            if end <= start:
+                await asyncio.to_thread(_unlink, part)
+                self.log.info("<Record>: nothing recorded, continuing")
+                return None
+            self._records += 1
+            pcm_len = await asyncio.to_thread(_finish_recording, part, tail, start, end,
+                                              folder / f"{sid}.wav")
+            wav = None
         url = self.ctx.recording_url(sid)
-        duration = str(int(round(len(pcm) / (2 * RATE))))
+        seconds = pcm_len / (2 * RATE)
+        duration = str(int(round(seconds)))
         fields = {"RecordingUrl": url, "RecordingDuration": duration, "RecordingSid": sid}
         if finish:
             fields["Digits"] = finish
@@ -669,30 +710,33 @@ class TwimlRunner:
                 "RecordingSid": sid, "RecordingUrl": url, "RecordingStatus": "completed",
                 "RecordingDuration": duration, "RecordingChannels": "1",
                 "RecordingSource": "RecordVerb",
-                "RecordingStartTime": formatdate(time.time() - len(pcm) / 16000, usegmt=True),
+                "RecordingStartTime": formatdate(time.time() - seconds, usegmt=True),
             }, verb.recording_status_callback_method)
         if verb.transcribe and verb.transcribe_callback:
+            path = None if folder is None else folder / f"{sid}.wav"
             self._spawn(self._transcribe_callback(urljoin(doc_url, verb.transcribe_callback),
-                                                  pcm, sid, url))
+                                                  wav, path, sid, url))
         elif verb.transcribe:
             self.log.info("<Record transcribe> without transcribeCallback: nothing sent")
         action = urljoin(doc_url, verb.action) if verb.action else doc_url
         return _Next(action, verb.method, fields, ignore_twiml=finish == "hangup")
 
-    def _save(self, sid: str, wav: bytes) -> None:
-        folder = self.ctx.recordings_dir
-        if folder is None:
-            return
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = folder / f"{sid}.wav"
-        tmp = folder / f".{sid}.wav.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(wav)
-        os.replace(tmp, path)
-
-    async def _transcribe_callback(self, url: str, pcm: bytes, sid: str, rec_url: str) -> None:
-        text = await self._transcribe(pcm, f"{sid}.wav") if self.ctx.stt is not None else ""
+    async def _transcribe_callback(self, url: str, wav: bytes | None, path: Path | None,
+                                   sid: str, rec_url: str) -> None:
+        text = ""
+        if self.ctx.stt is not None:
+            if wav is None and path is not None:
+                wav = await asyncio.to_thread(_read_limited, path, MAX_TRANSCRIBE_BYTES)
+            if wav:
+                try:
+                    text = (await self.ctx.stt.transcribe(wav, f"{sid}.wav")).strip()
+                except Exception as exc:  # best effort, never fatal
+                    self.log.warning("transcription failed: %s",
+                                     getattr(exc, "reason", type(exc)))
+                    self.ctx.count("transcription-failed",
+                                   str(getattr(exc, "reason", "error")))
+            else:
+                self.log.warning("<Record transcribe>: recording too large to transcribe")
         status = "completed" if text else "failed"
         if self.ctx.stt is None:
             self.log.warning("<Record transcribe>: no transcription endpoint "
@@ -705,6 +749,59 @@ class TwimlRunner:
             "TranscriptionText": text, "TranscriptionType": "fast",
         }
         self.callback(url, params)
+
+
+def _create_private(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _read_limited(path: Path, limit: int) -> bytes | None:
+    try:
+        if path.stat().st_size > limit:
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _finish_recording(part: Path, tail: bytes, start: int, end: int, wav_path: Path) -> int:
+    """Append ``tail`` to the spilled ``part`` file, write bytes ``start:end`` of it as a
+    mono 16-bit 8 kHz WAV at ``wav_path`` (mode 0600, atomically), remove ``part``;
+    return the number of PCM bytes written. Runs in a thread; memory stays bounded."""
+    import soundfile as sf
+
+    _append(part, tail)
+    tmp = wav_path.with_name(f".{wav_path.name}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as raw, \
+                sf.SoundFile(raw, "w", RATE, 1, "PCM_16", format="WAV") as out, \
+                open(part, "rb") as src:
+            src.seek(start)
+            while written < end - start:
+                block = src.read(min(SPILL_BYTES, end - start - written))
+                if not block:
+                    break
+                block = block[: len(block) - len(block) % 2]
+                out.write(np.frombuffer(block, dtype="<i2"))
+                written += len(block)
+        os.replace(tmp, wav_path)
+    finally:
+        _unlink(tmp)
+        _unlink(part)
+    return written
 
 
 def _abs(doc_url: str, url: str | None) -> str | None:

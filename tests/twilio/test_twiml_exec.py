@@ -44,6 +44,7 @@ from audiosocket_gw.recordings.transcribe import HttpTranscriber
 from audiosocket_gw.tenants import Agent
 from audiosocket_gw.testing.fakeapp import FakeTwilioApp
 from audiosocket_gw.tts import EspeakTts
+from audiosocket_gw.twilio import twiml_exec
 from audiosocket_gw.twilio.ids import call_sid_for, recording_sid_for
 from audiosocket_gw.twilio.signature import validate_signature
 from audiosocket_gw.twilio.twiml_exec import (
@@ -282,7 +283,11 @@ async def test_say_without_engine_is_skipped_and_counted(tmp_path: Path) -> None
 # -- <Record> -------------------------------------------------------------------------
 
 
-async def test_record_posts_a_playable_recording(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spill", [False, True])
+async def test_record_posts_a_playable_recording(tmp_path: Path, spill: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    if spill:  # exercise the bounded-memory path: spill every 4 KiB (128 ms)
+        monkeypatch.setattr(twiml_exec, "SPILL_BYTES", 4096)
     r = VoiceResponse()
     r.record(action="/recorded", timeout=1, max_length=10,
              recording_status_callback="/rec-status")
@@ -310,6 +315,8 @@ async def test_record_posts_a_playable_recording(tmp_path: Path) -> None:
             assert rate == 8000 and data.ndim == 1
             assert abs(len(data) / 8000 - 1.2) < 0.1
             assert level(data.tobytes()) > 150  # the caller's voice, trimmed
+            assert np.array_equal(data[:400], np.frombuffer(speech(1.2), "<i2")[:400])
+            assert list(path.parent.glob(".*")) == []  # no part file left
             status = await app.wait_path("/rec-status", 2.0)
             assert status["RecordingStatus"] == "completed"
             assert status["RecordingSid"] == sid and status["RecordingSource"] == "RecordVerb"
