@@ -525,8 +525,7 @@ class TwilioStreamSession(BackendSession):
         if previous is not None and not previous.done() \
                 and previous is not asyncio.current_task():
             previous.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await previous
+            await asyncio.wait({previous})  # never raises; our own cancellation still does
         await self._stop_stream()
         self.control.clear()
         base = url or (self.info.agent_cfg.voice_url if self.info.agent_cfg else None) or ""
