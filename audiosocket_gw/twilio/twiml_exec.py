@@ -61,7 +61,6 @@ from .twiml import (
     StartStream,
     StopStream,
     Verb,
-    parse_twiml,
 )
 from .webhook import WebhookError, fetch_audio_8k, fetch_twiml, signed_post
 
@@ -79,7 +78,6 @@ __all__ = [
     "beep_pcm",
     "dial_request",
     "record_verb_path",
-    "run_inline",
     "trim_silence",
     "wav_bytes",
 ]
@@ -806,10 +804,3 @@ def _finish_recording(part: Path, tail: bytes, start: int, end: int, wav_path: P
 
 def _abs(doc_url: str, url: str | None) -> str | None:
     return None if url is None else urljoin(doc_url, url)
-
-
-async def run_inline(runner: TwimlRunner, twiml: str, base_url: str) -> None:
-    """Run an inline TwiML document (a REST update's ``Twiml``); relative URLs in it
-    resolve against ``base_url``. Raises ``TwimlError`` (a ValueError) when invalid."""
-    await runner.run(base_url, verbs=parse_twiml(twiml))
-
