@@ -464,7 +464,9 @@ class Call:
         if self.ended:
             return
         if self.on_dial is None:
-            self.log.warning("dial requested but call control (AMI) is not available")
+            self.log.warning("<Dial> of %d target(s) needs the AMI call controller: "
+                             "hanging up", len(request.targets))
+            self.end("dial-unavailable", outcome="gateway_hangup")
             return
         self.on_dial(request)
 

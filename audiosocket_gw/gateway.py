@@ -78,7 +78,8 @@ def make_backend(name: str, settings: Settings, metrics: Metrics,
         from .backends.twilio_stream import TwilioStreamBackend
 
         return TwilioStreamBackend.from_config(config, metrics.registry, tenants=tenants,
-                                               env=settings.environ)
+                                               env=settings.environ, tts=settings.tts,
+                                               recording=settings.recording)
     raise ConfigError(f"unknown backend {name!r}")
 
 

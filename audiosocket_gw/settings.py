@@ -17,6 +17,7 @@ Groups (each component gets only its own):
 ``recording``  capture, S3, transcription (``recordings.settings``)
 ``cost``       trunk and AI rates
 ``twilio``     account SID and auth token defaults for Twilio emulation
+``tts``        text-to-speech for TwiML ``<Say>`` (``tts.py``)
 =============  ===========================================================
 
 Secrets stay out of ``repr``. Tenants may name environment variables that hold
@@ -48,6 +49,7 @@ __all__ = [
     "OutboundSettings",
     "RoutingSettings",
     "Settings",
+    "TtsSettings",
     "TwilioSettings",
 ]
 
@@ -227,6 +229,40 @@ class TwilioSettings:
         return cls(account_sid=sid, auth_token=env.get("AIGW_TWILIO_AUTH_TOKEN") or None)
 
 
+TTS_ENGINES: Final = ("auto", "espeak", "openai", "none")
+
+
+@dataclass(frozen=True)
+class TtsSettings:
+    """Text-to-speech for TwiML ``<Say>`` (see ``audiosocket_gw/tts.py``).
+
+    ``AIGW_TTS_ENGINE``: ``auto`` (the endpoint when ``AIGW_TTS_URL`` is set, else
+    espeak-ng when installed, else none), ``espeak``, ``openai`` or ``none``.
+    ``AIGW_TTS_URL``: an OpenAI-compatible ``.../v1/audio/speech`` URL;
+    ``AIGW_TTS_MODEL`` (default ``tts-1``); ``AIGW_TTS_KEY`` its bearer key (never
+    logged).
+    """
+
+    engine: str = "auto"
+    url: str | None = None
+    model: str = "tts-1"
+    key: str | None = field(default=None, repr=False)
+    timeout_s: float = 15.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TtsSettings:
+        engine = (env.get("AIGW_TTS_ENGINE") or "auto").strip().lower()
+        if engine not in TTS_ENGINES:
+            raise ConfigError(f"AIGW_TTS_ENGINE: one of {', '.join(TTS_ENGINES)}, got {engine!r}")
+        url = (env.get("AIGW_TTS_URL") or "").strip() or None
+        if url is not None and not url.lower().startswith(("http://", "https://")):
+            raise ConfigError("AIGW_TTS_URL: an http:// or https:// URL")
+        if engine == "openai" and url is None:
+            raise ConfigError("AIGW_TTS_ENGINE=openai needs AIGW_TTS_URL")
+        return cls(engine=engine, url=url, model=env.get("AIGW_TTS_MODEL") or "tts-1",
+                   key=env.get("AIGW_TTS_KEY") or None)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of one gateway process (see the module docstring)."""
@@ -238,6 +274,7 @@ class Settings:
     recording: RecordingSettings = field(default_factory=RecordingSettings)
     cost: CostSettings = field(default_factory=CostSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
+    tts: TtsSettings = field(default_factory=TtsSettings)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -259,6 +296,7 @@ class Settings:
             recording=RecordingSettings.from_env(env),
             cost=CostSettings.from_env(env),
             twilio=TwilioSettings.from_env(env),
+            tts=TtsSettings.from_env(env),
             environ=env,
         )
 
@@ -277,6 +315,7 @@ ENV_VARS: Final = frozenset(
         "AIGW_FALLBACK_DIAL", "AIGW_OUTBOUND_CONTEXT", "AIGW_DIAL_TEMPLATE",
         "AIGW_RING_TIMEOUT_S", "AIGW_COST_TRUNK_PER_MIN", "AIGW_COST_AI_PER_MIN",
         "AIGW_TWILIO_ACCOUNT_SID", "AIGW_TWILIO_AUTH_TOKEN",
+        "AIGW_TTS_ENGINE", "AIGW_TTS_URL", "AIGW_TTS_MODEL", "AIGW_TTS_KEY",
     }
 )
 """Every environment variable the gateway process reads."""

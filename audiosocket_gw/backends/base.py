@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..dial import DialRequest
 from ..tenants import Agent
 
 if TYPE_CHECKING:
@@ -152,7 +153,9 @@ class CallControl(Protocol):
     def dial(self, request: DialRequest) -> None:
         """Hand the caller to Asterisk's ``Dial()`` (``<Dial>``, transfers): this
         AudioSocket leg ends; with ``request.resume`` the caller comes back on a new
-        leg whose ``CallInfo.metadata`` has ``parent_call_id`` (callcontrol.py)."""
+        leg whose ``CallInfo.metadata`` holds ``parent_call_id``, ``dial_status``,
+        ``dial_duration``, ``dial_call_sid`` and ``request.metadata`` (callcontrol.py,
+        docs/TWIML.md). Without AMI call control the call ends (``dial-unavailable``)."""
 
     def send_dtmf(self, digits: str) -> None:
         """Play DTMF to the caller's peer (``w`` = 0.5 s pause) through AMI PlayDTMF."""

@@ -6,12 +6,16 @@ would, so the app runs unchanged and only the media source changes (docs/PROTOCO
 
 How, per call (:class:`TwilioStreamSession`):
 
-* ``start()``: optionally run the voice webhook (agent ``voice_url``, see
-  :mod:`audiosocket_gw.twilio.webhook`) to learn the stream URL and its parameters;
-  otherwise use the agent's ``stream_url`` (the default agent's comes from
-  ``--stream-url``). Open a websockets client connection and send ``connected`` and
-  ``start`` (``customParameters`` from the TwiML ``<Parameter>`` or the call metadata).
-  All wire frames come from the pure :class:`~audiosocket_gw.twilio.TwilioStreamEncoder`.
+* ``start()``: with TwiML (the agent's ``voice_url``, or the ``<Dial action>`` of a leg
+  resumed after a dial), run it for the whole call with a
+  :class:`~audiosocket_gw.twilio.twiml_exec.TwimlRunner` (this session is its
+  :class:`~audiosocket_gw.twilio.twiml_exec.TwimlHost`: ``<Say>``, ``<Gather>``,
+  ``<Record>``, ``<Dial>``, forks, streams; docs/TWIML.md); ``redirect()`` replaces the
+  running TwiML live. Without TwiML, stream to the agent's ``stream_url`` (the default
+  agent's comes from ``--stream-url``). A stream: open a websockets client connection and
+  send ``connected`` and ``start`` (``customParameters`` from the TwiML ``<Parameter>`` or
+  the call metadata). All wire frames come from the pure
+  :class:`~audiosocket_gw.twilio.TwilioStreamEncoder`.
 * Caller audio (``on_audio``, any Asterisk frame size: 320 bytes per 20 ms, 480 per
   30 ms...) is mu-law encoded and re-cut into 160-byte chunks, each sent as one ``media``
   event as soon as it is complete (a 30 ms frame yields one chunk and keeps half a chunk
@@ -53,6 +57,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -60,9 +67,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, format_hostport, parse_hostport
+from ..dial import DialRequest
 from ..dsp.g711 import ulaw_decode, ulaw_encode
+from ..recordings.settings import RecordingSettings
+from ..recordings.transcribe import HttpTranscriber, Transcriber
+from ..settings import TtsSettings
 from ..tenants import Agent, Tenant, TenantsConfig, load_tenants
+from ..tts import CachedTts, build_tts
+from ..twilio.fork import MediaFork
 from ..twilio.ids import account_sid_for, auth_token_for, call_sid_for, stream_sid_for
 from ..twilio.streams import (
     DTMF_DIGITS,
@@ -73,12 +86,20 @@ from ..twilio.streams import (
     TwilioStreamEncoder,
     parse_app_message,
 )
-from ..twilio.webhook import (
-    WebhookError,
-    announcement_pcm,
-    run_voice_webhook,
-    voice_params,
+from ..twilio.twiml import ConnectStream, StartStream, TwimlError, parse_twiml
+from ..twilio.twiml_exec import (
+    DIAL_ACTION_KEY,
+    DIAL_CALL_SID_KEY,
+    DIAL_DIRECTION_KEY,
+    DIAL_FROM_KEY,
+    DIAL_METHOD_KEY,
+    DIAL_TO_KEY,
+    RECORD_VERB_DIR,
+    TwimlContext,
+    TwimlRunner,
 )
+from ..twilio.urls import recording_media_url
+from ..twilio.webhook import WebhookError, announcement_pcm, voice_params
 from .base import (
     Backend,
     BackendError,
@@ -132,6 +153,13 @@ class TwilioStreamMetrics:
             "Caller media events not sent because the app was not reading.",
             registry=r,
         )
+        self.twiml_events = Counter(
+            "aigw_twiml_events",
+            "TwiML execution events by kind (verb, say-skipped, play-skipped, "
+            "speech-ignored, transcription-failed) and label (verb name or reason).",
+            ["event", "label"],
+            registry=r,
+        )
         self.webhook_latency = Histogram(
             "aigw_twilio_webhook_seconds",
             "Voice webhook round trip (POST to TwiML parsed).",
@@ -160,10 +188,22 @@ class TwilioStreamBackend(Backend):
         # Limits
         send_queue: int = 500,
         max_message_bytes: int = 2 * 1024 * 1024,
+        # TwiML execution
+        tts: CachedTts | None = None,
+        stt: Transcriber | None = None,
+        data_dir: Path | None = None,
+        api_base: str = "http://127.0.0.1:9094",
     ) -> None:
         """``stream_url`` is the default agent's URL; ``tenants`` (by id) hold each
         tenant's Twilio identity; ``env`` is where auth tokens are read (the gateway
-        passes its settings' snapshot of the environment; none: requests go unsigned)."""
+        passes its settings' snapshot of the environment; none: requests go unsigned).
+        ``tts`` speaks ``<Say>`` (None: skipped); ``stt`` transcribes ``<Gather
+        input=speech>`` and ``<Record transcribe>``; ``<Record>`` files go under
+        ``data_dir/recordings/twiml``; ``api_base`` prefixes their ``RecordingUrl``."""
+        self.tts = tts
+        self.stt = stt
+        self.recordings_dir = None if data_dir is None else data_dir / RECORD_VERB_DIR
+        self.api_base = api_base
         self.stream_url = stream_url
         self.tenants = dict(tenants or {})
         self.env: Mapping[str, str] = {} if env is None else env
@@ -182,18 +222,30 @@ class TwilioStreamBackend(Backend):
     def from_config(
         cls, config: Config, registry: CollectorRegistry | None = None, *,
         tenants: TenantsConfig | None = None, env: Mapping[str, str] | None = None,
+        tts: TtsSettings | None = None, recording: RecordingSettings | None = None,
     ) -> TwilioStreamBackend:
         """Build from the gateway config: ``stream_url`` and the tenants.
 
         ``registry``: the gateway's metrics registry (a private one when None, so the
         ``aigw_twilio_*`` metrics are then counted but not exported). ``tenants``: the
         gateway's loaded tenants (read from ``config.config`` when None); ``env``: where
-        tenant-named auth tokens are read.
+        tenant-named auth tokens are read; ``tts``: the ``<Say>`` engine settings (a
+        startup warning when no engine is available); ``recording``: its transcription
+        endpoint serves ``<Gather input=speech>`` and ``<Record transcribe>``.
         """
         if tenants is None:
             tenants = load_tenants(config.config)
+        data_dir = Path(config.data_dir)
+        host, port = parse_hostport(config.http, setting="--http/AIGW_HTTP")
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
         return cls(stream_url=config.stream_url, tenants=tenants.tenants, env=env,
-                   metrics=TwilioStreamMetrics(registry))
+                   metrics=TwilioStreamMetrics(registry),
+                   tts=build_tts(tts or TtsSettings(), data_dir),
+                   stt=(HttpTranscriber(recording.transcribe_url, recording.transcribe_model,
+                                        recording.transcribe_key, recording.transcribe_timeout_s)
+                        if recording is not None and recording.transcribe_url else None),
+                   data_dir=data_dir, api_base=f"http://{format_hostport(host, port)}")
 
     def check_agent(self, agent: Agent) -> None:
         for key, allowed in (("on_app_close", ("hangup", "continue")),
@@ -220,6 +272,10 @@ class TwilioStreamBackend(Backend):
         if self._tick_sub is not None:
             self._tick_sub.cancel()
             self._tick_sub = None
+        if self.tts is not None:
+            await self.tts.aclose()
+        if self.stt is not None:
+            await self.stt.aclose()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -249,8 +305,19 @@ class TwilioStreamBackend(Backend):
                 self._unregister(session)
 
 
+@dataclass(frozen=True)
+class TwimlSource:
+    """A call's first TwiML: fetched from ``url`` with ``method`` (plus ``extra`` form
+    fields), or the inline ``twiml`` (relative URLs in it resolve against ``url``)."""
+
+    url: str
+    method: str = "POST"
+    extra: dict[str, str] = field(default_factory=dict)
+    twiml: str | None = None
+
+
 class TwilioStreamSession(BackendSession):
-    """One call's Media Stream toward the app."""
+    """One call: its TwiML (when the agent has a ``voice_url``) and its Media Streams."""
 
     def __init__(self, backend: TwilioStreamBackend, info: CallInfo, control: CallControl) -> None:
         self.backend = backend
@@ -260,10 +327,14 @@ class TwilioStreamSession(BackendSession):
         agent = info.agent_cfg
         self.extra: Mapping[str, str] = agent.extra if agent is not None else {}
         tenant = backend.tenants.get(info.tenant)
-        # A leg resumed after <Dial> is the same call: the same CallSid.
-        self.call_sid = call_sid_for(info.metadata.get("parent_call_id") or info.call_id)
+        meta = info.metadata
+        self.parent_call_id = meta.get("parent_call_id") or None
+        # A leg resumed after <Dial action> is the same call to the app: same CallSid.
+        self.call_sid = (meta.get(DIAL_CALL_SID_KEY)
+                         or call_sid_for(self.parent_call_id or info.call_id))
         self.account_sid = account_sid_for(info.tenant, tenant=tenant, agent=agent,
                                            env=backend.env)
+        self.token = auth_token_for(tenant=tenant, agent=agent, env=backend.env)
         self.encoder: TwilioStreamEncoder | None = None
         self.ws: ClientConnection | None = None
         self.streaming = False
@@ -283,35 +354,97 @@ class TwilioStreamSession(BackendSession):
         self._internal_n = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._start_task: asyncio.Task[object] | None = None
+        # TwiML
+        self.runner: TwimlRunner | None = None
+        self._program: asyncio.Task[Any] | None = None
+        self._stream_done: asyncio.Future[bool] | None = None
+        self._stream_cb: tuple[str, str, str] | None = None  # url, method, name
+        self._streams = 0
+        self.forks: dict[str, MediaFork] = {}
 
     # -- start -----------------------------------------------------------------------
 
+    def _twiml_source(self) -> TwimlSource | None:
+        """Where this call's first TwiML comes from.
+
+        A leg resumed after ``<Dial action>``: the action, with ``DialCallStatus``...;
+        else the agent's ``voice_url``; None: no TwiML, stream to the agent's URL.
+        """
+        meta = self.info.metadata
+        if self.parent_call_id and meta.get(DIAL_ACTION_KEY):
+            status = meta.get("dial_status") or "failed"
+            return TwimlSource(meta[DIAL_ACTION_KEY], meta.get(DIAL_METHOD_KEY) or "POST", {
+                "DialCallStatus": status,
+                "DialCallDuration": meta.get("dial_duration") or "0",
+                "DialCallSid": meta.get("dial_call_sid") or "",
+                "DialBridged": "true" if status in ("completed", "answered") else "false",
+            })
+        agent = self.info.agent_cfg
+        if agent is not None and agent.voice_url:
+            return TwimlSource(agent.voice_url)
+        return None
+
+    def _call_form(self) -> dict[str, str]:
+        params = voice_params(self.info, self.call_sid, self.account_sid)
+        meta = self.info.metadata
+        if self.parent_call_id:
+            for key, field_ in ((DIAL_FROM_KEY, "From"), (DIAL_TO_KEY, "To"),
+                                (DIAL_DIRECTION_KEY, "Direction")):
+                if meta.get(key):
+                    params[field_] = meta[key]
+            params["Caller"], params["Called"] = params["From"], params["To"]
+            params["CallStatus"] = "in-progress"
+        return params
+
+    def _runner(self) -> TwimlRunner:
+        if self.runner is None:
+            backend = self.backend
+            events = backend.metrics.twiml_events
+
+            def count(event: str, label: str) -> None:
+                events.labels(event, label).inc()
+
+            self.runner = TwimlRunner(self, TwimlContext(
+                http=backend.http,
+                call_id=self.info.call_id,
+                params=self._call_form(),
+                token=self.token,
+                time_limit=backend.webhook_timeout,
+                call_log=self.log,
+                tts=backend.tts,
+                stt=backend.stt,
+                recordings_dir=backend.recordings_dir,
+                recording_url=lambda sid: recording_media_url(
+                    backend.api_base, self.account_sid, sid),
+                observe_latency=backend.metrics.webhook_latency.observe,
+                count=count,
+            ))
+        return self.runner
+
     async def start(self) -> None:
         self._start_task = asyncio.current_task()
-        agent = self.info.agent_cfg
-        params: Mapping[str, str] = dict(self.info.metadata)
-        url = (agent.stream_url if agent is not None else None) or self.backend.stream_url
-        if agent is not None and agent.voice_url:
+        source = self._twiml_source()
+        if source is not None:
+            self._program = self._start_task
             try:
-                stream = await run_voice_webhook(
-                    self,
-                    self.backend.http,
-                    voice_url=agent.voice_url,
-                    params=voice_params(self.info, self.call_sid, self.account_sid),
-                    token=auth_token_for(tenant=self.backend.tenants.get(self.info.tenant),
-                                         agent=agent, env=self.backend.env),
-                    time_limit=self.backend.webhook_timeout,
-                    call_log=self.log,
-                    observe_latency=self.backend.metrics.webhook_latency.observe,
-                )
+                verbs = parse_twiml(source.twiml) if source.twiml is not None else None
+            except TwimlError as exc:
+                raise BackendError(f"invalid TwiML for this call: {exc}",
+                                   reason="bad-twiml") from None
+            try:
+                await self._runner().run(source.url, source.method, extra=source.extra,
+                                         verbs=verbs)
             except WebhookError as exc:
                 await self._fail(f"voice webhook failed: {exc}", exc.reason)
-                return
-            if stream is None:
-                return  # the TwiML ended the call
-            url, params = stream.url, stream.parameters
-        if not url:
+            return
+        agent = self.info.agent_cfg
+        stream_url = (agent.stream_url if agent is not None else None) or self.backend.stream_url
+        if not stream_url:
             raise BackendError("no stream URL for this agent (--stream-url)", reason="config")
+        await self._open_stream(stream_url, dict(self.info.metadata))
+
+    async def _open_stream(self, url: str, params: Mapping[str, str]) -> None:
+        """Connect to the Media Streams app at ``url`` and start streaming."""
         try:
             ws = await asyncio.wait_for(
                 connect(url, max_size=self.backend.max_message_bytes, open_timeout=None,
@@ -321,20 +454,25 @@ class TwilioStreamSession(BackendSession):
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
+            self._stream_status("stream-error", f"cannot connect: {type(exc).__name__}")
             await self._fail(f"cannot connect to the stream app: {exc!r}", reason)
             return
         self.ws = ws
+        self._queue = asyncio.Queue()
+        self._pending_in = bytearray()
         self.encoder = TwilioStreamEncoder(
-            stream_sid=stream_sid_for(self.info.call_id),
+            stream_sid=stream_sid_for(self.info.call_id, self._streams),
             call_sid=self.call_sid,
             account_sid=self.account_sid,
             custom_parameters=params,
         )
+        self._streams += 1
         await ws.send(self.encoder.connected())
         await ws.send(self.encoder.start())
         self._stream_t0 = self._last_caller = self._last_app_media = time.monotonic()
         self.streaming = True
         self.log.info("media stream %s open", self.encoder.stream_sid)
+        self._stream_status("stream-started")
         self._spawn(self._writer(ws), "twilio-writer")
         self._spawn(self._reader(ws), "twilio-reader")
         self.backend._register(self)
@@ -352,10 +490,70 @@ class TwilioStreamSession(BackendSession):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- TwimlHost (webhook execution and fallback) ------------------------------------
+    def _stream_status(self, event: str, error: str = "") -> None:
+        """``<Stream statusCallback>``: stream-started / stream-stopped / stream-error."""
+        cb = self._stream_cb
+        if cb is None or self.runner is None:
+            return
+        url, method, name = cb
+        sid = self.encoder.stream_sid if self.encoder is not None else ""
+        params = {"AccountSid": self.account_sid, "CallSid": self.call_sid,
+                  "StreamSid": sid, "StreamName": name or sid, "StreamEvent": event,
+                  "Timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")}
+        if error:
+            params["StreamError"] = error
+        self.runner.callback(url, params, method)
+
+    # -- live redirect (REST ``calls(sid).update(url=...|twiml=...)``) -------------------
+
+    async def redirect(self, *, url: str | None, method: str = "POST",
+                       twiml: str | None = None) -> None:
+        """Interrupt the current TwiML (and an open Media Stream), then run the document
+        at ``url`` (fetched with a signed request like the webhook) or the inline
+        ``twiml``. Returns once the new document has started (in its own task).
+
+        Raises ValueError when neither or both of ``url``/``twiml`` are given, or
+        :class:`~audiosocket_gw.twilio.twiml.TwimlError` (a ValueError) for invalid
+        inline TwiML; the running TwiML is then left alone.
+        """
+        if (url is None) == (twiml is None):
+            raise ValueError("redirect needs exactly one of url and twiml")
+        if method.upper() not in ("GET", "POST"):
+            raise ValueError(f"method must be GET or POST, got {method!r}")
+        verbs = parse_twiml(twiml) if twiml is not None else None
+        if self.closing:
+            return
+        previous = self._program
+        if previous is not None and not previous.done() \
+                and previous is not asyncio.current_task():
+            previous.cancel()
+            await asyncio.wait({previous})  # never raises; our own cancellation still does
+        await self._stop_stream()
+        self.control.clear()
+        base = url or (self.info.agent_cfg.voice_url if self.info.agent_cfg else None) or ""
+        runner = self._runner()
+        self.log.info("TwiML redirect (%s)", "url" if url is not None else "inline")
+
+        async def program() -> None:
+            try:
+                await runner.run(base, method.upper(), verbs=verbs)
+            except WebhookError as exc:
+                self.backend.metrics.app_connect_failures.labels(exc.reason).inc()
+                self.log.warning("redirected TwiML failed: %s: hanging up", exc)
+                self.control.hangup(f"app-{exc.reason}")
+            except BackendError as exc:
+                self.log.warning("redirected TwiML failed: %s: hanging up", exc)
+                self.control.hangup(exc.reason)
+
+        task = asyncio.get_running_loop().create_task(program(), name="twiml-program")
+        self._program = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- TwimlHost -------------------------------------------------------------------------
 
     async def play_and_wait(self, pcm: bytes) -> None:
-        """Queue ``pcm`` and wait until the bridge has written all of it."""
+        """Queue ``pcm`` and wait until the bridge has written (or cleared) all of it."""
         self._internal_n += 1
         name = f"{_INTERNAL_MARK}{self._internal_n}"
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -370,12 +568,113 @@ class TwilioStreamSession(BackendSession):
         finally:
             self._internal.pop(name, None)
 
+    def stop_audio(self) -> None:
+        """Drop queued audio on the next tick (pending marks are reported at once)."""
+        self.control.clear()
+
     async def pause(self, seconds: float) -> None:
         """Comfort silence: the pacer writes silence while nothing is queued."""
         await asyncio.sleep(seconds)
 
     def hangup(self, reason: str) -> None:
         self.control.hangup(reason)
+
+    def dial(self, request: DialRequest) -> None:
+        self.control.dial(request)
+
+    async def connect_stream(self, verb: ConnectStream) -> bool:
+        """``<Connect><Stream>``: stream until the app closes (True) or the call ends."""
+        self._stream_cb = ((verb.status_callback, verb.status_callback_method, verb.name or "")
+                           if verb.status_callback else None)
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._stream_done = done
+        try:
+            await self._open_stream(verb.url, verb.parameters)
+            return await done
+        finally:
+            await self._stop_stream()
+            self._stream_done = None
+            self._stream_cb = None
+
+    def app_closed(self) -> None:
+        if self.extra.get("on_app_close") == "continue":
+            self.log.info("the app closed the stream; call continues")
+            return
+        self.log.info("the app closed the stream: hanging up")
+        self.control.hangup("app-closed")
+
+    async def start_fork(self, verb: StartStream) -> None:
+        sid = stream_sid_for(self.info.call_id, self._streams)
+        self._streams += 1
+        name = verb.name or sid
+        if name in self.forks:
+            self.log.warning("<Start><Stream name=%s> already running: skipped", name)
+            return
+        if verb.track != "inbound_track":
+            self.log.warning("<Stream track=%s>: only the caller's audio is forked", verb.track)
+        enc = TwilioStreamEncoder(stream_sid=sid, call_sid=self.call_sid,
+                                  account_sid=self.account_sid,
+                                  custom_parameters=verb.parameters)
+        fork = MediaFork(verb.url, enc, name=name, connect_timeout=self.backend.connect_timeout,
+                         close_timeout=self.backend.close_timeout,
+                         max_queue=self.backend.send_queue, call_log=self.log)
+        cb = verb.status_callback
+        params = {"AccountSid": self.account_sid, "CallSid": self.call_sid,
+                  "StreamSid": sid, "StreamName": name}
+
+        def status(event: str, error: str = "") -> None:
+            if cb and self.runner is not None:
+                extra = {"StreamEvent": event,
+                         "Timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")}
+                if error:
+                    extra["StreamError"] = error
+                self.runner.callback(cb, params | extra, verb.status_callback_method)
+
+        try:
+            await fork.open()
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            self.log.warning("<Start><Stream>: cannot connect (%s): skipped",
+                             type(exc).__name__)
+            status("stream-error", f"cannot connect: {type(exc).__name__}")
+            return
+        fork.on_close = lambda: status("stream-stopped")
+        self.forks[name] = fork
+        self.log.info("fork %s open", sid)
+        status("stream-started")
+
+    async def stop_fork(self, name: str | None) -> None:
+        names = list(self.forks) if name is None else [name]
+        for n in names:
+            fork = self.forks.pop(n, None)
+            if fork is None:
+                continue
+            await fork.close()
+
+    async def _stop_stream(self) -> None:
+        """End the current Media Stream (``stop`` then close) without ending the call."""
+        ws, enc = self.ws, self.encoder
+        if ws is None or enc is None:
+            return
+        self.ws = None
+        was_streaming = self.streaming
+        self.streaming = False
+        self.backend._unregister(self)
+        for task in list(self._tasks):  # we close it: not "the app closed the stream"
+            if task.get_name() == "twilio-reader":
+                task.cancel()
+        queue = self._queue
+        if not enc.stopped and was_streaming:
+            queue.put_nowait(enc.stop())
+        queue.put_nowait(None)
+        writers = [t for t in self._tasks if t.get_name() == "twilio-writer"]
+        if writers:
+            await asyncio.wait(writers, timeout=self.backend.close_timeout)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), self.backend.close_timeout)
+        for task in list(self._tasks):
+            if task.get_name() == "twilio-writer":
+                task.cancel()
+        self._stream_status("stream-stopped")
 
     # -- caller -> app -----------------------------------------------------------------
 
@@ -398,6 +697,11 @@ class TwilioStreamSession(BackendSession):
         self._queue.put_nowait(enc.media(chunk))
 
     def on_audio(self, pcm: bytes) -> None:
+        runner = self.runner
+        if runner is not None:
+            runner.on_audio(pcm)
+        for fork in self.forks.values():
+            fork.feed(pcm)
         if not self.streaming:
             return
         self._last_caller = time.monotonic()
@@ -408,6 +712,8 @@ class TwilioStreamSession(BackendSession):
             del buf[:CHUNK]
 
     def on_dtmf(self, digit: str) -> None:
+        if self.runner is not None:
+            self.runner.on_dtmf(digit)
         if self.streaming and digit in DTMF_DIGITS and self.encoder is not None:
             self._enqueue(self.encoder.dtmf(digit))
 
@@ -455,6 +761,12 @@ class TwilioStreamSession(BackendSession):
         self.streaming = False
         self.backend._unregister(self)
         code = ws.close_code
+        done = self._stream_done
+        if done is not None:  # a <Connect><Stream>: the TwiML decides what comes next
+            self.log.info("the app closed the stream (code %s)", code)
+            if not done.done():
+                done.set_result(True)
+            return
         if self.extra.get("on_app_close") == "continue":
             self.log.info("the app closed the stream (code %s); call continues", code)
             return
@@ -506,31 +818,29 @@ class TwilioStreamSession(BackendSession):
     async def close(self, reason: str) -> None:
         self.closing = True
         self.backend._unregister(self)
-        start = self._start_task
-        if start is not None and not start.done() and start is not asyncio.current_task():
-            start.cancel()
+        runner = self.runner
+        program = self._program
+        if runner is not None:
+            runner.call_ended()
+            if runner.recording and program is not None and not program.done():
+                # <Record> ends with the call and is still delivered to its action.
+                await asyncio.wait({program}, timeout=self.backend.webhook_timeout + 2.0)
+        for task in (self._start_task, program):
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                task.cancel()
         for fut in self._internal.values():
             if not fut.done():
                 fut.cancel()
-        ws = self.ws
-        enc = self.encoder
         try:
-            if ws is not None and enc is not None:
-                if self.streaming and not enc.stopped:
-                    self.streaming = False
-                    self._queue.put_nowait(enc.stop())  # after everything already queued
-                self._queue.put_nowait(None)
-                self.streaming = False
-                writers = [t for t in self._tasks if t.get_name() == "twilio-writer"]
-                if writers:
-                    await asyncio.wait(writers, timeout=self.backend.close_timeout)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(), self.backend.close_timeout)
+            await self._stop_stream()
+            await self.stop_fork(None)
         finally:
             for task in list(self._tasks):
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            if runner is not None:
+                await runner.aclose(self.backend.close_timeout * 2)
             if self.errors or self.media_dropped:
                 self.log.info("stream closed (%s): %d malformed app messages, %d media dropped",
                               reason, self.errors, self.media_dropped)

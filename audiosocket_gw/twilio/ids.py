@@ -123,14 +123,32 @@ def call_sid_for(call_id: str) -> str:
     return CALL_PREFIX + _call_hex(call_id)
 
 
-def stream_sid_for(call_id: str) -> str:
-    """The ``streamSid`` of call ``call_id``'s Media Stream (``MZ`` + 32 hex digits)."""
-    return STREAM_PREFIX + _call_hex(call_id)
+def _indexed_hex(call_id: str, kind: str, index: int) -> str:
+    if index == 0:
+        return _call_hex(call_id)
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    raw = f"{_call_hex(call_id)}:{kind}:{index}"
+    return hashlib.sha256(raw.encode("ascii")).hexdigest()[:32]
 
 
-def recording_sid_for(call_id: str) -> str:
-    """The ``RecordingSid`` of call ``call_id``'s recording (``RE`` + 32 hex digits)."""
-    return RECORDING_PREFIX + _call_hex(call_id)
+def stream_sid_for(call_id: str, index: int = 0) -> str:
+    """The ``streamSid`` of call ``call_id``'s Media Stream (``MZ`` + 32 hex digits).
+
+    ``index`` 0 is the call's first stream (reversible with :func:`call_id_for_sid`);
+    later streams of the same call (another ``<Connect><Stream>``, ``<Start><Stream>``
+    forks) get ``index`` 1, 2... and a hashed, stable SID.
+    """
+    return STREAM_PREFIX + _indexed_hex(call_id, "stream", index)
+
+
+def recording_sid_for(call_id: str, index: int = 0) -> str:
+    """The ``RecordingSid`` of call ``call_id``'s recording (``RE`` + 32 hex digits).
+
+    ``index`` 0 is the whole-call recording; TwiML ``<Record>`` takes ``index`` 1, 2...
+    (a hashed, stable SID per recording of the call).
+    """
+    return RECORDING_PREFIX + _indexed_hex(call_id, "recording", index)
 
 
 def call_id_for_sid(sid: str) -> str | None:

@@ -6,7 +6,9 @@ first POSTs the incoming call to the number's *voice URL* and the app answers Tw
 unchanged the gateway does the same: it sends the voice-webhook form (``CallSid``,
 ``AccountSid``, ``From``, ``To``, ``CallStatus=ringing``, ``Direction=inbound``,
 ``ApiVersion=2010-04-01``, ``Caller``, ``Called``) signed with ``X-Twilio-Signature``, and
-executes the verbs it gets back, in order:
+executes the verbs it gets back (:mod:`audiosocket_gw.twilio.twiml_exec`; see
+docs/TWIML.md). This module is the HTTP side: forms, signed requests, TwiML fetches,
+audio downloads and decoding. The executor runs, in order:
 
 * ``<Connect><Stream url name>`` with ``<Parameter>`` -> the stream to open (returned to the
   caller, the ``twilio-stream`` backend session, with the parameters as
@@ -18,7 +20,8 @@ executes the verbs it gets back, in order:
   8 kHz mono offline, play it and wait until it has been written;
 * ``<Redirect>`` -> fetch new TwiML (relative URLs resolved like Twilio does), at most
   :data:`MAX_REDIRECTS` hops;
-* anything else (``<Say>``, ``<Gather>``, ``<Start><Stream>``...) is logged and skipped.
+* ``<Say>``, ``<Gather>``, ``<Record>``, ``<Dial>``, ``<Start>``/``<Stop><Stream>``: see
+  docs/TWIML.md; anything else is logged and skipped.
 
 Reaching the end of the document without a ``<Connect>`` hangs up, as Twilio does.
 When the app is down, times out, answers an error status or unparsable TwiML,
@@ -35,10 +38,9 @@ import asyncio
 import io
 import logging
 import math
-import time
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
-from urllib.parse import urljoin
+from collections.abc import Mapping
+from typing import Final
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import numpy as np
@@ -47,28 +49,16 @@ import numpy.typing as npt
 from ..backends.base import CallInfo
 from ..dsp.resample import StreamResampler
 from .signature import SIGNATURE_HEADER, compute_signature
-from .twiml import (
-    ConnectStream,
-    Hangup,
-    Pause,
-    Play,
-    Redirect,
-    Reject,
-    TwimlError,
-    Verb,
-    parse_twiml,
-)
+from .twiml import TwimlError, Verb, parse_twiml
 
 __all__ = [
     "API_VERSION",
     "MAX_REDIRECTS",
-    "TwimlHost",
     "WebhookError",
     "announcement_pcm",
     "decode_audio_8k",
     "fetch_audio_8k",
     "fetch_twiml",
-    "run_voice_webhook",
     "signed_post",
     "twilio_direction",
     "voice_params",
@@ -130,13 +120,25 @@ async def signed_post(
     time_limit: float,
     *,
     max_body: int = 256 * 1024,
+    method: str = "POST",
 ) -> tuple[int, bytes]:
-    """POST ``params`` as a form to ``url`` the way Twilio does; return (status, body).
+    """Send ``params`` to ``url`` the way Twilio does; return (status, body).
 
+    ``POST``: a form body, the signature over the URL + sorted params. ``GET``: the
+    params appended to the URL's query string, the signature over that full URL.
     Signed with ``X-Twilio-Signature`` when ``token`` is set. Raises
     :class:`aiohttp.ClientError` or :class:`TimeoutError`.
     """
     headers = {"User-Agent": "TwilioProxy/1.1 (audiosocket-gw)"}
+    if method.upper() == "GET":
+        parts = urlsplit(url)
+        query = "&".join(q for q in (parts.query, urlencode(dict(params))) if q)
+        full = urlunsplit(parts._replace(query=query))
+        if token:
+            headers[SIGNATURE_HEADER] = compute_signature(token, full, {})
+        async with asyncio.timeout(time_limit):
+            async with http.get(full, headers=headers, allow_redirects=False) as resp:
+                return resp.status, await resp.content.read(max_body)
     if token:
         headers[SIGNATURE_HEADER] = compute_signature(token, url, params)
     async with asyncio.timeout(time_limit):
@@ -152,14 +154,15 @@ async def fetch_twiml(
     params: Mapping[str, str],
     token: str | None,
     time_limit: float,
+    method: str = "POST",
 ) -> list[Verb]:
-    """POST the webhook form to ``url`` and parse the TwiML answer.
+    """Send the webhook form to ``url`` (``method`` POST or GET) and parse the TwiML.
 
     Raises :class:`WebhookError` (reason ``unreachable``, ``timeout``, ``http-<class>``
     such as ``http-5xx``, or ``bad-twiml``).
     """
     try:
-        status, body = await signed_post(http, url, params, token, time_limit)
+        status, body = await signed_post(http, url, params, token, time_limit, method=method)
     except TimeoutError:
         raise WebhookError(f"webhook timed out after {time_limit:.1f} s",
                            reason="timeout") from None
@@ -252,95 +255,3 @@ def announcement_pcm(beeps: int = 3, beep_ms: int = 200, gap_ms: int = 150) -> b
     beep = np.round(tone * envelope).astype("<i2").tobytes()
     gap = bytes(gap_ms * RATE // 1000 * 2)
     return (beep + gap) * beeps
-
-
-# -- TwiML execution ----------------------------------------------------------------------
-
-
-class TwimlHost(Protocol):
-    """What executing TwiML needs from the call (the backend session provides it)."""
-
-    async def play_and_wait(self, pcm: bytes) -> None:
-        """Queue ``pcm`` (8 kHz slin) and return once all of it has been written."""
-
-    async def pause(self, seconds: float) -> None:
-        """Let ``seconds`` of comfort silence go by."""
-
-    def hangup(self, reason: str) -> None:
-        """End the call."""
-
-
-async def run_voice_webhook(
-    host: TwimlHost,
-    http: aiohttp.ClientSession,
-    *,
-    voice_url: str,
-    params: Mapping[str, str],
-    token: str | None,
-    time_limit: float,
-    call_log: logging.LoggerAdapter[logging.Logger] | logging.Logger = log,
-    observe_latency: Callable[[float], None] | None = None,
-    max_redirects: int = MAX_REDIRECTS,
-) -> ConnectStream | None:
-    """POST the voice webhook and execute the TwiML until a ``<Connect><Stream>``.
-
-    Returns the :class:`ConnectStream` to open, or None once the call has been ended
-    (``<Hangup>``, ``<Reject>``, end of the document, too many redirects). Raises
-    :class:`WebhookError` when a TwiML fetch fails (the caller applies the fallback).
-    """
-    url = voice_url
-    hops = 0
-    while True:
-        started = time.monotonic()
-        verbs = await fetch_twiml(http, url, params, token, time_limit)
-        if observe_latency is not None:
-            observe_latency(time.monotonic() - started)
-        call_log.info("webhook TwiML: %s", ", ".join(type(v).__name__ for v in verbs) or "empty")
-        next_url: str | None = None
-        for verb in verbs:
-            if isinstance(verb, ConnectStream):
-                return verb
-            if isinstance(verb, Hangup):
-                host.hangup("twiml-hangup")
-                return None
-            if isinstance(verb, Reject):
-                host.hangup("twiml-reject")
-                return None
-            if isinstance(verb, Pause):
-                await host.pause(min(verb.length, MAX_PAUSE_S))
-            elif isinstance(verb, Play):
-                await _play(host, http, urljoin(url, verb.url), verb.loop, time_limit, call_log)
-            elif isinstance(verb, Redirect):
-                next_url = urljoin(url, verb.url)
-                break  # verbs after <Redirect> are never reached
-            else:
-                call_log.warning("TwiML verb <%s> not supported: skipped",
-                                 getattr(verb, "tag", type(verb).__name__))
-        if next_url is None:
-            call_log.info("TwiML ended without <Connect>: hanging up")
-            host.hangup("twiml-end")
-            return None
-        hops += 1
-        if hops > max_redirects:
-            call_log.warning("more than %d <Redirect> hops: hanging up", max_redirects)
-            host.hangup("twiml-redirect-loop")
-            return None
-        url = next_url
-
-
-async def _play(
-    host: TwimlHost,
-    http: aiohttp.ClientSession,
-    url: str,
-    loop: int,
-    time_limit: float,
-    call_log: Any,
-) -> None:
-    try:
-        pcm = await fetch_audio_8k(http, url, time_limit)
-    except WebhookError as exc:
-        # Twilio reports an application error and moves on; so do we.
-        call_log.warning("TwiML <Play> skipped: %s", exc)
-        return
-    times = MAX_PLAY_LOOPS if loop == 0 else min(loop, MAX_PLAY_LOOPS)
-    await host.play_and_wait(pcm * times)

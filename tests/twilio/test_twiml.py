@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from audiosocket_gw.dial import DialTarget
 from audiosocket_gw.twilio.twiml import (
     MAX_TWIML_BYTES,
     ConnectStream,
+    Dial,
+    Gather,
     Hangup,
     Pause,
     Play,
+    Record,
     Redirect,
     Reject,
     Say,
+    StartStream,
+    StopStream,
     TwimlError,
     Unsupported,
     parse_twiml,
@@ -76,7 +82,7 @@ def test_connect_stream_doc_example():
 def test_ai_app_twiml_bytes():
     verbs = parse_twiml(AI_APP.encode("utf-8"))
     assert verbs == [
-        Say("Please wait while we connect your call."),
+        Say("Please wait while we connect your call.", voice="Google.en-US-Chirp3-HD-Aoede"),
         Pause(1),
         Say("O.K. you can start talking!"),
         ConnectStream(
@@ -89,8 +95,9 @@ def test_ai_app_twiml_bytes():
     ]
 
 
-def test_start_stream_is_unsupported():
-    assert parse_twiml(START_STREAM) == [Unsupported("Start"), Say("The stream has started.")]
+def test_start_stream():
+    assert parse_twiml(START_STREAM) == [StartStream("wss://mystream.ngrok.io/audiostream"),
+                                         Say("The stream has started.")]
 
 
 def test_simple_verbs():
@@ -116,11 +123,11 @@ def test_simple_verbs():
         Unsupported("Play"),
         Pause(5),
         Pause(1),
-        Say("Bonjour à tous!"),
+        Say("Bonjour à tous!", language="fr-FR"),
         Say("1 < 2 & 3"),
         Redirect("https://example.com/next"),
-        Unsupported("Gather"),
-        Unsupported("Dial"),
+        Gather(input=frozenset({"speech"}), action="/gather", prompts=(Say("Hi"),)),
+        Dial((DialTarget("number", "+15551234567"),)),
         Unsupported("Connect"),
         Reject("busy"),
         Reject("rejected"),
@@ -230,3 +237,84 @@ def test_size_limit():
 
 def test_twiml_error_is_value_error():
     assert issubclass(TwimlError, ValueError)
+
+
+IVR = """<?xml version="1.0" encoding="UTF-8"?>
+<Response>
+  <Gather input="dtmf speech" numDigits="3" finishOnKey="*" timeout="7" speechTimeout="2"
+          action="/menu" method="GET" actionOnEmptyResult="true" language="fr-FR">
+    <Say voice="alice" language="en-GB" loop="2">Press one.</Say>
+    <Play>/menu.wav</Play>
+    <Pause length="2"/>
+  </Gather>
+  <Record action="/rec" timeout="3" finishOnKey="#" maxLength="20" playBeep="false"
+          trim="do-not-trim" recordingStatusCallback="/rs" transcribe="true"
+          transcribeCallback="/tr"/>
+  <Dial action="/dialed" timeout="20" callerId="+15550001111" record="record-from-answer"
+        hangupOnStar="true" timeLimit="600">
+    <Number sendDigits="1w2">+1 (555) 123-4567</Number>
+    <Sip>sip:alice@pbx.example.com;transport=tls</Sip>
+  </Dial>
+  <Start><Stream url="wss://fork.example/s" name="f1" track="both_tracks"
+                 statusCallback="/ss"><Parameter name="k" value="v"/></Stream></Start>
+  <Stop><Stream name="f1"/></Stop>
+  <Dial><Client>bob</Client></Dial>
+  <Start><Transcription/></Start>
+</Response>"""
+
+
+def test_ivr_verbs_and_attributes():
+    assert parse_twiml(IVR) == [
+        Gather(input=frozenset({"dtmf", "speech"}), num_digits=3, finish_on_key="*",
+               timeout=7, speech_timeout=2, action="/menu", method="GET",
+               action_on_empty_result=True, language="fr-FR",
+               prompts=(Say("Press one.", voice="alice", language="en-GB", loop=2),
+                        Play("/menu.wav"), Pause(2))),
+        Record(action="/rec", timeout=3, finish_on_key="#", max_length=20, play_beep=False,
+               trim=False, recording_status_callback="/rs", transcribe=True,
+               transcribe_callback="/tr"),
+        Dial((DialTarget("number", "+15551234567", send_digits="1w2"),
+              DialTarget("sip", "sip:alice@pbx.example.com;transport=tls")),
+             action="/dialed", timeout=20, caller_id="+15550001111", record=True,
+             hangup_on_star=True, time_limit=600),
+        StartStream("wss://fork.example/s", name="f1", track="both_tracks",
+                    parameters={"k": "v"}, status_callback="/ss"),
+        StopStream("f1"),
+        Unsupported("Dial"),
+        Unsupported("Start"),
+    ]
+
+
+def test_defaults():
+    verbs = parse_twiml("<Response><Gather/><Record/><Dial> +15550001111 </Dial></Response>")
+    assert verbs == [Gather(), Record(), Dial((DialTarget("number", "+15550001111"),))]
+    g = verbs[0]
+    assert isinstance(g, Gather)
+    assert (g.finish_on_key, g.timeout, g.num_digits, g.action) == ("#", 5, None, None)
+
+
+@pytest.mark.parametrize(
+    ("xml", "match"),
+    [
+        ('<Gather input="fax"/>', "Gather input"),
+        ('<Gather numDigits="0"/>', "numDigits"),
+        ('<Gather method="PUT"/>', "GET or POST"),
+        ('<Gather finishOnKey="a"/>', "finishOnKey"),
+        ("<Gather><Dial>+1555</Dial></Gather>", "may nest only"),
+        ('<Record playBeep="maybe"/>', "playBeep"),
+        ('<Record maxLength="0"/>', "maxLength"),
+        ('<Record trim="x"/>', "trim"),
+        ("<Dial/>", "requires a number"),
+        ("<Dial>call me maybe</Dial>", "phone number"),
+        ("<Dial><Sip>http://x</Sip></Dial>", "sip:"),
+        ('<Dial record="loud">+1555</Dial>', "record"),
+        ('<Dial callerId="a b">+1555</Dial>', "callerId"),
+        ('<Dial><Number sendDigits="x">+1555</Number></Dial>', "sendDigits"),
+        ('<Start><Stream url="https://x"/></Start>', "ws://"),
+        ('<Start><Stream url="wss://x" track="left"/></Start>', "track"),
+        ('<Say loop="-1">x</Say>', "loop"),
+    ],
+)
+def test_new_verbs_invalid(xml, match):
+    with pytest.raises(TwimlError, match=match):
+        parse_twiml(f"<Response>{xml}</Response>")

@@ -74,7 +74,7 @@ def twiml(*verbs: str) -> str:
 
 async def test_connect_stream_with_parameters_signed(tmp_path: Path) -> None:
     async with FakeTwilioApp() as stream_app:
-        page = twiml("<Say>Hi</Say><Gather/>",  # unsupported: skipped
+        page = twiml("<Enqueue>support</Enqueue>",  # unsupported: skipped
                      f'<Connect><Stream url="{stream_app.url}" name="bot">'
                      '<Parameter name="lang" value="fr"/><Parameter name="tier" value="gold"/>'
                      "</Stream></Connect>")
