@@ -62,6 +62,8 @@ from ..call import CallLog
 from ..config import Config, ConfigError
 from ..dsp.g711 import ulaw_decode, ulaw_encode
 from ..tenants import Agent, Tenant, TenantsConfig, load_tenants
+from ..twilio.callopts import KEYS as CALL_OPTION_KEYS
+from ..twilio.callopts import CallOptions
 from ..twilio.ids import account_sid_for, auth_token_for, call_sid_for, stream_sid_for
 from ..twilio.streams import (
     DTMF_DIGITS,
@@ -72,6 +74,7 @@ from ..twilio.streams import (
     TwilioStreamEncoder,
     parse_app_message,
 )
+from ..twilio.twiml import ConnectStream
 from ..twilio.webhook import (
     WebhookError,
     announcement_pcm,
@@ -283,24 +286,48 @@ class TwilioStreamSession(BackendSession):
 
     # -- start -----------------------------------------------------------------------
 
+    def _twiml_source(self) -> tuple[str, str, str | None] | None:
+        """Where this call's first TwiML comes from: ``(url, method, inline)``.
+
+        A call placed through the Twilio REST API carries its own ``Url``/``Method`` or
+        ``Twiml`` in its metadata (:mod:`audiosocket_gw.twilio.callopts`), which win
+        over the agent's ``voice_url``; None: no TwiML, stream to the agent's URL.
+        """
+        opts = CallOptions.from_metadata(self.info.metadata)
+        if opts.has_twiml:
+            return opts.twiml_url, opts.twiml_method or "POST", opts.twiml or None
+        agent = self.info.agent_cfg
+        if agent is not None and agent.voice_url:
+            return agent.voice_url, "POST", None
+        return None
+
+    async def _run_twiml(self, url: str, method: str,
+                         twiml: str | None) -> ConnectStream | None:
+        """Run a TwiML document (fetched or inline) until it streams or ends the call."""
+        return await run_voice_webhook(
+            self,
+            self.backend.http,
+            voice_url=url,
+            method=method,
+            twiml=twiml,
+            params=voice_params(self.info, self.call_sid, self.account_sid),
+            token=auth_token_for(tenant=self.backend.tenants.get(self.info.tenant),
+                                 agent=self.info.agent_cfg, env=self.backend.env),
+            time_limit=self.backend.webhook_timeout,
+            call_log=self.log,
+            observe_latency=self.backend.metrics.webhook_latency.observe,
+        )
+
     async def start(self) -> None:
         self._start_task = asyncio.current_task()
         agent = self.info.agent_cfg
-        params: Mapping[str, str] = dict(self.info.metadata)
+        params: Mapping[str, str] = {k: v for k, v in self.info.metadata.items()
+                                     if k not in CALL_OPTION_KEYS}
         url = (agent.stream_url if agent is not None else None) or self.backend.stream_url
-        if agent is not None and agent.voice_url:
+        source = self._twiml_source()
+        if source is not None:
             try:
-                stream = await run_voice_webhook(
-                    self,
-                    self.backend.http,
-                    voice_url=agent.voice_url,
-                    params=voice_params(self.info, self.call_sid, self.account_sid),
-                    token=auth_token_for(tenant=self.backend.tenants.get(self.info.tenant),
-                                         agent=agent, env=self.backend.env),
-                    time_limit=self.backend.webhook_timeout,
-                    call_log=self.log,
-                    observe_latency=self.backend.metrics.webhook_latency.observe,
-                )
+                stream = await self._run_twiml(*source)
             except WebhookError as exc:
                 await self._fail(f"voice webhook failed: {exc}", exc.reason)
                 return
@@ -309,6 +336,10 @@ class TwilioStreamSession(BackendSession):
             url, params = stream.url, stream.parameters
         if not url:
             raise BackendError("no stream URL for this agent (--stream-url)", reason="config")
+        await self._open_stream(url, params)
+
+    async def _open_stream(self, url: str, params: Mapping[str, str]) -> None:
+        """Connect to the Media Streams app at ``url`` and start streaming."""
         try:
             ws = await asyncio.wait_for(
                 connect(url, max_size=self.backend.max_message_bytes, open_timeout=None,
@@ -343,6 +374,67 @@ class TwilioStreamSession(BackendSession):
             self.log.warning("%s: playing the fallback announcement", why)
             await self.play_and_wait(announcement_pcm())
         raise BackendError(why, reason=f"app-{reason}")
+
+    # -- live TwiML update (Twilio REST ``Calls/{Sid}`` with Url or Twiml) ------------
+
+    async def rest_redirect(self, *, url: str | None, method: str = "POST",
+                            twiml: str | None = None) -> None:
+        """Interrupt what the call runs now (its TwiML or its Media Stream) and run the
+        new document instead, as Twilio does on a live call update.
+
+        Returns at once; the document runs in the session's own task (the previous
+        redirect, if still running, is cancelled). A fetch that fails hangs the call
+        up (reason ``redirect-failed``), as Twilio ends the call on an application
+        error. Minimal stand-in for the TwiML executor's ``redirect``.
+        """
+        if self.closing:
+            return
+        start = self._start_task
+        if start is not None and not start.done() and start is not asyncio.current_task():
+            start.cancel()
+        for task in list(self._tasks):
+            if task.get_name() == "twilio-redirect":
+                task.cancel()
+        self._spawn(self._redirected(url or "", method, twiml), "twilio-redirect")
+
+    async def _redirected(self, url: str, method: str, twiml: str | None) -> None:
+        await self._stop_stream()
+        self.control.clear()
+        try:
+            stream = await self._run_twiml(url, method, twiml)
+        except WebhookError as exc:
+            self.backend.metrics.app_connect_failures.labels(exc.reason).inc()
+            self.log.warning("redirected TwiML failed: %s: hanging up", exc)
+            self.control.hangup("redirect-failed")
+            return
+        if stream is not None and not self.closing:
+            try:
+                await self._open_stream(stream.url, stream.parameters)
+            except BackendError as exc:
+                self.log.warning("redirected stream failed: %s: hanging up", exc)
+                self.control.hangup("redirect-failed")
+
+    async def _stop_stream(self) -> None:
+        """End the current Media Stream (``stop`` then close) without ending the call."""
+        ws, enc = self.ws, self.encoder
+        if ws is None or enc is None:
+            return
+        self.streaming = False
+        self.backend._unregister(self)
+        for task in list(self._tasks):
+            if task.get_name() == "twilio-reader":
+                task.cancel()
+        if not enc.stopped:
+            self._queue.put_nowait(enc.stop())
+        self._queue.put_nowait(None)
+        writers = [t for t in self._tasks if t.get_name() == "twilio-writer"]
+        if writers:
+            await asyncio.wait(writers, timeout=self.backend.close_timeout)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), self.backend.close_timeout)
+        self.ws = self.encoder = None
+        self._queue = asyncio.Queue()
+        self._pending_in.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

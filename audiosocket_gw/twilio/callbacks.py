@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import email.utils
 import logging
@@ -45,6 +46,7 @@ from prometheus_client import CollectorRegistry, Counter
 from ..backends.base import CallInfo
 from ..callstate import CallInput, CallStatus
 from ..store.base import CallRecord
+from .callopts import CallOptions, status_callback_target
 from .ids import account_sid_for, auth_token_for, call_sid_for
 from .webhook import API_VERSION, signed_post, twilio_direction
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from ..call import Call
     from ..context import GatewayContext
     from ..events import StatusChange
+    from ..tenants import Agent
 
 __all__ = ["EVENT_STATUS", "StatusCallbacks", "status_params"]
 
@@ -80,6 +83,7 @@ def status_params(
     at: float,
     status: str | None = None,
     duration_s: float | None = None,
+    answered_by: str | None = None,
 ) -> dict[str, str]:
     """The form of one status callback (pure)."""
     params = {
@@ -100,6 +104,8 @@ def status_params(
         secs = str(max(0, math.ceil(duration_s)))
         params["CallDuration"] = secs
         params["Duration"] = secs
+    if answered_by:
+        params["AnsweredBy"] = answered_by
     return params
 
 
@@ -109,6 +115,7 @@ class _Job:
     params: dict[str, str]
     token: str | None
     attempt: int = 1
+    method: str = "POST"
 
 
 class StatusCallbacks:
@@ -154,6 +161,7 @@ class StatusCallbacks:
             registry=registry,
         )
         self._initiated: dict[str, None] = {}
+        self._answered_by: dict[str, str] = {}
 
     # -- API -------------------------------------------------------------------------
 
@@ -166,14 +174,18 @@ class StatusCallbacks:
         duration_s: float | None = None,
         at: float | None = None,
     ) -> bool:
-        """Queue the ``event`` callback for ``info``'s call if its agent asked for it.
+        """Queue the ``event`` callback for ``info``'s call if it asked for it: its own
+        ``StatusCallback`` (Twilio REST create, in the call metadata) else its agent's.
 
         ``status`` overrides the default ``CallStatus`` (for example ``busy`` or
         ``no-answer`` on ``completed``). Returns True when a request was queued. Never
         blocks; a full queue drops the callback (logged, counted).
         """
         agent = info.agent_cfg
-        if agent is None or not agent.status_callback or event not in agent.status_events:
+        target = status_callback_target(
+            info.metadata, agent.status_callback if agent is not None else None,
+            agent.status_events if agent is not None else ())
+        if target is None or event not in target.events:
             if event == "completed":
                 self._forget(info.call_id)
             return False
@@ -188,11 +200,12 @@ class StatusCallbacks:
             at=time.time() if at is None else at,
             status=status,
             duration_s=duration_s,
+            answered_by=self._answered_by.get(info.call_id),
         )
         if event == "completed":
             self._forget(info.call_id)
-        job = _Job(agent.status_callback, params,
-                   auth_token_for(tenant=tenant, agent=agent, env=self.env))
+        job = _Job(target.url, params, auth_token_for(tenant=tenant, agent=agent, env=self.env),
+                   method=target.method)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -205,6 +218,7 @@ class StatusCallbacks:
     def _forget(self, call_id: str) -> None:
         self._sequence.pop(call_id, None)
         self._started_at.pop(call_id, None)
+        self._answered_by.pop(call_id, None)
 
     # -- lifecycle hooks -------------------------------------------------------------
 
@@ -225,10 +239,18 @@ class StatusCallbacks:
         that ended without ever reaching the gateway's AudioSocket (answered calls get
         ``answered``/``completed`` from the AudioSocket lifecycle above)."""
         agent = self.ctx.tenants.agent(after.agent)
-        if agent is None or not agent.status_callback:
+        if agent is None:
             return
-        info = self.ctx.call_info(agent, after.id, direction=after.direction,
-                                       from_=after.from_, to=after.to)
+        metadata = {k: v for k, v in after.metadata.items() if isinstance(v, str)}
+        if after.answered_by and not before.answered_by:
+            self._async_amd(agent, after, metadata)
+        if status_callback_target(metadata, agent.status_callback, agent.status_events) is None:
+            return
+        if after.answered_by and not after.is_terminal:
+            self._answered_by[after.id] = after.answered_by
+        info = dataclasses.replace(
+            self.ctx.call_info(agent, after.id, direction=after.direction,
+                               from_=after.from_, to=after.to), metadata=metadata)
         if after.direction == "outbound" and after.id not in self._initiated:
             # The first thing AMI tells us about an outbound call (the Originate was
             # queued, or it already rings): Twilio's "initiated" comes first.
@@ -242,6 +264,27 @@ class StatusCallbacks:
         elif (after.is_terminal and not before.is_terminal and after.answered_at is None
               and after.id not in self._started_at):
             self.notify(info, "completed", status=after.status.value, duration_s=0.0)
+
+    def _async_amd(self, agent: Agent, rec: CallRecord, metadata: Mapping[str, str]) -> None:
+        """Twilio's ``AsyncAmdStatusCallback``: the AMD result once it is known."""
+        opts = CallOptions.from_metadata(metadata)
+        if not (opts.async_amd and opts.async_amd_status_callback and rec.answered_by):
+            return
+        tenant = self.ctx.tenants.tenants.get(rec.tenant)
+        params = {
+            "CallSid": call_sid_for(rec.id),
+            "AccountSid": account_sid_for(rec.tenant, tenant=tenant, agent=agent, env=self.env),
+            "AnsweredBy": rec.answered_by,
+            "MachineDetectionDuration": "0",
+        }
+        job = _Job(opts.async_amd_status_callback, params,
+                   auth_token_for(tenant=tenant, agent=agent, env=self.env),
+                   method=opts.async_amd_status_callback_method or "POST")
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.results.labels("dropped").inc()
 
     # -- component -------------------------------------------------------------------
 
@@ -296,7 +339,7 @@ class StatusCallbacks:
         try:
             status, _ = await signed_post(
                 self._http, job.url, job.params, job.token, self.request_timeout,
-                max_body=4096,
+                max_body=4096, method=job.method,
             )
             problem = None if status < 500 and status != 429 else f"HTTP {status}"
             if problem is None and status >= 400:

@@ -38,7 +38,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 import numpy as np
@@ -130,18 +130,25 @@ async def signed_post(
     time_limit: float,
     *,
     max_body: int = 256 * 1024,
+    method: str = "POST",
 ) -> tuple[int, bytes]:
     """POST ``params`` as a form to ``url`` the way Twilio does; return (status, body).
 
-    Signed with ``X-Twilio-Signature`` when ``token`` is set. Raises
-    :class:`aiohttp.ClientError` or :class:`TimeoutError`.
+    ``method="GET"`` sends them in the query string instead (signed over the whole
+    URL, as Twilio signs GET requests). Signed with ``X-Twilio-Signature`` when
+    ``token`` is set. Raises :class:`aiohttp.ClientError` or :class:`TimeoutError`.
     """
     headers = {"User-Agent": "TwilioProxy/1.1 (audiosocket-gw)"}
+    verb = "GET" if method.upper() == "GET" else "POST"
+    if verb == "GET":
+        if params:
+            url += ("&" if urlsplit(url).query else "?") + urlencode(dict(params))
+        params = {}
     if token:
         headers[SIGNATURE_HEADER] = compute_signature(token, url, params)
     async with asyncio.timeout(time_limit):
-        async with http.post(url, data=dict(params), headers=headers,
-                             allow_redirects=False) as resp:
+        async with http.request(verb, url, data=dict(params) if verb == "POST" else None,
+                                headers=headers, allow_redirects=False) as resp:
             body = await resp.content.read(max_body)
             return resp.status, body
 
@@ -152,14 +159,15 @@ async def fetch_twiml(
     params: Mapping[str, str],
     token: str | None,
     time_limit: float,
+    method: str = "POST",
 ) -> list[Verb]:
-    """POST the webhook form to ``url`` and parse the TwiML answer.
+    """POST (or GET) the webhook form to ``url`` and parse the TwiML answer.
 
     Raises :class:`WebhookError` (reason ``unreachable``, ``timeout``, ``http-<class>``
     such as ``http-5xx``, or ``bad-twiml``).
     """
     try:
-        status, body = await signed_post(http, url, params, token, time_limit)
+        status, body = await signed_post(http, url, params, token, time_limit, method=method)
     except TimeoutError:
         raise WebhookError(f"webhook timed out after {time_limit:.1f} s",
                            reason="timeout") from None
@@ -281,9 +289,14 @@ async def run_voice_webhook(
     call_log: logging.LoggerAdapter[logging.Logger] | logging.Logger = log,
     observe_latency: Callable[[float], None] | None = None,
     max_redirects: int = MAX_REDIRECTS,
+    method: str = "POST",
+    twiml: str | None = None,
 ) -> ConnectStream | None:
     """POST the voice webhook and execute the TwiML until a ``<Connect><Stream>``.
 
+    ``method`` is the first request's (the REST API's ``Method``); ``twiml`` is a
+    document to run first instead of fetching ``voice_url`` (the REST API's inline
+    ``Twiml``; relative URLs in it resolve against ``voice_url``, which may be "").
     Returns the :class:`ConnectStream` to open, or None once the call has been ended
     (``<Hangup>``, ``<Reject>``, end of the document, too many redirects). Raises
     :class:`WebhookError` when a TwiML fetch fails (the caller applies the fallback).
@@ -292,7 +305,15 @@ async def run_voice_webhook(
     hops = 0
     while True:
         started = time.monotonic()
-        verbs = await fetch_twiml(http, url, params, token, time_limit)
+        if twiml is not None:
+            try:
+                verbs = parse_twiml(twiml)
+            except TwimlError as exc:
+                raise WebhookError(f"bad inline TwiML: {exc}", reason="bad-twiml") from None
+            twiml = None
+        else:
+            verbs = await fetch_twiml(http, url, params, token, time_limit,
+                                      method=method if hops == 0 else "POST")
         if observe_latency is not None:
             observe_latency(time.monotonic() - started)
         call_log.info("webhook TwiML: %s", ", ".join(type(v).__name__ for v in verbs) or "empty")
