@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, Final, Protocol
 
 from .audiosocket import HANGUP_FRAME, HEADER, Kind
 from .backends.base import BackendError, BackendSession, CallInfo
+from .clock import Clock
 from .config import Config
 from .dsp.vad import VadConfig, VadEvent, VoiceActivityDetector, frame_level, frame_levels
 from .metrics import Metrics
@@ -106,7 +106,13 @@ class Call:
         on_end: Callable[[Call], None],
         barge_in: bool = True,
         levels: LevelBatch | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        # One clock for the gateway: components compare ``started_at``,
+        # ``last_caller_speech`` and ``last_bot_audio`` with ``ctx.clock.monotonic``.
+        clock = clock if clock is not None else Clock()
+        self._now = clock.monotonic
+        self._wall = clock.wall
         self.info = info
         self.call_id = info.call_id
         self.transport = transport
@@ -120,7 +126,7 @@ class Call:
         self._on_end = on_end
         self._stall_since: float | None = None
         self._odd = b""
-        self.started_at = time.monotonic()
+        self.started_at = self._now()
         self.first_audio_at: float | None = None
         self.frames_in = 0
         self.frames_out = 0
@@ -185,7 +191,7 @@ class Call:
             transport.write(HANGUP_FRAME)
         if not transport.is_closing():
             transport.close()
-        duration = time.monotonic() - self.started_at
+        duration = self._now() - self.started_at
         self.log.info(
             "ended: %s (outcome %s, %.1f s, %d frames in, %d out)",
             reason, outcome, duration, self.frames_in, self.frames_out,
@@ -211,7 +217,7 @@ class Call:
         if not self.playout.has_audio and not self.playout.streaming:
             return
         self.barge_ins += 1
-        self._cut_onset = time.monotonic() if onset is None else onset
+        self._cut_onset = self._now() if onset is None else onset
         self.metrics.barge_ins.labels(self.backend_name, source).inc()
         self.log.debug("barge-in (%s): %.0f ms of bot audio dropped", source,
                        self.playout.pending_ms)
@@ -265,14 +271,14 @@ class Call:
         if ev is VadEvent.SPEECH_START:
             self.caller_speaking = True
             if bot_pending and self.local_barge_in:
-                onset = time.monotonic() - vad.config.onset_ms / 1000.0
+                onset = self._now() - vad.config.onset_ms / 1000.0
                 self.barge_in("local-vad", onset=onset)
         elif ev is VadEvent.SPEECH_STOP:
             self.caller_speaking = False
             if not bot_pending:  # a turn handed to the bot: time its answer
-                self._turn_end = time.monotonic() - vad.config.hangover_ms / 1000.0
+                self._turn_end = self._now() - vad.config.hangover_ms / 1000.0
         if self.caller_speaking:
-            self.last_caller_speech = time.monotonic()
+            self.last_caller_speech = self._now()
 
     def on_dtmf(self, digit: str) -> None:
         self.log.debug("DTMF %s", digit)
@@ -285,7 +291,7 @@ class Call:
         transport = self.transport
         if transport.get_write_buffer_size() > self.config.write_buffer_limit:
             self.stats.frames_dropped_slow_peer += 1
-            now = time.monotonic()
+            now = self._now()
             if self._stall_since is None:
                 self._stall_since = now
                 self.log.warning("Asterisk is not reading; dropping frames")
@@ -298,7 +304,7 @@ class Call:
         frame = playout.pop_frame()
         if self._cut_onset is not None or self._clear_at is not None:
             # First tick after a cut: the bot audio queued at the cut is gone.
-            now = time.monotonic()
+            now = self._now()
             if self._cut_onset is not None:
                 self.metrics.barge_in.labels(self.backend_name).observe(now - self._cut_onset)
                 self._cut_onset = None
@@ -314,7 +320,7 @@ class Call:
         else:
             transport.write(FRAME_HEADER + frame)
             self._last_bot_frame = frame
-            self.last_bot_audio = now = time.monotonic()
+            self.last_bot_audio = now = self._now()
             if self._turn_end is not None:
                 self.metrics.response_latency.labels(self.backend_name).observe(
                     now - self._turn_end
@@ -354,7 +360,7 @@ class Call:
 
     def clear(self) -> None:
         if self._clear_at is None and self.playout.has_audio:
-            self._clear_at = time.monotonic()
+            self._clear_at = self._now()
         names = self.playout.clear()
         if names:
             asyncio.get_running_loop().call_soon(self._report_marks, names)
@@ -371,7 +377,7 @@ class Call:
         return self.playout.has_audio
 
     def transcript(self, role: str, text: str) -> None:
-        self.transcripts.append((time.time(), role, text))
+        self.transcripts.append((self._wall(), role, text))
 
     def hangup(self, reason: str) -> None:
         self.end(reason, outcome="gateway_hangup")

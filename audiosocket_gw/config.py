@@ -89,6 +89,9 @@ class Config:
     debug_dump: bool = False  # per-call stereo WAV + JSON event log in <data-dir>/dumps
     # HTTP API: a bearer token is required whenever --http is not on loopback.
     api_token: str | None = field(default=None, repr=False)
+    # /metrics carries tenant ids and per-tenant costs: with a token configured it
+    # requires the token too, unless explicitly public.
+    metrics_public: bool = False
     # Secrets: environment only, excluded from repr.
     openai_api_key: str | None = field(default=None, repr=False)
 
@@ -115,6 +118,7 @@ class Config:
             "stream_url": "AIGW_STREAM_URL",
             "debug_dump": "AIGW_DEBUG_DUMP",
             "api_token": "AIGW_API_TOKEN",
+            "metrics_public": "AIGW_METRICS_PUBLIC",
         },
         repr=False,
         compare=False,

@@ -6,18 +6,18 @@ reads what it needs from the context, subscribes to ``events`` in ``start()``,
 exposes its HTTP routes through ``routes()`` and never reaches into another
 component. Tests build a context with real parts (a SQLite store in a temp dir, a
 fresh metrics registry, a fake clock) and one component alone: see
-``tests/helpers.py: make_context``.
+``tests/components/context.py: make_context``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from .clock import Clock
 from .events import CallEvents
 from .metrics import Metrics
 from .settings import Settings
@@ -32,14 +32,6 @@ if TYPE_CHECKING:
     from .store.base import CallStore
 
 __all__ = ["Clock", "Component", "GatewayContext", "TickSource"]
-
-
-@dataclass(frozen=True)
-class Clock:
-    """Wall time (epoch seconds, for records) and monotonic time (for durations)."""
-
-    wall: Callable[[], float] = time.time
-    monotonic: Callable[[], float] = time.monotonic
 
 
 class TickSource(Protocol):

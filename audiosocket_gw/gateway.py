@@ -38,7 +38,7 @@ from .backends.base import Backend, CallInfo
 from .config import Config, ConfigError, format_hostport
 from .context import Clock, Component, GatewayContext
 from .events import CallEvents
-from .httpapi import auth_middleware, error_middleware
+from .httpapi import PUBLIC_PATHS, auth_middleware, error_middleware
 from .metrics import BackendCounters, Metrics
 from .pacer import Pacer
 from .quality.cost import CostMeter
@@ -146,12 +146,14 @@ class Gateway:
         self.store = SqliteCallStore(config.data_path / "aigw.sqlite")
         self.events = CallEvents()
         self.registry = CallRegistry(
-            allow_unregistered=config.allow_unregistered, default=self.default_call_info
+            allow_unregistered=config.allow_unregistered, default=self.default_call_info,
+            clock=self.clock.monotonic,
         )
         self.pacer = Pacer(on_tick_stats=self._tick_stats, spin=config.pacer_spin_ms / 1000.0)
         self.audiosocket = AudioSocketServer(
             config, self.backend_for, self.metrics, self.registry, self.pacer,
             on_call_start=self.events.started.emit, on_call_end=self.events.ended.emit,
+            clock=self.clock,
         )
         self.status = StatusWriter(self.store, self.call_metrics, self.events,
                                    self.clock.wall)
@@ -244,7 +246,9 @@ class Gateway:
 
     def _http_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[error_middleware, auth_middleware(self.config.api_token)],
+            middlewares=[error_middleware, auth_middleware(
+                self.config.api_token,
+                public=PUBLIC_PATHS | ({"/metrics"} if self.config.metrics_public else set()))],
             client_max_size=1024 * 1024,
         )
         app.router.add_get("/metrics", self._metrics)

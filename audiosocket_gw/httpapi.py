@@ -1,7 +1,8 @@
 """The HTTP layer every route shares: one auth check, one error shape, one body reader.
 
 - **Auth** (``auth_middleware``): when a token is configured (``AIGW_API_TOKEN``;
-  required off loopback), every request except the public paths needs
+  required off loopback), every request except the public paths (``/healthz``, and
+  ``/metrics`` only with ``AIGW_METRICS_PUBLIC=1``) needs
   ``Authorization: Bearer <token>``, compared in constant time on bytes (a header
   that is not ASCII is simply wrong, never a 500). Paths under ``/2010-04-01/`` use
   Twilio's own per-tenant Basic auth and are left to their handlers.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -35,7 +37,7 @@ log = logging.getLogger("audiosocket_gw.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PUBLIC_PATHS: Final = frozenset({"/healthz", "/metrics"})
+PUBLIC_PATHS: Final = frozenset({"/healthz"})
 TWILIO_PREFIX: Final = "/2010-04-01/"
 MAX_DEPTH: Final = 16
 
@@ -58,6 +60,15 @@ class JsonBodyError(ValueError):
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number; one that overflows to infinity (``1e400``) is refused like
+    ``Infinity`` (the store, and any JSON reader of ours, refuses non-finite floats)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -83,7 +94,8 @@ def parse_json_object(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, An
         raise JsonBodyError(400, "bad_json", "JSON nested or repeated too much")
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text or "null", parse_constant=_reject_constant)
+        value = json.loads(text or "null", parse_constant=_reject_constant,
+                           parse_float=_finite_float)
     except (ValueError, RecursionError):
         raise JsonBodyError(400, "bad_json", "body must be a JSON object") from None
     if not isinstance(value, dict):

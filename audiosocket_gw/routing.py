@@ -22,9 +22,9 @@ stored with the call (``from``/``to``) but never logged at info level.
 Slots: a routed call holds its tenant's slot from routing on. If its AudioSocket
 never arrives (the caller hung up during the AGI, the dialplan fell back), the slot
 is released once the registry entry has expired (``CallRegistry.ttl``), and the call
-is closed as failed. When the AudioSocket call ends, this component applies the end
-to the store (which releases the slot): the AMI tracker may apply the same end too,
-the state machine absorbs the duplicate.
+is closed as failed. When the AudioSocket call ends, the call tracker applies the
+end to the store (which releases the slot); this component only stops expecting a
+call once its AudioSocket has arrived (``events.started``).
 
 The pure part (``parse_route_request``, ``route_variables``, ``recording_path``) has
 no I/O; ``RoutingComponent`` is the thin aiohttp/asyncio shell.

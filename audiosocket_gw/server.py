@@ -19,6 +19,7 @@ from typing import Final
 from . import audiosocket as asp
 from .backends.base import Backend, CallInfo
 from .call import Call, LevelBatch
+from .clock import Clock
 from .config import Config
 from .metrics import Metrics
 from .pacer import Pacer
@@ -227,8 +228,10 @@ class AudioSocketServer:
         *,
         on_call_start: Callable[[Call], None] = lambda call: None,
         on_call_end: Callable[[Call], None] = lambda call: None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
+        self.clock = clock if clock is not None else Clock()
         self.backend_for = backend_for
         self.metrics = metrics
         self.registry = registry
@@ -270,6 +273,7 @@ class AudioSocketServer:
             on_end=self._call_ended,
             barge_in=backend.local_barge_in,
             levels=self.levels,
+            clock=self.clock,
         )
         self.calls[info.call_id] = call
         self.metrics.active_calls.labels(backend.name).inc()

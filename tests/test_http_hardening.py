@@ -92,3 +92,15 @@ async def test_every_error_has_one_shape(tmp_path: Path) -> None:
                     assert set(body["error"]) == {"code", "message"}, (path, body)
             async with http.get(base + "/healthz") as resp:
                 assert resp.status == 200
+
+
+async def test_metrics_need_the_token_unless_public() -> None:
+    for public, expected in ((False, 401), (True, 200)):
+        async with running_gateway(api_token=TOKEN, metrics_public=public) as gw:
+            host, port = gw.http_address
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://{host}:{port}/metrics") as resp:
+                    assert resp.status == expected
+                async with http.get(f"http://{host}:{port}/metrics",
+                                    headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                    assert resp.status == 200 and b"aigw_" in await resp.read()

@@ -90,7 +90,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -222,14 +221,15 @@ class MosMonitor:
         *,
         hangup_grace_s: float = 2.0,
         max_calls: int = 4096,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock``: wall time of the ``quality`` events (default the context's)."""
         if max_calls < 1 or hangup_grace_s < 0:
             raise ValueError("max_calls must be >= 1 and hangup_grace_s >= 0")
         self.ctx = ctx
         self.hangup_grace_s = hangup_grace_s
         self.max_calls = max_calls
-        self._clock = clock
+        self._clock = clock if clock is not None else ctx.clock.wall
         self._calls: OrderedDict[str, _State] = OrderedDict()
         self._channels: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()

@@ -34,7 +34,6 @@ import datetime as dt
 import email.utils
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -197,7 +196,7 @@ class StatusCallbacks:
             event,
             sequence=seq,
             account_sid=account_sid_for(info.tenant, tenant=tenant, agent=agent, env=self.env),
-            at=time.time() if at is None else at,
+            at=self.ctx.clock.wall() if at is None else at,
             status=status,
             duration_s=duration_s,
             answered_by=self._answered_by.get(info.call_id),
@@ -223,12 +222,12 @@ class StatusCallbacks:
     # -- lifecycle hooks -------------------------------------------------------------
 
     def _on_call_start(self, call: Call) -> None:
-        self._started_at[call.call_id] = time.monotonic()
+        self._started_at[call.call_id] = self.ctx.clock.monotonic()
         self.notify(call.info, "answered")
 
     def _on_call_end(self, call: Call) -> None:
         started = self._started_at.get(call.call_id, call.started_at)
-        self.notify(call.info, "completed", duration_s=time.monotonic() - started)
+        self.notify(call.info, "completed", duration_s=self.ctx.clock.monotonic() - started)
 
     def _on_status(self, change: StatusChange) -> None:
         self.on_status(change.input, change.before, change.after)
