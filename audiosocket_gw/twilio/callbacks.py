@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from ..call import Call
     from ..context import GatewayContext
     from ..events import StatusChange
-    from ..tenants import Agent
 
 __all__ = ["EVENT_STATUS", "StatusCallbacks", "status_params"]
 
@@ -132,6 +131,7 @@ class StatusCallbacks:
         request_timeout: float = 5.0,
         backoff_s: float = 0.5,
         drain_timeout: float = 2.0,
+        amd_wait_s: float = 2.0,
     ) -> None:
         """Nothing is subscribed nor sent before :meth:`start`."""
         self.ctx = ctx
@@ -161,6 +161,8 @@ class StatusCallbacks:
         )
         self._initiated: dict[str, None] = {}
         self._answered_by: dict[str, str] = {}
+        self._held: dict[str, tuple[CallInfo, asyncio.TimerHandle]] = {}
+        self.amd_wait_s = amd_wait_s
 
     # -- API -------------------------------------------------------------------------
 
@@ -223,9 +225,24 @@ class StatusCallbacks:
 
     def _on_call_start(self, call: Call) -> None:
         self._started_at[call.call_id] = self.ctx.clock.monotonic()
+        if (CallOptions.from_metadata(call.info.metadata).machine_detection
+                and call.call_id not in self._answered_by):
+            # Twilio reports AnsweredBy with "answered" when AMD was asked: wait for
+            # the result (AMD runs before the bridge; its record write may trail).
+            handle = asyncio.get_running_loop().call_later(
+                self.amd_wait_s, self._flush_answered, call.call_id)
+            self._held[call.call_id] = (call.info, handle)
+            return
         self.notify(call.info, "answered")
 
+    def _flush_answered(self, call_id: str) -> None:
+        held = self._held.pop(call_id, None)
+        if held is not None:
+            held[1].cancel()
+            self.notify(held[0], "answered")
+
     def _on_call_end(self, call: Call) -> None:
+        self._flush_answered(call.call_id)
         started = self._started_at.get(call.call_id, call.started_at)
         self.notify(call.info, "completed", duration_s=self.ctx.clock.monotonic() - started)
 
@@ -241,12 +258,8 @@ class StatusCallbacks:
         if agent is None:
             return
         metadata = {k: v for k, v in after.metadata.items() if isinstance(v, str)}
-        if after.answered_by and not before.answered_by:
-            self._async_amd(agent, after, metadata)
         if status_callback_target(metadata, agent.status_callback, agent.status_events) is None:
             return
-        if after.answered_by and not after.is_terminal:
-            self._answered_by[after.id] = after.answered_by
         info = dataclasses.replace(
             self.ctx.call_info(agent, after.id, direction=after.direction,
                                from_=after.from_, to=after.to), metadata=metadata)
@@ -264,10 +277,21 @@ class StatusCallbacks:
               and after.id not in self._started_at):
             self.notify(info, "completed", status=after.status.value, duration_s=0.0)
 
-    def _async_amd(self, agent: Agent, rec: CallRecord, metadata: Mapping[str, str]) -> None:
-        """Twilio's ``AsyncAmdStatusCallback``: the AMD result once it is known."""
+    def _on_answered_by(self, rec: CallRecord) -> None:
+        """AMD decided: later callbacks carry ``AnsweredBy``; Twilio's
+        ``AsyncAmdStatusCallback`` gets the result now."""
+        if rec.answered_by is None or rec.is_terminal:
+            return
+        agent = self.ctx.tenants.agent(rec.agent)
+        metadata = {k: v for k, v in rec.metadata.items() if isinstance(v, str)}
+        if agent is not None and status_callback_target(
+                metadata, agent.status_callback, agent.status_events) is not None:
+            self._answered_by[rec.id] = rec.answered_by
+            while len(self._answered_by) > 10_000:
+                self._answered_by.pop(next(iter(self._answered_by)))
+            self._flush_answered(rec.id)
         opts = CallOptions.from_metadata(metadata)
-        if not (opts.async_amd and opts.async_amd_status_callback and rec.answered_by):
+        if not (opts.async_amd and opts.async_amd_status_callback):
             return
         tenant = self.ctx.tenants.tenants.get(rec.tenant)
         params = {
@@ -295,7 +319,8 @@ class StatusCallbacks:
         events = self.ctx.events
         self._unsubscribe = [events.started.connect(self._on_call_start),
                              events.ended.connect(self._on_call_end),
-                             events.status_changed.connect(self._on_status)]
+                             events.status_changed.connect(self._on_status),
+                             events.answered_by.connect(self._on_answered_by)]
         self._http = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
         for i in range(self.workers):
@@ -309,6 +334,8 @@ class StatusCallbacks:
         self._unsubscribe = []
         for handle in self._retries:
             handle.cancel()
+        for call_id in list(self._held):
+            self._flush_answered(call_id)
         self._retries.clear()
         if self._tasks:
             with contextlib.suppress(TimeoutError):
@@ -334,7 +361,7 @@ class StatusCallbacks:
     async def _send(self, job: _Job) -> None:
         assert self._http is not None
         call_sid = job.params["CallSid"]
-        status_txt = job.params["CallStatus"]
+        status_txt = job.params.get("CallStatus") or job.params.get("AnsweredBy", "")
         try:
             status, _ = await signed_post(
                 self._http, job.url, job.params, job.token, self.request_timeout,

@@ -73,6 +73,7 @@ from .ids import (
 )
 
 if TYPE_CHECKING:
+    from ..call import Call
     from ..context import GatewayContext
     from ..recordings.component import RecordingsComponent
     from ..recordings.queue import RecordingRow
@@ -138,6 +139,13 @@ class RestRedirectable(Protocol):
 
     async def rest_redirect(self, *, url: str | None, method: str = "POST",
                             twiml: str | None = None) -> None: ...
+
+
+@runtime_checkable
+class DtmfSender(Protocol):
+    """A live call that can play DTMF to the far end (call control, docs/PROTOCOLS.md §3)."""
+
+    def send_dtmf(self, digits: str) -> None: ...
 
 
 def twilio_error(status: int, code: int, message: str, **headers: str) -> web.Response:
@@ -435,6 +443,7 @@ class TwilioRestApi:
         self.recordings = recordings
         self.env: Mapping[str, str] = ctx.settings.environ
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unsubscribe: list[Callable[[], None]] = []
 
     def routes(self) -> list[web.RouteDef]:
         p = PREFIX
@@ -457,9 +466,13 @@ class TwilioRestApi:
         ]
 
     async def start(self) -> None:
-        """Nothing to open."""
+        """Watch answered calls for ``SendDigits``."""
+        self._unsubscribe = [self.ctx.events.started.connect(self._on_call_start)]
 
     async def stop(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -650,9 +663,9 @@ class TwilioRestApi:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("call %s: redirect failed", call_id)
+                log.exception("call %s: REST background step failed", call_id)
 
-        task = asyncio.get_running_loop().create_task(run(), name=f"{call_id}:rest-redirect")
+        task = asyncio.get_running_loop().create_task(run(), name=f"{call_id}:rest")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -664,6 +677,35 @@ class TwilioRestApi:
                             "Cannot delete this resource before it is complete")
         await self.ctx.store.delete_call(rec.id)
         return web.Response(status=204)
+
+    # -- SendDigits ------------------------------------------------------------------
+
+    def _on_call_start(self, call: Call) -> None:
+        digits = CallOptions.from_metadata(call.info.metadata).send_digits
+        if digits:
+            self.send_digits_hook(call, digits)
+
+    def send_digits_hook(self, call: Call, digits: str) -> bool:
+        """``SendDigits``: play ``digits`` once the call is answered, through call
+        control (``send_dtmf`` on the live call) when the gateway has it.
+
+        Without call control the digits stay recorded in the call's metadata and a
+        ``send_digits`` event (``played: false``) is added to the call's event log;
+        returns whether they were handed to call control.
+        """
+        call_id = call.call_id
+        if isinstance(call, DtmfSender):
+            call.send_dtmf(digits)
+            played = True
+        else:
+            log.info("call %s: SendDigits recorded, not played (no call control)", call_id)
+            played = False
+        self._spawn(self._note_digits(call_id, digits, played), call_id)
+        return played
+
+    async def _note_digits(self, call_id: str, digits: str, played: bool) -> None:
+        await self.ctx.store.append_event(call_id, "send_digits", self.ctx.clock.wall(),
+                                          {"digits": digits, "played": played})
 
     # -- recordings ------------------------------------------------------------------
 

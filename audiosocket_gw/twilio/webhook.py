@@ -43,6 +43,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import aiohttp
 import numpy as np
 import numpy.typing as npt
+from yarl import URL
 
 from ..backends.base import CallInfo
 from ..dsp.resample import StreamResampler
@@ -147,7 +148,9 @@ async def signed_post(
     if token:
         headers[SIGNATURE_HEADER] = compute_signature(token, url, params)
     async with asyncio.timeout(time_limit):
-        async with http.request(verb, url, data=dict(params) if verb == "POST" else None,
+        # encoded=True: the URL goes out byte for byte as signed (no requoting).
+        async with http.request(verb, URL(url, encoded=True),
+                                data=dict(params) if verb == "POST" else None,
                                 headers=headers, allow_redirects=False) as resp:
             body = await resp.content.read(max_body)
             return resp.status, body

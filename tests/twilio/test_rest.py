@@ -73,7 +73,7 @@ class App:
 
     async def handle(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
-        url = str(request.url)
+        url = self.base + request.raw_path  # as sent, as a Twilio app validates it
         sig = request.headers.get(SIGNATURE_HEADER, "")
         signed = validate_signature(TOKEN, url, form, sig)
         self.requests.append((request.method, request.path, form or dict(request.query),
@@ -444,3 +444,48 @@ async def test_a_call_status_is_twilio_status(monkeypatch: pytest.MonkeyPatch) -
                            twiml=HANGUP)
         done = await s.status(call.sid, "busy")
         assert done.duration == "0" and CallStatus(done.status) is CallStatus.BUSY
+
+
+async def test_update_interrupts_running_twiml_get_status_callback_and_send_digits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inline ``Twiml`` update cuts a running ``<Pause>`` short; a GET status callback
+    carries the form in its query string, signed over the whole URL; ``SendDigits`` is
+    recorded on the call (played only when call control is there)."""
+    async with stack(monkeypatch) as s:
+        call = await s.sdk(s.client.calls.create, to="+15550006666", from_="+15559990000",
+                           twiml='<Response><Pause length="30"/></Response>',
+                           status_callback=s.app.base + "/status-get",
+                           status_callback_method="GET", send_digits="12w34#")
+        await s.status(call.sid, "in-progress")
+        t0 = asyncio.get_running_loop().time()
+        await s.sdk(s.client.calls(call.sid).update, twiml=HANGUP)
+        await s.status(call.sid, "completed")
+        assert asyncio.get_running_loop().time() - t0 < 10.0  # not the 30 s pause
+        await eventually(lambda: s.app.of("/status-get"))
+        ((method, _, query, signed),) = [r for r in s.app.requests if r[1] == "/status-get"]
+        assert method == "GET" and signed and query["CallStatus"] == "completed"
+        assert query["CallSid"] == call.sid
+        events = await s.gw.store.events(call_id_for_sid(call.sid) or "")
+        digits = [e.data for e in events if e.kind == "send_digits"]
+        assert digits and digits[0]["digits"] == "12w34#"
+
+
+async def test_machine_detection_answered_by_and_async_amd_callback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with stack(monkeypatch) as s:
+        s.sim.outcomes["+15550007777"] = Outcome("human")
+        call = await s.sdk(s.client.calls.create, to="+15550007777", from_="+15559990000",
+                           twiml='<Response><Pause length="1"/><Hangup/></Response>',
+                           machine_detection="Enable", async_amd="true",
+                           async_amd_status_callback=s.app.base + "/amd",
+                           status_callback=s.app.base + "/status",
+                           status_callback_event=["answered", "completed"])
+        done = await s.status(call.sid, "completed")
+        assert done.answered_by == "human"
+        orig = [a for a in s.sim.actions if a.get("Action") == "Originate"][-1]
+        assert orig.variables().get("AIGW_AMD") not in (None, "", "0")
+        await eventually(lambda: len(s.app.of("/status")) >= 2)
+        await eventually(lambda: s.app.of("/amd"))
+        (amd,) = s.app.of("/amd")
+        assert amd["AnsweredBy"] == "human" and amd["CallSid"] == call.sid
+        assert [f.get("AnsweredBy") for f in s.app.of("/status")] == ["human", "human"]
