@@ -21,8 +21,15 @@ app can order retried requests.
 Form fields: ``CallSid``, ``AccountSid``, ``From``, ``To``, ``Caller``, ``Called``,
 ``Direction``, ``CallStatus`` (initiated, ringing, in-progress, completed, or a failure
 status given by the tracker), ``ApiVersion``, ``Timestamp`` (RFC 2822, ``+0000``),
-``SequenceNumber``, ``CallbackSource=call-progress-events``, and ``CallDuration`` /
-``Duration`` on ``completed``. Phone numbers go in the form, never in logs.
+``SequenceNumber``, ``CallbackSource=call-progress-events``, ``CallDuration`` /
+``Duration`` on ``completed``, and ``AnsweredBy`` once answering-machine detection has
+decided (``events.answered_by``; with ``MachineDetection`` the ``answered`` callback
+waits up to ``amd_wait_s`` for it). Phone numbers go in the form, never in logs.
+
+Where: a call placed through the Twilio REST API with its own ``StatusCallback``
+(``StatusCallbackEvent``, ``StatusCallbackMethod``: POST form or GET query string) uses
+those instead of the agent's (:mod:`audiosocket_gw.twilio.callopts`); its
+``AsyncAmdStatusCallback`` gets ``AnsweredBy`` when AMD decides.
 """
 
 from __future__ import annotations
