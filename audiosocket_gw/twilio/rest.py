@@ -71,6 +71,7 @@ from .ids import (
     derived_account_sid,
     is_sid,
 )
+from .twiml import TwimlError, parse_twiml
 
 if TYPE_CHECKING:
     from ..call import Call
@@ -93,6 +94,7 @@ API_VERSION: Final = "2010-04-01"
 PREFIX: Final = f"/{API_VERSION}/Accounts/{{account_sid}}"
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 1000
+MAX_PAGE: Final = 1_000_000
 MAX_TWIML: Final = 64 * 1024
 MAX_MP3_SOURCE: Final = 200 * 1024 * 1024
 """Largest WAV encoded to MP3 on request (about 3.6 hours of 8 kHz stereo)."""
@@ -330,8 +332,7 @@ def create_options(form: MultiDictProxy[str]) -> tuple[str, str, float | None, C
         raise _BadParam(ERR_URL, "Url or Twiml is required.")
     if url:
         _http_url(url, ERR_URL, "Url")
-    if len(twiml.encode("utf-8", "surrogateescape")) > MAX_TWIML:
-        raise _BadParam(ERR_PARAM, f"Twiml is longer than {MAX_TWIML} bytes")
+    _check_twiml(twiml)
     timeout: float | None = None
     if form.get("Timeout"):
         try:
@@ -371,6 +372,19 @@ def create_options(form: MultiDictProxy[str]) -> tuple[str, str, float | None, C
     return to, from_, timeout, opts
 
 
+def _check_twiml(twiml: str) -> None:
+    """Inline ``Twiml`` must be a TwiML document the gateway can run (checked up front,
+    so a bad one is a 400 rather than a call that hangs up)."""
+    if not twiml:
+        return
+    if len(twiml.encode("utf-8", "surrogateescape")) > MAX_TWIML:
+        raise _BadParam(ERR_PARAM, f"Twiml is longer than {MAX_TWIML} bytes")
+    try:
+        parse_twiml(twiml)
+    except TwimlError as exc:
+        raise _BadParam(ERR_PARAM, f"Twiml is not valid TwiML: {exc}") from None
+
+
 def _time_bound(raw: str, *, end_of_day: bool) -> float:
     """A ``StartTime`` filter value: ``YYYY-MM-DD`` or ISO 8601 (the SDKs send
     ``YYYY-MM-DDTHH:MM:SSZ``), as epoch seconds."""
@@ -400,8 +414,9 @@ class _Paging:
             page = int(q.get("Page", 0))
         except ValueError:
             raise _BadParam(ERR_PARAM, "Page and PageSize must be whole numbers") from None
-        if not 1 <= size <= MAX_PAGE_SIZE or page < 0:
-            raise _BadParam(ERR_PARAM, f"PageSize must be 1..{MAX_PAGE_SIZE}, Page >= 0")
+        if not 1 <= size <= MAX_PAGE_SIZE or not 0 <= page <= MAX_PAGE:
+            raise _BadParam(ERR_PARAM, f"PageSize must be 1..{MAX_PAGE_SIZE}, "
+                                       f"Page 0..{MAX_PAGE}")
         return cls(page, size)
 
     @property
@@ -636,10 +651,11 @@ class TwilioRestApi:
             return web.json_response(call_json(rec, account_sid))
         if not url and not twiml:
             raise _BadParam(ERR_PARAM, "give Status, Url or Twiml")
+        if url and twiml:
+            raise _BadParam(ERR_PARAM, "Give either Url or Twiml, not both")
         if url:
             _http_url(url, ERR_URL, "Url")
-        if len(twiml.encode("utf-8", "surrogateescape")) > MAX_TWIML:
-            raise _BadParam(ERR_PARAM, f"Twiml is longer than {MAX_TWIML} bytes")
+        _check_twiml(twiml)
         method = _method(form, "Method") or "POST"
         live = self.ctx.calls.get(rec.id)
         session = live.session if live is not None else None

@@ -342,13 +342,26 @@ async def test_errors_wrong_credentials_bad_params_unknown_resources(
                          ({"to": "+15550001111", "from_": "+15559990000", "twiml": HANGUP,
                            "status_callback": "nope"}, 21609),
                          ({"to": "+15550001111", "from_": "+15559990000", "twiml": HANGUP,
-                           "machine_detection": "Maybe"}, 20001)):
+                           "machine_detection": "Maybe"}, 20001),
+                         ({"to": "+15550001111", "from_": "+15559990000",
+                           "twiml": "<Response><Play/></Response>"}, 20001),
+                         ({"to": "+15550001111", "from_": "+15559990000",
+                           "twiml": '<!DOCTYPE x [<!ENTITY a "b">]><Response/>'}, 20001),
+                         ({"to": "+15550001111", "from_": "+15559990000", "twiml": HANGUP,
+                           "url": "https://app.example.com/x"}, 20001)):
             with pytest.raises(TwilioRestException) as err:
                 await s.sdk(s.client.calls.create, **kw)
             assert (err.value.status, err.value.code) == (400, code), kw
         with pytest.raises(TwilioRestException) as err:
             await s.sdk(s.client.calls("CA" + "0" * 32).fetch)
         assert err.value.status == 404 and err.value.code == 20404
+        with pytest.raises(TwilioException) as page_err:
+            await s.sdk(s.client.calls.page, page_size=5000)
+        assert "20001" in str(page_err.value)
+        with pytest.raises(TwilioException) as page_err:
+            await s.sdk(s.client.calls.page, page_number=10**30)
+        assert "20001" in str(page_err.value)
+        assert await s.gw.store.list_calls() == []  # no bad request placed a call
         with pytest.raises(TwilioRestException) as err:
             await s.sdk(s.client.recordings("RE" + "0" * 32).fetch)
         assert err.value.status == 404 and err.value.code == 20404
