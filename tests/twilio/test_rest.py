@@ -13,6 +13,7 @@ import asyncio
 import base64
 import datetime as dt
 import io
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,11 +30,13 @@ from twilio.rest import Client
 
 from audiosocket_gw.callstate import CallStatus
 from audiosocket_gw.gateway import Gateway
+from audiosocket_gw.recordings.component import RecordingsComponent
 from audiosocket_gw.testing.fakeapp import FakeTwilioApp
 from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
 from audiosocket_gw.twilio.ids import call_id_for_sid, derived_account_sid
 from audiosocket_gw.twilio.signature import SIGNATURE_HEADER, validate_signature
 from tests.helpers import MS, make_config
+from tests.recordings.conftest import s3_client
 
 SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "acme-secret-token"
@@ -193,6 +196,9 @@ async def test_create_with_url_runs_its_twiml_and_sends_its_status_callbacks(
         assert call.status in ("queued", "ringing") and call.direction == "outbound-api"
         assert call.to == "+15550001111" and call._from == "+15559990000"
         assert call.uri == f"/2010-04-01/Accounts/{SID}/Calls/{call.sid}.json"
+        orig = [a for a in s.sim.actions if a.get("Action") == "Originate"][-1]
+        assert orig.get("Timeout") == "20000"  # the ring timeout
+        assert orig.get("CallerID") == "+15559990000"
         done = await s.status(call.sid, "completed")
         # The TwiML was fetched with GET, signed, for this call.
         ((method, _, form, signed),) = [r for r in s.app.requests if r[1] == "/twiml"]
@@ -438,6 +444,11 @@ async def test_recordings_list_fetch_download_and_delete(monkeypatch: pytest.Mon
             async with http.get(media + ".wav",
                                 headers={"Authorization": basic(SID, "no")}) as resp:
                 assert resp.status == 401
+            # Without an MP3 encoder: a clear 415, the WAV still there.
+            with monkeypatch.context() as m:
+                m.setitem(sys.modules, "lameenc", None)
+                async with http.get(media + ".mp3") as resp:
+                    assert resp.status == 415 and (await resp.json())["code"] == 99002
         # The recording status callback names the same recording and call.
         await eventually(lambda: s.app.of("/rec"))
         cb = s.app.of("/rec")[0]
@@ -502,3 +513,40 @@ async def test_machine_detection_answered_by_and_async_amd_callback(
         (amd,) = s.app.of("/amd")
         assert amd["AnsweredBy"] == "human" and amd["CallSid"] == call.sid
         assert [f.get("AnsweredBy") for f in s.app.of("/status")] == ["human", "human"]
+
+
+async def test_recording_in_the_bucket_is_a_redirect_and_delete_removes_the_object(
+        monkeypatch: pytest.MonkeyPatch, moto_url: str, bucket: str) -> None:
+    """Once the local copy is gone (verified upload, retention over) the media URL
+    redirects to a presigned URL of the object; DELETE removes the object too."""
+    env = {"AIGW_S3_BUCKET": bucket, "AIGW_S3_ENDPOINT": moto_url,
+           "AIGW_RECORDING_RETENTION_S": "0"}
+    async with stack(monkeypatch, env=env) as s:
+        call = await s.sdk(s.client.calls.create, to="+15550008888", from_="+15559990000",
+                           twiml='<Response><Pause length="1"/><Hangup/></Response>',
+                           record=True)
+        await s.status(call.sid, "completed", within=10.0)
+        pipeline = s.gw.component(RecordingsComponent).pipeline
+        call_id = call_id_for_sid(call.sid) or ""
+        async with asyncio.timeout(15):
+            while (row := await pipeline.get(call_id)) is None or row.state not in (
+                    "verified", "deleted"):
+                await asyncio.sleep(50 * MS)
+        await pipeline.sweep_once()  # retention 0: the local copy goes (if not yet)
+        row = await pipeline.get(call_id)
+        assert row is not None and row.state == "deleted" \
+            and not await asyncio.to_thread(Path(row.path).exists)
+        (rec,) = await s.sdk(s.client.calls(call.sid).recordings.list)
+        media = f"{s.base}/2010-04-01/Accounts/{SID}/Recordings/{rec.sid}.wav"
+        async with aiohttp.ClientSession(headers={"Authorization": basic(SID, TOKEN)}) as http:
+            async with http.get(media, allow_redirects=False) as resp:
+                assert resp.status == 302
+                location = resp.headers["Location"]
+            assert location.startswith(moto_url) and row.key in location
+        async with aiohttp.ClientSession() as http, http.get(location) as resp:
+            assert resp.status == 200
+            data, rate = sf.read(io.BytesIO(await resp.read()), always_2d=True)
+        assert rate == 8000 and len(data) / rate >= 1.0
+        assert await s.sdk(s.client.recordings(rec.sid).delete) is True
+        listed = s3_client(moto_url).list_objects_v2(Bucket=bucket).get("Contents", [])
+        assert [o["Key"] for o in listed] == []
