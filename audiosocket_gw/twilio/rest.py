@@ -12,6 +12,7 @@ Routes, under ``/2010-04-01/Accounts/{AccountSid}/`` (form-encoded bodies, JSON 
     POST   Calls/{CallSid}.json            update (Status, Url/Method, Twiml)
     DELETE Calls/{CallSid}.json            delete an ended call (204)
     GET    Calls/{CallSid}/Recordings.json the call's recordings
+    GET    Calls/{CallSid}/Recordings/{RecordingSid}.json   fetch; DELETE removes it
     GET    Recordings.json                 the account's recordings (CallSid filter)
     GET    Recordings/{RecordingSid}.json  fetch; DELETE removes it (204)
     GET    Recordings/{RecordingSid}[.wav|.mp3]   the media (WAV as stored, Range ok)
@@ -471,6 +472,10 @@ class TwilioRestApi:
             web.delete(f"{p}/Calls/{{sid}}.json", a(self.delete_call)),
             web.get(f"{p}/Calls/{{sid}}/Recordings.json", a(self.list_call_recordings),
                     allow_head=False),
+            web.get(f"{p}/Calls/{{sid}}/Recordings/{{rsid}}.json", a(self.fetch_call_recording),
+                    allow_head=False),
+            web.delete(f"{p}/Calls/{{sid}}/Recordings/{{rsid}}.json",
+                       a(self.delete_call_recording)),
             web.get(f"{p}/Recordings.json", a(self.list_recordings), allow_head=False),
             web.get(f"{p}/Recordings/{{sid}}.json", a(self.fetch_recording),
                     allow_head=False),
@@ -478,7 +483,14 @@ class TwilioRestApi:
             web.get(f"{p}/Recordings/{{sid}}.wav", a(self.recording_wav)),
             web.get(f"{p}/Recordings/{{sid}}.mp3", a(self.recording_mp3)),
             web.get(f"{p}/Recordings/{{sid:RE[0-9a-f]{{32}}}}", a(self.recording_wav)),
+            # Last: anything else of the account (Messages, Conferences...) is Twilio's 404.
+            web.route("*", f"{p}/{{tail:.*}}", a(self.not_supported)),
         ]
+
+    async def not_supported(self, request: web.Request, tenant: Tenant,
+                            account_sid: str) -> web.StreamResponse:
+        raise _BadParam(ERR_NOT_FOUND, f"The requested resource {request.path} was not found "
+                                       "(not supported by this gateway: docs/TWILIO.md)", 404)
 
     async def start(self) -> None:
         """Watch answered calls for ``SendDigits``."""
@@ -768,6 +780,24 @@ class TwilioRestApi:
                                    account_sid: str) -> web.StreamResponse:
         rec = await self._call(tenant, request.match_info["sid"])
         return await self._list_recordings(request, tenant, account_sid, rec.id)
+
+    async def _call_recording(self, request: web.Request, tenant: Tenant) -> RecordingRow:
+        rec = await self._call(tenant, request.match_info["sid"])
+        row = await self._recording(tenant, request.match_info["rsid"])
+        if row.call_id != rec.id:
+            raise _BadParam(ERR_NOT_FOUND, "The requested resource was not found", 404)
+        return row
+
+    async def fetch_call_recording(self, request: web.Request, tenant: Tenant,
+                                   account_sid: str) -> web.StreamResponse:
+        row = await self._call_recording(request, tenant)
+        return web.json_response(recording_json(row, account_sid, self._origin(request)))
+
+    async def delete_call_recording(self, request: web.Request, tenant: Tenant,
+                                    account_sid: str) -> web.StreamResponse:
+        row = await self._call_recording(request, tenant)
+        await self._pipeline_ok().pipeline.delete(row)
+        return web.Response(status=204)
 
     async def fetch_recording(self, request: web.Request, tenant: Tenant,
                               account_sid: str) -> web.StreamResponse:

@@ -371,6 +371,14 @@ async def test_errors_wrong_credentials_bad_params_unknown_resources(
         with pytest.raises(TwilioRestException) as err:
             await s.sdk(s.client.recordings("RE" + "0" * 32).fetch)
         assert err.value.status == 404 and err.value.code == 20404
+        with pytest.raises(TwilioRestException) as err:  # not emulated: Twilio's 404
+            await s.sdk(s.client.messages.create, to="+15550001111", from_="+15559990000",
+                        body="hi")
+        assert err.value.status == 404 and err.value.code == 20404
+        with pytest.raises(TwilioRestException) as err:  # authentication still first
+            await s.sdk(bad.messages.create, to="+15550001111", from_="+15559990000",
+                        body="hi")
+        assert err.value.status == 401 and err.value.code == 20003
         # A tenant with no twilio-stream agent (its derived AccountSid, its own token).
         plain = client_for(s.base, derived_account_sid("plain"), "plain-token")
         with pytest.raises(TwilioRestException) as err:
@@ -418,6 +426,8 @@ async def test_recordings_list_fetch_download_and_delete(monkeypatch: pytest.Mon
         assert rec.channels == 2 and int(rec.duration) >= 2
         fetched = await s.sdk(s.client.recordings(rec.sid).fetch)
         assert fetched.sid == rec.sid and fetched.uri.endswith(f"/Recordings/{rec.sid}.json")
+        via_call = await s.sdk(s.client.calls(call.sid).recordings(rec.sid).fetch)
+        assert via_call.sid == rec.sid and via_call.call_sid == call.sid
         everything = await s.sdk(s.client.recordings.list)
         assert [r.sid for r in everything] == [rec.sid]
         by_call = await s.sdk(s.client.recordings.list, call_sid=call.sid)
