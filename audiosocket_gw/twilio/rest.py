@@ -533,13 +533,20 @@ class TwilioRestApi:
         if not sep:
             return None
         user_ok = hmac.compare_digest(user, account_sid.encode("ascii"))
+        matches = []
         for tenant in self._tenants_for(account_sid):
             token = auth_token_for(tenant=tenant, agent=None, env=self.env)
             if token is None:
                 continue
             if hmac.compare_digest(password, token.encode("utf-8")) and user_ok:
-                return tenant
-        return None
+                matches.append(tenant)
+        if len(matches) > 1:
+            # Same AccountSid (AIGW_TWILIO_ACCOUNT_SID) and same token: which tenant is
+            # meant cannot be told, so none is (docs/TWILIO.md).
+            log.warning("REST credentials match %d tenants (%s): refused", len(matches),
+                        ", ".join(t.id for t in matches))
+            return None
+        return matches[0] if matches else None
 
     def _authed(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def wrapped(request: web.Request) -> web.StreamResponse:

@@ -34,6 +34,7 @@ from audiosocket_gw.recordings.component import RecordingsComponent
 from audiosocket_gw.testing.fakeapp import FakeTwilioApp
 from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
 from audiosocket_gw.twilio.ids import call_id_for_sid, derived_account_sid
+from audiosocket_gw.twilio.rest import TwilioRestApi
 from audiosocket_gw.twilio.signature import SIGNATURE_HEADER, validate_signature
 from tests.helpers import MS, make_config
 from tests.recordings.conftest import s3_client
@@ -560,3 +561,29 @@ async def test_recording_in_the_bucket_is_a_redirect_and_delete_removes_the_obje
         assert await s.sdk(s.client.recordings(rec.sid).delete) is True
         listed = s3_client(moto_url).list_objects_v2(Bucket=bucket).get("Contents", [])
         assert [o["Key"] for o in listed] == []
+
+
+def test_credentials_matching_two_tenants_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two tenants without their own SID share AIGW_TWILIO_ACCOUNT_SID: different tokens
+    tell them apart; the same token for both authenticates neither."""
+    shared = "AC" + "5" * 32
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('default_agent = "a"\n[tenants.one]\ntwilio_auth_token_env = "ONE_T"\n'
+                   '[tenants.two]\ntwilio_auth_token_env = "TWO_T"\n'
+                   '[agents.a]\ntenant = "one"\nbackend = "echo"\n')
+    monkeypatch.setenv("AIGW_TWILIO_ACCOUNT_SID", shared)
+    monkeypatch.setenv("ONE_T", "token-one")
+    monkeypatch.setenv("TWO_T", "token-two")
+    api = Gateway(make_config(config=str(cfg))).component(TwilioRestApi)
+    one = api.authenticate(basic(shared, "token-one"), shared)
+    two = api.authenticate(basic(shared, "token-two"), shared)
+    assert one is not None and one.id == "one" and two is not None and two.id == "two"
+    assert api.authenticate(basic(shared, "token-two"), "AC" + "6" * 32) is None
+    monkeypatch.setenv("TWO_T", "token-one")
+    api = Gateway(make_config(config=str(cfg))).component(TwilioRestApi)
+    assert api.authenticate(basic(shared, "token-one"), shared) is None
+    # Each tenant's derived SID still works, with its own token.
+    own = api.authenticate(basic(derived_account_sid("two"), "token-one"),
+                           derived_account_sid("two"))
+    assert own is not None and own.id == "two"
