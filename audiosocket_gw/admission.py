@@ -13,8 +13,9 @@ Steps, in order, each undone if a later one fails:
 5. answer the advertised AudioSocket address (``advertised_audiosocket``) and the
    MixMonitor file when the agent records through Asterisk.
 
-Routing (``POST /v1/route``) and the outbound provider both call ``admit``; so will
-the Twilio REST emulation. Errors: ``TelephonyError`` root; ``UnknownTenant``,
+Routing (``POST /v1/route``) and the outbound provider both call ``admit``; the Twilio
+REST API (``twilio/rest.py``) places calls through the provider, its per-call options
+in ``call_metadata``. Errors: ``TelephonyError`` root; ``UnknownTenant``,
 ``UnknownAgent``, ``InvalidNumber`` (the request is wrong), ``LimitExceeded``
 (retry later).
 """

@@ -11,7 +11,8 @@ Events:
 - ``started``: an AudioSocket call connected (``Call``), before its backend opens;
 - ``ended``: it ended (``Call``, with ``end_reason``), after it left the pacer;
 - ``status_changed``: the status writer applied an input (``StatusChange``);
-- ``ami_message``: one AMI event, after the call tracker has correlated it.
+- ``ami_message``: one AMI event, after the call tracker has correlated it;
+- ``answered_by``: answering-machine detection decided (the record after it was stored).
 """
 
 from __future__ import annotations
@@ -84,3 +85,4 @@ class CallEvents:
     status_changed: Signal[StatusChange] = field(
         default_factory=lambda: Signal("status changed"))
     ami_message: Signal[AmiMessage] = field(default_factory=lambda: Signal("AMI message"))
+    answered_by: Signal[CallRecord] = field(default_factory=lambda: Signal("answered by"))

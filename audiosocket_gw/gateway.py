@@ -54,6 +54,7 @@ from .telephony import AsteriskProvider
 from .tenants import Agent, TenantsConfig, load_tenants
 from .transcripts import TranscriptKeeper
 from .twilio.callbacks import StatusCallbacks
+from .twilio.rest import TwilioRestApi
 from .watchdogs import Watchdogs
 
 log = logging.getLogger("audiosocket_gw")
@@ -190,12 +191,14 @@ class Gateway:
         ]
         if ami is not None:
             comps.append(ami)
+        recordings = RecordingsComponent(ctx, s.recording)
         comps += [
             CallsApi(ctx, provider),
             CallController(ctx, client, tracker, s.outbound),
             MosMonitor(ctx),
             CostMeter(ctx, s.cost),
-            RecordingsComponent(ctx, s.recording),
+            recordings,
+            TwilioRestApi(ctx, provider, recordings),
             StatusCallbacks(ctx),
             TranscriptKeeper(ctx),
         ]

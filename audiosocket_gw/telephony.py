@@ -39,6 +39,7 @@ from .routing import originate_variables
 from .settings import OutboundSettings
 from .store.base import CallRecord
 from .tenants import normalize_e164
+from .twilio.callopts import CallOptions
 
 if TYPE_CHECKING:
     from .ami.tracker import CallTracker
@@ -60,6 +61,14 @@ __all__ = [
 ]
 
 
+def _amd_timeout(raw: str) -> float:
+    """Twilio's ``MachineDetectionTimeout`` (3..59 s, default 30)."""
+    try:
+        return float(min(59, max(3, int(raw))))
+    except ValueError:
+        return 30.0
+
+
 class ProviderUnavailable(TelephonyError):
     """The PBX cannot be reached (AMI not configured or disconnected)."""
 
@@ -74,8 +83,10 @@ class TelephonyProvider(Protocol):
     async def start_outbound_call(self, tenant_id: str, to: str, from_: str,
                                   metadata: Mapping[str, Any] | None = None, *,
                                   agent: str | None = None,
-                                  ring_timeout_s: float | None = None) -> str:
-        """Place a call; returns its id (status ``queued``)."""
+                                  ring_timeout_s: float | None = None,
+                                  call_metadata: Mapping[str, str] | None = None) -> str:
+        """Place a call; returns its id (status ``queued``). ``call_metadata`` travels
+        with the call to its backend session (``CallInfo.metadata``)."""
 
     async def hangup(self, call_id: str) -> CallRecord | None:
         """End a call (cancel if not answered yet); the call after, None if unknown."""
@@ -104,7 +115,8 @@ class AsteriskProvider:
     async def start_outbound_call(self, tenant_id: str, to: str, from_: str,
                                   metadata: Mapping[str, Any] | None = None, *,
                                   agent: str | None = None,
-                                  ring_timeout_s: float | None = None) -> str:
+                                  ring_timeout_s: float | None = None,
+                                  call_metadata: Mapping[str, str] | None = None) -> str:
         admission = self.ctx.admission
         tenant, agent_cfg = admission.resolve_outbound(tenant_id, agent)
         to_e164 = normalize_e164(to)
@@ -118,8 +130,12 @@ class AsteriskProvider:
             raise ProviderUnavailable("AMI is not connected")
         admitted = await admission.admit(
             tenant, agent_cfg, direction="outbound", from_=from_e164, to=to_e164,
-            metadata=metadata)
+            metadata=metadata, call_metadata=call_metadata)
         call_id = admitted.call_id
+        opts = CallOptions.from_metadata(call_metadata or {})
+        amd_s = agent_cfg.voicemail_budget_s
+        if opts.machine_detection and amd_s <= 0:  # asked per call (Twilio MachineDetection)
+            amd_s = _amd_timeout(opts.machine_detection_timeout)
         # Everything [aigw-outbound] reads: the bridge, AMD with the agent's budget
         # (Asterisk's totalAnalysisTime), the voicemail action and the recording.
         variables = originate_variables(
@@ -129,8 +145,8 @@ class AsteriskProvider:
             agent=agent_cfg.name,
             record=bool(admitted.recording_file),
             recording_file=admitted.recording_file,
-            amd=agent_cfg.voicemail_budget_s > 0,
-            amd_ms=int(min(60.0, max(0.5, agent_cfg.voicemail_budget_s)) * 1000),
+            amd=amd_s > 0,
+            amd_ms=int(min(60.0, max(0.5, amd_s)) * 1000),
             voicemail_action=agent_cfg.voicemail_action,
         )
         ring = self.settings.ring_timeout_s if ring_timeout_s is None else ring_timeout_s

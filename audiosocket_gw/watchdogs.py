@@ -382,8 +382,10 @@ class Watchdogs:
         rec = await self.ctx.store.get_call(call_id)
         if rec is None or rec.answered_by is not None:
             return
-        await self.ctx.store.update_call(call_id, answered_by=answered_by)
+        after = await self.ctx.store.update_call(call_id, answered_by=answered_by)
         self.metrics.answered_by.labels(answered_by, source).inc()
+        if after is not None:
+            self.ctx.events.answered_by.emit(after)
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(

@@ -75,6 +75,8 @@ from ..recordings.transcribe import HttpTranscriber, Transcriber
 from ..settings import TtsSettings
 from ..tenants import Agent, Tenant, TenantsConfig, load_tenants
 from ..tts import CachedTts, build_tts
+from ..twilio.callopts import KEYS as CALL_OPTION_KEYS
+from ..twilio.callopts import CallOptions
 from ..twilio.fork import MediaFork
 from ..twilio.ids import account_sid_for, auth_token_for, call_sid_for, stream_sid_for
 from ..twilio.streams import (
@@ -379,6 +381,12 @@ class TwilioStreamSession(BackendSession):
                 "DialCallSid": meta.get("dial_call_sid") or "",
                 "DialBridged": "true" if status in ("completed", "answered") else "false",
             })
+        # A call placed through the Twilio REST API carries its own Url/Method or Twiml
+        # (twilio/callopts.py), which win over the agent's voice_url.
+        opts = CallOptions.from_metadata(meta)
+        if opts.has_twiml:
+            return TwimlSource(opts.twiml_url, opts.twiml_method or "POST",
+                               twiml=opts.twiml or None)
         agent = self.info.agent_cfg
         if agent is not None and agent.voice_url:
             return TwimlSource(agent.voice_url)
@@ -441,7 +449,9 @@ class TwilioStreamSession(BackendSession):
         stream_url = (agent.stream_url if agent is not None else None) or self.backend.stream_url
         if not stream_url:
             raise BackendError("no stream URL for this agent (--stream-url)", reason="config")
-        await self._open_stream(stream_url, dict(self.info.metadata))
+        # customParameters: the call's own metadata, not the REST call options.
+        await self._open_stream(stream_url, {k: v for k, v in self.info.metadata.items()
+                                             if k not in CALL_OPTION_KEYS})
 
     async def _open_stream(self, url: str, params: Mapping[str, str]) -> None:
         """Connect to the Media Streams app at ``url`` and start streaming."""

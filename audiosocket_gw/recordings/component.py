@@ -35,6 +35,7 @@ from aiohttp import web
 
 from ..dial import MOVED_END_REASON
 from ..httpapi import api_error
+from ..twilio.callopts import CallOptions
 from ..twilio.ids import account_sid_for, auth_token_for, call_sid_for
 from ..twilio.signature import SIGNATURE_HEADER, compute_signature
 from .metrics import RecordingMetrics
@@ -120,11 +121,15 @@ class RecordingsComponent:
 
     def _on_call_start(self, call: Call) -> None:
         agent = call.info.agent_cfg
-        if agent is None or not agent.record:
-            return
         info = call.info
+        # A call placed through the Twilio REST API may ask for its own recording
+        # (``Record=true``, captured by the gateway) and its own status callback.
+        opts = CallOptions.from_metadata(info.metadata)
+        if agent is None or not (agent.record or opts.record == "true"):
+            return
+        callback = opts.recording_status_callback or _callback(agent.extra)
         self.metrics.answered.labels(info.tenant, agent.recording_source).inc()
-        if agent.recording_source == "mixmonitor":
+        if agent.record and agent.recording_source == "mixmonitor":
             # A leg resumed after Dial() is in the parent's MixMonitor file already.
             if not info.metadata.get("parent_call_id"):
                 self.watcher.expect(info.call_id, info.tenant, agent.name)
@@ -139,7 +144,7 @@ class RecordingsComponent:
         rec = StereoRecorder(self.writer, final, part, done)
         call.add_tap(rec)
         self._spawn(self._gateway_capture(info.call_id, info.tenant, agent.name,
-                                          _callback(agent.extra), fut), self._captures)
+                                          callback, fut), self._captures)
 
     def _on_call_end(self, call: Call) -> None:
         if call.end_reason == MOVED_END_REASON:

@@ -157,6 +157,31 @@ class RecordingPipeline:
     async def get(self, call_id: str) -> RecordingRow | None:
         return await self.queue.call(RecordingDB.get, call_id)
 
+    async def page(self, *, tenant: str | None = None, call_id: str | None = None,
+                   limit: int = 50, offset: int = 0) -> list[RecordingRow]:
+        """Recordings newest first (the Twilio REST ``Recordings`` lists)."""
+        return await self.queue.call(RecordingDB.page, tenant=tenant, call_id=call_id,
+                                     limit=limit, offset=offset)
+
+    async def delete(self, row: RecordingRow) -> bool:
+        """Forget ``row`` and remove its local file and its object (REST ``DELETE``).
+
+        An upload attempt running at that moment finds no row to update and its
+        object is removed here only if it was already stored: a recording deleted
+        mid-upload can leave one orphan object (logged by the uploader's key).
+        """
+        removed = await self.queue.call(RecordingDB.remove, row.call_id)
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.remove, row.path)
+        if self.uploader is not None and row.state in ("uploaded", "verified", "deleted"):
+            try:
+                await asyncio.to_thread(self.uploader.delete_object, row.key)
+            except Exception as exc:
+                log.warning("recording %s: object %s not deleted: %s", row.recording_sid,
+                            row.key, exc)
+        await self._update_depth()
+        return bool(removed)
+
     async def get_job(self, call_id: str) -> TranscriptRow | None:
         return await self.queue.call(RecordingDB.get_job, call_id)
 

@@ -179,6 +179,33 @@ class RecordingDB:
         rows = self.conn.execute(f"SELECT {cols} FROM recordings ORDER BY captured_at")
         return [RecordingRow(*r) for r in rows]
 
+    def page(self, *, tenant: str | None = None, call_id: str | None = None,
+             limit: int = 50, offset: int = 0) -> list[RecordingRow]:
+        """Recordings newest first, optionally of one tenant or one call (REST lists)."""
+        cols = ", ".join(_REC_COLS)
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("tenant", tenant), ("call_id", call_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = f"SELECT {cols} FROM recordings"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY captured_at DESC, call_id LIMIT ? OFFSET ?"
+        args += [max(0, int(limit)), max(0, int(offset))]
+        return [RecordingRow(*r) for r in self.conn.execute(sql, args)]
+
+    def remove(self, call_id: str) -> bool:
+        """Forget a recording (and its transcription job); True if it existed."""
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM transcripts WHERE call_id = ?", (call_id,))
+            return conn.execute("DELETE FROM recordings WHERE call_id = ?",
+                                (call_id,)).rowcount > 0
+
+        return self._tx(delete)
+
     def recover(self) -> tuple[int, int]:
         """After a restart: attempts that were running did not finish; make them due."""
 

@@ -177,8 +177,18 @@ class CallStore(Protocol):
         status: CallStatus | None = None,
         tenant: str | None = None,
         limit: int = 100,
+        *,
+        from_: str | None = None,
+        to: str | None = None,
+        created_from: float | None = None,
+        created_until: float | None = None,
+        offset: int = 0,
     ) -> list[CallRecord]:
-        """Calls newest first (``created_at`` descending), optionally filtered."""
+        """Calls newest first (``created_at`` descending), optionally filtered
+        (``created_*`` bounds inclusive); ``offset`` skips that many first."""
+
+    async def delete_call(self, call_id: str) -> bool:
+        """Remove an (ended) call and its events; True if it existed."""
 
     async def update_call(self, call_id: str, **fields: object) -> CallRecord | None:
         """Change ``UPDATABLE_FIELDS``; returns the updated call or None if unknown."""

@@ -291,24 +291,49 @@ class SqliteCallStore:
         status: CallStatus | None = None,
         tenant: str | None = None,
         limit: int = 100,
+        *,
+        from_: str | None = None,
+        to: str | None = None,
+        created_from: float | None = None,
+        created_until: float | None = None,
+        offset: int = 0,
     ) -> list[CallRecord]:
-        """Calls newest first, optionally filtered by status and tenant."""
+        """Calls newest first, optionally filtered by status, tenant, numbers and
+        ``created_at`` (inclusive bounds); ``offset`` skips that many first."""
         where: list[str] = []
         args: list[Any] = []
         if status is not None:
             where.append("status = ?")
             args.append(CallStatus(status).value)
-        if tenant is not None:
-            where.append("tenant = ?")
-            args.append(tenant)
+        for column, value in (("tenant", tenant), ("from_number", from_), ("to_number", to)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if created_from is not None:
+            where.append("created_at >= ?")
+            args.append(float(created_from))
+        if created_until is not None:
+            where.append("created_at <= ?")
+            args.append(float(created_until))
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_at DESC, id LIMIT ?"
-        args.append(max(0, int(limit)))
+        sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
+        args += [max(0, int(limit)), max(0, int(offset))]
 
         def q() -> list[CallRecord]:
             return [_row_to_call(r) for r in self._c().execute(sql, args).fetchall()]
 
         return await self._run(q)
+
+    async def delete_call(self, call_id: str) -> bool:
+        """Remove a call, its events and its slot row; True if it existed."""
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM call_events WHERE call_id = ?", (call_id,))
+            conn.execute("DELETE FROM call_slots WHERE call_id = ? AND released = 1",
+                         (call_id,))
+            return conn.execute("DELETE FROM calls WHERE id = ?", (call_id,)).rowcount > 0
+
+        return await self._run(self._write, delete)
 
     async def active_calls(self) -> list[CallRecord]:
         """Calls in queued / ringing / in-progress, oldest first."""

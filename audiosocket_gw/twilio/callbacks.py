@@ -21,14 +21,22 @@ app can order retried requests.
 Form fields: ``CallSid``, ``AccountSid``, ``From``, ``To``, ``Caller``, ``Called``,
 ``Direction``, ``CallStatus`` (initiated, ringing, in-progress, completed, or a failure
 status given by the tracker), ``ApiVersion``, ``Timestamp`` (RFC 2822, ``+0000``),
-``SequenceNumber``, ``CallbackSource=call-progress-events``, and ``CallDuration`` /
-``Duration`` on ``completed``. Phone numbers go in the form, never in logs.
+``SequenceNumber``, ``CallbackSource=call-progress-events``, ``CallDuration`` /
+``Duration`` on ``completed``, and ``AnsweredBy`` once answering-machine detection has
+decided (``events.answered_by``; with ``MachineDetection`` the ``answered`` callback
+waits up to ``amd_wait_s`` for it). Phone numbers go in the form, never in logs.
+
+Where: a call placed through the Twilio REST API with its own ``StatusCallback``
+(``StatusCallbackEvent``, ``StatusCallbackMethod``: POST form or GET query string) uses
+those instead of the agent's (:mod:`audiosocket_gw.twilio.callopts`); its
+``AsyncAmdStatusCallback`` gets ``AnsweredBy`` when AMD decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import email.utils
 import logging
@@ -46,6 +54,7 @@ from ..callstate import CallInput, CallStatus
 from ..dial import MOVED_END_REASON
 from ..lograte import LogRate
 from ..store.base import CallRecord
+from .callopts import CallOptions, status_callback_target
 from .ids import account_sid_for, auth_token_for, call_sid_for
 from .webhook import API_VERSION, signed_post, twilio_direction
 
@@ -81,6 +90,7 @@ def status_params(
     at: float,
     status: str | None = None,
     duration_s: float | None = None,
+    answered_by: str | None = None,
 ) -> dict[str, str]:
     """The form of one status callback (pure)."""
     params = {
@@ -101,6 +111,8 @@ def status_params(
         secs = str(max(0, math.ceil(duration_s)))
         params["CallDuration"] = secs
         params["Duration"] = secs
+    if answered_by:
+        params["AnsweredBy"] = answered_by
     return params
 
 
@@ -110,6 +122,7 @@ class _Job:
     params: dict[str, str]
     token: str | None
     attempt: int = 1
+    method: str = "POST"
 
 
 class StatusCallbacks:
@@ -129,6 +142,7 @@ class StatusCallbacks:
         request_timeout: float = 5.0,
         backoff_s: float = 0.5,
         drain_timeout: float = 2.0,
+        amd_wait_s: float = 2.0,
     ) -> None:
         """Nothing is subscribed nor sent before :meth:`start`."""
         self.ctx = ctx
@@ -159,6 +173,9 @@ class StatusCallbacks:
         self._initiated: dict[str, None] = {}
         self._moved: set[str] = set()
         """Answered calls handed to Dial() (callcontrol.py): not completed yet."""
+        self._answered_by: dict[str, str] = {}
+        self._held: dict[str, tuple[CallInfo, asyncio.TimerHandle]] = {}
+        self.amd_wait_s = amd_wait_s
 
     # -- API -------------------------------------------------------------------------
 
@@ -171,14 +188,18 @@ class StatusCallbacks:
         duration_s: float | None = None,
         at: float | None = None,
     ) -> bool:
-        """Queue the ``event`` callback for ``info``'s call if its agent asked for it.
+        """Queue the ``event`` callback for ``info``'s call if it asked for it: its own
+        ``StatusCallback`` (Twilio REST create, in the call metadata) else its agent's.
 
         ``status`` overrides the default ``CallStatus`` (for example ``busy`` or
         ``no-answer`` on ``completed``). Returns True when a request was queued. Never
         blocks; a full queue drops the callback (logged, counted).
         """
         agent = info.agent_cfg
-        if agent is None or not agent.status_callback or event not in agent.status_events:
+        target = status_callback_target(
+            info.metadata, agent.status_callback if agent is not None else None,
+            agent.status_events if agent is not None else ())
+        if target is None or event not in target.events:
             if event == "completed":
                 self._forget(info.call_id)
             return False
@@ -193,11 +214,12 @@ class StatusCallbacks:
             at=self.ctx.clock.wall() if at is None else at,
             status=status,
             duration_s=duration_s,
+            answered_by=self._answered_by.get(info.call_id),
         )
         if event == "completed":
             self._forget(info.call_id)
-        job = _Job(agent.status_callback, params,
-                   auth_token_for(tenant=tenant, agent=agent, env=self.env))
+        job = _Job(target.url, params, auth_token_for(tenant=tenant, agent=agent, env=self.env),
+                   method=target.method)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -214,6 +236,7 @@ class StatusCallbacks:
     def _forget(self, call_id: str) -> None:
         self._sequence.pop(call_id, None)
         self._started_at.pop(call_id, None)
+        self._answered_by.pop(call_id, None)
 
     # -- lifecycle hooks -------------------------------------------------------------
 
@@ -221,9 +244,24 @@ class StatusCallbacks:
         if call.info.metadata.get("parent_call_id"):
             return  # a leg resumed after Dial(): the call was answered long ago
         self._started_at[call.call_id] = self.ctx.clock.monotonic()
+        if (CallOptions.from_metadata(call.info.metadata).machine_detection
+                and call.call_id not in self._answered_by):
+            # Twilio reports AnsweredBy with "answered" when AMD was asked: wait for
+            # the result (AMD runs before the bridge; its record write may trail).
+            handle = asyncio.get_running_loop().call_later(
+                self.amd_wait_s, self._flush_answered, call.call_id)
+            self._held[call.call_id] = (call.info, handle)
+            return
         self.notify(call.info, "answered")
 
+    def _flush_answered(self, call_id: str) -> None:
+        held = self._held.pop(call_id, None)
+        if held is not None:
+            held[1].cancel()
+            self.notify(held[0], "answered")
+
     def _on_call_end(self, call: Call) -> None:
+        self._flush_answered(call.call_id)
         parent = call.info.metadata.get("parent_call_id")
         info = replace(call.info, call_id=parent) if parent else call.info
         if call.end_reason == MOVED_END_REASON:
@@ -246,10 +284,14 @@ class StatusCallbacks:
         that ended without ever reaching the gateway's AudioSocket (answered calls get
         ``answered``/``completed`` from the AudioSocket lifecycle above)."""
         agent = self.ctx.tenants.agent(after.agent)
-        if agent is None or not agent.status_callback:
+        if agent is None:
             return
-        info = self.ctx.call_info(agent, after.id, direction=after.direction,
-                                       from_=after.from_, to=after.to)
+        metadata = {k: v for k, v in after.metadata.items() if isinstance(v, str)}
+        if status_callback_target(metadata, agent.status_callback, agent.status_events) is None:
+            return
+        info = dataclasses.replace(
+            self.ctx.call_info(agent, after.id, direction=after.direction,
+                               from_=after.from_, to=after.to), metadata=metadata)
         if after.direction == "outbound" and after.id not in self._initiated:
             # The first thing AMI tells us about an outbound call (the Originate was
             # queued, or it already rings): Twilio's "initiated" comes first.
@@ -270,6 +312,38 @@ class StatusCallbacks:
             self.notify(info, "completed", duration_s=after.billable_s if started is None
                         else self.ctx.clock.monotonic() - started)
 
+    def _on_answered_by(self, rec: CallRecord) -> None:
+        """AMD decided: later callbacks carry ``AnsweredBy``; Twilio's
+        ``AsyncAmdStatusCallback`` gets the result now."""
+        if rec.answered_by is None or rec.is_terminal:
+            return
+        agent = self.ctx.tenants.agent(rec.agent)
+        metadata = {k: v for k, v in rec.metadata.items() if isinstance(v, str)}
+        if agent is not None and status_callback_target(
+                metadata, agent.status_callback, agent.status_events) is not None:
+            self._answered_by[rec.id] = rec.answered_by
+            while len(self._answered_by) > 10_000:
+                self._answered_by.pop(next(iter(self._answered_by)))
+            self._flush_answered(rec.id)
+        opts = CallOptions.from_metadata(metadata)
+        if not (opts.async_amd and opts.async_amd_status_callback):
+            return
+        tenant = self.ctx.tenants.tenants.get(rec.tenant)
+        params = {
+            "CallSid": call_sid_for(rec.id),
+            "AccountSid": account_sid_for(rec.tenant, tenant=tenant, agent=agent, env=self.env),
+            "AnsweredBy": rec.answered_by,
+            "MachineDetectionDuration": "0",
+        }
+        job = _Job(opts.async_amd_status_callback, params,
+                   auth_token_for(tenant=tenant, agent=agent, env=self.env),
+                   method=opts.async_amd_status_callback_method or "POST")
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.results.labels("dropped").inc()
+
     # -- component -------------------------------------------------------------------
 
     def routes(self) -> list[web.RouteDef]:
@@ -280,7 +354,8 @@ class StatusCallbacks:
         events = self.ctx.events
         self._unsubscribe = [events.started.connect(self._on_call_start),
                              events.ended.connect(self._on_call_end),
-                             events.status_changed.connect(self._on_status)]
+                             events.status_changed.connect(self._on_status),
+                             events.answered_by.connect(self._on_answered_by)]
         self._http = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
         for i in range(self.workers):
@@ -294,6 +369,8 @@ class StatusCallbacks:
         self._unsubscribe = []
         for handle in self._retries:
             handle.cancel()
+        for call_id in list(self._held):
+            self._flush_answered(call_id)
         self._retries.clear()
         if self._tasks:
             with contextlib.suppress(TimeoutError):
@@ -319,11 +396,11 @@ class StatusCallbacks:
     async def _send(self, job: _Job) -> None:
         assert self._http is not None
         call_sid = job.params["CallSid"]
-        status_txt = job.params["CallStatus"]
+        status_txt = job.params.get("CallStatus") or job.params.get("AnsweredBy", "")
         try:
             status, _ = await signed_post(
                 self._http, job.url, job.params, job.token, self.request_timeout,
-                max_body=4096,
+                max_body=4096, method=job.method,
             )
             problem = None if status < 500 and status != 429 else f"HTTP {status}"
             if problem is None and status >= 400:

@@ -40,11 +40,12 @@ import logging
 import math
 from collections.abc import Mapping
 from typing import Final
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import numpy as np
 import numpy.typing as npt
+from yarl import URL
 
 from ..backends.base import CallInfo
 from ..dsp.resample import StreamResampler
@@ -124,26 +125,23 @@ async def signed_post(
 ) -> tuple[int, bytes]:
     """Send ``params`` to ``url`` the way Twilio does; return (status, body).
 
-    ``POST``: a form body, the signature over the URL + sorted params. ``GET``: the
-    params appended to the URL's query string, the signature over that full URL.
-    Signed with ``X-Twilio-Signature`` when ``token`` is set. Raises
-    :class:`aiohttp.ClientError` or :class:`TimeoutError`.
+    ``method="GET"`` sends them in the query string instead (signed over the whole
+    URL, as Twilio signs GET requests). Signed with ``X-Twilio-Signature`` when
+    ``token`` is set. Raises :class:`aiohttp.ClientError` or :class:`TimeoutError`.
     """
     headers = {"User-Agent": "TwilioProxy/1.1 (audiosocket-gw)"}
-    if method.upper() == "GET":
-        parts = urlsplit(url)
-        query = "&".join(q for q in (parts.query, urlencode(dict(params))) if q)
-        full = urlunsplit(parts._replace(query=query))
-        if token:
-            headers[SIGNATURE_HEADER] = compute_signature(token, full, {})
-        async with asyncio.timeout(time_limit):
-            async with http.get(full, headers=headers, allow_redirects=False) as resp:
-                return resp.status, await resp.content.read(max_body)
+    verb = "GET" if method.upper() == "GET" else "POST"
+    if verb == "GET":
+        if params:
+            url += ("&" if urlsplit(url).query else "?") + urlencode(dict(params))
+        params = {}
     if token:
         headers[SIGNATURE_HEADER] = compute_signature(token, url, params)
     async with asyncio.timeout(time_limit):
-        async with http.post(url, data=dict(params), headers=headers,
-                             allow_redirects=False) as resp:
+        # encoded=True: the URL goes out byte for byte as signed (no requoting).
+        async with http.request(verb, URL(url, encoded=True),
+                                data=dict(params) if verb == "POST" else None,
+                                headers=headers, allow_redirects=False) as resp:
             body = await resp.content.read(max_body)
             return resp.status, body
 

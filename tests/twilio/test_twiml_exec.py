@@ -315,7 +315,11 @@ async def test_record_posts_a_playable_recording(tmp_path: Path, spill: bool,
             assert rate == 8000 and data.ndim == 1
             assert abs(len(data) / 8000 - 1.2) < 0.1
             assert level(data.tobytes()) > 150  # the caller's voice, trimmed
-            assert np.array_equal(data[:400], np.frombuffer(speech(1.2), "<i2")[:400])
+            # The caller's samples, from its first frame (or a later whole frame: on a
+            # loaded machine the first 20 ms can reach the recorder after it started).
+            sent = np.frombuffer(speech(1.2), "<i2")
+            assert any(np.array_equal(data[:400], sent[k * 160:k * 160 + 400])
+                       for k in range(3))
             assert list(path.parent.glob(".*")) == []  # no part file left
             status = await app.wait_path("/rec-status", 2.0)
             assert status["RecordingStatus"] == "completed"
