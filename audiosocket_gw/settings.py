@@ -17,6 +17,7 @@ Groups (each component gets only its own):
 ``recording``  capture, S3, transcription (``recordings.settings``)
 ``cost``       trunk and AI rates
 ``twilio``     account SID and auth token defaults for Twilio emulation
+``rollout``    the migration webhook: SIP trunk host, public webhook URL
 =============  ===========================================================
 
 Secrets stay out of ``repr``. Tenants may name environment variables that hold
@@ -45,6 +46,7 @@ __all__ = [
     "AmiSettings",
     "CostSettings",
     "OutboundSettings",
+    "RolloutSettings",
     "RoutingSettings",
     "Settings",
     "TwilioSettings",
@@ -220,6 +222,38 @@ class TwilioSettings:
         return cls(account_sid=sid, auth_token=env.get("AIGW_TWILIO_AUTH_TOKEN") or None)
 
 
+_SIP_HOST_RE: Final = re.compile(
+    r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(;[a-z]{1,20}=[A-Za-z0-9]{1,20})*")
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """The migration webhook (``POST /v1/rollout/voice``, ``audiosocket_gw.rollout``).
+
+    ``AIGW_ROLLOUT_SIP_HOST``: where Twilio sends the calls that move to Asterisk,
+    ``<Dial><Sip>sip:{DID}@{host}</Sip></Dial>`` (``host``, ``host:port``, optional
+    ``;transport=tls``); unset, every call stays on Twilio. ``AIGW_ROLLOUT_PUBLIC_URL``:
+    the webhook URL exactly as configured at Twilio (needed behind a proxy or TLS
+    terminator: ``X-Twilio-Signature`` signs that URL); unset, the request's own URL.
+    """
+
+    sip_host: str = ""
+    public_url: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RolloutSettings:
+        host = (env.get("AIGW_ROLLOUT_SIP_HOST") or "").strip()
+        if host and not _SIP_HOST_RE.fullmatch(host):
+            raise ConfigError("AIGW_ROLLOUT_SIP_HOST: a host or host:port for sip:{DID}@host "
+                              "(optionally ;transport=tls)")
+        url = (env.get("AIGW_ROLLOUT_PUBLIC_URL") or "").strip()
+        if url and (not re.fullmatch(r"https?://[^\s?#]+", url)
+                    or "/v1/rollout/voice" not in url):
+            raise ConfigError("AIGW_ROLLOUT_PUBLIC_URL: the http(s) URL of /v1/rollout/voice "
+                              "as Twilio requests it")
+        return cls(sip_host=host, public_url=url)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of one gateway process (see the module docstring)."""
@@ -231,6 +265,7 @@ class Settings:
     recording: RecordingSettings = field(default_factory=RecordingSettings)
     cost: CostSettings = field(default_factory=CostSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -252,6 +287,7 @@ class Settings:
             recording=RecordingSettings.from_env(env),
             cost=CostSettings.from_env(env),
             twilio=TwilioSettings.from_env(env),
+            rollout=RolloutSettings.from_env(env),
             environ=env,
         )
 
@@ -270,6 +306,7 @@ ENV_VARS: Final = frozenset(
         "AIGW_FALLBACK_DIAL", "AIGW_OUTBOUND_CONTEXT", "AIGW_DIAL_TEMPLATE",
         "AIGW_RING_TIMEOUT_S", "AIGW_COST_TRUNK_PER_MIN", "AIGW_COST_AI_PER_MIN",
         "AIGW_TWILIO_ACCOUNT_SID", "AIGW_TWILIO_AUTH_TOKEN",
+        "AIGW_ROLLOUT_SIP_HOST", "AIGW_ROLLOUT_PUBLIC_URL",
     }
 )
 """Every environment variable the gateway process reads."""
