@@ -9,8 +9,8 @@ by default): the gateway's Twilio REST emulation, or a local test server.
 (one is required; ``default_url`` fills in), ``method``, ``status_callback``,
 ``status_callback_event`` (list), ``status_callback_method``, ``timeout``, ``record``,
 ``machine_detection``, ``time_limit``; other keys are ignored (Twilio has no free-form
-metadata). Twilio answering 429 or 5xx raises ``ProviderUnavailable``; another 4xx
-``RequestRejected``.
+metadata). Twilio answering 429 or 5xx, or unreachable, raises ``ProviderUnavailable``;
+another 4xx ``RequestRejected``; no answer after sending ``CallOutcomeUnknown``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import (
+    CallOutcomeUnknown,
     ProviderCall,
     ProviderRecording,
     ProviderUnavailable,
@@ -55,10 +56,17 @@ class TwilioProvider:
         self.default_url = default_url
 
     def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        from requests import exceptions as rq
         from twilio.base.exceptions import TwilioRestException
 
         try:
             return fn(*args, **kw)
+        except (rq.ConnectTimeout, rq.ConnectionError) as exc:
+            if isinstance(exc, rq.ReadTimeout):
+                raise CallOutcomeUnknown("", f"Twilio did not answer: {exc}") from None
+            raise ProviderUnavailable("twilio_unreachable", str(exc)) from None
+        except rq.ReadTimeout as exc:
+            raise CallOutcomeUnknown("", f"Twilio did not answer: {exc}") from None
         except TwilioRestException as exc:
             if exc.status == 429 or exc.status >= 500:
                 raise ProviderUnavailable(f"twilio_http_{exc.status}", str(exc.msg)) from None
