@@ -214,7 +214,10 @@ class RolloutComponent:
             assert original is not None
             return self._redirect(original)
         sip = escape(f"sip:{did}@{self.settings.sip_host}")
-        return self._twiml(f'<Dial action="{DIAL_STATUS_PATH}" method="POST">'
+        action = DIAL_STATUS_PATH
+        if self.settings.public_url:  # behind a proxy the path may carry a prefix
+            action = self.settings.public_url.replace(VOICE_PATH, DIAL_STATUS_PATH, 1)
+        return self._twiml(f'<Dial action="{escape(action)}" method="POST">'
                            f"<Sip>{sip}</Sip></Dial>")
 
     async def dial_status(self, request: web.Request) -> web.StreamResponse:

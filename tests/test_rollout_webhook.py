@@ -208,3 +208,21 @@ async def test_without_a_sip_host_every_call_stays_on_twilio(
         status, body = await Twilio(s, url).post({"From": "+18880000000", "To": "+19990000000"},
                                                  sign=True)
         assert status == 403  # unknown number: no tenant token, the default one is unset
+
+
+async def test_behind_a_proxy_the_public_url_is_signed_and_used(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    public = "https://gw.example.com/aigw/v1/rollout/voice"
+    monkeypatch.setenv("AIGW_ROLLOUT_SIP_HOST", SIP_HOST)
+    monkeypatch.setenv("AIGW_ROLLOUT_PUBLIC_URL", public)
+    async with gateway(monkeypatch, ami=False) as (gw, _), aiohttp.ClientSession() as s:
+        url = base_url(gw)
+        async with s.put(url + "/v1/rollout", json={"percent": 100}) as r:
+            assert r.status == 200
+        tw = Twilio(s, url)
+        params = {"From": "+16660000001", "To": DIDS[0]}
+        signed_for_public = tw.validator.compute_signature(public, params)
+        status, body = await tw.post(params, signature=signed_for_public)
+        assert status == 200 and is_dial(body)
+        assert 'action="https://gw.example.com/aigw/v1/rollout/voice/dial-status"' in body
+        assert (await tw.post(params))[0] == 403  # signed for the internal URL: not ours

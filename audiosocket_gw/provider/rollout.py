@@ -5,9 +5,10 @@ Choosing the path of a new call (``choose``):
 1. the percentage: a per-tenant override given to the provider
    (``TELEPHONY_ROLLOUT_TENANTS="acme=50,beta=0"``) wins; else a fixed
    ``TELEPHONY_ROLLOUT_PERCENT`` when set (the app pins its own share); else the
-   gateway's rollout state (``GET /v1/rollout``: the DID's rule, the tenant's, the
-   global one), cached ``state_ttl`` seconds, so ``audiosocket-gw rollout set`` and
-   ``rollout rollback`` steer the app's outbound calls too. A gateway that cannot be
+   gateway's rollout state (``GET /v1/rollout``: the rule of the DID the call is
+   placed from (``from_``), the tenant's, the global one), cached ``state_ttl``
+   seconds, so ``audiosocket-gw rollout set`` and ``rollout rollback`` steer the app's
+   outbound calls too. A gateway that cannot be
    asked counts as 0 % (Twilio), reason ``rollout_state_unavailable``.
 2. stickiness: the key is the destination number (``sticky="to"``, default) or the
    tenant (``sticky="tenant"``); ``bucket(key)`` (sha256 -> 0..99) below the percentage
