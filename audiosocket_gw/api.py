@@ -4,6 +4,7 @@ Routes on the gateway's ``--http`` listener (JSON in, JSON out)::
 
     POST /v1/calls               {to, from, tenant, agent?, metadata?, timeout?}
                                  -> 201 {id, status}   (timeout: ring seconds)
+                                 header Idempotency-Key: see below
     GET  /v1/calls/{id}          -> 200 call | 404
     GET  /v1/calls?status=&tenant=&limit=   -> 200 {calls: [...]}
     POST /v1/calls/{id}/hangup   -> 200 call | 404
@@ -12,11 +13,21 @@ Errors are ``{"error": {"code": ..., "message": ...}}`` with 400 (bad request),
 401 (token), 404, 429 (tenant limit; ``Retry-After``), 502 (Originate refused),
 503 (AMI down), from ``httpapi.api_error``; the bearer token is checked by the
 one middleware in ``httpapi``. Phone numbers are never logged at info level.
+
+``Idempotency-Key`` (optional, 1-255 visible ASCII characters): within 24 hours the
+same key of the same tenant never places a second call. The first request claims the
+key in the call store (``claim_idempotency_key``, so every gateway process sharing the
+store agrees); a repeat gets ``201`` with the first call's id and the header
+``Idempotent-Replayed: true``; a repeat while the first is still being handled gets
+``409 in_progress`` (``Retry-After: 1``); a create that failed releases the key.
+Clients (the provider library's ``AsteriskProvider``) retry a timed-out create with
+the same key.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +54,8 @@ log = logging.getLogger("audiosocket_gw.api")
 
 __all__ = ["CallsApi", "call_to_json"]
 _MAX_BODY = 64 * 1024
+IDEMPOTENCY_TTL_S = 24 * 3600.0
+_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def call_to_json(rec: CallRecord) -> dict[str, Any]:
@@ -114,26 +127,56 @@ class CallsApi:
         if timeout is not None and (isinstance(timeout, bool)
                                     or not isinstance(timeout, int | float)):
             return api_error(400, "bad_request", "'timeout' must be a number of seconds")
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            if not _KEY_RE.fullmatch(key):
+                return api_error(400, "bad_request",
+                                 "'Idempotency-Key' must be 1-255 visible ASCII characters")
+            fresh, existing = await self.ctx.store.claim_idempotency_key(
+                tenant, key, self.ctx.clock.wall(), IDEMPOTENCY_TTL_S)
+            if not fresh:
+                if existing is None:
+                    return api_error(409, "in_progress", "a request with this Idempotency-Key "
+                                     "is still being handled", **{"Retry-After": "1"})
+                return await self._created(existing, replayed=True)
+        failure: web.StreamResponse | None = None
+        call_id = ""
         try:
             call_id = await self.provider.start_outbound_call(
                 tenant, to, from_, metadata, agent=agent,
                 ring_timeout_s=None if timeout is None else float(timeout))
-        except LimitExceeded as exc:
-            return api_error(429, "limit_exceeded", str(exc), **{"Retry-After": "1"})
-        except (UnknownTenant, UnknownAgent) as exc:
-            return api_error(404 if isinstance(exc, UnknownTenant) else 400, "unknown",
-                             str(exc))
-        except InvalidNumber as exc:
-            return api_error(400, "invalid_number", str(exc))
-        except ProviderUnavailable as exc:
-            return api_error(503, "unavailable", str(exc), **{"Retry-After": "2"})
-        except OriginateRejected as exc:
-            return api_error(502, "originate_rejected", str(exc))
         except TelephonyError as exc:
-            return api_error(503, "error", str(exc))
+            failure = self._create_error(exc)
+        finally:
+            if key is not None:
+                if call_id:
+                    await self.ctx.store.complete_idempotency_key(tenant, key, call_id)
+                else:
+                    await self.ctx.store.release_idempotency_key(tenant, key)
+        if failure is not None:
+            return failure
+        return await self._created(call_id)
+
+    async def _created(self, call_id: str, *, replayed: bool = False) -> web.StreamResponse:
         rec = await self.provider.get_call(call_id)
         status = rec.status.value if rec is not None else "queued"
-        return web.json_response({"id": call_id, "status": status}, status=201)
+        return web.json_response({"id": call_id, "status": status}, status=201,
+                                 headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+    @staticmethod
+    def _create_error(exc: TelephonyError) -> web.Response:
+        if isinstance(exc, LimitExceeded):
+            return api_error(429, "limit_exceeded", str(exc), **{"Retry-After": "1"})
+        if isinstance(exc, UnknownTenant | UnknownAgent):
+            return api_error(404 if isinstance(exc, UnknownTenant) else 400, "unknown",
+                             str(exc))
+        if isinstance(exc, InvalidNumber):
+            return api_error(400, "invalid_number", str(exc))
+        if isinstance(exc, ProviderUnavailable):
+            return api_error(503, "unavailable", str(exc), **{"Retry-After": "2"})
+        if isinstance(exc, OriginateRejected):
+            return api_error(502, "originate_rejected", str(exc))
+        return api_error(503, "error", str(exc))
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         """One call, with its status history and where its MOS figures came from."""

@@ -1,5 +1,5 @@
-"""Command line: ``audiosocket-gw serve | simulate | call | numbers | mock-realtime | demo |
-bench``.
+"""Command line: ``audiosocket-gw serve | simulate | call | numbers | rollout |
+mock-realtime | demo | bench``.
 
 The names, flags and environment variables here are a contract other tools script
 against: keep them. Every flag of ``serve`` mirrors a ``Config`` field and its
@@ -19,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__, cli_call, numbers_import
+from . import __version__, cli_call, cli_rollout, numbers_import
 from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, ConfigError, parse_hostport
 
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_call.add_parser(sub)
     mock_realtime.add_parser(sub)
     numbers_import.add_parser(sub)
+    cli_rollout.add_parser(sub)
     d = sub.add_parser("demo", help="start a gateway, place simulated calls, print a report")
     d.add_argument("--calls", type=int, default=3)
     d.add_argument("--seconds", type=float, default=9.0)
@@ -187,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return mock_realtime.run(args)
     if args.command == "numbers":
         return numbers_import.run(args)
+    if args.command == "rollout":
+        return cli_rollout.run(args)
     if args.command == "demo":
         from .testing.demo import run_demo
 

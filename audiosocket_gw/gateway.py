@@ -45,6 +45,8 @@ from .pacer import Pacer
 from .quality.cost import CostMeter
 from .quality.mos import MosMonitor
 from .recordings.component import RecordingsComponent
+from .rollout import PUBLIC_PATHS as ROLLOUT_PUBLIC_PATHS
+from .rollout import RolloutComponent
 from .routing import RoutingComponent
 from .server import AudioSocketServer, CallRegistry
 from .settings import AmiSettings, Settings
@@ -201,6 +203,7 @@ class Gateway:
             TwilioRestApi(ctx, provider, recordings),
             StatusCallbacks(ctx),
             TranscriptKeeper(ctx),
+            RolloutComponent(ctx, s.rollout, healthy=lambda: self.audiosocket.accepting),
         ]
         return comps
 
@@ -251,7 +254,8 @@ class Gateway:
         app = web.Application(
             middlewares=[error_middleware, auth_middleware(
                 self.config.api_token,
-                public=PUBLIC_PATHS | ({"/metrics"} if self.config.metrics_public else set()))],
+                public=PUBLIC_PATHS | ROLLOUT_PUBLIC_PATHS
+                | ({"/metrics"} if self.config.metrics_public else set()))],
             client_max_size=1024 * 1024,
         )
         app.router.add_get("/metrics", self._metrics)

@@ -29,6 +29,11 @@ are appended):
 * the tenant (``--tenant``, or the file's only tenant, or ``default``) when it is new, and
   ``default_agent`` at the top of the file when the loader would otherwise need it.
 
+The agent's ``voice_url`` is also each number's *original* voice URL for the migration
+rollout: while the numbers still live at Twilio with their Voice URL pointing at the
+gateway's ``POST /v1/rollout/voice``, the calls that stay on Twilio are
+``<Redirect>``ed there (:mod:`audiosocket_gw.rollout`).
+
 ``status_events`` stay at the default (``completed``): a number-level ``StatusCallback``
 at Twilio only ever receives the completed event. The apps' ``X-Twilio-Signature`` checks
 need the account's auth token in ``AIGW_TWILIO_AUTH_TOKEN`` (never written to the file).

@@ -18,6 +18,7 @@ Groups (each component gets only its own):
 ``cost``       trunk and AI rates
 ``twilio``     account SID and auth token defaults for Twilio emulation
 ``tts``        text-to-speech for TwiML ``<Say>`` (``tts.py``)
+``rollout``    the migration webhook: SIP trunk host, public webhook URL
 =============  ===========================================================
 
 Secrets stay out of ``repr``. Tenants may name environment variables that hold
@@ -47,6 +48,7 @@ __all__ = [
     "AmiSettings",
     "CostSettings",
     "OutboundSettings",
+    "RolloutSettings",
     "RoutingSettings",
     "Settings",
     "TtsSettings",
@@ -263,6 +265,38 @@ class TtsSettings:
                    key=env.get("AIGW_TTS_KEY") or None)
 
 
+_SIP_HOST_RE: Final = re.compile(
+    r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(;[a-z]{1,20}=[A-Za-z0-9]{1,20})*")
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """The migration webhook (``POST /v1/rollout/voice``, ``audiosocket_gw.rollout``).
+
+    ``AIGW_ROLLOUT_SIP_HOST``: where Twilio sends the calls that move to Asterisk,
+    ``<Dial><Sip>sip:{DID}@{host}</Sip></Dial>`` (``host``, ``host:port``, optional
+    ``;transport=tls``); unset, every call stays on Twilio. ``AIGW_ROLLOUT_PUBLIC_URL``:
+    the webhook URL exactly as configured at Twilio (needed behind a proxy or TLS
+    terminator: ``X-Twilio-Signature`` signs that URL); unset, the request's own URL.
+    """
+
+    sip_host: str = ""
+    public_url: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RolloutSettings:
+        host = (env.get("AIGW_ROLLOUT_SIP_HOST") or "").strip()
+        if host and not _SIP_HOST_RE.fullmatch(host):
+            raise ConfigError("AIGW_ROLLOUT_SIP_HOST: a host or host:port for sip:{DID}@host "
+                              "(optionally ;transport=tls)")
+        url = (env.get("AIGW_ROLLOUT_PUBLIC_URL") or "").strip()
+        if url and (not re.fullmatch(r"https?://[^\s?#]+", url)
+                    or "/v1/rollout/voice" not in url):
+            raise ConfigError("AIGW_ROLLOUT_PUBLIC_URL: the http(s) URL of /v1/rollout/voice "
+                              "as Twilio requests it")
+        return cls(sip_host=host, public_url=url)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of one gateway process (see the module docstring)."""
@@ -275,6 +309,7 @@ class Settings:
     cost: CostSettings = field(default_factory=CostSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
     tts: TtsSettings = field(default_factory=TtsSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -297,6 +332,7 @@ class Settings:
             cost=CostSettings.from_env(env),
             twilio=TwilioSettings.from_env(env),
             tts=TtsSettings.from_env(env),
+            rollout=RolloutSettings.from_env(env),
             environ=env,
         )
 
@@ -316,6 +352,7 @@ ENV_VARS: Final = frozenset(
         "AIGW_RING_TIMEOUT_S", "AIGW_COST_TRUNK_PER_MIN", "AIGW_COST_AI_PER_MIN",
         "AIGW_TWILIO_ACCOUNT_SID", "AIGW_TWILIO_AUTH_TOKEN",
         "AIGW_TTS_ENGINE", "AIGW_TTS_URL", "AIGW_TTS_MODEL", "AIGW_TTS_KEY",
+        "AIGW_ROLLOUT_SIP_HOST", "AIGW_ROLLOUT_PUBLIC_URL",
     }
 )
 """Every environment variable the gateway process reads."""

@@ -11,19 +11,23 @@ from pathlib import Path
 import pytest
 
 from audiosocket_gw.config import ConfigError
+from audiosocket_gw.provider import ENV_VARS as PROVIDER_ENV
 from audiosocket_gw.settings import ENV_VARS, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 PKG = REPO / "audiosocket_gw"
 # Read by the Asterisk side (AGI script, MixMonitor hook), not by the gateway process.
 ASTERISK_SIDE = {"AIGW_API_TOKEN_FILE", "AIGW_ROUTE_URL", "AIGW_ROUTE_TIMEOUT", "AIGW_HTTP_URL"}
-# Read by libraries (boto3) or by the app's side (the provider library), documented too.
-OTHER_READERS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                 "TELEPHONY_PROVIDER"}
+# Read by libraries (boto3), documented too.
+OTHER_READERS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+# Read by the app's side: the provider library (audiosocket_gw/provider/, in the app's
+# process), documented under "App side (provider library)".
+APP_SIDE = set(PROVIDER_ENV)
 # Modules allowed to read the process environment: the settings themselves, the
-# standalone recording worker's settings, client-side CLI tools and the fenced tooling.
+# standalone recording worker's settings, client-side CLI tools, the app-side provider
+# library and the fenced tooling.
 ENV_READERS = {"config.py", "settings.py", "recordings/settings.py", "cli_call.py",
-               "numbers_import.py"}
+               "cli_rollout.py", "numbers_import.py", "provider/factory.py"}
 
 
 def example_vars() -> set[str]:
@@ -34,8 +38,17 @@ def example_vars() -> set[str]:
 def test_env_example_matches_the_settings() -> None:
     documented = example_vars()
     assert ENV_VARS - documented == set(), "read but not in .env.example"
-    assert documented - ENV_VARS - ASTERISK_SIDE - OTHER_READERS == set(), \
+    assert documented - ENV_VARS - ASTERISK_SIDE - OTHER_READERS - APP_SIDE == set(), \
         "in .env.example, read by nobody"
+    assert APP_SIDE - documented == set(), "read by the provider library, not documented"
+    text = (REPO / ".env.example").read_text()
+    app_section = text[text.index("App side (provider library)"):]
+    app_section = app_section[:app_section.index("\n# ===")]
+    for name in APP_SIDE - ENV_VARS:
+        assert f"{name}=" in app_section, f"{name}: not under the App side heading"
+    provider_text = "".join(p.read_text() for p in (PKG / "provider").glob("*.py"))
+    for name in APP_SIDE:
+        assert f'"{name}"' in provider_text, f"{name} is not read by provider/"
     asterisk_text = "".join(p.read_text() for p in [*(REPO / "agi").glob("*.py"),
                                                    *(REPO / "dialplan").glob("*.conf")])
     for name in ASTERISK_SIDE:

@@ -35,6 +35,8 @@ __all__ = [
     "CallStore",
     "Direction",
     "DuplicateCall",
+    "RolloutRule",
+    "RolloutStat",
     "StoreError",
     "UnknownCall",
 ]
@@ -140,6 +142,36 @@ def check_update_fields(fields: dict[str, object]) -> None:
                 f"update_call: {name} must be {' or '.join(t.__name__ for t in types)}, "
                 f"got {type(value).__name__}"
             )
+
+
+RolloutScope = Literal["global", "tenant", "did"]
+
+
+@dataclass(frozen=True)
+class RolloutRule:
+    """The Asterisk share of one scope: ``global`` (target ``""``), a tenant or a DID.
+
+    ``tenant`` is the DID's tenant (empty for the other scopes); ``by``/``note`` say
+    who changed it and why (for the log and ``rollout status``).
+    """
+
+    scope: RolloutScope
+    target: str
+    percent: int
+    updated_at: float
+    tenant: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class RolloutStat:
+    """Rollout decisions and failures of one (tenant, DID, path) since some time."""
+
+    tenant: str
+    did: str
+    path: str
+    calls: int
+    failures: int
 
 
 @runtime_checkable
@@ -249,3 +281,39 @@ class CallStore(Protocol):
         """Release slots of calls in a final status (and, with ``release_orphans``,
         slots whose call was never created). For startup and AMI resync, when no
         acquire-then-create is in flight. Returns how many were released."""
+
+    # Idempotency keys of POST /v1/calls (per tenant)
+
+    async def claim_idempotency_key(self, tenant: str, key: str, at: float, ttl_s: float,
+                                    pending_ttl_s: float = 60.0) -> tuple[bool, str | None]:
+        """Atomically claim ``key`` for a new call, or find who has it.
+
+        ``(True, None)``: claimed, place the call then ``complete_idempotency_key``
+        (or ``release_idempotency_key`` if it failed). ``(False, call_id)``: a call was
+        already placed with this key within ``ttl_s``. ``(False, None)``: a request
+        with this key is still being handled (claims without a call expire after
+        ``pending_ttl_s``, so a crashed request does not block the key for a day).
+        """
+
+    async def complete_idempotency_key(self, tenant: str, key: str, call_id: str) -> None:
+        """Record the call placed under a claimed key."""
+
+    async def release_idempotency_key(self, tenant: str, key: str) -> None:
+        """Drop a claim whose call was not placed (a retry may place it)."""
+
+    # Migration rollout (the share of calls that takes the Asterisk path)
+
+    async def rollout_rules(self) -> list[RolloutRule]:
+        """Every rule (global, tenant, DID)."""
+
+    async def change_rollout(self, upserts: list[RolloutRule],
+                             deletes: list[tuple[str, str]]) -> None:
+        """Upsert rules and delete ``(scope, target)`` rules in one transaction."""
+
+    async def log_rollout(self, at: float, tenant: str, did: str, path: str, kind: str,
+                          reason: str = "") -> None:
+        """Append one decision (``kind="call"``) or failure (``kind="failure"``);
+        entries older than two days are pruned."""
+
+    async def rollout_stats(self, since: float) -> list[RolloutStat]:
+        """Decisions and failures per (tenant, DID, path) since ``since``."""

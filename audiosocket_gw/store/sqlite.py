@@ -33,6 +33,8 @@ from .base import (
     CallEvent,
     CallRecord,
     DuplicateCall,
+    RolloutRule,
+    RolloutStat,
     StoreError,
     UnknownCall,
     check_update_fields,
@@ -89,6 +91,36 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     ),
     # 2: the last time a live call was known alive (heartbeat), for crash recovery.
     ("ALTER TABLE calls ADD COLUMN last_alive_at DOUBLE PRECISION",),
+    # 3: idempotency keys of POST /v1/calls; the migration rollout's rules and log.
+    (
+        """CREATE TABLE idempotency_keys (
+            tenant TEXT NOT NULL,
+            key TEXT NOT NULL,
+            call_id TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (tenant, key)
+        )""",
+        "CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at)",
+        """CREATE TABLE rollout_rules (
+            scope TEXT NOT NULL CHECK (scope IN ('global', 'tenant', 'did')),
+            target TEXT NOT NULL,
+            percent INTEGER NOT NULL CHECK (percent BETWEEN 0 AND 100),
+            tenant TEXT NOT NULL DEFAULT '',
+            updated_at DOUBLE PRECISION NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (scope, target)
+        )""",
+        """CREATE TABLE rollout_log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at DOUBLE PRECISION NOT NULL,
+            tenant TEXT NOT NULL,
+            did TEXT NOT NULL,
+            path TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX rollout_log_at ON rollout_log (at)",
+    ),
 )
 """Migration ``i`` brings the schema from version ``i`` to ``i + 1``. Append only."""
 
@@ -580,3 +612,95 @@ class SqliteCallStore:
             return int(conn.execute(sql, _ACTIVE_VALUES).rowcount)
 
         return await self._run(self._write, reconcile)
+
+    # ---------------------------------------------------------------- idempotency
+
+    async def claim_idempotency_key(self, tenant: str, key: str, at: float, ttl_s: float,
+                                    pending_ttl_s: float = 60.0) -> tuple[bool, str | None]:
+        """Claim ``key`` or report its call (see ``CallStore``)."""
+
+        def claim(conn: sqlite3.Connection) -> tuple[bool, str | None]:
+            conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (at - ttl_s,))
+            conn.execute("DELETE FROM idempotency_keys WHERE call_id IS NULL AND created_at < ?",
+                         (at - pending_ttl_s,))
+            row = conn.execute("SELECT call_id FROM idempotency_keys WHERE tenant = ? AND key = ?",
+                               (tenant, key)).fetchone()
+            if row is not None:
+                return False, row[0]
+            conn.execute("INSERT INTO idempotency_keys (tenant, key, call_id, created_at)"
+                         " VALUES (?, ?, NULL, ?)", (tenant, key, at))
+            return True, None
+
+        return await self._run(self._write, claim)
+
+    async def complete_idempotency_key(self, tenant: str, key: str, call_id: str) -> None:
+        """Record the call placed under ``key``."""
+        await self._run(self._write, lambda conn: conn.execute(
+            "UPDATE idempotency_keys SET call_id = ? WHERE tenant = ? AND key = ?",
+            (call_id, tenant, key)))
+
+    async def release_idempotency_key(self, tenant: str, key: str) -> None:
+        """Drop a claim without a call."""
+        await self._run(self._write, lambda conn: conn.execute(
+            "DELETE FROM idempotency_keys WHERE tenant = ? AND key = ? AND call_id IS NULL",
+            (tenant, key)))
+
+    # -------------------------------------------------------------------- rollout
+
+    async def rollout_rules(self) -> list[RolloutRule]:
+        """Every rollout rule, global first."""
+
+        def q() -> list[RolloutRule]:
+            rows = self._c().execute(
+                "SELECT scope, target, percent, updated_at, tenant, note FROM rollout_rules"
+                " ORDER BY CASE scope WHEN 'global' THEN 0 WHEN 'tenant' THEN 1 ELSE 2 END,"
+                " target").fetchall()
+            return [RolloutRule(r[0], r[1], int(r[2]), float(r[3]), r[4], r[5]) for r in rows]
+
+        return await self._run(q)
+
+    async def change_rollout(self, upserts: list[RolloutRule],
+                             deletes: list[tuple[str, str]]) -> None:
+        """Upserts and deletes in one transaction."""
+        for rule in upserts:
+            if rule.scope not in ("global", "tenant", "did") or not 0 <= rule.percent <= 100:
+                raise ValueError(f"bad rollout rule {rule!r}")
+
+        def change(conn: sqlite3.Connection) -> None:
+            for scope, target in deletes:
+                conn.execute("DELETE FROM rollout_rules WHERE scope = ? AND target = ?",
+                             (scope, target))
+            for r in upserts:
+                conn.execute(
+                    "INSERT INTO rollout_rules (scope, target, percent, tenant, updated_at, note)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, target) DO UPDATE SET"
+                    " percent = excluded.percent, tenant = excluded.tenant,"
+                    " updated_at = excluded.updated_at, note = excluded.note",
+                    (r.scope, r.target, r.percent, r.tenant, r.updated_at, r.note))
+
+        await self._run(self._write, change)
+
+    async def log_rollout(self, at: float, tenant: str, did: str, path: str, kind: str,
+                          reason: str = "") -> None:
+        """Append a decision or failure; prune entries older than two days."""
+
+        def log(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "INSERT INTO rollout_log (at, tenant, did, path, kind, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (float(at), tenant, did, path, kind, reason))
+            if int(cast(int, cur.lastrowid)) % 1000 == 0:
+                conn.execute("DELETE FROM rollout_log WHERE at < ?", (at - 2 * 86400,))
+
+        await self._run(self._write, log)
+
+    async def rollout_stats(self, since: float) -> list[RolloutStat]:
+        """Per (tenant, DID, path): decisions and failures since ``since``."""
+
+        def q() -> list[RolloutStat]:
+            rows = self._c().execute(
+                "SELECT tenant, did, path, SUM(kind = 'call'), SUM(kind = 'failure')"
+                " FROM rollout_log WHERE at >= ? GROUP BY tenant, did, path"
+                " ORDER BY tenant, did, path", (since,)).fetchall()
+            return [RolloutStat(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
+
+        return await self._run(q)
