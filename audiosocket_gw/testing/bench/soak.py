@@ -324,6 +324,25 @@ def open_fds(pid: int) -> int:
         return 0
 
 
+def fd_kinds(pid: int) -> dict[str, int]:
+    """Open fds of ``pid`` by kind (``socket``, ``pipe``, ``anon_inode:[eventpoll]``, or a
+    file's name), so a growth says what leaked."""
+    out: dict[str, int] = {}
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        kind = target.split(":", 1)[0] if target.startswith(("socket:", "pipe:")) \
+            else target if target.startswith("anon_inode:") else Path(target).name
+        out[kind] = out.get(kind, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def _agents_toml(calls: int, app_url: str) -> str:
     return f"""\
 default_agent = "echo"
@@ -539,8 +558,7 @@ class Soak:
             m = await self.metrics()
         except (aiohttp.ClientError, TimeoutError):
             return {}
-        return {"underruns": m.get("aigw_playout_underruns_total", 0.0),
-                "missed_ticks": m.get("aigw_pacer_missed_ticks_total", 0.0)}
+        return _stall_counters(m)
 
     async def _counters_after(self, fault: dict[str, Any], before: dict[str, float]) -> None:
         """The gateway's own stall counters over the 5 s after a fault started (gaps the
@@ -667,10 +685,11 @@ async def _drive(soak: Soak, cfg: SoakConfig) -> dict[str, Any]:
     gw = soak.gw
     loop = asyncio.get_running_loop()
     ami_wait = time.monotonic()
-    if await soak._ami_back(ami_wait, 20.0) is None:
+    if await soak._ami_back(ami_wait, 30.0) is None:
         raise RuntimeError("the gateway never logged in to the AMI simulator")
     await asyncio.sleep(1.0)
     rss_before, fds_before = rss_kib(gw.pid) / 1024, open_fds(gw.pid)
+    kinds_before = fd_kinds(gw.pid)
     soak.t0 = loop.time()
     soak.stop_at = soak.t0 + cfg.minutes * 60.0
     ramp_s = min(10.0, cfg.minutes * 60.0 / 6)
@@ -701,8 +720,16 @@ async def _drive(soak: Soak, cfg: SoakConfig) -> dict[str, Any]:
         if not stuck or time.monotonic() > settle:
             break
         await asyncio.sleep(0.5)
+    # Sockets of the last calls may still be closing (WebSocket close handshakes): a
+    # leak stays, a close in progress does not, so wait a little for the count to settle.
+    settle = time.monotonic() + 10.0
     await asyncio.sleep(1.0)
+    for _ in range(20):
+        if open_fds(gw.pid) <= fds_before or time.monotonic() > settle:
+            break
+        await asyncio.sleep(0.5)
     rss_after, fds_after = rss_kib(gw.pid) / 1024, open_fds(gw.pid)
+    kinds_after = fd_kinds(gw.pid)
     for t in helpers:
         t.cancel()
     for t in helpers:
@@ -711,7 +738,17 @@ async def _drive(soak: Soak, cfg: SoakConfig) -> dict[str, Any]:
     metrics = await soak.metrics()
     return await _report(soak, cfg, stuck=stuck, metrics=metrics, cpu_total=cpu_total,
                          rss=(rss_before, rss_after), fds=(fds_before, fds_after),
-                         ramp_s=ramp_s)
+                         fd_kinds=(kinds_before, kinds_after), ramp_s=ramp_s)
+
+
+def _stall_counters(m: dict[str, float]) -> dict[str, float]:
+    """The gateway's own signs of a stall: playout underruns, pacer ticks skipped, and
+    pacer ticks that ran more than 20 ms late (its event loop was blocked or descheduled)."""
+    late = m.get("aigw_pacer_lateness_seconds_count", 0.0) - m.get(
+        'aigw_pacer_lateness_seconds_bucket{le="0.02"}', 0.0)
+    return {"underruns": m.get("aigw_playout_underruns_total", 0.0),
+            "missed_ticks": m.get("aigw_pacer_missed_ticks_total", 0.0),
+            "ticks_late_over_20ms": late}
 
 
 def _within(t: float, faults: list[dict[str, Any]], name: str, window_s: float) -> bool:
@@ -721,6 +758,7 @@ def _within(t: float, faults: list[dict[str, Any]], name: str, window_s: float) 
 async def _report(soak: Soak, cfg: SoakConfig, *, stuck: list[dict[str, Any]],
                   metrics: dict[str, float], cpu_total: dict[str, float],
                   rss: tuple[float, float], fds: tuple[float, float],
+                  fd_kinds: tuple[dict[str, int], dict[str, int]],
                   ramp_s: float) -> dict[str, Any]:
     records = soak.records
     unplanned = [r for r in records if r.ended_by != "planned" and r.target is None]
@@ -814,10 +852,10 @@ async def _report(soak: Soak, cfg: SoakConfig, *, stuck: list[dict[str, Any]],
             "rss_max_mib": max((s["rss_mib"] for s in soak.samples), default=None),
             "rss_slope_mib_per_min": None if rss_slope is None else round(rss_slope, 3),
             "fds_before": fds[0], "fds_after": fds[1],
+            "fd_kinds_before": fd_kinds[0], "fd_kinds_after": fd_kinds[1],
             "fd_slope_per_min": None if fd_slope is None else round(fd_slope, 3),
             "cpu_percent_mean": cpu_total["gateway"],
-            "underruns": int(metrics.get("aigw_playout_underruns_total", 0)),
-            "missed_ticks": int(metrics.get("aigw_pacer_missed_ticks_total", 0)),
+            **{k: int(v) for k, v in _stall_counters(metrics).items()},
         },
         "peers_cpu": {
             "mean_percent": {k: v for k, v in cpu_total.items() if k != "gateway"},
@@ -863,8 +901,12 @@ def evaluate(report: dict[str, Any], bounds: Bounds) -> dict[str, Any]:
     g = report["gateway"]
     growth = g["fds_after"] - g["fds_before"]
     if growth > bounds.max_fd_growth:
+        before, after = g.get("fd_kinds_before", {}), g.get("fd_kinds_after", {})
+        grew = {k: after.get(k, 0) - before.get(k, 0) for k in {*before, *after}
+                if after.get(k, 0) != before.get(k, 0)}
         why.append(f"gateway fds grew by {growth} (before {g['fds_before']}, after every call "
-                   f"ended {g['fds_after']}; max {bounds.max_fd_growth}): a socket leak")
+                   f"ended {g['fds_after']}; max {bounds.max_fd_growth}): a leak; by kind "
+                   f"{grew}")
     if g["fd_slope_per_min"] is not None and bounds.max_fd_slope_per_min is not None \
             and g["fd_slope_per_min"] > bounds.max_fd_slope_per_min:
         why.append(f"gateway fds rose {g['fd_slope_per_min']}/min while calls were up "
