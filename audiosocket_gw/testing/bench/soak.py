@@ -55,6 +55,7 @@ The verdict (``ok`` and ``failures``, each failure saying why) uses the bounds o
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import json
@@ -665,7 +666,10 @@ async def run_soak(cfg: SoakConfig, *, bounds: Bounds | None = None,
             "--config", str(cfg_path), "--audiosocket", "127.0.0.1:0", "--http",
             "127.0.0.1:0", "--max-connections", str(max(1000, cfg.calls * 4)),
             env=env, cpu=cpus[0] if pin else None, log_path=str(logs / "soak-gateway.log"))
-        async with gw, aiohttp.ClientSession() as http:
+        # No keep-alive: pooled client connections would hold gateway sockets open and
+        # read as an fd leak at the end.
+        async with gw, aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)) as http:
             soak = Soak(cfg, gw, ami, bot, app, http)
             report = await _drive(soak, cfg)
         report["gateway_log"] = _log_summary(logs / "soak-gateway.log")
@@ -778,12 +782,22 @@ async def _report(soak: Soak, cfg: SoakConfig, *, stuck: list[dict[str, Any]],
     gaps_all: list[tuple[float, float, CallRecord]] = [
         (t, ms, r) for r in records if r.target is None for t, ms in r.gaps]
 
-    def simulator_late(t: float) -> bool:
-        # Our loop ran late around t: the frame may have waited in our socket.
-        return any(t - ms_window <= at <= t + 0.05 for at, ms_window in
-                   ((a, max(lag, GAP_S) + 0.05) for a, lag in late))
+    late_at = sorted(late)
+    late_times = [a for a, _ in late_at]
+    max_lag = max((lag for _, lag in late_at), default=0.0)
 
-    late_gaps = sum(1 for t, _, _ in gaps_all if simulator_late(t))
+    def simulator_late(t: float, gap_s: float) -> bool:
+        # Our loop was blocked during [at - lag, at]: overlapping the gap, the frame may
+        # have waited in our socket rather than in the gateway.
+        i = bisect.bisect_left(late_times, t - gap_s)
+        while i < len(late_at) and late_at[i][0] <= t + max_lag + 0.05:
+            at, lag = late_at[i]
+            if at - lag - 0.005 <= t:
+                return True
+            i += 1
+        return False
+
+    late_gaps = sum(1 for t, ms, _ in gaps_all if simulator_late(t, ms / 1000.0))
     by_fault = []
     for f in soak.faults:
         win = [(ms, r.kind) for t, ms, r in gaps_all if 0.0 <= t - f["at"] <= 5.0]
