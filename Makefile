@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: all venv demo run test lint bench clean
+.PHONY: all venv demo run test lint bench soak clean
 
 all: test
 
@@ -40,6 +40,10 @@ lint: $(STAMP)
 ## bench: concurrent simulated calls against a separate gateway process
 bench: $(STAMP)
 	$(BIN)/audiosocket-gw bench --out bench/results.json $(ARGS)
+
+## soak: 10 min of mixed calls with a fault every minute (ARGS="--minutes 3 --calls 60")
+soak: $(STAMP)
+	$(BIN)/audiosocket-gw soak --out bench/soak.json $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

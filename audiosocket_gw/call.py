@@ -275,6 +275,12 @@ class Call:
             await asyncio.wait_for(session.close(reason), timeout=5.0)
         except Exception:
             self.log.exception("backend close failed")
+        finally:
+            # The session's control is this call: a reference cycle that only a full
+            # collection (rare after gc.freeze()) would free, with the call's buffers
+            # and transport. Break it so an ended call is freed at once.
+            if self.session is session:
+                self.session = None
 
     async def wait_closed(self) -> None:
         while self._tasks:

@@ -1,11 +1,11 @@
 """Command line: ``audiosocket-gw serve | simulate | call | numbers | rollout |
-mock-realtime | demo | bench``.
+mock-realtime | demo | bench | soak``.
 
 The names, flags and environment variables here are a contract other tools script
 against: keep them. Every flag of ``serve`` mirrors a ``Config`` field and its
 ``AIGW_`` environment variable (the flag wins).
 
-``simulate``, ``mock-realtime``, ``demo`` and ``bench`` run tooling from
+``simulate``, ``mock-realtime``, ``demo``, ``bench`` and ``soak`` run tooling from
 :mod:`audiosocket_gw.testing`, imported only inside the functions that need it: the
 runtime never imports that package (``tests/test_layout.py`` checks it).
 """
@@ -94,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrency levels to run")
     b.add_argument("--seconds", type=float, default=15.0)
     b.add_argument("--out", default="bench/results.json", help="JSON file for the figures")
+    k = sub.add_parser("soak", help="many calls for minutes with faults: drops, leaks, stuck "
+                                     "records",
+                       description="Echo, openai (local bot) and twilio-stream (fake app) calls "
+                                   "against a separate gateway process, with a fault every "
+                                   "--fault-every seconds (AI socket dropped, AMI dropped, a "
+                                   "caller that stops reading, an AMI flood).")
+    k.add_argument("--minutes", type=float, default=10.0)
+    k.add_argument("--calls", type=int, default=100, help="concurrent calls")
+    k.add_argument("--fault-every", type=float, default=60.0, metavar="S",
+                   help="seconds between faults")
+    k.add_argument("--out", default="bench/soak.json", help="JSON file for the report")
     return parser
 
 
@@ -198,4 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .testing.bench.run import run_bench
 
         return asyncio.run(run_bench(levels=args.calls, seconds=args.seconds, out=args.out))
+    if args.command == "soak":
+        from .testing.bench.soak import main_async
+
+        return asyncio.run(main_async(minutes=args.minutes, calls=args.calls,
+                                      fault_every_s=args.fault_every, out=args.out))
     return 2  # pragma: no cover

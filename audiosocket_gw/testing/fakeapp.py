@@ -468,6 +468,7 @@ class FakeTwilioApp:
         self.extra_on_start = list(extra_on_start)
         self.path = path
         self.sessions: list[AppSession] = []
+        self._live: dict[ServerConnection, AppSession] = {}  # open connections, oldest first
         self._server: Server | None = None
         self._host = "127.0.0.1"
         self._port = 0
@@ -530,6 +531,28 @@ class FakeTwilioApp:
         await self.wait_for(lambda: len(self.sessions) > index, wait_s)
         return self.sessions[index]
 
+    # -- faults --------------------------------------------------------------------------
+
+    @property
+    def live_sessions(self) -> list[AppSession]:
+        """Sessions whose connection is open right now, oldest first."""
+        return list(self._live.values())
+
+    def drop_live(self, count: int) -> list[str | None]:
+        """Abort up to ``count`` open connections that got their ``start``, oldest first,
+        without a close frame (an app crash or a network cut); returns their ``callSid``."""
+        victims = [(ws, s) for ws, s in self._live.items() if s.call_sid][:max(0, count)]
+        for ws, _ in victims:
+            ws.transport.abort()
+        return [s.call_sid for _, s in victims]
+
+    def forget_closed(self) -> list[AppSession]:
+        """Remove the sessions whose connection is over from :attr:`sessions` and return
+        them (a long run keeps memory bounded by calling this now and then)."""
+        done = [s for s in self.sessions if s.closed.is_set()]
+        self.sessions = [s for s in self.sessions if not s.closed.is_set()]
+        return done
+
     # -- connection ----------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -543,6 +566,7 @@ class FakeTwilioApp:
         if path.split("?", 1)[0] != self.path:
             session.violations.append(f"connected to path {path!r}, expected {self.path!r}")
         self.sessions.append(session)
+        self._live[ws] = session
         self._notify()
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -552,6 +576,7 @@ class FakeTwilioApp:
         except ConnectionClosed:
             pass
         finally:
+            self._live.pop(ws, None)
             for task in tasks:
                 if not (task.get_name() == _HANGUP_TASK and session.hung_up):
                     task.cancel()  # but let a hangup in progress finish its close handshake

@@ -1121,6 +1121,7 @@ class LocalRealtimeBot:
         self._server: Server | None = None
         self._host = "127.0.0.1"
         self._port = 0
+        self._live: dict[ServerConnection, None] = {}  # open connections, oldest first
 
     async def __aenter__(self) -> LocalRealtimeBot:
         await self.start()
@@ -1193,7 +1194,24 @@ class LocalRealtimeBot:
         )
         self.sessions.append(record)
         del self.sessions[: -self.max_sessions]
-        await _Connection(self, ws, record).run()
+        self._live[ws] = None
+        try:
+            await _Connection(self, ws, record).run()
+        finally:
+            self._live.pop(ws, None)
+
+    @property
+    def live_connections(self) -> int:
+        """Connections open right now."""
+        return len(self._live)
+
+    def drop_live(self, count: int) -> int:
+        """Abort up to ``count`` open connections, oldest first, without a close frame
+        (a crashed server or a network cut: the client sees 1006); returns how many."""
+        victims = list(self._live)[:max(0, count)]
+        for ws in victims:
+            ws.transport.abort()
+        return len(victims)
 
 
 def main(argv: list[str] | None = None) -> None:

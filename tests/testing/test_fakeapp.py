@@ -448,3 +448,23 @@ async def test_no_speech_detection_unless_asked(app_factory):
     assert [m["event"] for m in session.sent] == ["media", "mark"]  # no clear
     assert session.mark_queue == [GREETING_MARK]  # never echoed
     assert session.responses == ["greeting"]
+
+
+async def test_drop_live_and_forget_closed(app_factory):
+    app = await app_factory()
+    enc = encoder()
+    async with connect(app.url) as ws, connect(app.url) as idle:
+        await ws.send(enc.connected())
+        await ws.send(enc.start())
+        await app.wait_for(lambda: any(s.call_sid for s in app.sessions))
+        assert len(app.live_sessions) == 2
+        # Only sessions that got their ``start`` (a call sid to report) are dropped.
+        assert app.drop_live(5) == [enc.call_sid]
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5.0)
+        assert closed.value.rcvd is None  # aborted: no close frame
+        await app.wait_for(lambda: len(app.live_sessions) == 1)
+        gone = app.forget_closed()
+        assert [s.call_sid for s in gone] == [enc.call_sid]
+        assert len(app.sessions) == 1 and not app.sessions[0].closed.is_set()
+        await idle.send(encoder().connected())  # the other one is untouched

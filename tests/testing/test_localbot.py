@@ -586,3 +586,15 @@ def test_invalid_options() -> None:
         LocalRealtimeBot(reply_ms=-1)
     with pytest.raises(ValueError):
         LocalRealtimeBot(drop_after_ms=-5)
+
+
+async def test_drop_live_aborts_without_a_close_frame(bot: LocalRealtimeBot) -> None:
+    assert bot.drop_live(5) == 0
+    async with client(bot) as a, client(bot) as b:
+        assert bot.live_connections == 2
+        assert bot.drop_live(1) == 1
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(a.ws.recv(), TIMEOUT)
+        assert closed.value.rcvd is None  # no close frame: a network cut (1006)
+        await b.send(p.input_audio_append(SILENCE))  # the other session is untouched
+        assert bot.live_connections == 1

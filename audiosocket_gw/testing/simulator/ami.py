@@ -856,6 +856,24 @@ class AmiSimulator:
                               ("DialStatus", status)])
         self.end_channel(dest.uniqueid, cause, qos=False)
 
+    def new_inbound(self, did: str, caller: str) -> SimChannel:
+        """The start of an inbound PJSIP call: Newchannel (Ring), Newexten AGI (the AGI
+        script then asks ``POST /v1/route`` with this channel's Uniqueid)."""
+        uid = f"{int(time.time())}.{next(self._uid)}"
+        ch = self._new_channel(uid, f"PJSIP/trunk-{next(self._seq):08x}", "aigw-inbound",
+                               did, caller=caller, state=4)
+        self._newexten(ch, "AGI", "aigw_route.py")
+        return ch
+
+    def enter_audiosocket(self, ch: SimChannel, call_id: str, target: str, *,
+                          set_call_id_var: bool = True) -> None:
+        """The routed call goes on: VarSet AIGW_CALL_ID, Newstate Up, Newexten
+        ``AudioSocket(call_id,target)``."""
+        if set_call_id_var:
+            self.varset(ch, "AIGW_CALL_ID", call_id)
+        self._newstate(ch, 6)
+        self._newexten(ch, "AudioSocket", f"{call_id},{target}")
+
     async def inbound_call(
         self,
         call_id: str | None = None,
@@ -877,14 +895,9 @@ class AmiSimulator:
         caller's BYE).
         """
         call_id = call_id or str(uuid.uuid4())
-        uid = f"{int(time.time())}.{next(self._uid)}"
-        ch = self._new_channel(uid, f"PJSIP/trunk-{next(self._seq):08x}", "aigw-inbound",
-                               did, caller=caller, state=4)
-        self._newexten(ch, "AGI", "aigw_route.py")
-        if set_call_id_var:
-            self.varset(ch, "AIGW_CALL_ID", call_id)
-        self._newstate(ch, 6)
-        self._newexten(ch, "AudioSocket", f"{call_id},{target}")
+        ch = self.new_inbound(did, caller)
+        uid = ch.uniqueid
+        self.enter_audiosocket(ch, call_id, target, set_call_id_var=set_call_id_var)
         talk = self.talk_s if talk_s is None else talk_s
         for dur in talking:
             self.talk(uid)
