@@ -39,7 +39,7 @@ from .callcontrol import CallController
 from .config import Config, ConfigError, format_hostport
 from .context import Clock, Component, GatewayContext
 from .events import CallEvents
-from .httpapi import PUBLIC_PATHS, auth_middleware, error_middleware
+from .httpapi import PUBLIC_PATHS, ConnectionGuard, auth_middleware, error_middleware
 from .metrics import BackendCounters, Metrics
 from .pacer import Pacer
 from .quality.cost import CostMeter
@@ -82,7 +82,8 @@ def make_backend(name: str, settings: Settings, metrics: Metrics,
 
         return TwilioStreamBackend.from_config(config, metrics.registry, tenants=tenants,
                                                env=settings.environ, tts=settings.tts,
-                                               recording=settings.recording)
+                                               recording=settings.recording,
+                                               allow_private=settings.twilio.allow_private)
     raise ConfigError(f"unknown backend {name!r}")
 
 
@@ -175,7 +176,8 @@ class Gateway:
         )
         self.components: list[Component] = self._build_components(self.context)
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._http_server: asyncio.Server | None = None
+        self.http_guard = ConnectionGuard()
         self._stopping = asyncio.Event()
 
     def _build_components(self, ctx: GatewayContext) -> list[Component]:
@@ -280,10 +282,9 @@ class Gateway:
 
     @property
     def http_address(self) -> tuple[str, int]:
-        assert self._runner is not None
-        addrs = self._runner.addresses
-        host, port = addrs[0][0], addrs[0][1]
-        return str(host), int(port)
+        assert self._http_server is not None
+        sockname = self._http_server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -299,18 +300,18 @@ class Gateway:
                 started.append(comp)
             await self.audiosocket.start()
             self._runner = web.AppRunner(self._http_app(), access_log=None,
-                                         handle_signals=False)
+                                         handle_signals=False, keepalive_timeout=15.0)
             await self._runner.setup()
             host, port = self.config.http_addr
-            self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
-            await self._site.start()
+            server, guard = self._runner.server, self.http_guard
+            assert server is not None
+            self._http_server = await asyncio.get_running_loop().create_server(
+                lambda: guard.wrap(server()), host, port, reuse_address=True, backlog=512)
         except BaseException:
             await self.audiosocket.shutdown(0)
             for comp in reversed(started):
                 await self._stop_component(comp)
-            if self._runner is not None:
-                await self._runner.cleanup()
-                self._runner = None
+            await self._stop_http()
             await self.store.close()
             raise
         # Long-lived start-up objects never need collecting again; the 20 ms path then
@@ -340,10 +341,18 @@ class Gateway:
             await self._forced_backend.aclose()
         for comp in reversed(self.components):
             await self._stop_component(comp)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_http()
         await self.store.close()
+
+    async def _stop_http(self) -> None:
+        if self._http_server is not None:
+            self._http_server.close()  # no new connections
+        if self._runner is not None:
+            await self._runner.cleanup()  # ends the open ones (within aiohttp's timeout)
+            self._runner = None
+        if self._http_server is not None:
+            await self._http_server.wait_closed()
+            self._http_server = None
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -26,6 +27,7 @@ from typing import Any, Final
 from aiohttp import web
 
 __all__ = [
+    "ConnectionGuard",
     "JsonBodyError",
     "api_error",
     "auth_middleware",
@@ -161,3 +163,97 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return api_error(503, "internal", "the gateway could not handle this request")
+
+
+# -- connection guard -------------------------------------------------------------------
+
+
+class ConnectionGuard:
+    """Bounds what one HTTP client can hold (aiohttp has no request-head timeout).
+
+    * a connection must deliver its first complete request head (up to the blank line)
+      within ``head_timeout`` seconds of connecting, else it is closed: half-sent
+      headers (slowloris) cannot pin connections (an idle keep-alive connection is
+      closed by aiohttp's ``keepalive_timeout``, which the gateway sets to 15 s);
+    * at most ``per_peer`` connections from one IP address at a time.
+    """
+
+    def __init__(self, *, head_timeout: float = 10.0, per_peer: int = 64) -> None:
+        self.head_timeout = head_timeout
+        self.per_peer = per_peer
+        self.peers: dict[str, int] = {}
+        self.closed_slow = 0
+        self.refused_peer = 0
+
+    def wrap(self, inner: asyncio.Protocol) -> asyncio.Protocol:
+        return _GuardedProtocol(inner, self)
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """Forwards everything to aiohttp's handler; watches the first request head."""
+
+    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+        self._peer = ""
+        self._seen = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+        self._started = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        guard = self._guard
+        count = guard.peers.get(self._peer, 0)
+        if count >= guard.per_peer:
+            guard.refused_peer += 1
+            log.warning("HTTP: %d connections from one peer already: refused", count)
+            self._peer = ""
+            transport.abort()
+            return
+        guard.peers[self._peer] = count + 1
+        self._timer = asyncio.get_running_loop().call_later(guard.head_timeout, self._expire)
+        self._started = True
+        self._inner.connection_made(transport)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._guard.closed_slow += 1
+        log.info("HTTP: no complete request head within %.0f s: connection closed",
+                 self._guard.head_timeout)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._seen = (self._seen + data)[-(64 * 1024):]
+            if b"\r\n\r\n" in self._seen:
+                self._timer.cancel()
+                self._timer = None
+                self._seen = b""
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._peer:
+            left = self._guard.peers.get(self._peer, 1) - 1
+            if left > 0:
+                self._guard.peers[self._peer] = left
+            else:
+                self._guard.peers.pop(self._peer, None)
+        if self._started:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()

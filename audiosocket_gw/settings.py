@@ -222,13 +222,20 @@ class TwilioSettings:
 
     account_sid: str | None = None
     auth_token: str | None = field(default=None, repr=False)
+    allow_private: bool = True
+    """``AIGW_TWIML_ALLOW_PRIVATE``: TwiML URLs may lead to loopback/private addresses
+    (link-local/metadata, multicast and reserved ones are refused always)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TwilioSettings:
         sid = env.get("AIGW_TWILIO_ACCOUNT_SID") or None
         if sid is not None and not re.fullmatch(r"AC[0-9a-fA-F]{32}", sid):
             raise ConfigError("AIGW_TWILIO_ACCOUNT_SID: 'AC' followed by 32 hex digits")
-        return cls(account_sid=sid, auth_token=env.get("AIGW_TWILIO_AUTH_TOKEN") or None)
+        raw = (env.get("AIGW_TWIML_ALLOW_PRIVATE") or "1").strip().lower()
+        if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+            raise ConfigError("AIGW_TWIML_ALLOW_PRIVATE: 1 or 0")
+        return cls(account_sid=sid, auth_token=env.get("AIGW_TWILIO_AUTH_TOKEN") or None,
+                   allow_private=raw in ("1", "true", "yes", "on"))
 
 
 TTS_ENGINES: Final = ("auto", "espeak", "openai", "none")
@@ -350,7 +357,7 @@ ENV_VARS: Final = frozenset(
         "AIGW_ADVERTISE_AUDIOSOCKET", "AIGW_AUDIOSOCKET_PUBLIC", "AIGW_MIXMONITOR_DIR",
         "AIGW_FALLBACK_DIAL", "AIGW_OUTBOUND_CONTEXT", "AIGW_DIAL_TEMPLATE",
         "AIGW_RING_TIMEOUT_S", "AIGW_COST_TRUNK_PER_MIN", "AIGW_COST_AI_PER_MIN",
-        "AIGW_TWILIO_ACCOUNT_SID", "AIGW_TWILIO_AUTH_TOKEN",
+        "AIGW_TWILIO_ACCOUNT_SID", "AIGW_TWILIO_AUTH_TOKEN", "AIGW_TWIML_ALLOW_PRIVATE",
         "AIGW_TTS_ENGINE", "AIGW_TTS_URL", "AIGW_TTS_MODEL", "AIGW_TTS_KEY",
         "AIGW_ROLLOUT_SIP_HOST", "AIGW_ROLLOUT_PUBLIC_URL",
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import running_gateway
+from tests.helpers import MS, running_gateway
 
 TOKEN = "a-long-enough-test-token-123"
 TOML = """
@@ -104,3 +104,33 @@ async def test_metrics_need_the_token_unless_public() -> None:
                 async with http.get(f"http://{host}:{port}/metrics",
                                     headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
                     assert resp.status == 200 and b"aigw_" in await resp.read()
+
+
+async def test_half_sent_request_heads_are_closed_and_peers_are_capped() -> None:
+    """Slowloris: connections that never finish their request head are closed after the
+    guard's deadline; one peer cannot hold more than its share; the API still answers."""
+    async with running_gateway() as gw:
+        guard = gw.http_guard
+        guard.head_timeout = 300 * MS
+        guard.per_peer = 5
+        addr = gw.http_address
+        slow = []
+        for _ in range(5):
+            r, w = await asyncio.open_connection(*addr)
+            w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never finished
+            slow.append((r, w))
+        # The sixth connection from the same peer is refused at once.
+        r6, w6 = await asyncio.open_connection(*addr)
+        assert await asyncio.wait_for(r6.read(), 2.0) == b""
+        assert guard.refused_peer == 1
+        # The slow ones are closed once their deadline passes...
+        for r, _ in slow:
+            assert await asyncio.wait_for(r.read(), 3.0) == b""
+        assert guard.closed_slow == 5 and guard.peers == {}
+        # ...and a well-formed request is served.
+        status, _ = await raw_request(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                            b"Connection: close\r\n\r\n")
+        assert status == 200
+        for _, w in slow:
+            w.close()
+        w6.close()

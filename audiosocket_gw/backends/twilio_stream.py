@@ -100,6 +100,7 @@ from ..twilio.twiml_exec import (
     TwimlContext,
     TwimlRunner,
 )
+from ..twilio.urlpolicy import PolicyResolver, UrlRefused, check_ws_url
 from ..twilio.urls import recording_media_url
 from ..twilio.webhook import WebhookError, announcement_pcm, voice_params
 from .base import (
@@ -195,6 +196,7 @@ class TwilioStreamBackend(Backend):
         stt: Transcriber | None = None,
         data_dir: Path | None = None,
         api_base: str = "http://127.0.0.1:9094",
+        allow_private: bool = True,
     ) -> None:
         """``stream_url`` is the default agent's URL; ``tenants`` (by id) hold each
         tenant's Twilio identity; ``env`` is where auth tokens are read (the gateway
@@ -206,6 +208,8 @@ class TwilioStreamBackend(Backend):
         self.stt = stt
         self.recordings_dir = None if data_dir is None else data_dir / RECORD_VERB_DIR
         self.api_base = api_base
+        self.allow_private = allow_private
+        """TwiML URLs may lead to loopback/private addresses (twilio/urlpolicy.py)."""
         self.stream_url = stream_url
         self.tenants = dict(tenants or {})
         self.env: Mapping[str, str] = {} if env is None else env
@@ -225,6 +229,7 @@ class TwilioStreamBackend(Backend):
         cls, config: Config, registry: CollectorRegistry | None = None, *,
         tenants: TenantsConfig | None = None, env: Mapping[str, str] | None = None,
         tts: TtsSettings | None = None, recording: RecordingSettings | None = None,
+        allow_private: bool = True,
     ) -> TwilioStreamBackend:
         """Build from the gateway config: ``stream_url`` and the tenants.
 
@@ -242,7 +247,7 @@ class TwilioStreamBackend(Backend):
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
         return cls(stream_url=config.stream_url, tenants=tenants.tenants, env=env,
-                   metrics=TwilioStreamMetrics(registry),
+                   metrics=TwilioStreamMetrics(registry), allow_private=allow_private,
                    tts=build_tts(tts or TtsSettings(), data_dir),
                    stt=(HttpTranscriber(recording.transcribe_url, recording.transcribe_model,
                                         recording.transcribe_key, recording.transcribe_timeout_s)
@@ -267,7 +272,11 @@ class TwilioStreamBackend(Backend):
     def http(self) -> aiohttp.ClientSession:
         """The shared HTTP client (webhooks, ``<Play>`` downloads), created on first use."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            # TwiML URLs are the app's: never toward metadata/link-local addresses
+            # (twilio/urlpolicy.py), nor private ones unless allowed.
+            resolver = PolicyResolver(allow_private=self.allow_private)
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=resolver, limit=256))
         return self._http
 
     async def aclose(self) -> None:
@@ -456,6 +465,12 @@ class TwilioStreamSession(BackendSession):
     async def _open_stream(self, url: str, params: Mapping[str, str]) -> None:
         """Connect to the Media Streams app at ``url`` and start streaming."""
         try:
+            await check_ws_url(url, allow_private=self.backend.allow_private)
+        except (UrlRefused, OSError) as exc:
+            self._stream_status("stream-error", f"refused: {exc}")
+            await self._fail(f"stream URL refused: {exc}", "refused")
+            return
+        try:
             ws = await asyncio.wait_for(
                 connect(url, max_size=self.backend.max_message_bytes, open_timeout=None,
                         compression=None,  # base64 audio does not deflate; it only costs CPU
@@ -626,6 +641,7 @@ class TwilioStreamSession(BackendSession):
                                   account_sid=self.account_sid,
                                   custom_parameters=verb.parameters)
         fork = MediaFork(verb.url, enc, name=name, connect_timeout=self.backend.connect_timeout,
+                         allow_private=self.backend.allow_private,
                          close_timeout=self.backend.close_timeout,
                          max_queue=self.backend.send_queue, call_log=self.log)
         cb = verb.status_callback
@@ -642,7 +658,7 @@ class TwilioStreamSession(BackendSession):
 
         try:
             await fork.open()
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, UrlRefused) as exc:
             self.log.warning("<Start><Stream>: cannot connect (%s): skipped",
                              type(exc).__name__)
             status("stream-error", f"cannot connect: {type(exc).__name__}")

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ..dsp.g711 import ulaw_encode
 from .streams import TwilioStreamEncoder
+from .urlpolicy import check_ws_url
 
 __all__ = ["MediaFork"]
 
@@ -36,7 +37,7 @@ class MediaFork:
 
     def __init__(self, url: str, encoder: TwilioStreamEncoder, *, name: str,
                  connect_timeout: float = 5.0, close_timeout: float = 2.0,
-                 max_queue: int = 500,
+                 max_queue: int = 500, allow_private: bool = True,
                  call_log: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None
                  ) -> None:
         self.url = url
@@ -45,6 +46,7 @@ class MediaFork:
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
         self.max_queue = max_queue
+        self.allow_private = allow_private
         self.log = call_log or logging.getLogger("audiosocket_gw.twilio.fork")
         self.dropped = 0
         self.ws: ClientConnection | None = None
@@ -57,7 +59,9 @@ class MediaFork:
 
     async def open(self) -> None:
         """Connect and send ``connected`` + ``start``. Raises OSError, TimeoutError or
-        a websockets error when the app cannot be reached."""
+        a websockets error when the app cannot be reached, ``UrlRefused`` when the URL
+        leads where the gateway never connects (twilio/urlpolicy.py)."""
+        await check_ws_url(self.url, allow_private=self.allow_private)
         ws = await asyncio.wait_for(
             connect(self.url, open_timeout=None, compression=None,
                     close_timeout=self.close_timeout),
