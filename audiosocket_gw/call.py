@@ -151,7 +151,7 @@ class Call:
         self.config = config
         self.metrics = metrics
         self.stats = metrics.stats
-        self.log = CallLog(log, {"call_id": info.call_id})
+        self.log = CallLog.for_call(log, info)
         self.playout = PlayoutBuffer(max_bytes=int(config.playout_max_seconds * 16000))
         self.session: BackendSession | None = None
         self._on_end = on_end

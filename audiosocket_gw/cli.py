@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
 from . import __version__, cli_call, cli_rollout, numbers_import
 from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, ConfigError, parse_hostport
+from .logfmt import setup_logging
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +53,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="seconds calls may continue after SIGTERM (env AIGW_SHUTDOWN_GRACE)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="env AIGW_LOG_LEVEL, default info")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="text, or json: one object per line with time, level, logger, "
+                        "message, call_id, tenant, agent, node (env AIGW_LOG_FORMAT, "
+                        "default text)")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
 
 
@@ -97,11 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    setup_logging(level, fmt)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -121,11 +122,12 @@ def _serve(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             shutdown_grace=args.shutdown_grace,
             log_level=args.log_level,
+            log_format=args.log_format,
         )
     except ConfigError as exc:
         print(f"audiosocket-gw: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.core.log_level)
+    _setup_logging(settings.core.log_level, settings.core.log_format)
     from .gateway import Gateway
 
     async def run() -> None:
