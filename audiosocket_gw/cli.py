@@ -16,7 +16,9 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__, cli_call, cli_rollout, numbers_import
 from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, ConfigError, parse_hostport
@@ -145,6 +147,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _simulate_with_progress(run: Any, total: int, seconds: float) -> Any:
+    """Run a simulation with its progress on stderr (calls ended of total)."""
+    from .progress import Reporter, ticking
+
+    state = {"up": 0, "t0": time.monotonic()}
+
+    def on_progress(connected: int, ended: int, _total: int) -> None:
+        state["up"] = connected - ended
+        rep.done = ended
+
+    def note() -> str:
+        elapsed = time.monotonic() - state["t0"]
+        return f"{state['up']} up, {min(elapsed, seconds):.0f}/{seconds:.0f} s"
+
+    with Reporter(total, "simulated calls") as rep:
+        async with ticking(rep, note):
+            report = await run(on_progress)
+        rep.update(note())
+    return report
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from .testing.simulator import load_wav_8k, run_simulation
     from .testing.simulator.pbx import CallPlan, format_report, speech_like
@@ -165,9 +188,10 @@ def _simulate(args: argparse.Namespace) -> int:
         )
         for i in range(args.calls)
     ]
-    report = asyncio.run(
-        run_simulation(host, port, plans=plans, out_dir=args.out_dir, ramp_s=args.ramp)
-    )
+    report = asyncio.run(_simulate_with_progress(
+        lambda on_progress: run_simulation(host, port, plans=plans, out_dir=args.out_dir,
+                                           ramp_s=args.ramp, on_progress=on_progress),
+        len(plans), args.seconds))
     if args.json:
         print(json.dumps({"summary": report.summary(),
                           "calls": [c.summary() for c in report.calls]}, indent=2))

@@ -7,9 +7,11 @@ Results stay on stdout; progress never mixes into them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import IO, Any
 
 from rich import box
@@ -23,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["Reporter", "summary_table"]
+__all__ = ["Reporter", "summary_table", "ticking"]
 
 
 class Reporter:
@@ -92,3 +94,23 @@ def summary_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[ob
     for row in rows:
         table.add_row(*(str(c) for c in row))
     console.print(table)
+
+
+@contextlib.asynccontextmanager
+async def ticking(reporter: Reporter, note: Callable[[], str | None],
+                  interval: float = 0.5) -> AsyncIterator[Reporter]:
+    """Refresh ``reporter`` every ``interval`` seconds while long work runs (plain
+    lines then still come every ``every_s``, even when no item finishes)."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            reporter.update(note())
+
+    task = asyncio.get_running_loop().create_task(loop())
+    try:
+        yield reporter
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
