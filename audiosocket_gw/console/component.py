@@ -206,13 +206,14 @@ class ConsoleComponent:
         return resp
 
     async def timeline(self, request: web.Request) -> web.StreamResponse:
-        """Every event of the call's log, in order (status inputs, quality, transfers,
-        barge-ins...), transcript lines left to the transcript route."""
+        """Every event of the call's log in time order (status inputs, quality,
+        barge-ins, digits...), transcript lines left to the transcript route."""
         call_id = request.match_info["id"].lower()
         if await self.ctx.store.get_call(call_id) is None:
             return api_error(404, "not_found", "no such call")
-        events = [{"at": ev.at, "kind": ev.kind, "data": ev.data}
-                  for ev in await self.ctx.store.events(call_id) if ev.kind != "transcript"]
+        log_ = sorted((ev for ev in await self.ctx.store.events(call_id)
+                       if ev.kind != "transcript"), key=lambda ev: ev.at)
+        events = [{"at": ev.at, "kind": ev.kind, "data": ev.data} for ev in log_]
         return web.json_response({"id": call_id, "events": events})
 
     async def media_link(self, request: web.Request) -> web.StreamResponse:

@@ -180,3 +180,33 @@ async def test_a_slow_event_client_is_dropped_and_never_blocks(tmp_path: Path) -
             assert len(events) == 1  # its backlog was discarded, then it was told
             assert await stream.content.read() == b""  # and the stream ended
         assert not comp.clients
+
+
+async def test_timeline_lists_the_call_log_in_time_order(tmp_path: Path) -> None:
+    async with console_gateway(tmp_path) as gw, aiohttp.ClientSession() as http:
+        cid = await route_call(gw)
+        await simulate(gw, cid, 0.4)
+        url = f"{base_url(gw)}/v1/console/calls/{cid}/timeline"
+        for _ in range(200):
+            async with http.get(url, headers=auth()) as r:
+                body = await r.json()
+            if any(e["kind"] == "quality" for e in body["events"]):
+                break
+            await asyncio.sleep(20 * MS)
+        # a barge-in stored at the call's end still shows at its own time
+        await gw.store.append_event(cid, "barge_in", body["events"][0]["at"] + 0.001,
+                                    {"source": "local-vad"})
+        async with http.get(url, headers=auth()) as r:
+            events = (await r.json())["events"]
+        ats = [e["at"] for e in events]
+        assert ats == sorted(ats)
+        assert [e["kind"] for e in events][:2] == ["input", "barge_in"]
+        changes = [e["data"]["to"] for e in events if e["kind"] == "input"
+                   and e["data"].get("changed")]
+        assert changes == ["ringing", "in-progress", "completed"]
+        assert "transcript" not in {e["kind"] for e in events}
+        async with http.get(url) as r:
+            assert r.status == 401
+        async with http.get(url.replace(cid, "00000000-0000-4000-8000-000000000000"),
+                            headers=auth()) as r:
+            assert r.status == 404

@@ -201,6 +201,7 @@
       let text = ev.kind;
       if (ev.kind === "input") text = (d.changed ? (d.from || "") + " \u2192 " + (d.to || "") + " " : "") + "(" + d.input + ")";
       else if (ev.kind === "quality") text = "quality figures";
+      else if (ev.kind === "barge_in") text = "barge-in (" + (d.source || "") + ")";
       else text = ev.kind.replace(/_/g, " ");
       li.appendChild(document.createTextNode(text));
       ol.appendChild(li);
