@@ -5,8 +5,9 @@ ISO 8601, milliseconds), ``level``, ``logger``, ``message`` and, where they appl
 ``call_id``, ``tenant``, ``agent`` (from the call's logger, ``CallLog``, or ``extra=``)
 and ``node`` (this host's name); a traceback goes in ``exc``. A call-related line
 logged without the call's logger still names the call in its message (``call <id>:``
-by convention): its ``call_id`` is taken from there, so every call-related line
-carries one. Phone numbers are never logged at INFO, in either format.
+by convention, else any call UUID in it): its ``call_id`` is taken from there, so
+every call-related line carries one (call ids are the only UUIDs the gateway logs).
+Phone numbers are never logged at INFO, in either format.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ __all__ = ["LOG_FORMATS", "JsonFormatter", "TEXT_FORMAT", "setup_logging"]
 LOG_FORMATS: Final = ("text", "json")
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CALL_FIELDS: Final = ("call_id", "tenant", "agent")
-_CALL_ID_RE: Final = re.compile(
-    r"\bcall[ =:]+([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b")
+_UUID: Final = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_CALL_ID_RE: Final = re.compile(rf"\bcall[ =:]+({_UUID})\b")
+_ANY_ID_RE: Final = re.compile(rf"\b({_UUID})\b")
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             if value:
                 out[name] = str(value)
         if "call_id" not in out:
-            m = _CALL_ID_RE.search(message)
+            m = _CALL_ID_RE.search(message) or _ANY_ID_RE.search(message)
             if m is not None:
                 out["call_id"] = m.group(1)
         if self.node:

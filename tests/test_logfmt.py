@@ -184,3 +184,12 @@ async def test_full_test_call_logs_no_numbers_and_every_call_line_has_its_id(
         mine = [x for x in lines if x.get("call_id") == cid]
         assert len(mine) >= 2, cid
         assert any(x.get("tenant") == "acme" and x.get("agent") == "bot" for x in mine), mine
+
+
+def test_call_id_found_in_a_message_without_the_call_logger() -> None:
+    fmt = JsonFormatter(node="")
+    assert json.loads(fmt.format(record("recording for %s queued", CID)))["call_id"] == CID
+    other = "11111111-2222-4333-8444-555555555555"
+    line = json.loads(fmt.format(record("call %s: moved from %s", CID, other)))
+    assert line["call_id"] == CID and "node" not in line
+    assert "call_id" not in json.loads(fmt.format(record("RecordingSid RE%s", "ab" * 16)))

@@ -94,9 +94,9 @@
       tr.appendChild(start);
       const st = el("td", { class: "status status-" + c.status }, c.status + (live.has(c.id) ? " \u25CF" : ""));
       tr.appendChild(st);
-      for (const v of [c.tenant, c.agent, c.direction, mask(c.from), mask(c.to),
-        fmtDur(duration(c)), mos(c.quality && c.quality.mos_in_mean),
-        mos(c.quality && c.quality.mos_out_mean)]) tr.appendChild(el("td", {}, v == null ? "" : v));
+      for (const v of [c.tenant, c.agent, c.direction, mask(c.from), mask(c.to)]) tr.appendChild(el("td", {}, v == null ? "" : v));
+      tr.appendChild(el("td", { "data-duration": "" }, fmtDur(duration(c))));
+      for (const v of [mos(c.quality && c.quality.mos_in_mean), mos(c.quality && c.quality.mos_out_mean)]) tr.appendChild(el("td", {}, v));
       return tr;
     }));
     $("empty").hidden = rows.length > 0;
@@ -289,6 +289,13 @@
   for (const id of ["f-tenant", "f-status", "f-since", "f-reveal"]) $(id).addEventListener("change", () => { renderList(); if (current) renderCallPage(current, false).catch(() => {}); });
   window.addEventListener("hashchange", route);
   $("call-title").tabIndex = -1;
-  setInterval(() => { if (!current && [...calls.values()].some((c) => c.answered_at && !FINAL.has(c.status))) renderList(); }, 1000);
+  // Running durations tick in place (no re-render: focus and selection stay put).
+  setInterval(() => {
+    if (current) return;
+    for (const td of document.querySelectorAll("#calls-body td[data-duration]")) {
+      const c = calls.get(td.parentElement.dataset.callId);
+      if (c && c.answered_at && !FINAL.has(c.status)) td.textContent = fmtDur(duration(c));
+    }
+  }, 1000);
   startSession();
 })();
