@@ -210,3 +210,18 @@ async def test_timeline_lists_the_call_log_in_time_order(tmp_path: Path) -> None
         async with http.get(url.replace(cid, "00000000-0000-4000-8000-000000000000"),
                             headers=auth()) as r:
             assert r.status == 404
+
+
+async def test_loopback_without_a_token_needs_none(tmp_path: Path) -> None:
+    async with console_gateway(tmp_path, api_token="") as gw, aiohttp.ClientSession() as http:
+        base = base_url(gw)
+        cid = await route_call(gw)
+        await simulate(gw, cid, 0.4)
+        await wait_recording(gw, cid)
+        async with http.get(f"{base}/v1/console/calls/{cid}/media-link") as r:
+            link = await r.json()
+        assert link == {"url": f"/v1/calls/{cid}/recording/media", "expires": None}
+        async with http.get(base + link["url"], headers={"Range": "bytes=0-3"}) as r:
+            assert r.status == 206 and await r.read() == b"RIFF"
+        async with http.get(base + "/v1/events") as r:
+            assert r.status == 200 and r.content_type == "text/event-stream"
