@@ -220,7 +220,8 @@ class CallsApi:
         return web.json_response({"calls": [call_to_json(c) for c in calls]})
 
     async def transcript(self, request: web.Request) -> web.StreamResponse:
-        """The live conversation as the backend reported it (caller and bot lines).
+        """The conversation as the backend reported it (caller and bot lines); while
+        the call is up, the lines so far (``"live": true``).
 
         Recording transcription (Whisper) is separate: ``/v1/calls/{id}/recording``.
         """
@@ -232,7 +233,13 @@ class CallsApi:
         for ev in await self.ctx.store.events(call_id):
             if ev.kind == "transcript":
                 lines.extend(ev.data.get("lines", []))
-        return web.json_response({"id": call_id, "lines": lines})
+        live = False
+        for call in list(self.ctx.calls.values()):
+            if call_id in (call.call_id, call.info.metadata.get("parent_call_id")):
+                live = True  # still up: the lines so far (stored at its end)
+                lines.extend({"at": at, "role": role, "text": text}
+                             for at, role, text in list(call.transcripts))
+        return web.json_response({"id": call_id, "lines": lines, "live": live})
 
     async def hangup(self, request: web.Request) -> web.StreamResponse:
         rec = await self.provider.hangup(request.match_info["id"])

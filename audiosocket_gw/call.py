@@ -39,6 +39,7 @@ log = logging.getLogger("audiosocket_gw.call")
 
 FRAME_HEADER: Final = HEADER.pack(Kind.SLIN, FRAME_BYTES)
 SILENCE_FRAME: Final = FRAME_HEADER + bytes(FRAME_BYTES)
+MAX_BARGE_IN_LOG: Final = 200  # barge-ins kept per call for its event log
 
 
 class Metered(Protocol):
@@ -151,7 +152,7 @@ class Call:
         self.config = config
         self.metrics = metrics
         self.stats = metrics.stats
-        self.log = CallLog(log, {"call_id": info.call_id})
+        self.log = CallLog.for_call(log, info)
         self.playout = PlayoutBuffer(max_bytes=int(config.playout_max_seconds * 16000))
         self.session: BackendSession | None = None
         self._on_end = on_end
@@ -186,6 +187,7 @@ class Call:
         self._clear_at: float | None = None  # when the backend asked to drop its audio
         self._turn_end: float | None = None  # when the caller stopped talking
         self.barge_ins = 0
+        self.barge_in_log: list[tuple[float, str]] = []  # (wall time, source), bounded
         self.taps: list[AudioTap] = []
         self._ticker = ticker
         self.playout_drops = 0
@@ -261,6 +263,8 @@ class Call:
         if not self.playout.has_audio and not self.playout.streaming:
             return
         self.barge_ins += 1
+        if len(self.barge_in_log) < MAX_BARGE_IN_LOG:
+            self.barge_in_log.append((self._wall(), source))
         self._cut_onset = self._now() if onset is None else onset
         self.metrics.barge_ins.labels(self.backend_name, source).inc()
         self.log.debug("barge-in (%s): %.0f ms of bot audio dropped", source,

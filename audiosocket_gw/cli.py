@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__, cli_call, cli_rollout, numbers_import
 from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, ConfigError, parse_hostport
+from .logfmt import setup_logging
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +55,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="seconds calls may continue after SIGTERM (env AIGW_SHUTDOWN_GRACE)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="env AIGW_LOG_LEVEL, default info")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="text, or json: one object per line with time, level, logger, "
+                        "message, call_id, tenant, agent, node (env AIGW_LOG_FORMAT, "
+                        "default text)")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
 
 
@@ -108,11 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    setup_logging(level, fmt)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -132,11 +135,12 @@ def _serve(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             shutdown_grace=args.shutdown_grace,
             log_level=args.log_level,
+            log_format=args.log_format,
         )
     except ConfigError as exc:
         print(f"audiosocket-gw: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.core.log_level)
+    _setup_logging(settings.core.log_level, settings.core.log_format)
     from .gateway import Gateway
 
     async def run() -> None:
@@ -152,6 +156,27 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"audiosocket-gw: cannot listen: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _simulate_with_progress(run: Any, total: int, seconds: float) -> Any:
+    """Run a simulation with its progress on stderr (calls ended of total)."""
+    from .progress import Reporter, ticking
+
+    state = {"up": 0, "t0": time.monotonic()}
+
+    def on_progress(connected: int, ended: int, _total: int) -> None:
+        state["up"] = connected - ended
+        rep.done = ended
+
+    def note() -> str:
+        elapsed = time.monotonic() - state["t0"]
+        return f"{state['up']} up, {min(elapsed, seconds):.0f}/{seconds:.0f} s"
+
+    with Reporter(total, "simulated calls") as rep:
+        async with ticking(rep, note):
+            report = await run(on_progress)
+        rep.update(note())
+    return report
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -174,9 +199,10 @@ def _simulate(args: argparse.Namespace) -> int:
         )
         for i in range(args.calls)
     ]
-    report = asyncio.run(
-        run_simulation(host, port, plans=plans, out_dir=args.out_dir, ramp_s=args.ramp)
-    )
+    report = asyncio.run(_simulate_with_progress(
+        lambda on_progress: run_simulation(host, port, plans=plans, out_dir=args.out_dir,
+                                           ramp_s=args.ramp, on_progress=on_progress),
+        len(plans), args.seconds))
     if args.json:
         print(json.dumps({"summary": report.summary(),
                           "calls": [c.summary() for c in report.calls]}, indent=2))

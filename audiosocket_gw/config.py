@@ -102,6 +102,7 @@ class Config:
     write_buffer_limit: int = 64 * 1024
     socket_sndbuf: int = 32 * 1024  # small kernel buffer: a stalled Asterisk shows up fast
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one JSON object per line)
     # Backends
     openai_url: str = "wss://api.openai.com/v1/realtime"
     openai_model: str = "gpt-realtime"
@@ -129,6 +130,7 @@ class Config:
             "uuid_timeout": "AIGW_UUID_TIMEOUT",
             "shutdown_grace": "AIGW_SHUTDOWN_GRACE",
             "log_level": "AIGW_LOG_LEVEL",
+            "log_format": "AIGW_LOG_FORMAT",
             "barge_in": "AIGW_BARGE_IN",
             "pacer_spin_ms": "AIGW_PACER_SPIN_MS",
             "vad_threshold": "AIGW_VAD_THRESHOLD",
@@ -165,6 +167,9 @@ class Config:
         parse_hostport(self.http, setting="--http/AIGW_HTTP")
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend/AIGW_BACKEND: {self.backend!r} is not one of {BACKENDS}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format/AIGW_LOG_FORMAT: {self.log_format!r} is not "
+                              "text or json")
         if self.echo_delay_ms < 0:
             raise ConfigError("echo delay must be >= 0 ms")
         if self.max_connections < 1:

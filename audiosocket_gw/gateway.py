@@ -37,6 +37,8 @@ from .api import CallsApi
 from .backends.base import Backend, CallInfo
 from .callcontrol import CallController
 from .config import Config, ConfigError, format_hostport
+from .console.component import PUBLIC_PATHS as CONSOLE_PUBLIC_PATHS
+from .console.component import ConsoleComponent, media_link_ok
 from .context import Clock, Component, GatewayContext
 from .events import CallEvents
 from .httpapi import PUBLIC_PATHS, ConnectionGuard, auth_middleware, error_middleware
@@ -206,6 +208,7 @@ class Gateway:
             StatusCallbacks(ctx),
             TranscriptKeeper(ctx),
             RolloutComponent(ctx, s.rollout, healthy=lambda: self.audiosocket.accepting),
+            ConsoleComponent(ctx),
         ]
         return comps
 
@@ -256,8 +259,9 @@ class Gateway:
         app = web.Application(
             middlewares=[error_middleware, auth_middleware(
                 self.config.api_token,
-                public=PUBLIC_PATHS | ROLLOUT_PUBLIC_PATHS
-                | ({"/metrics"} if self.config.metrics_public else set()))],
+                public=PUBLIC_PATHS | ROLLOUT_PUBLIC_PATHS | CONSOLE_PUBLIC_PATHS
+                | ({"/metrics"} if self.config.metrics_public else set()),
+                signed=media_link_ok)],
             client_max_size=1024 * 1024,
         )
         app.router.add_get("/metrics", self._metrics)

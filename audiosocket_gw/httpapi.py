@@ -130,8 +130,13 @@ def bearer_ok(header: str, token: bytes) -> bool:
     return hmac.compare_digest(raw, token)
 
 
-def auth_middleware(token: str | None, *, public: frozenset[str] = PUBLIC_PATHS) -> Any:
-    """The one bearer-token check (no token configured: everything is open)."""
+def auth_middleware(token: str | None, *, public: frozenset[str] = PUBLIC_PATHS,
+                    signed: Callable[[str, web.Request], bool] | None = None) -> Any:
+    """The one bearer-token check (no token configured: everything is open).
+
+    ``signed(token, request)``, when given, may accept a request without the header
+    that carries its own short-lived signature (the console's recording links, for
+    an ``<audio>`` element that cannot send headers)."""
     expected = token.encode() if token else None
 
     @web.middleware
@@ -139,7 +144,8 @@ def auth_middleware(token: str | None, *, public: frozenset[str] = PUBLIC_PATHS)
         if expected is None or request.path in public or request.path.startswith(
                 TWILIO_PREFIX):
             return await handler(request)
-        if not bearer_ok(request.headers.get("Authorization", ""), expected):
+        if not bearer_ok(request.headers.get("Authorization", ""), expected) and not (
+                signed is not None and token and signed(token, request)):
             return api_error(401, "unauthorized", "missing or wrong bearer token",
                              **{"WWW-Authenticate": 'Bearer realm="audiosocket-gw"'})
         return await handler(request)

@@ -147,3 +147,20 @@ def test_weak_or_whitespace_tokens_are_refused(token: str) -> None:
     for http in ("0.0.0.0:9094", "127.0.0.1:9094"):
         with pytest.raises(ConfigError, match="at least 16 characters with no whitespace"):
             Config.from_env(env={"AIGW_HTTP": http, "AIGW_API_TOKEN": token})
+
+
+async def test_simulate_shows_progress_on_stderr_and_the_report_on_stdout() -> None:
+    from tests.helpers import running_gateway
+
+    async with running_gateway() as gw:
+        host, port = gw.audiosocket.address
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "audiosocket_gw", "simulate", "--target", f"{host}:{port}",
+            "--calls", "2", "--seconds", "0.6", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    # Not a terminal: plain lines (the last one when every call has ended), no bar.
+    assert "simulated calls: 2/2 done (0 up" in err.decode()
+    assert "\x1b[" not in err.decode()
+    assert "calls: 2  ok: 2" in out.decode()
+    assert "simulated calls" not in out.decode()

@@ -56,10 +56,21 @@ class CallInfo:
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes every line with the call id."""
+    """A call's logger: prefixes every line with the call id and carries ``call_id``,
+    ``tenant`` and ``agent`` as record fields (the JSON log format prints them)."""
+
+    @classmethod
+    def for_call(cls, logger: logging.Logger, info: CallInfo) -> CallLog:
+        return cls(logger, {"call_id": info.call_id, "tenant": info.tenant,
+                            "agent": info.agent})
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        return f"call {self.extra['call_id'] if self.extra else '?'}: {msg}", kwargs
+        extra = dict(self.extra or {})
+        given = kwargs.get("extra")
+        if given:
+            extra.update(given)
+        kwargs["extra"] = extra
+        return f"call {extra.get('call_id', '?')}: {msg}", kwargs
 
 
 class AudioTap(Protocol):

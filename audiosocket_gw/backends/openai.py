@@ -189,7 +189,7 @@ class OpenAISession(BackendSession):
         self.info = call
         self.settings = settings
         self.policy: ReconnectPolicy = settings.policy()
-        self.log = CallLog(log, {"call_id": call.call_id})
+        self.log = CallLog.for_call(log, call)
         self.dump = dump
         self.counters = backend.counters
         self.stats: Counter[str] = Counter()  # this call only

@@ -334,7 +334,7 @@ class TwilioStreamSession(BackendSession):
         self.backend = backend
         self.info = info
         self.control = control
-        self.log = CallLog(log, {"call_id": info.call_id})
+        self.log = CallLog.for_call(log, info)
         agent = info.agent_cfg
         self.extra: Mapping[str, str] = agent.extra if agent is not None else {}
         tenant = backend.tenants.get(info.tenant)

@@ -82,6 +82,7 @@ class RecordingsComponent:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/v1/calls/{call_id}/recording", self._get_recording),
+            web.get("/v1/calls/{call_id}/recording/media", self._get_media),
             web.post("/v1/recordings/mixmonitor-done", self._mixmonitor_done),
         ]
 
@@ -310,6 +311,22 @@ class RecordingsComponent:
             },
         }
         return web.json_response(body)
+
+
+    async def _get_media(self, request: web.Request) -> web.StreamResponse:
+        """The recording's audio: the local WAV (Range requests honoured), or a
+        redirect to the bucket's presigned URL (S3 honours Range too)."""
+        row = await self.pipeline.get(request.match_info["call_id"].lower())
+        if row is None:
+            return api_error(404, "not_found", "no recording for this call")
+        path = Path(row.path)
+        if await asyncio.to_thread(path.is_file):
+            return web.FileResponse(path, headers={"Content-Type": "audio/wav",
+                                                   "Cache-Control": "private, no-store"})
+        url = await self._url(row)
+        if url:
+            raise web.HTTPFound(url)
+        return api_error(404, "not_found", "the recording's media is not available")
 
 
 def s_local(settings: RecordingSettings) -> bool:

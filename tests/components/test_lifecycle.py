@@ -7,6 +7,7 @@ from pathlib import Path
 
 from audiosocket_gw.ami.tracker import CallTracker
 from audiosocket_gw.api import CallsApi
+from audiosocket_gw.console import ConsoleComponent
 from audiosocket_gw.context import Component
 from audiosocket_gw.quality.cost import CostMeter
 from audiosocket_gw.quality.mos import MosMonitor
@@ -37,7 +38,7 @@ async def test_components_subscribe_only_between_start_and_stop(tmp_path: Path) 
         comps: list[Component] = [
             RoutingComponent(ctx), tracker, watchdogs, CallsApi(ctx, provider),
             MosMonitor(ctx), CostMeter(ctx, s.cost), RecordingsComponent(ctx, s.recording),
-            StatusCallbacks(ctx), TranscriptKeeper(ctx),
+            StatusCallbacks(ctx), TranscriptKeeper(ctx), ConsoleComponent(ctx),
         ]
         nothing = {"started": 0, "ended": 0, "status_changed": 0, "ami_message": 0,
                    "ticks": 0}
@@ -49,13 +50,16 @@ async def test_components_subscribe_only_between_start_and_stop(tmp_path: Path) 
             "POST /v1/route", "POST /v1/calls", "GET /v1/calls", "GET /v1/calls/{id}",
             "POST /v1/calls/{id}/hangup", "GET /v1/calls/{id}/transcript",
             "GET /v1/calls/{call_id}/recording", "POST /v1/recordings/mixmonitor-done",
+            "GET /v1/calls/{call_id}/recording/media", "GET /console", "GET /console/",
+            "GET /console/{asset}", "GET /v1/events", "GET /v1/console/calls/{id}/media-link",
+            "GET /v1/console/calls/{id}/timeline",
         ])
         started: list[Component] = []
         try:
             for comp in comps:
                 await comp.start()
                 started.append(comp)
-            assert subscribers(h) == {"started": 6, "ended": 7, "status_changed": 2,
+            assert subscribers(h) == {"started": 7, "ended": 8, "status_changed": 3,
                                       "ami_message": 1, "ticks": 1}
         finally:
             for comp in reversed(started):

@@ -60,3 +60,24 @@ async def test_calls_without_a_record_or_before_start_are_skipped(tmp_path: Path
         assert await h.store.get_call(orphan_id) is None
         assert await transcripts(h, orphan_id) == []
         assert len(h.ctx.events.ended) == 0
+
+
+async def test_barge_ins_are_stored_with_their_time_and_source(tmp_path: Path) -> None:
+    async with make_context(tmp_path) as h:
+        keeper = TranscriptKeeper(h.ctx)
+        await keeper.start()
+        cid = await admit(h)
+        call = await open_call(h, cid)
+        call.barge_in("local-vad")  # no bot audio queued: not a barge-in
+        t0 = h.clock.wall()
+        call.play(b"\x00\x01" * 1600)
+        call.barge_in("server-vad")
+        h.clock.advance(1.5)
+        call.play(b"\x00\x01" * 1600)
+        call.barge_in("local-vad")
+        call.end("caller-hangup", outcome="completed", send_hangup=False)
+        await keeper.stop()
+        events = [(e.kind, e.at, e.data) for e in await h.store.events(cid)
+                  if e.kind in ("barge_in", "transcript")]
+        assert events == [("barge_in", t0, {"source": "server-vad"}),
+                          ("barge_in", t0 + 1.5, {"source": "local-vad"})]

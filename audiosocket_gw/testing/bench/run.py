@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ...progress import Reporter, ticking
 from ..demo import fetch_metrics, histogram_quantile
 from ..proc import GatewayProcess, cpu_seconds, rss_kib
 from ..simulator.pbx import run_simulation
@@ -151,24 +152,42 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 async def run_bench(levels: list[int], seconds: float, out: str) -> int:
     results = []
-    for n in levels:
-        print(f"bench: {n} concurrent echo calls for {seconds:.0f} s ...", flush=True)
-        r = await bench_level(n, seconds)
-        results.append(r)
-        print("  " + ", ".join(f"{k}={v}" for k, v in r.items()), flush=True)
-    from .bargein import measure_barge_in
+    phase: dict[str, Any] = {"name": "starting", "t0": time.monotonic()}
 
-    barge: dict[str, Any] = {}
-    for mode, server_vad in (("server_and_local_vad", True), ("local_vad_only", False)):
-        print(f"bench: barge-in with the openai backend and the local bot ({mode}) ...",
-              flush=True)
-        barge[mode] = await measure_barge_in(calls=10, seconds=6.0, server_vad=server_vad)
-        print("  " + ", ".join(f"{k}={v}" for k, v in barge[mode].items()), flush=True)
-    from .twilio import measure_twilio
+    def note() -> str:
+        return f"{phase['name']}, {time.monotonic() - phase['t0']:.0f} s"
 
-    print("bench: twilio-stream backend and mark echoes (20 calls, 8 s) ...", flush=True)
-    twilio = await measure_twilio(calls=20, seconds=8.0)
-    print("  " + ", ".join(f"{k}={v}" for k, v in twilio.items()), flush=True)
+    reporter = Reporter(len(levels) + 3, "bench phases")
+    with reporter:
+        async with ticking(reporter, note):
+            for n in levels:
+                phase.update(name=f"{n} calls", t0=time.monotonic())
+                print(f"bench: {n} concurrent echo calls for {seconds:.0f} s ...", flush=True)
+                r = await bench_level(n, seconds)
+                results.append(r)
+                print("  " + ", ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+                reporter.advance()
+            from .bargein import measure_barge_in
+
+            barge: dict[str, Any] = {}
+            for mode, server_vad in (("server_and_local_vad", True),
+                                     ("local_vad_only", False)):
+                phase.update(name=f"barge-in {mode}", t0=time.monotonic())
+                print(f"bench: barge-in with the openai backend and the local bot ({mode}) "
+                      "...", flush=True)
+                barge[mode] = await measure_barge_in(calls=10, seconds=6.0,
+                                                     server_vad=server_vad)
+                print("  " + ", ".join(f"{k}={v}" for k, v in barge[mode].items()),
+                      flush=True)
+                reporter.advance()
+            from .twilio import measure_twilio
+
+            phase.update(name="twilio-stream", t0=time.monotonic())
+            print("bench: twilio-stream backend and mark echoes (20 calls, 8 s) ...",
+                  flush=True)
+            twilio = await measure_twilio(calls=20, seconds=8.0)
+            print("  " + ", ".join(f"{k}={v}" for k, v in twilio.items()), flush=True)
+            reporter.advance()
     mach = machine()
     doc = {"machine": mach, "date": time.strftime("%Y-%m-%d"), "levels": results,
            "barge_in": barge, "twilio_stream": twilio}

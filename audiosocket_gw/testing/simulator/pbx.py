@@ -20,6 +20,7 @@ import heapq
 import time
 import uuid
 from array import array
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -356,11 +357,13 @@ async def run_simulation(
     tagged: bool = False,
     transit_offset_ms: float = 0.0,
     connect_timeout: float = 2.0,
+    on_progress: Callable[[int, int, int], None] | None = None,
 ) -> SimulationReport:
     """Place ``calls`` concurrent calls (or the given ``plans``) and report on each.
 
     ``ramp_s`` spreads the call starts; ``transit_offset_ms`` is subtracted from
     measured transit (for example the echo backend's configured delay).
+    ``on_progress(connected, ended, total)`` is called as calls connect and end.
     """
     if plans is None:
         plans = []
@@ -377,6 +380,13 @@ async def run_simulation(
     sims: list[_SimCall | None] = [None] * len(plans)
     heap: list[tuple[float, int, _SimCall]] = []
     wake = asyncio.Event()
+    counts = [0, 0]  # connected, ended
+
+    def progress(connected: int = 0, ended: int = 0) -> None:
+        counts[0] += connected
+        counts[1] += ended
+        if on_progress is not None:
+            on_progress(counts[0], counts[1], len(plans))
 
     async def connect(i: int, plan: CallPlan) -> None:
         if ramp_s and len(plans) > 1:
@@ -389,8 +399,11 @@ async def run_simulation(
         except (OSError, TimeoutError) as exc:
             reports[i].ended_by = "error"
             reports[i].error = f"connect failed: {exc!r}"
+            progress(ended=1)
             return
         sims[i] = proto
+        progress(connected=1)
+        proto.closed.add_done_callback(lambda _f: progress(ended=1))
         heapq.heappush(heap, (time.monotonic(), i, proto))
         wake.set()
 
