@@ -392,6 +392,12 @@ class CallController:
                  outcome.asterisk_status, outcome.duration_s)
         if watch.resume_id and hung_up:
             self.ctx.registry.discard(watch.resume_id)
+        elif watch.resume_id:
+            # [aigw-dial] sets AIGW_DIAL_STATUS before it opens the resume leg: the
+            # leg's CallInfo carries the outcome (the <Dial action>'s DialCallStatus...).
+            self.ctx.registry.amend(watch.resume_id, {
+                "dial_status": outcome.status, "dial_duration": str(outcome.duration_s),
+                "dial_call_sid": outcome.dial_call_sid})
         self._spawn(self._log_outcome(watch, outcome))
 
     async def _log_outcome(self, watch: _Watch, outcome: DialOutcome) -> None:

@@ -1,0 +1,141 @@
+# ruff: noqa: ASYNC110  (tests poll the store/receivers with a deadline)
+"""``<Dial>`` end to end over real sockets, with TwiML built by the ``twilio`` SDK.
+
+A call placed through the gateway's Twilio REST API (official SDK) runs the app's
+``<Dial>``; over the PBX simulator's AMI the gateway ``Setvar``s the dial variables and
+ends the AudioSocket leg, the simulated ``[aigw-dial]`` runs ``Dial()`` with the
+scripted outcome, the caller comes back on a resumed AudioSocket leg, and the app's
+action URL gets ``DialCallStatus``/``DialCallDuration``/``DialCallSid`` with the call's
+own ``CallSid``; the TwiML it returns (``<Say>`` then ``<Hangup>``) runs on that leg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+from twilio.twiml.voice_response import Dial, VoiceResponse
+
+from audiosocket_gw.testing.simulator.ami import Outcome
+from audiosocket_gw.twilio.ids import call_id_for_sid
+from tests.helpers import MS
+from tests.twilio.test_rest import Stack, eventually, stack
+
+HUMAN = "+15550002001"
+
+
+def dial_doc(target: str = HUMAN, *, action: str | None = "/dialed", sip: bool = False) -> str:
+    dial = Dial(action=action, timeout=5) if action else Dial(timeout=5)
+    if sip:
+        dial.sip(target)
+    else:
+        dial.number(target)
+    return str(VoiceResponse().append(dial))
+
+
+def setvars(s: Stack) -> dict[str, str]:
+    return {a.get("Variable") or "": a.get("Value") or ""
+            for a in s.sim.actions if a.get("Action") == "Setvar"}
+
+
+async def terminal_inputs(s: Stack, call_id: str) -> int:
+    return sum(1 for e in await s.gw.store.events(call_id)
+               if e.kind == "input" and e.data.get("changed")
+               and e.data.get("to") in ("completed", "busy", "failed", "no-answer", "canceled"))
+
+
+async def place(s: Stack, doc: str, to: str = "+15550001111") -> str:
+    s.app.docs["/voice"] = doc
+    call = await s.sdk(s.client.calls.create, to=to, from_="+15559990000",
+                       url=s.app.base + "/voice", status_callback=s.app.base + "/status",
+                       status_callback_event=["initiated", "answered", "completed"])
+    return str(call.sid)
+
+
+@pytest.mark.parametrize(("outcome", "dial_status"), [
+    (Outcome("answered", talk_s=0.4), "completed"),
+    (Outcome("busy"), "busy"),
+    (Outcome("no-answer"), "no-answer"),
+])
+async def test_dial_action_resumes_the_same_call_and_runs_its_twiml(
+        monkeypatch: pytest.MonkeyPatch, outcome: Outcome, dial_status: str) -> None:
+    async with stack(monkeypatch) as s:
+        s.sim.outcomes[HUMAN] = outcome
+        bye = VoiceResponse()
+        bye.say("Thanks, goodbye.")
+        bye.hangup()
+        s.app.docs["/dialed"] = str(bye)
+        sid = await place(s, dial_doc())
+        await s.status(sid, "completed", within=8.0)
+        # The dial variables went over AMI, then Dial() ran the target with timeout 5.
+        values = setvars(s)
+        assert values["AIGW_NEXT"] == "dial" and values["AIGW_RESUME_ID"]
+        assert HUMAN in values["AIGW_DIAL_TARGETS"] and values["AIGW_DIAL_TIMEOUT"] == "5"
+        ((_, targets, timeout, options),) = s.sim.dials
+        assert HUMAN in targets and timeout == "5" and "g" in options
+        # The app's action got the outcome, for the same CallSid as everything else.
+        await eventually(lambda: s.app.of("/dialed"))
+        (form,) = s.app.of("/dialed")
+        assert form["CallSid"] == sid and form["DialCallStatus"] == dial_status
+        if dial_status == "completed":
+            assert form["DialCallSid"].startswith("CA") and form["DialCallSid"] != sid
+            assert 0 <= int(form["DialCallDuration"]) <= 1
+        else:
+            assert form["DialCallDuration"] == "0"
+        assert s.app.of("/voice")[0]["CallSid"] == sid
+        # Two AudioSocket legs: the first ended by the gateway (Dial), the resumed one
+        # heard the <Say> and was hung up by the gateway (<Hangup>).
+        assert len(s.sim.legs) == 2
+        first, resumed = s.sim.legs
+        assert first.ended_by in ("gateway-hangup", "gateway-close")
+        assert resumed.ended_by in ("gateway-hangup", "gateway-close")
+        if shutil.which("espeak-ng"):
+            loud = [t for t, level in resumed.heard if level > 300]
+            assert loud and loud[-1] - loud[0] >= 0.5  # "Thanks, goodbye." was heard
+        # One call record, completed once, status callbacks all for the same CallSid.
+        call_id = call_id_for_sid(sid) or ""
+        await eventually(lambda: len(s.app.of("/status")) >= 3)
+        forms = s.app.of("/status")
+        assert [f["CallStatus"] for f in forms] == ["initiated", "in-progress", "completed"]
+        assert {f["CallSid"] for f in forms} == {sid}
+        assert await terminal_inputs(s, call_id) == 1
+        rec = await s.gw.store.get_call(call_id)
+        assert rec is not None and rec.hangup_reason == "twiml-hangup"
+
+
+async def test_dial_without_action_ends_the_call_after_the_dial(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with stack(monkeypatch) as s:
+        s.sim.outcomes[HUMAN] = Outcome("answered", talk_s=0.3)
+        sid = await place(s, dial_doc(action=None))
+        await s.status(sid, "completed", within=8.0)
+        ((_, targets, _, options),) = s.sim.dials
+        assert HUMAN in targets and "g" not in options  # nothing to come back to
+        assert setvars(s)["AIGW_RESUME_ID"] == ""
+        assert len(s.sim.legs) == 1  # no resumed leg
+        await eventually(lambda: len(s.app.of("/status")) >= 3)
+        await asyncio.sleep(100 * MS)  # nothing more arrives
+        forms = s.app.of("/status")
+        assert [f["CallStatus"] for f in forms] == ["initiated", "in-progress", "completed"]
+        assert {f["CallSid"] for f in forms} == {sid}
+        call_id = call_id_for_sid(sid) or ""
+        assert await terminal_inputs(s, call_id) == 1
+        events = [e.kind for e in await s.gw.store.events(call_id)]
+        assert "dial" in events and "dial_outcome" in events
+
+
+async def test_dial_sip_goes_through_the_trunk_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with stack(monkeypatch) as s:
+        uri = "sip:agent@pbx.example.com"
+        s.sim.outcomes[uri] = Outcome("busy")
+        hang = VoiceResponse()
+        hang.hangup()
+        s.app.docs["/dialed"] = str(hang)
+        sid = await place(s, dial_doc(uri, sip=True))
+        await s.status(sid, "completed", within=8.0)
+        ((_, targets, _, _),) = s.sim.dials
+        assert targets.startswith("PJSIP/") and targets.endswith("/" + uri)
+        await eventually(lambda: s.app.of("/dialed"))
+        (form,) = s.app.of("/dialed")
+        assert form["CallSid"] == sid and form["DialCallStatus"] == "busy"
