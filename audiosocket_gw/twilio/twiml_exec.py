@@ -53,6 +53,7 @@ from .twiml import (
     Hangup,
     Pause,
     Play,
+    PlayDigits,
     Prompt,
     Record,
     Redirect,
@@ -139,6 +140,11 @@ class TwimlHost(Protocol):
 
     def dial(self, request: DialRequest) -> None:
         """Hand the caller to the dialplan's ``Dial()`` (this AudioSocket leg ends)."""
+
+    async def send_digits(self, digits: str) -> None:
+        """``<Play digits>``: DTMF toward the caller's peer through call control (AMI
+        ``PlayDTMF``, never 0x03 frames toward Asterisk); returns once they are played
+        (about)."""
 
     async def connect_stream(self, verb: ConnectStream) -> bool:
         """Open the bidirectional Media Stream and return once it has ended.
@@ -479,6 +485,9 @@ class TwimlRunner:
             elif isinstance(verb, Pause | Play | Say):
                 self._progress += 1
                 await self._prompt(verb, doc_url)
+            elif isinstance(verb, PlayDigits):
+                self._progress += 1
+                await host.send_digits(verb.digits)
             elif isinstance(verb, Redirect):
                 return _Next(urljoin(doc_url, verb.url), verb.method)
             elif isinstance(verb, Gather):

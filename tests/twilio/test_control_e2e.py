@@ -86,7 +86,7 @@ async def test_dial_action_resumes_the_same_call_and_runs_its_twiml(
         assert s.app.of("/voice")[0]["CallSid"] == sid
         # Two AudioSocket legs: the first ended by the gateway (Dial), the resumed one
         # heard the <Say> and was hung up by the gateway (<Hangup>).
-        assert len(s.sim.legs) == 2
+        await eventually(lambda: len(s.sim.legs) == 2)
         first, resumed = s.sim.legs
         assert first.ended_by in ("gateway-hangup", "gateway-close")
         assert resumed.ended_by in ("gateway-hangup", "gateway-close")
@@ -139,3 +139,37 @@ async def test_dial_sip_goes_through_the_trunk_endpoint(monkeypatch: pytest.Monk
         await eventually(lambda: s.app.of("/dialed"))
         (form,) = s.app.of("/dialed")
         assert form["CallSid"] == sid and form["DialCallStatus"] == "busy"
+
+
+# -- DTMF toward the caller's peer: AMI PlayDTMF, never 0x03 frames --------------------
+
+
+def subsequence(part: list[str], whole: list[str]) -> bool:
+    it = iter(whole)
+    return all(d in it for d in part)
+
+
+async def test_send_digits_and_play_digits_go_through_play_dtmf(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with stack(monkeypatch) as s:
+        doc = VoiceResponse()
+        doc.pause(length=1)
+        doc.play(digits="9w8")
+        doc.hangup()
+        call = await s.sdk(s.client.calls.create, to="+15550001111", from_="+15559990000",
+                           twiml=str(doc), send_digits="12#")
+        await s.status(call.sid, "completed", within=8.0)
+        played = [d for _, d, _ in s.sim.dtmf_played]
+        actions = [a.get("Digit") for a in s.sim.actions if a.get("Action") == "PlayDTMF"]
+        assert sorted(played) == sorted(actions) == sorted(["1", "2", "#", "9", "8"])
+        assert subsequence(["1", "2", "#"], played) and subsequence(["9", "8"], played)
+        # The AudioSocket leg never carried a DTMF frame toward Asterisk (it would have
+        # killed the call: the simulator ends the leg with an error).
+        await eventually(lambda: s.sim.legs)
+        (leg,) = s.sim.legs
+        assert leg.error is None and leg.ended_by in ("gateway-hangup", "gateway-close")
+        events = await s.gw.store.events(call_id_for_sid(call.sid) or "")
+        (sent,) = [e.data for e in events if e.kind == "send_digits"]
+        assert sent == {"digits": "12#", "played": True}
+        rec = await s.gw.store.get_call(call_id_for_sid(call.sid) or "")
+        assert rec is not None and rec.hangup_reason == "twiml-hangup"
