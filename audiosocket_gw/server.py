@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Final
 
 from . import audiosocket as asp
@@ -51,18 +50,6 @@ class CallRegistry:
         """Expect ``info.call_id`` for ``ttl`` seconds (default: the registry's)."""
         self._purge()
         self._expected[info.call_id] = (info, self._clock() + (self.ttl if ttl is None else ttl))
-
-    def amend(self, call_id: str, metadata: Mapping[str, str]) -> bool:
-        """Add ``metadata`` to a still expected call's ``CallInfo`` (same expiry);
-        False when no AudioSocket is expected for ``call_id`` any more."""
-        self._purge()
-        entry = self._expected.get(call_id)
-        if entry is None:
-            return False
-        info, expires = entry
-        merged = dataclasses.replace(info, metadata={**info.metadata, **metadata})
-        self._expected[call_id] = (merged, expires)
-        return True
 
     def claim(self, call_id: str) -> CallInfo | None:
         self._purge()
