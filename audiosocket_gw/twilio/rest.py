@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import email.utils
 import hmac
@@ -63,6 +64,7 @@ from ..telephony import (
     UnknownTenant,
 )
 from ..tenants import Agent, Tenant, normalize_e164
+from . import verbrec
 from .callopts import CallOptions
 from .ids import (
     account_sid_for,
@@ -73,6 +75,7 @@ from .ids import (
     is_sid,
 )
 from .twiml import TwimlError, parse_twiml
+from .twiml_exec import RECORD_VERB_DIR
 
 if TYPE_CHECKING:
     from ..call import Call
@@ -217,8 +220,26 @@ def call_json(rec: CallRecord, account_sid: str) -> dict[str, Any]:
     }
 
 
+VERB_SOURCE: Final = "twiml-record"
+"""``RecordingRow.source`` of a ``<Record>`` recording (twilio/verbrec.py)."""
+
+
 def _recording_source(source: str) -> str:
+    if source == VERB_SOURCE:
+        return "RecordVerb"
     return "StartCallRecordingAPI" if source == "gateway" else "DialVerb"
+
+
+def _verb_row(v: verbrec.VerbRecording, rec: CallRecord) -> RecordingRow:
+    """A ``<Record>`` recording in the pipeline's row shape (for the same JSON and
+    media handlers); mono, never uploaded."""
+    from ..recordings.queue import RecordingRow
+
+    return RecordingRow(
+        call_id=rec.id, tenant=rec.tenant, agent=rec.agent or "", source=VERB_SOURCE,
+        path=str(v.path), key="", recording_sid=v.sid, state="captured", attempts=0,
+        sha256="", size=0, duration_s=v.duration_s, channels=1,
+        captured_at=v.started_at + v.duration_s, next_attempt_at=0.0)
 
 
 def recording_json(row: RecordingRow, account_sid: str, origin: str) -> dict[str, Any]:
@@ -753,14 +774,32 @@ class TwilioRestApi:
     def _origin(request: web.Request) -> str:
         return str(request.url.origin())
 
+    @property
+    def verb_dir(self) -> Path:
+        """Where ``<Record>`` recordings are (twiml_exec, twilio/verbrec.py)."""
+        return self.ctx.settings.core.data_path / RECORD_VERB_DIR
+
     async def _recording(self, tenant: Tenant, sid: str) -> RecordingRow:
-        comp = self._pipeline_ok()
+        """Recording ``sid`` of ``tenant``: the call's recording (the pipeline) or one
+        of its ``<Record>`` recordings; Twilio's 404 otherwise."""
         call_id = call_id_for_sid(sid) if sid.startswith("RE") else None
-        row = await comp.pipeline.get(call_id) if call_id is not None else None
-        if row is None or row.tenant != tenant.id:
-            raise TwilioApiError(ERR_NOT_FOUND, f"The requested resource /{API_VERSION}/Accounts/"
-                                           f".../Recordings/{sid} was not found", 404)
-        return row
+        row = None
+        if call_id is not None and self.recordings is not None:
+            row = await self.recordings.pipeline.get(call_id)
+        if row is not None and row.tenant == tenant.id:
+            return row
+        verb = await asyncio.to_thread(verbrec.load, self.verb_dir, sid)
+        if verb is not None:
+            with contextlib.suppress(TwilioApiError):
+                return _verb_row(verb, await self._call(tenant, verb.call_sid))
+        raise TwilioApiError(ERR_NOT_FOUND, f"The requested resource /{API_VERSION}/Accounts/"
+                                            f".../Recordings/{sid} was not found", 404)
+
+    async def _delete(self, row: RecordingRow) -> None:
+        if row.source == VERB_SOURCE:
+            await asyncio.to_thread(verbrec.delete, self.verb_dir, row.recording_sid)
+        else:
+            await self._pipeline_ok().pipeline.delete(row)
 
     async def _list_recordings(self, request: web.Request, tenant: Tenant, account_sid: str,
                                call_id: str | None) -> web.StreamResponse:
@@ -771,9 +810,21 @@ class TwilioRestApi:
                 raise TwilioApiError(ERR_PARAM, f"the {unsupported} filter is not supported")
         if call_id is None and q.get("CallSid"):
             call_id = call_id_for_sid(q["CallSid"]) or "-"
-        comp = self._pipeline_ok()
-        rows = await comp.pipeline.page(tenant=tenant.id, call_id=call_id,
-                                        limit=paging.size + 1, offset=paging.offset)
+        if call_id is None:  # account-wide: the calls' recordings (the pipeline)
+            rows = await self._pipeline_ok().pipeline.page(
+                tenant=tenant.id, limit=paging.size + 1, offset=paging.offset)
+        else:  # one call: its recording and its <Record> recordings, oldest first
+            rows = []
+            if self.recordings is not None:
+                rows = await self.recordings.pipeline.page(tenant=tenant.id, call_id=call_id,
+                                                           limit=1, offset=0)
+            rec = await self.ctx.store.get_call(call_id)
+            if rec is not None and rec.tenant == tenant.id:
+                verbs = await asyncio.to_thread(verbrec.for_call, self.verb_dir,
+                                                call_sid_for(call_id))
+                rows += [_verb_row(v, rec) for v in verbs]
+            rows.sort(key=lambda r: r.captured_at)
+            rows = rows[paging.offset:paging.offset + paging.size + 1]
         more = len(rows) > paging.size
         origin = self._origin(request)
         items = [recording_json(r, account_sid, origin) for r in rows[:paging.size]]
@@ -803,7 +854,7 @@ class TwilioRestApi:
     async def delete_call_recording(self, request: web.Request, tenant: Tenant,
                                     account_sid: str) -> web.StreamResponse:
         row = await self._call_recording(request, tenant)
-        await self._pipeline_ok().pipeline.delete(row)
+        await self._delete(row)
         return web.Response(status=204)
 
     async def fetch_recording(self, request: web.Request, tenant: Tenant,
@@ -814,7 +865,7 @@ class TwilioRestApi:
     async def delete_recording(self, request: web.Request, tenant: Tenant,
                                account_sid: str) -> web.StreamResponse:
         row = await self._recording(tenant, request.match_info["sid"])
-        await self._pipeline_ok().pipeline.delete(row)
+        await self._delete(row)
         return web.Response(status=204)
 
     async def recording_wav(self, request: web.Request, tenant: Tenant,
@@ -825,7 +876,7 @@ class TwilioRestApi:
         path = Path(row.path)
         if await asyncio.to_thread(path.is_file):
             return web.FileResponse(path, headers={"Content-Type": "audio/x-wav"})
-        url = await self._pipeline_ok()._url(row)
+        url = None if row.source == VERB_SOURCE else await self._pipeline_ok()._url(row)
         if url:
             raise web.HTTPFound(url)
         raise TwilioApiError(ERR_NOT_FOUND, "the recording's media is no longer available", 404)

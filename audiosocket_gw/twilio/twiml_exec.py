@@ -45,7 +45,8 @@ import aiohttp
 import numpy as np
 
 from ..dial import DialRequest
-from .ids import RECORDING_PREFIX, is_sid, recording_sid_for
+from . import verbrec
+from .ids import CALL_PREFIX, RECORDING_PREFIX, is_sid, recording_sid_for
 from .twiml import (
     ConnectStream,
     Dial,
@@ -705,6 +706,13 @@ class TwimlRunner:
             wav = None
         url = self.ctx.recording_url(sid)
         seconds = pcm_len / (2 * RATE)
+        call_sid = self.ctx.params.get("CallSid", "")
+        if wav is None and folder is not None and is_sid(CALL_PREFIX, call_sid):
+            try:  # what the REST API needs to serve it (twilio/verbrec.py)
+                await asyncio.to_thread(verbrec.note, folder, sid, call_sid, seconds,
+                                        time.time() - seconds)
+            except OSError as exc:
+                self.log.warning("<Record> %s: not listed for the REST API: %s", sid, exc)
         duration = str(int(round(seconds)))
         fields = {"RecordingUrl": url, "RecordingDuration": duration, "RecordingSid": sid}
         if finish:

@@ -12,15 +12,19 @@ own ``CallSid``; the TwiML it returns (``<Say>`` then ``<Hangup>``) runs on that
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
 
+import aiohttp
 import pytest
+import soundfile as sf
+from twilio.base.exceptions import TwilioRestException
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from audiosocket_gw.testing.simulator.ami import Outcome
-from audiosocket_gw.twilio.ids import call_id_for_sid
+from audiosocket_gw.twilio.ids import call_id_for_sid, derived_account_sid
 from tests.helpers import MS
-from tests.twilio.test_rest import Stack, eventually, stack
+from tests.twilio.test_rest import SID, TOKEN, Stack, basic, eventually, stack
 
 HUMAN = "+15550002001"
 
@@ -173,3 +177,62 @@ async def test_send_digits_and_play_digits_go_through_play_dtmf(
         assert sent == {"digits": "12#", "played": True}
         rec = await s.gw.store.get_call(call_id_for_sid(call.sid) or "")
         assert rec is not None and rec.hangup_reason == "twiml-hangup"
+
+
+# -- <Record> recordings through the REST Recordings resources --------------------------
+
+
+async def test_record_verb_recordings_are_rest_recordings(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with stack(monkeypatch) as s:
+        doc = VoiceResponse()
+        doc.record(max_length=2, timeout=10, play_beep=False, trim="do-not-trim",
+                   action="/recorded", recording_status_callback="/recstatus")
+        s.app.docs["/voice"] = str(doc)
+        hang = VoiceResponse()
+        hang.hangup()
+        s.app.docs["/recorded"] = str(hang)
+        call = await s.sdk(s.client.calls.create, to="+15550001111", from_="+15559990000",
+                           url=s.app.base + "/voice", record=True,
+                           recording_status_callback=s.app.base + "/callrec")
+        await s.status(call.sid, "completed", within=8.0)
+        await eventually(lambda: s.app.of("/recstatus") and s.app.of("/recorded"))
+        (cb,) = s.app.of("/recstatus")
+        (action,) = s.app.of("/recorded")
+        rsid = cb["RecordingSid"]
+        assert cb["CallSid"] == action["CallSid"] == call.sid and action["RecordingSid"] == rsid
+        # The app finds it through the SDK, beside the call's own recording.
+        async with asyncio.timeout(10):
+            while len(found := await s.sdk(s.client.recordings.list,
+                                           call_sid=call.sid)) < 2:
+                await asyncio.sleep(50 * MS)
+        by_sid = {r.sid: r for r in found}
+        verb = by_sid[rsid]
+        assert verb.call_sid == call.sid and verb.source == "RecordVerb"
+        assert verb.channels == 1 and int(verb.duration) == 2
+        (whole,) = [r for r in found if r.sid != rsid]
+        assert whole.call_sid == call.sid and whole.source != "RecordVerb"
+        via_call = await s.sdk(s.client.calls(call.sid).recordings.list)
+        assert {r.sid for r in via_call} == set(by_sid)
+        fetched = await s.sdk(s.client.recordings(rsid).fetch)
+        assert fetched.sid == rsid and fetched.call_sid == call.sid
+        assert (await s.sdk(s.client.calls(call.sid).recordings(rsid).fetch)).sid == rsid
+        # RecordingUrl is the media URL (its host:port is the configured --http, port 0
+        # here); the .wav is the recording.
+        assert fetched.media_url.startswith(s.base)
+        assert action["RecordingUrl"].endswith(fetched.media_url.removeprefix(s.base))
+        async with aiohttp.ClientSession(headers={"Authorization": basic(SID, TOKEN)}) as http:
+            async with http.get(fetched.media_url + ".wav") as resp:
+                assert resp.status == 200
+                data, rate = sf.read(io.BytesIO(await resp.read()), always_2d=True)
+            assert rate == 8000 and data.shape[1] == 1 and abs(len(data) / rate - 2.0) < 0.3
+            # Another tenant's credentials do not see it.
+            plain = derived_account_sid("plain")
+            async with http.get(f"{s.base}/2010-04-01/Accounts/{plain}/Recordings/{rsid}.json",
+                                headers={"Authorization": basic(plain, "plain-token")}) as r:
+                assert r.status == 404
+        assert await s.sdk(s.client.recordings(rsid).delete) is True
+        with pytest.raises(TwilioRestException) as gone:
+            await s.sdk(s.client.recordings(rsid).fetch)
+        assert gone.value.status == 404
+        left = await s.sdk(s.client.recordings.list, call_sid=call.sid)
+        assert [r.sid for r in left] == [whole.sid]
