@@ -471,6 +471,12 @@ class Call:
             return
         self.on_dial(request)
 
+    def dial_refused(self, reason: str) -> None:
+        """Call control could not start the requested dial: tell the session."""
+        if self.ended or self.session is None:
+            return
+        self.session.on_dial_failed(reason)
+
     async def dial_outcome(self, timeout: float) -> DialOutcome | None:  # noqa: ASYNC109
         if self.on_dial_outcome is None:
             return None

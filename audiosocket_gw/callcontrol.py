@@ -253,6 +253,9 @@ class CallController:
             await self.dial(call_id, request)
         except (DialError, CallControlUnavailable) as exc:
             log.warning("call %s: dial refused: %s", call_id, exc)
+            call = self.ctx.calls.get(call_id)
+            if call is not None:
+                call.dial_refused(str(exc))
 
     async def _dtmf_from_call(self, call_id: str, digits: str) -> None:
         try:

@@ -183,6 +183,10 @@ class BackendSession(abc.ABC):
     def on_marks(self, names: list[str]) -> None:  # noqa: B027 - optional hook
         """Marks reached (audio written) or dropped by ``clear``, in order."""
 
+    def on_dial_failed(self, reason: str) -> None:  # noqa: B027 - optional hook
+        """Call control refused this call's last ``CallControl.dial`` (AMI down, channel
+        unknown, invalid target): nothing was dialed and this leg is still up."""
+
     def on_barge_in(self) -> None:  # noqa: B027 - optional hook
         """The bridge cut bot audio because the caller spoke over it."""
 

@@ -370,6 +370,7 @@ class TwilioStreamSession(BackendSession):
         self._stream_cb: tuple[str, str, str] | None = None  # url, method, name
         self._streams = 0
         self.forks: dict[str, MediaFork] = {}
+        self._dial_request: DialRequest | None = None
 
     # -- start -----------------------------------------------------------------------
 
@@ -613,7 +614,37 @@ class TwilioStreamSession(BackendSession):
         self.control.hangup(reason)
 
     def dial(self, request: DialRequest) -> None:
+        self._dial_request = request
         self.control.dial(request)
+
+    def on_dial_failed(self, reason: str) -> None:
+        """The ``<Dial>`` could not be placed: as at Twilio, its ``action`` runs on this
+        leg with ``DialCallStatus=failed``; without one the call ends (``dial-failed``)."""
+        request, self._dial_request = self._dial_request, None
+        if request is None or self.closing:
+            return
+        action = request.metadata.get(DIAL_ACTION_KEY)
+        if not action:
+            self.log.warning("<Dial> refused (%s): hanging up", reason)
+            self.control.hangup("dial-failed")
+            return
+        self.log.warning("<Dial> refused (%s): its action runs with DialCallStatus=failed",
+                         reason)
+        runner = self._runner()
+
+        async def program() -> None:
+            try:
+                await runner.run(action, request.metadata.get(DIAL_METHOD_KEY) or "POST",
+                                 extra={"DialCallStatus": "failed", "DialCallDuration": "0",
+                                        "DialCallSid": "", "DialBridged": "false"})
+            except (WebhookError, BackendError) as exc:
+                self.log.warning("<Dial action> failed: %s: hanging up", exc)
+                self.control.hangup("dial-failed")
+
+        task = asyncio.get_running_loop().create_task(program(), name="twiml-dial-failed")
+        self._program = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def send_digits(self, digits: str) -> None:
         """``<Play digits>``: AMI PlayDTMF through call control (one action per digit,

@@ -145,6 +145,31 @@ async def test_dial_sip_goes_through_the_trunk_endpoint(monkeypatch: pytest.Monk
         assert form["CallSid"] == sid and form["DialCallStatus"] == "busy"
 
 
+@pytest.mark.parametrize("action", [True, False])
+async def test_a_refused_dial_runs_the_action_with_failed_or_hangs_up(
+        monkeypatch: pytest.MonkeyPatch, action: bool) -> None:
+    """Call control refuses a ``<Dial>`` it cannot place (here ``callerId`` is a name,
+    not a number): nothing is dialed, and the leg does not stay up in silence."""
+    async with stack(monkeypatch) as s:
+        dial = Dial(caller_id="alice", timeout=5, **({"action": "/dialed"} if action else {}))
+        dial.number(HUMAN)
+        hang = VoiceResponse()
+        hang.hangup()
+        s.app.docs["/dialed"] = str(hang)
+        sid = await place(s, str(VoiceResponse().append(dial)))
+        await s.status(sid, "completed", within=5.0)
+        assert s.sim.dials == [] and "AIGW_NEXT" not in setvars(s)
+        rec = await s.gw.store.get_call(call_id_for_sid(sid) or "")
+        assert rec is not None
+        if action:
+            (form,) = s.app.of("/dialed")
+            assert form["CallSid"] == sid and form["DialCallStatus"] == "failed"
+            assert form["DialCallSid"] == "" and form["DialCallDuration"] == "0"
+            assert rec.hangup_reason == "twiml-hangup"
+        else:
+            assert s.app.of("/dialed") == [] and rec.hangup_reason == "dial-failed"
+
+
 # -- DTMF toward the caller's peer: AMI PlayDTMF, never 0x03 frames --------------------
 
 
