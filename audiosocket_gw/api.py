@@ -8,6 +8,13 @@ Routes on the gateway's ``--http`` listener (JSON in, JSON out)::
     GET  /v1/calls/{id}          -> 200 call | 404
     GET  /v1/calls?status=&tenant=&limit=   -> 200 {calls: [...]}
     POST /v1/calls/{id}/hangup   -> 200 call | 404
+    POST /v1/calls/{id}/twiml    {url, method?} or {twiml} -> 200 call | 404 | 400
+                                 | 409 not_in_progress   (a live call runs new TwiML)
+
+``/twiml`` is the REST emulation's live update (``Calls/{Sid}.json`` with ``Url`` or
+``Twiml``) through the same path (``TwilioRestApi.redirect_live``): the call's
+``twilio-stream`` session stops what it runs and runs the new document. 409
+``not_in_progress`` when the call is not in progress or its agent runs no TwiML.
 
 Errors are ``{"error": {"code": ..., "message": ...}}`` with 400 (bad request),
 401 (token), 404, 429 (tenant limit; ``Retry-After``), 502 (Originate refused),
@@ -46,6 +53,7 @@ from .telephony import (
     UnknownAgent,
     UnknownTenant,
 )
+from .twilio.rest import ERR_CALL_STATE, TwilioApiError, TwilioRestApi
 
 if TYPE_CHECKING:
     from .context import GatewayContext
@@ -91,9 +99,11 @@ def call_to_json(rec: CallRecord) -> dict[str, Any]:
 class CallsApi:
     """The ``/v1/calls`` routes over a ``TelephonyProvider`` (a component)."""
 
-    def __init__(self, ctx: GatewayContext, provider: TelephonyProvider) -> None:
+    def __init__(self, ctx: GatewayContext, provider: TelephonyProvider,
+                 twiml: TwilioRestApi | None = None) -> None:
         self.ctx = ctx
         self.provider = provider
+        self.twiml_api = twiml
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -101,6 +111,7 @@ class CallsApi:
             web.get("/v1/calls", self.list),
             web.get("/v1/calls/{id}", self.get),
             web.post("/v1/calls/{id}/hangup", self.hangup),
+            web.post("/v1/calls/{id}/twiml", self.twiml),
             web.get("/v1/calls/{id}/transcript", self.transcript),
         ]
 
@@ -245,4 +256,29 @@ class CallsApi:
         rec = await self.provider.hangup(request.match_info["id"])
         if rec is None:
             return api_error(404, "not_found", "no such call")
+        return web.json_response(call_to_json(rec))
+
+    async def twiml(self, request: web.Request) -> web.StreamResponse:
+        """Run new TwiML on a live call: ``{"url": ..., "method": "POST"}`` or
+        ``{"twiml": "<Response>...</Response>"}``."""
+        try:
+            body = await read_json(request, max_body=_MAX_BODY)
+        except JsonBodyError as exc:
+            return exc.response()
+        url, twiml, method = body.get("url", ""), body.get("twiml", ""), body.get("method")
+        if not isinstance(url, str) or not isinstance(twiml, str) \
+                or not isinstance(method, str | None):
+            return api_error(400, "bad_request", "'url', 'method' and 'twiml' must be strings")
+        if self.twiml_api is None:
+            return api_error(503, "unavailable", "this gateway does not run TwiML")
+        rec = await self.provider.get_call(request.match_info["id"])
+        if rec is None:
+            return api_error(404, "not_found", "no such call")
+        try:
+            self.twiml_api.redirect_live(rec, url=url, method=(method or "POST").upper(),
+                                         twiml=twiml)
+        except TwilioApiError as exc:
+            if exc.code == ERR_CALL_STATE:
+                return api_error(409, "not_in_progress", str(exc))
+            return api_error(400, "bad_request", str(exc))
         return web.json_response(call_to_json(rec))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -33,7 +33,7 @@ from .playout import FRAME_BYTES, PlayoutBuffer
 __all__ = ["AudioTap", "Call", "CallLog", "LevelBatch", "Metered"]  # AudioTap, CallLog: from base
 
 if TYPE_CHECKING:
-    from .dial import DialRequest
+    from .dial import DialOutcome, DialRequest
 
 log = logging.getLogger("audiosocket_gw.call")
 
@@ -197,6 +197,7 @@ class Call:
         # stays free of AMI): None = not available (no AMI configured).
         self.on_dial: Callable[[DialRequest], None] | None = None
         self.on_send_dtmf: Callable[[str], None] | None = None
+        self.on_dial_outcome: Callable[[float], Awaitable[DialOutcome]] | None = None
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} backend={self.backend_name}>"
@@ -479,6 +480,20 @@ class Call:
             self.end("dial-unavailable", outcome="gateway_hangup")
             return
         self.on_dial(request)
+
+    def dial_refused(self, reason: str) -> None:
+        """Call control could not start the requested dial: tell the session."""
+        if self.ended or self.session is None:
+            return
+        self.session.on_dial_failed(reason)
+
+    async def dial_outcome(self, timeout: float) -> DialOutcome | None:  # noqa: ASYNC109
+        if self.on_dial_outcome is None:
+            return None
+        try:
+            return await self.on_dial_outcome(timeout)
+        except (LookupError, TimeoutError):
+            return None
 
     def send_dtmf(self, digits: str) -> None:
         if self.ended:

@@ -231,6 +231,9 @@ class CallController:
         cid = call.call_id
         call.on_dial = lambda request: self._spawn(self._dial_from_call(cid, request))
         call.on_send_dtmf = lambda digits: self._spawn(self._dtmf_from_call(cid, digits))
+        # A resumed leg (its id is a dial's resume id) asks how that Dial ended: the
+        # AMI VarSets and the new AudioSocket connection race each other.
+        call.on_dial_outcome = lambda timeout: self.outcome(cid, timeout)
 
     def _on_status(self, change: StatusChange) -> None:
         # The call ended while its Dial was pending and the AMI events that would say
@@ -250,6 +253,9 @@ class CallController:
             await self.dial(call_id, request)
         except (DialError, CallControlUnavailable) as exc:
             log.warning("call %s: dial refused: %s", call_id, exc)
+            call = self.ctx.calls.get(call_id)
+            if call is not None:
+                call.dial_refused(str(exc))
 
     async def _dtmf_from_call(self, call_id: str, digits: str) -> None:
         try:

@@ -198,13 +198,14 @@ class Gateway:
         if ami is not None:
             comps.append(ami)
         recordings = RecordingsComponent(ctx, s.recording)
+        twilio_rest = TwilioRestApi(ctx, provider, recordings)
         comps += [
-            CallsApi(ctx, provider),
+            CallsApi(ctx, provider, twilio_rest),
             CallController(ctx, client, tracker, s.outbound),
             MosMonitor(ctx),
             CostMeter(ctx, s.cost),
             recordings,
-            TwilioRestApi(ctx, provider, recordings),
+            twilio_rest,
             StatusCallbacks(ctx),
             TranscriptKeeper(ctx),
             RolloutComponent(ctx, s.rollout, healthy=lambda: self.audiosocket.accepting),

@@ -25,7 +25,7 @@ from ..dial import DialRequest
 from ..tenants import Agent
 
 if TYPE_CHECKING:
-    from ..dial import DialRequest
+    from ..dial import DialOutcome, DialRequest
 
 
 class BackendError(Exception):
@@ -164,9 +164,15 @@ class CallControl(Protocol):
     def dial(self, request: DialRequest) -> None:
         """Hand the caller to Asterisk's ``Dial()`` (``<Dial>``, transfers): this
         AudioSocket leg ends; with ``request.resume`` the caller comes back on a new
-        leg whose ``CallInfo.metadata`` holds ``parent_call_id``, ``dial_status``,
-        ``dial_duration``, ``dial_call_sid`` and ``request.metadata`` (callcontrol.py,
-        docs/TWIML.md). Without AMI call control the call ends (``dial-unavailable``)."""
+        leg whose ``CallInfo.metadata`` holds ``parent_call_id`` and
+        ``request.metadata``, and whose ``dial_outcome()`` tells how the Dial ended
+        (callcontrol.py, docs/TWIML.md). Without AMI call control the call ends
+        (``dial-unavailable``)."""
+
+    async def dial_outcome(self, timeout: float) -> DialOutcome | None:  # noqa: ASYNC109
+        """On a leg resumed after ``dial()``: how that Dial ended (Asterisk reports it
+        over AMI around the time the leg connects: waits up to ``timeout`` s). None
+        without call control, on any other leg, or when nothing came in time."""
 
     def send_dtmf(self, digits: str) -> None:
         """Play DTMF to the caller's peer (``w`` = 0.5 s pause) through AMI PlayDTMF."""
@@ -187,6 +193,10 @@ class BackendSession(abc.ABC):
 
     def on_marks(self, names: list[str]) -> None:  # noqa: B027 - optional hook
         """Marks reached (audio written) or dropped by ``clear``, in order."""
+
+    def on_dial_failed(self, reason: str) -> None:  # noqa: B027 - optional hook
+        """Call control refused this call's last ``CallControl.dial`` (AMI down, channel
+        unknown, invalid target): nothing was dialed and this leg is still up."""
 
     def on_barge_in(self) -> None:  # noqa: B027 - optional hook
         """The bridge cut bot audio because the caller spoke over it."""

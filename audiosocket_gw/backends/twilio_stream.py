@@ -57,7 +57,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -119,6 +119,13 @@ CHUNK: Final = 160
 """mu-law bytes in one 20 ms media event."""
 SILENCE_ULAW: Final = b"\xff" * CHUNK
 GAP_S: Final = 0.040
+DIAL_OUTCOME_WAIT_S: Final = 5.0
+"""How long a resumed leg waits for its Dial's outcome over AMI (it is normally there
+already, or a few ms behind the AudioSocket connection)."""
+PLAY_DIGIT_S: Final = 0.3
+"""About how long one ``<Play digits>`` tone takes (PlayDTMF's 250 ms and the reply)."""
+DTMF_PAUSE_S: Final = 0.5
+"""A ``w`` in ``<Play digits>``: half a second, as at Twilio."""
 """No caller audio for longer than this: stream silence in its place."""
 APP_IDLE_S: Final = 0.060
 """No app media for this long: the app's utterance is over, play its partial tail."""
@@ -372,8 +379,24 @@ class TwilioStreamSession(BackendSession):
         self._stream_cb: tuple[str, str, str] | None = None  # url, method, name
         self._streams = 0
         self.forks: dict[str, MediaFork] = {}
+        self._dial_request: DialRequest | None = None
 
     # -- start -----------------------------------------------------------------------
+
+    async def _learn_dial_outcome(self) -> None:
+        """A leg resumed after ``<Dial action>``: how the Dial ended (``dial_status``,
+        ``dial_duration``, ``dial_call_sid`` in the metadata), from call control."""
+        meta = self.info.metadata
+        if not self.parent_call_id or not meta.get(DIAL_ACTION_KEY) \
+                or meta.get("dial_status"):
+            return
+        out = await self.control.dial_outcome(DIAL_OUTCOME_WAIT_S)
+        if out is None:
+            self.log.warning("<Dial action>: the dial's outcome is unknown (failed)")
+            return
+        self.info = replace(self.info, metadata={
+            **meta, "dial_status": out.status, "dial_duration": str(out.duration_s),
+            "dial_call_sid": out.dial_call_sid})
 
     def _twiml_source(self) -> TwimlSource | None:
         """Where this call's first TwiML comes from.
@@ -440,6 +463,7 @@ class TwilioStreamSession(BackendSession):
 
     async def start(self) -> None:
         self._start_task = asyncio.current_task()
+        await self._learn_dial_outcome()
         source = self._twiml_source()
         if source is not None:
             self._program = self._start_task
@@ -605,7 +629,44 @@ class TwilioStreamSession(BackendSession):
         self.control.hangup(reason)
 
     def dial(self, request: DialRequest) -> None:
+        self._dial_request = request
         self.control.dial(request)
+
+    def on_dial_failed(self, reason: str) -> None:
+        """The ``<Dial>`` could not be placed: as at Twilio, its ``action`` runs on this
+        leg with ``DialCallStatus=failed``; without one the call ends (``dial-failed``)."""
+        request, self._dial_request = self._dial_request, None
+        if request is None or self.closing:
+            return
+        action = request.metadata.get(DIAL_ACTION_KEY)
+        if not action:
+            self.log.warning("<Dial> refused (%s): hanging up", reason)
+            self.control.hangup("dial-failed")
+            return
+        self.log.warning("<Dial> refused (%s): its action runs with DialCallStatus=failed",
+                         reason)
+        runner = self._runner()
+
+        async def program() -> None:
+            try:
+                await runner.run(action, request.metadata.get(DIAL_METHOD_KEY) or "POST",
+                                 extra={"DialCallStatus": "failed", "DialCallDuration": "0",
+                                        "DialCallSid": "", "DialBridged": "false"})
+            except (WebhookError, BackendError) as exc:
+                self.log.warning("<Dial action> failed: %s: hanging up", exc)
+                self.control.hangup("dial-failed")
+
+        task = asyncio.get_running_loop().create_task(program(), name="twiml-dial-failed")
+        self._program = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def send_digits(self, digits: str) -> None:
+        """``<Play digits>``: AMI PlayDTMF through call control (one action per digit,
+        each after the previous reply), then about as long as they take to play."""
+        self.control.send_dtmf(digits)
+        tones = sum(1 for d in digits if d not in "wW")
+        await asyncio.sleep(tones * PLAY_DIGIT_S + (len(digits) - tones) * DTMF_PAUSE_S)
 
     async def connect_stream(self, verb: ConnectStream) -> bool:
         """``<Connect><Stream>``: stream until the app closes (True) or the call ends."""

@@ -22,8 +22,10 @@ Outcomes of a create:
 - another 4xx: ``RequestRejected``.
 
 ``metadata`` goes to the gateway as the call's metadata; its keys ``agent`` and
-``timeout`` (ring seconds) become the API's own fields. ``update_call`` is not in the
-gateway's ``/v1`` API yet: it raises ``UnsupportedOperation``.
+``timeout`` (ring seconds) become the API's own fields. ``update_call`` is
+``POST /v1/calls/{id}/twiml`` (``{"twiml": ...}`` or ``{"url": ..., "method": "POST"}``):
+the live call runs the new TwiML (its agent must run TwiML, backend ``twilio-stream``);
+an unknown call or one not in progress is ``RequestRejected`` (404 / 409).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from .base import (
     ProviderRecording,
     ProviderUnavailable,
     RequestRejected,
-    UnsupportedOperation,
     check_update,
 )
 
@@ -243,9 +244,10 @@ class AsteriskProvider:
     def _call_path(self, call_id: str, suffix: str = "") -> str:
         return "/v1/calls/" + urllib.parse.quote(call_id, safe="") + suffix
 
-    def _checked(self, method: str, path: str) -> tuple[int, Any]:
+    def _checked(self, method: str, path: str,
+                 body: Mapping[str, Any] | None = None) -> tuple[int, Any]:
         try:
-            status, payload = self._request(method, path)
+            status, payload = self._request(method, path, body)
         except _NotSent as exc:
             raise ProviderUnavailable(exc.reason) from None
         except _Ambiguous as exc:
@@ -269,9 +271,10 @@ class AsteriskProvider:
     def update_call(self, call_id: str, *, twiml: str | None = None,
                     url: str | None = None) -> None:
         check_update(twiml, url)
-        raise UnsupportedOperation(
-            "the gateway's /v1 API cannot change a live call's TwiML yet; use the Twilio "
-            "REST emulation (/2010-04-01/.../Calls/{sid}.json) once the gateway serves it")
+        body = {"twiml": twiml} if twiml is not None else {"url": url, "method": "POST"}
+        status, payload = self._checked("POST", self._call_path(call_id, "/twiml"), body)
+        if status == 404:
+            raise RequestRejected(404, "no such call")
 
     def get_recording(self, call_id: str) -> ProviderRecording | None:
         status, r = self._checked("GET", self._call_path(call_id, "/recording"))

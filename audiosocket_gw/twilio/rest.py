@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import email.utils
 import hmac
@@ -63,6 +64,7 @@ from ..telephony import (
     UnknownTenant,
 )
 from ..tenants import Agent, Tenant, normalize_e164
+from . import verbrec
 from .callopts import CallOptions
 from .ids import (
     account_sid_for,
@@ -73,6 +75,7 @@ from .ids import (
     is_sid,
 )
 from .twiml import TwimlError, parse_twiml
+from .twiml_exec import RECORD_VERB_DIR
 
 if TYPE_CHECKING:
     from ..call import Call
@@ -83,6 +86,7 @@ if TYPE_CHECKING:
 __all__ = [
     "API_VERSION",
     "ERR_NO_TWIML_AGENT",
+    "TwilioApiError",
     "TwilioRestApi",
     "Redirectable",
     "twilio_error",
@@ -142,7 +146,9 @@ def twilio_error(status: int, code: int, message: str, **headers: str) -> web.Re
         status=status, headers=headers or None)
 
 
-class _BadParam(Exception):
+class TwilioApiError(Exception):
+    """A request the API refuses: Twilio's error ``code``, the HTTP ``status``."""
+
     def __init__(self, code: int, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
@@ -214,8 +220,26 @@ def call_json(rec: CallRecord, account_sid: str) -> dict[str, Any]:
     }
 
 
+VERB_SOURCE: Final = "twiml-record"
+"""``RecordingRow.source`` of a ``<Record>`` recording (twilio/verbrec.py)."""
+
+
 def _recording_source(source: str) -> str:
+    if source == VERB_SOURCE:
+        return "RecordVerb"
     return "StartCallRecordingAPI" if source == "gateway" else "DialVerb"
+
+
+def _verb_row(v: verbrec.VerbRecording, rec: CallRecord) -> RecordingRow:
+    """A ``<Record>`` recording in the pipeline's row shape (for the same JSON and
+    media handlers); mono, never uploaded."""
+    from ..recordings.queue import RecordingRow
+
+    return RecordingRow(
+        call_id=rec.id, tenant=rec.tenant, agent=rec.agent or "", source=VERB_SOURCE,
+        path=str(v.path), key="", recording_sid=v.sid, state="captured", attempts=0,
+        sha256="", size=0, duration_s=v.duration_s, channels=1,
+        captured_at=v.started_at + v.duration_s, next_attempt_at=0.0)
 
 
 def recording_json(row: RecordingRow, account_sid: str, origin: str) -> dict[str, Any]:
@@ -256,7 +280,7 @@ def recording_json(row: RecordingRow, account_sid: str, origin: str) -> dict[str
 def _http_url(value: str, code: int, name: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _BadParam(code, f"{name} is not a valid URL: {value!r}")
+        raise TwilioApiError(code, f"{name} is not a valid URL: {value!r}")
     return value
 
 
@@ -265,7 +289,7 @@ def _method(form: Mapping[str, str], name: str) -> str:
     if not raw:
         return ""
     if raw.upper() not in ("GET", "POST"):
-        raise _BadParam(ERR_PARAM, f"{name} must be GET or POST")
+        raise TwilioApiError(ERR_PARAM, f"{name} must be GET or POST")
     return raw.upper()
 
 
@@ -274,7 +298,7 @@ def _bool(form: Mapping[str, str], name: str) -> str:
     if not raw:
         return ""
     if raw.lower() not in ("true", "false"):
-        raise _BadParam(ERR_PARAM, f"{name} must be true or false")
+        raise TwilioApiError(ERR_PARAM, f"{name} must be true or false")
     return "true" if raw.lower() == "true" else ""
 
 
@@ -288,7 +312,7 @@ def _events(form: MultiDictProxy[str], name: str, allowed: frozenset[str]) -> st
     for value in form.getall(name, []):
         for event in str(value).replace(",", " ").split():
             if event not in allowed:
-                raise _BadParam(ERR_PARAM, f"{name} {event!r} is not one of "
+                raise TwilioApiError(ERR_PARAM, f"{name} {event!r} is not one of "
                                            f"{', '.join(sorted(allowed))}")
             events.append(event)
     return " ".join(dict.fromkeys(events))
@@ -299,21 +323,21 @@ def create_options(form: MultiDictProxy[str]) -> tuple[str, str, float | None, C
     to = form.get("To", "").strip()
     from_ = (form.get("From", "") or form.get("CallerId", "")).strip()
     if not to:
-        raise _BadParam(ERR_NO_TO, "A 'To' phone number is required.")
+        raise TwilioApiError(ERR_NO_TO, "A 'To' phone number is required.")
     if not from_:
-        raise _BadParam(ERR_NO_FROM, "A 'From' phone number is required.")
+        raise TwilioApiError(ERR_NO_FROM, "A 'From' phone number is required.")
     if normalize_e164(to) is None:
-        raise _BadParam(ERR_TO, f"The 'To' number {to} is not a valid phone number.")
+        raise TwilioApiError(ERR_TO, f"The 'To' number {to} is not a valid phone number.")
     if normalize_e164(from_) is None:
-        raise _BadParam(ERR_FROM, f"The 'From' number {from_} is not a valid phone number.")
+        raise TwilioApiError(ERR_FROM, f"The 'From' number {from_} is not a valid phone number.")
     if form.get("ApplicationSid"):
-        raise _BadParam(ERR_PARAM, "ApplicationSid is not supported by this gateway: "
+        raise TwilioApiError(ERR_PARAM, "ApplicationSid is not supported by this gateway: "
                                    "give Url or Twiml")
     url, twiml = form.get("Url", ""), form.get("Twiml", "")
     if url and twiml:
-        raise _BadParam(ERR_PARAM, "Give either Url or Twiml, not both")
+        raise TwilioApiError(ERR_PARAM, "Give either Url or Twiml, not both")
     if not url and not twiml:
-        raise _BadParam(ERR_URL, "Url or Twiml is required.")
+        raise TwilioApiError(ERR_URL, "Url or Twiml is required.")
     if url:
         _http_url(url, ERR_URL, "Url")
     _check_twiml(twiml)
@@ -322,16 +346,16 @@ def create_options(form: MultiDictProxy[str]) -> tuple[str, str, float | None, C
         try:
             timeout = float(min(600, max(1, int(form["Timeout"]))))
         except ValueError:
-            raise _BadParam(ERR_PARAM, "Timeout must be a whole number of seconds") from None
+            raise TwilioApiError(ERR_PARAM, "Timeout must be a whole number of seconds") from None
     machine = form.get("MachineDetection", "")
     if machine and machine not in MACHINE_DETECTION:
-        raise _BadParam(ERR_PARAM, "MachineDetection must be Enable or DetectMessageEnd")
+        raise TwilioApiError(ERR_PARAM, "MachineDetection must be Enable or DetectMessageEnd")
     amd_timeout = form.get("MachineDetectionTimeout", "")
     if amd_timeout and not amd_timeout.isdigit():
-        raise _BadParam(ERR_PARAM, "MachineDetectionTimeout must be a whole number")
+        raise TwilioApiError(ERR_PARAM, "MachineDetectionTimeout must be a whole number")
     digits = form.get("SendDigits", "")
     if digits and not _DIGITS_RE.fullmatch(digits):
-        raise _BadParam(ERR_PARAM, "SendDigits may hold only 0-9, #, * and w (32 at most)")
+        raise TwilioApiError(ERR_PARAM, "SendDigits may hold only 0-9, #, * and w (32 at most)")
     opts = CallOptions(
         twiml_url=url,
         twiml_method=_method(form, "Method"),
@@ -362,11 +386,11 @@ def _check_twiml(twiml: str) -> None:
     if not twiml:
         return
     if len(twiml.encode("utf-8", "surrogateescape")) > MAX_TWIML:
-        raise _BadParam(ERR_PARAM, f"Twiml is longer than {MAX_TWIML} bytes")
+        raise TwilioApiError(ERR_PARAM, f"Twiml is longer than {MAX_TWIML} bytes")
     try:
         parse_twiml(twiml)
     except TwimlError as exc:
-        raise _BadParam(ERR_PARAM, f"Twiml is not valid TwiML: {exc}") from None
+        raise TwilioApiError(ERR_PARAM, f"Twiml is not valid TwiML: {exc}") from None
 
 
 def _time_bound(raw: str, *, end_of_day: bool) -> float:
@@ -380,7 +404,7 @@ def _time_bound(raw: str, *, end_of_day: bool) -> float:
                 else day.timestamp()
         when = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise _BadParam(ERR_PARAM, f"bad date {raw!r}: use YYYY-MM-DD or ISO 8601") from None
+        raise TwilioApiError(ERR_PARAM, f"bad date {raw!r}: use YYYY-MM-DD or ISO 8601") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
@@ -397,9 +421,9 @@ class _Paging:
             size = int(q.get("PageSize", DEFAULT_PAGE_SIZE))
             page = int(q.get("Page", 0))
         except ValueError:
-            raise _BadParam(ERR_PARAM, "Page and PageSize must be whole numbers") from None
+            raise TwilioApiError(ERR_PARAM, "Page and PageSize must be whole numbers") from None
         if not 1 <= size <= MAX_PAGE_SIZE or not 0 <= page <= MAX_PAGE:
-            raise _BadParam(ERR_PARAM, f"PageSize must be 1..{MAX_PAGE_SIZE}, "
+            raise TwilioApiError(ERR_PARAM, f"PageSize must be 1..{MAX_PAGE_SIZE}, "
                                        f"Page 0..{MAX_PAGE}")
         return cls(page, size)
 
@@ -472,7 +496,7 @@ class TwilioRestApi:
 
     async def not_supported(self, request: web.Request, tenant: Tenant,
                             account_sid: str) -> web.StreamResponse:
-        raise _BadParam(ERR_NOT_FOUND, f"The requested resource {request.path} was not found "
+        raise TwilioApiError(ERR_NOT_FOUND, f"The requested resource {request.path} was not found "
                                        "(not supported by this gateway: docs/TWILIO.md)", 404)
 
     async def start(self) -> None:
@@ -540,7 +564,7 @@ class TwilioRestApi:
                                     **{"WWW-Authenticate": 'Basic realm="Twilio API"'})
             try:
                 return await handler(request, tenant, account_sid)
-            except _BadParam as exc:
+            except TwilioApiError as exc:
                 return exc.response()
 
         return wrapped
@@ -556,7 +580,7 @@ class TwilioRestApi:
         try:
             form = await request.post()
         except (ValueError, UnicodeDecodeError):
-            raise _BadParam(ERR_PARAM, "the body must be a UTF-8 form "
+            raise TwilioApiError(ERR_PARAM, "the body must be a UTF-8 form "
                                        "(application/x-www-form-urlencoded)") from None
         return MultiDictProxy(MultiDict((k, v) for k, v in form.items() if isinstance(v, str)))
 
@@ -595,7 +619,7 @@ class TwilioRestApi:
         call_id = call_id_for_sid(sid) if sid.startswith("CA") else None
         rec = await self.ctx.store.get_call(call_id) if call_id is not None else None
         if rec is None or rec.tenant != tenant.id:
-            raise _BadParam(ERR_NOT_FOUND, f"The requested resource /{API_VERSION}/Accounts/"
+            raise TwilioApiError(ERR_NOT_FOUND, f"The requested resource /{API_VERSION}/Accounts/"
                                            f".../Calls/{sid}.json was not found", 404)
         return rec
 
@@ -613,10 +637,10 @@ class TwilioRestApi:
             try:
                 status = CallStatus(q["Status"])
             except ValueError:
-                raise _BadParam(ERR_PARAM, f"unknown Status {q['Status']!r}") from None
+                raise TwilioApiError(ERR_PARAM, f"unknown Status {q['Status']!r}") from None
         for unsupported in ("EndTime", "EndTime<", "EndTime>"):
             if q.get(unsupported):
-                raise _BadParam(ERR_PARAM, f"the {unsupported} filter is not supported")
+                raise TwilioApiError(ERR_PARAM, f"the {unsupported} filter is not supported")
         numbers: dict[str, str | None] = {}
         for name in ("To", "From"):
             raw = q.get(name, "")
@@ -645,32 +669,48 @@ class TwilioRestApi:
         status = form.get("Status", "")
         url, twiml = form.get("Url", ""), form.get("Twiml", "")
         if status and status not in ("canceled", "completed"):
-            raise _BadParam(ERR_PARAM, "Status must be canceled or completed")
+            raise TwilioApiError(ERR_PARAM, "Status must be canceled or completed")
         if status:
             if status == "completed" or rec.status in (CallStatus.QUEUED, CallStatus.RINGING):
                 after = await self.provider.hangup(rec.id)
                 rec = after or rec
             return web.json_response(call_json(rec, account_sid))
         if not url and not twiml:
-            raise _BadParam(ERR_PARAM, "give Status, Url or Twiml")
+            raise TwilioApiError(ERR_PARAM, "give Status, Url or Twiml")
+        self.redirect_live(rec, url=url, method=_method(form, "Method") or "POST",
+                           twiml=twiml)
+        return web.json_response(call_json(rec, account_sid))
+
+    def redirect_live(self, rec: CallRecord, *, url: str = "", method: str = "POST",
+                      twiml: str = "") -> None:
+        """Run new TwiML on the live call ``rec``, cutting short what it runs now:
+        ``url`` fetched with ``method``, or the inline ``twiml``.
+
+        The one live-redirect path: the REST update (``Calls/{Sid}.json`` with
+        ``Url``/``Twiml``) and ``POST /v1/calls/{id}/twiml`` both come here.
+        ``TwilioApiError``: 400 with 20001 (neither or both given, bad method, invalid
+        TwiML), 21205 (``url`` not http(s)), 21220 (the call is not in progress, or its
+        agent does not run TwiML).
+        """
+        if not url and not twiml:
+            raise TwilioApiError(ERR_PARAM, "give Url or Twiml")
         if url and twiml:
-            raise _BadParam(ERR_PARAM, "Give either Url or Twiml, not both")
+            raise TwilioApiError(ERR_PARAM, "Give either Url or Twiml, not both")
         if url:
             _http_url(url, ERR_URL, "Url")
+        if method not in ("GET", "POST"):
+            raise TwilioApiError(ERR_PARAM, "Method must be GET or POST")
         _check_twiml(twiml)
-        method = _method(form, "Method") or "POST"
         live = self.ctx.calls.get(rec.id)
         session = live.session if live is not None else None
         if rec.status is not CallStatus.IN_PROGRESS or session is None:
-            raise _BadParam(ERR_CALL_STATE, "Call is not in-progress. Cannot redirect.")
-        if isinstance(session, Redirectable):
-            coro = session.redirect(url=url or None, method=method, twiml=twiml or None)
-        else:
-            raise _BadParam(ERR_CALL_STATE, "this call's agent does not run TwiML "
-                                            "(backend is not twilio-stream)")
-        self._spawn(coro, rec.id)
-        log.info("REST call %s redirected", call_sid_for(rec.id))
-        return web.json_response(call_json(rec, account_sid))
+            raise TwilioApiError(ERR_CALL_STATE, "Call is not in-progress. Cannot redirect.")
+        if not isinstance(session, Redirectable):
+            raise TwilioApiError(ERR_CALL_STATE, "this call's agent does not run TwiML "
+                                                 "(backend is not twilio-stream)")
+        self._spawn(session.redirect(url=url or None, method=method, twiml=twiml or None),
+                    rec.id)
+        log.info("call %s redirected to new TwiML", call_sid_for(rec.id))
 
     def _spawn(self, coro: Awaitable[None], call_id: str) -> None:
         async def run() -> None:
@@ -689,7 +729,7 @@ class TwilioRestApi:
                           account_sid: str) -> web.StreamResponse:
         rec = await self._call(tenant, request.match_info["sid"])
         if not rec.is_terminal:
-            raise _BadParam(ERR_NOT_COMPLETE,
+            raise TwilioApiError(ERR_NOT_COMPLETE,
                             "Cannot delete this resource before it is complete")
         await self.ctx.store.delete_call(rec.id)
         return web.Response(status=204)
@@ -727,21 +767,39 @@ class TwilioRestApi:
 
     def _pipeline_ok(self) -> RecordingsComponent:
         if self.recordings is None:
-            raise _BadParam(ERR_NOT_FOUND, "recordings are not enabled on this gateway", 404)
+            raise TwilioApiError(ERR_NOT_FOUND, "recordings are not enabled on this gateway", 404)
         return self.recordings
 
     @staticmethod
     def _origin(request: web.Request) -> str:
         return str(request.url.origin())
 
+    @property
+    def verb_dir(self) -> Path:
+        """Where ``<Record>`` recordings are (twiml_exec, twilio/verbrec.py)."""
+        return self.ctx.settings.core.data_path / RECORD_VERB_DIR
+
     async def _recording(self, tenant: Tenant, sid: str) -> RecordingRow:
-        comp = self._pipeline_ok()
+        """Recording ``sid`` of ``tenant``: the call's recording (the pipeline) or one
+        of its ``<Record>`` recordings; Twilio's 404 otherwise."""
         call_id = call_id_for_sid(sid) if sid.startswith("RE") else None
-        row = await comp.pipeline.get(call_id) if call_id is not None else None
-        if row is None or row.tenant != tenant.id:
-            raise _BadParam(ERR_NOT_FOUND, f"The requested resource /{API_VERSION}/Accounts/"
-                                           f".../Recordings/{sid} was not found", 404)
-        return row
+        row = None
+        if call_id is not None and self.recordings is not None:
+            row = await self.recordings.pipeline.get(call_id)
+        if row is not None and row.tenant == tenant.id:
+            return row
+        verb = await asyncio.to_thread(verbrec.load, self.verb_dir, sid)
+        if verb is not None:
+            with contextlib.suppress(TwilioApiError):
+                return _verb_row(verb, await self._call(tenant, verb.call_sid))
+        raise TwilioApiError(ERR_NOT_FOUND, f"The requested resource /{API_VERSION}/Accounts/"
+                                            f".../Recordings/{sid} was not found", 404)
+
+    async def _delete(self, row: RecordingRow) -> None:
+        if row.source == VERB_SOURCE:
+            await asyncio.to_thread(verbrec.delete, self.verb_dir, row.recording_sid)
+        else:
+            await self._pipeline_ok().pipeline.delete(row)
 
     async def _list_recordings(self, request: web.Request, tenant: Tenant, account_sid: str,
                                call_id: str | None) -> web.StreamResponse:
@@ -749,12 +807,24 @@ class TwilioRestApi:
         paging = _Paging.of(q)
         for unsupported in ("DateCreated", "DateCreated<", "DateCreated>", "ConferenceSid"):
             if q.get(unsupported):
-                raise _BadParam(ERR_PARAM, f"the {unsupported} filter is not supported")
+                raise TwilioApiError(ERR_PARAM, f"the {unsupported} filter is not supported")
         if call_id is None and q.get("CallSid"):
             call_id = call_id_for_sid(q["CallSid"]) or "-"
-        comp = self._pipeline_ok()
-        rows = await comp.pipeline.page(tenant=tenant.id, call_id=call_id,
-                                        limit=paging.size + 1, offset=paging.offset)
+        if call_id is None:  # account-wide: the calls' recordings (the pipeline)
+            rows = await self._pipeline_ok().pipeline.page(
+                tenant=tenant.id, limit=paging.size + 1, offset=paging.offset)
+        else:  # one call: its recording and its <Record> recordings, oldest first
+            rows = []
+            if self.recordings is not None:
+                rows = await self.recordings.pipeline.page(tenant=tenant.id, call_id=call_id,
+                                                           limit=1, offset=0)
+            rec = await self.ctx.store.get_call(call_id)
+            if rec is not None and rec.tenant == tenant.id:
+                verbs = await asyncio.to_thread(verbrec.for_call, self.verb_dir,
+                                                call_sid_for(call_id))
+                rows += [_verb_row(v, rec) for v in verbs]
+            rows.sort(key=lambda r: r.captured_at)
+            rows = rows[paging.offset:paging.offset + paging.size + 1]
         more = len(rows) > paging.size
         origin = self._origin(request)
         items = [recording_json(r, account_sid, origin) for r in rows[:paging.size]]
@@ -773,7 +843,7 @@ class TwilioRestApi:
         rec = await self._call(tenant, request.match_info["sid"])
         row = await self._recording(tenant, request.match_info["rsid"])
         if row.call_id != rec.id:
-            raise _BadParam(ERR_NOT_FOUND, "The requested resource was not found", 404)
+            raise TwilioApiError(ERR_NOT_FOUND, "The requested resource was not found", 404)
         return row
 
     async def fetch_call_recording(self, request: web.Request, tenant: Tenant,
@@ -784,7 +854,7 @@ class TwilioRestApi:
     async def delete_call_recording(self, request: web.Request, tenant: Tenant,
                                     account_sid: str) -> web.StreamResponse:
         row = await self._call_recording(request, tenant)
-        await self._pipeline_ok().pipeline.delete(row)
+        await self._delete(row)
         return web.Response(status=204)
 
     async def fetch_recording(self, request: web.Request, tenant: Tenant,
@@ -795,7 +865,7 @@ class TwilioRestApi:
     async def delete_recording(self, request: web.Request, tenant: Tenant,
                                account_sid: str) -> web.StreamResponse:
         row = await self._recording(tenant, request.match_info["sid"])
-        await self._pipeline_ok().pipeline.delete(row)
+        await self._delete(row)
         return web.Response(status=204)
 
     async def recording_wav(self, request: web.Request, tenant: Tenant,
@@ -806,10 +876,10 @@ class TwilioRestApi:
         path = Path(row.path)
         if await asyncio.to_thread(path.is_file):
             return web.FileResponse(path, headers={"Content-Type": "audio/x-wav"})
-        url = await self._pipeline_ok()._url(row)
+        url = None if row.source == VERB_SOURCE else await self._pipeline_ok()._url(row)
         if url:
             raise web.HTTPFound(url)
-        raise _BadParam(ERR_NOT_FOUND, "the recording's media is no longer available", 404)
+        raise TwilioApiError(ERR_NOT_FOUND, "the recording's media is no longer available", 404)
 
     async def recording_mp3(self, request: web.Request, tenant: Tenant,
                             account_sid: str) -> web.StreamResponse:
@@ -818,7 +888,7 @@ class TwilioRestApi:
         row = await self._recording(tenant, request.match_info["sid"])
         path = Path(row.path)
         if not await asyncio.to_thread(path.is_file):
-            raise _BadParam(ERR_NOT_FOUND, "the recording's media is no longer available "
+            raise TwilioApiError(ERR_NOT_FOUND, "the recording's media is no longer available "
                                            "locally (fetch the .wav)", 404)
         try:
             body = await asyncio.to_thread(wav_to_mp3, path)
@@ -827,7 +897,7 @@ class TwilioRestApi:
                                                  "(pip install 'audiosocket-gw[mp3]'); "
                                                  "fetch the .wav instead")
         except ValueError as exc:
-            raise _BadParam(ERR_INTERNAL, f"the recording cannot be encoded: {exc}",
+            raise TwilioApiError(ERR_INTERNAL, f"the recording cannot be encoded: {exc}",
                             503) from None
         return web.Response(body=body, content_type="audio/mpeg")
 

@@ -41,6 +41,7 @@ __all__ = [
     "Hangup",
     "Pause",
     "Play",
+    "PlayDigits",
     "Redirect",
     "Record",
     "Reject",
@@ -115,6 +116,14 @@ class Play:
 
     url: str
     loop: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PlayDigits:
+    """``<Play digits="...">``: DTMF toward the caller's peer (``w`` = 0.5 s pause),
+    through AMI ``PlayDTMF`` (never 0x03 frames toward Asterisk)."""
+
+    digits: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +228,8 @@ class Unsupported:
     tag: str
 
 
-Verb = (ConnectStream | Hangup | Reject | Pause | Play | Say | Redirect | Gather | Record
-        | Dial | StartStream | StopStream | Unsupported)
+Verb = (ConnectStream | Hangup | Reject | Pause | Play | PlayDigits | Say | Redirect | Gather
+        | Record | Dial | StartStream | StopStream | Unsupported)
 """Any parsed TwiML verb."""
 
 
@@ -513,8 +522,12 @@ def _reject(el: ET.Element) -> Reject:
 
 
 def _play(el: ET.Element) -> Verb:
-    if el.get("digits") is not None and not _text(el):
-        return Unsupported("Play")  # <Play digits="..."/> sends DTMF, not audio
+    digits = el.get("digits")
+    if digits is not None and not _text(el):  # <Play digits="..."/> sends DTMF, not audio
+        digits = digits.strip()
+        if not re.fullmatch(r"[0-9*#wW]{1,64}", digits):
+            raise TwimlError(f"<Play digits> must be made of 0-9 * # w, got {digits!r}")
+        return PlayDigits(digits)
     return Play(_required_text(el), _int_attr(el, "loop", 1))
 
 

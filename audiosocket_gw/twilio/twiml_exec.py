@@ -45,7 +45,8 @@ import aiohttp
 import numpy as np
 
 from ..dial import DialRequest
-from .ids import RECORDING_PREFIX, is_sid, recording_sid_for
+from . import verbrec
+from .ids import CALL_PREFIX, RECORDING_PREFIX, is_sid, recording_sid_for
 from .twiml import (
     ConnectStream,
     Dial,
@@ -53,6 +54,7 @@ from .twiml import (
     Hangup,
     Pause,
     Play,
+    PlayDigits,
     Prompt,
     Record,
     Redirect,
@@ -139,6 +141,11 @@ class TwimlHost(Protocol):
 
     def dial(self, request: DialRequest) -> None:
         """Hand the caller to the dialplan's ``Dial()`` (this AudioSocket leg ends)."""
+
+    async def send_digits(self, digits: str) -> None:
+        """``<Play digits>``: DTMF toward the caller's peer through call control (AMI
+        ``PlayDTMF``, never 0x03 frames toward Asterisk); returns once they are played
+        (about)."""
 
     async def connect_stream(self, verb: ConnectStream) -> bool:
         """Open the bidirectional Media Stream and return once it has ended.
@@ -479,6 +486,9 @@ class TwimlRunner:
             elif isinstance(verb, Pause | Play | Say):
                 self._progress += 1
                 await self._prompt(verb, doc_url)
+            elif isinstance(verb, PlayDigits):
+                self._progress += 1
+                await host.send_digits(verb.digits)
             elif isinstance(verb, Redirect):
                 return _Next(urljoin(doc_url, verb.url), verb.method)
             elif isinstance(verb, Gather):
@@ -696,6 +706,13 @@ class TwimlRunner:
             wav = None
         url = self.ctx.recording_url(sid)
         seconds = pcm_len / (2 * RATE)
+        call_sid = self.ctx.params.get("CallSid", "")
+        if wav is None and folder is not None and is_sid(CALL_PREFIX, call_sid):
+            try:  # what the REST API needs to serve it (twilio/verbrec.py)
+                await asyncio.to_thread(verbrec.note, folder, sid, call_sid, seconds,
+                                        time.time() - seconds)
+            except OSError as exc:
+                self.log.warning("<Record> %s: not listed for the REST API: %s", sid, exc)
         duration = str(int(round(seconds)))
         fields = {"RecordingUrl": url, "RecordingDuration": duration, "RecordingSid": sid}
         if finish:

@@ -48,7 +48,8 @@ async def test_components_subscribe_only_between_start_and_stop(tmp_path: Path) 
                        for c in comps for r in c.routes())
         assert paths == sorted([
             "POST /v1/route", "POST /v1/calls", "GET /v1/calls", "GET /v1/calls/{id}",
-            "POST /v1/calls/{id}/hangup", "GET /v1/calls/{id}/transcript",
+            "POST /v1/calls/{id}/hangup", "POST /v1/calls/{id}/twiml",
+            "GET /v1/calls/{id}/transcript",
             "GET /v1/calls/{call_id}/recording", "POST /v1/recordings/mixmonitor-done",
             "GET /v1/calls/{call_id}/recording/media", "GET /console", "GET /console/",
             "GET /console/{asset}", "GET /v1/events", "GET /v1/console/calls/{id}/media-link",

@@ -14,7 +14,6 @@ from audiosocket_gw.provider import (
     CallOutcomeUnknown,
     ProviderUnavailable,
     RequestRejected,
-    UnsupportedOperation,
 )
 from tests.helpers import MS
 
@@ -35,8 +34,12 @@ async def test_calls_through_the_gateway_api(monkeypatch: pytest.MonkeyPatch) ->
         await p.hangup(cid)
         assert await p.get_call("no-such-call") is None
         assert await p.get_recording(cid) is None
-        with pytest.raises(UnsupportedOperation):
+        with pytest.raises(RequestRejected) as ended:  # not in progress any more
             await p.update_call(cid, twiml="<Response/>")
+        assert ended.value.status == 409
+        with pytest.raises(RequestRejected) as missing:
+            await p.update_call("no-such-call", url="https://app.example.com/next")
+        assert missing.value.status == 404
         with pytest.raises(RequestRejected) as bad:
             await p.start_outbound_call("acme", "not-a-number", "+15551230000")
         assert bad.value.status == 400

@@ -1,11 +1,9 @@
 """A tiny Twilio REST API on loopback: the few calls the ``twilio`` SDK makes here.
 
-Until the gateway serves its own Twilio REST emulation (``/2010-04-01/...``), the
-``TwilioProvider`` tests point the official SDK at this server (``api_base_url``).
-The tests only use the SDK and this server's Twilio-shaped answers, and count placed
-calls through the API itself (``GET .../Calls.json``): to run them against the
-gateway's emulation later, make the ``twilio_rest`` fixture yield its base URL and
-credentials instead.
+``test_twilio_provider.py`` points the official SDK at this server (``api_base_url``)
+to check the provider's mapping and error handling in isolation;
+``test_providers_on_the_gateway.py`` runs ``TwilioProvider`` against the gateway's own
+Twilio REST emulation (``/2010-04-01/...``) with real calls.
 
 Routes (HTTP Basic auth with the account SID and auth token; Twilio's JSON error
 shape otherwise): ``POST/GET .../Calls.json``, ``GET/POST .../Calls/{sid}.json``

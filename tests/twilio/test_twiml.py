@@ -13,6 +13,7 @@ from audiosocket_gw.twilio.twiml import (
     Hangup,
     Pause,
     Play,
+    PlayDigits,
     Record,
     Redirect,
     Reject,
@@ -120,7 +121,7 @@ def test_simple_verbs():
     assert parse_twiml(xml) == [
         Play("https://api.twilio.com/cowbell.mp3", 2),
         Play("https://example.com/hello.wav", 1),
-        Unsupported("Play"),
+        PlayDigits("wwww3"),
         Pause(5),
         Pause(1),
         Say("Bonjour à tous!", language="fr-FR"),
