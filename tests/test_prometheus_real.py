@@ -31,7 +31,7 @@ import yaml
 
 from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.config import format_hostport
-from audiosocket_gw.gateway import Gateway
+from audiosocket_gw.gateway import Gateway, call_info
 from audiosocket_gw.quality.mos import MosMonitor
 from audiosocket_gw.testing.localbot import LocalRealtimeBot
 from audiosocket_gw.testing.simulator.pbx import run_simulation
@@ -132,7 +132,7 @@ async def place_calls(gw: Gateway) -> None:
     rtcp.send_uuid(CALL_ID)
     # Barge-in: the local Realtime bot greets, a loud burst over it is cut.
     burst_id = str(uuid.uuid4())
-    gw.registry.register(gw.agent_info(gw.tenants.agents["talker"], burst_id))
+    gw.registry.register(call_info(gw.tenants.agents["talker"], burst_id))
     burst = await RawPeer.connect((host, port))
     burst.send_uuid(burst_id)
     loud = asp.encode_audio((8000).to_bytes(2, "little", signed=True) * 160)
