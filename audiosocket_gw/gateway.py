@@ -51,7 +51,7 @@ from .routing import RoutingComponent
 from .server import AudioSocketServer, CallRegistry
 from .settings import AmiSettings, Settings
 from .status import StatusWriter
-from .store.sqlite import SqliteCallStore
+from .store.factory import build_store
 from .telephony import AsteriskProvider
 from .tenants import Agent, TenantsConfig, load_tenants
 from .transcripts import TranscriptKeeper
@@ -147,7 +147,8 @@ class Gateway:
         self.backends: dict[str, Backend] = {}
         self.metrics.registry.register(BackendCounters(self.backends))
         self._forced_backend = backend
-        self.store = SqliteCallStore(config.data_path / "aigw.sqlite")
+        self.store = build_store(settings.store.database_url, config.data_path,
+                                 pool_max=settings.store.pool_max)
         self.events = CallEvents()
         self.registry = CallRegistry(
             allow_unregistered=config.allow_unregistered, default=self.default_call_info,

@@ -21,12 +21,13 @@ wrong type) raises ``TypeError``/``ValueError``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
-from ..callstate import CallInput, CallStatus
+from ..callstate import CallInput, CallStatus, hangup_cause_text, next_status
 
 __all__ = [
     "UPDATABLE_FIELDS",
@@ -95,6 +96,9 @@ class CallRecord:
     last_alive_at: float | None = None
     """Last heartbeat of a live call (``touch_alive``): a crashed process's open calls
     are ended at this time by the next one, not at its start."""
+    node_id: str | None = None
+    """The gateway node (``AIGW_NODE_ID``) that handles the call: reconciliation and
+    the takeover of a dead node's calls touch only that node's calls."""
 
     @property
     def is_terminal(self) -> bool:
@@ -142,6 +146,56 @@ def check_update_fields(fields: dict[str, object]) -> None:
                 f"update_call: {name} must be {' or '.join(t.__name__ for t in types)}, "
                 f"got {type(value).__name__}"
             )
+
+
+def transition(call: CallRecord, inp: CallInput, at: float,
+               detail: dict[str, Any] | None = None) -> tuple[CallRecord, dict[str, Any]]:
+    """The call after ``inp`` at ``at`` and the data of its ``input`` event.
+
+    Pure: every store runs it inside its own transaction (see ``apply_input``). The
+    event data's ``changed`` says whether the status changed (a final status then
+    releases the call's slot).
+    """
+    detail = dict(detail or {})
+    raw_cause = detail.get("cause")
+    cause = raw_cause if isinstance(raw_cause, int) and not isinstance(raw_cause, bool) else None
+    reason = detail.get("reason")
+    new = next_status(call.status, inp, cause=cause)
+    changed = new is not call.status
+    event = {"input": inp.value, "from": call.status.value, "to": new.value,
+             "changed": changed, "detail": detail}
+    updated = call
+    if changed:
+        updated = replace(updated, status=new)
+        if new is CallStatus.IN_PROGRESS and updated.answered_at is None:
+            updated = replace(updated, answered_at=at)
+        if new.is_terminal:
+            answered = updated.answered_at
+            updated = replace(
+                updated,
+                ended_at=at,
+                duration_s=max(0.0, at - updated.created_at),
+                billable_s=(
+                    0.0 if answered is None else float(math.ceil(max(0.0, at - answered)))
+                ),
+            )
+    if updated.is_terminal:
+        # Enrichment, also for an absorbed input: EOF may end the call before
+        # the AMI Hangup brings its cause.
+        if updated.hangup_cause is None and cause is not None:
+            updated = replace(updated, hangup_cause=cause)
+        # An explicit reason (ours: caller-hangup, silence-timeout...) wins over
+        # the text of a Q.850 cause, whichever input arrived first: the AMI
+        # Hangup and the AudioSocket end of one call race, the record must not.
+        derived = (updated.hangup_reason is not None
+                   and updated.hangup_cause is not None
+                   and updated.hangup_reason == hangup_cause_text(updated.hangup_cause))
+        if updated.hangup_reason is None or derived:
+            if isinstance(reason, str) and reason:
+                updated = replace(updated, hangup_reason=reason)
+            elif updated.hangup_reason is None and updated.hangup_cause is not None:
+                updated = replace(updated, hangup_reason=hangup_cause_text(updated.hangup_cause))
+    return updated, event
 
 
 RolloutScope = Literal["global", "tenant", "did"]
