@@ -36,6 +36,7 @@ from .ami_metrics import CallMetrics
 from .api import CallsApi
 from .backends.base import Backend, CallInfo
 from .callcontrol import CallController
+from .cluster import NodeLease
 from .config import Config, ConfigError, format_hostport
 from .context import Clock, Component, GatewayContext
 from .events import CallEvents
@@ -148,12 +149,16 @@ class Gateway:
         self.metrics.registry.register(BackendCounters(self.backends))
         self._forced_backend = backend
         self.store = build_store(settings.store.database_url, config.data_path,
+                                 node_id=settings.store.node_id,
                                  pool_max=settings.store.pool_max)
         self.events = CallEvents()
         self.registry = CallRegistry(
             allow_unregistered=config.allow_unregistered, default=self.default_call_info,
             clock=self.clock.monotonic,
         )
+        self._bg: set[asyncio.Task[int]] = set()
+        if settings.store.is_postgres:
+            self.registry.lookup = self.lookup_call
         self.pacer = Pacer(on_tick_stats=self._tick_stats, spin=config.pacer_spin_ms / 1000.0)
         self.audiosocket = AudioSocketServer(
             config, self.backend_for, self.metrics, self.registry, self.pacer,
@@ -167,6 +172,7 @@ class Gateway:
             registry=self.registry, call_info=call_info, routing=settings.routing,
             metrics=self.call_metrics, clock=self.clock.wall,
             bound_audiosocket=lambda: self.audiosocket.address,
+            node_id=settings.store.node_id,
         )
         self.context = GatewayContext(
             settings=settings, tenants=self.tenants, store=self.store,
@@ -190,6 +196,7 @@ class Gateway:
         comps: list[Component] = [
             RoutingComponent(ctx),
             tracker,
+            NodeLease(ctx),
             watchdogs,
         ]
         if ami is not None:
@@ -216,6 +223,21 @@ class Gateway:
         raise LookupError(f"no {kind.__name__} component")
 
     # -- calls and backends --------------------------------------------------------
+
+    async def lookup_call(self, call_id: str) -> CallInfo | None:
+        """A live call admitted by another worker or node, from the shared store."""
+        rec = await self.store.get_call(call_id)
+        if rec is None or rec.is_terminal:
+            return None
+        agent = self.tenants.agents.get(rec.agent)
+        if agent is None:
+            return None
+        # Alive here: the node that routed it must not sweep it as never connected.
+        task = asyncio.get_running_loop().create_task(
+            self.store.touch_alive([call_id], self.clock.wall()))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        return call_info(agent, call_id, direction=rec.direction, from_=rec.from_, to=rec.to)
 
     def default_call_info(self, call_id: str) -> CallInfo:
         agent = self.tenants.agents[self.tenants.default_agent]

@@ -36,6 +36,7 @@ __all__ = [
     "CallStore",
     "Direction",
     "DuplicateCall",
+    "NodeLeases",
     "RolloutRule",
     "RolloutStat",
     "StoreError",
@@ -298,6 +299,17 @@ class CallStore(Protocol):
         Returns the call after the input, or None if the call does not exist.
         """
 
+    async def apply_input_change(
+        self,
+        call_id: str,
+        inp: CallInput,
+        at: float,
+        detail: dict[str, Any] | None = None,
+    ) -> tuple[CallRecord, CallRecord] | None:
+        """``apply_input``, returning ``(before, after)`` as read inside its transaction:
+        when several processes apply the same input, exactly one sees the change (the
+        status writer emits transitions, hence callbacks, from that one)."""
+
     async def append_event(
         self, call_id: str, kind: str, at: float, data: dict[str, Any] | None = None
     ) -> int:
@@ -309,8 +321,8 @@ class CallStore(Protocol):
     async def events(self, call_id: str) -> list[CallEvent]:
         """The call's events in the order they were appended."""
 
-    async def active_calls(self) -> list[CallRecord]:
-        """Calls not in a final status, oldest first."""
+    async def active_calls(self, node_id: str | None = None) -> list[CallRecord]:
+        """Calls not in a final status, oldest first; only ``node_id``'s if given."""
 
     async def touch_alive(self, call_ids: Sequence[str], at: float) -> int:
         """Set ``last_alive_at`` of the still-active calls among ``call_ids`` (one
@@ -371,3 +383,25 @@ class CallStore(Protocol):
 
     async def rollout_stats(self, since: float) -> list[RolloutStat]:
         """Decisions and failures per (tenant, DID, path) since ``since``."""
+
+
+@runtime_checkable
+class NodeLeases(Protocol):
+    """A store shared by several nodes (PostgreSQL): their leases, by its clock."""
+
+    node_id: str
+
+    async def node_heartbeat(self, node_id: str, lease_s: float) -> None:
+        """Register or renew ``node_id``'s lease."""
+
+    async def node_stopped(self, node_id: str) -> None:
+        """End ``node_id``'s lease on a clean stop."""
+
+    async def claim_expired_nodes(self, survivor: str) -> list[str]:
+        """Expired nodes, each returned to exactly one caller cluster-wide."""
+
+    async def live_nodes(self) -> list[str]:
+        """Nodes holding an unexpired lease."""
+
+    async def release_node_slots(self, node_id: str) -> int:
+        """Release the slots ``node_id`` still holds; returns how many."""

@@ -15,10 +15,11 @@ from .sqlite import SqliteCallStore
 __all__ = ["build_store"]
 
 
-def build_store(database_url: str, data_path: Path, *, pool_max: int = 10) -> CallStore:
+def build_store(database_url: str, data_path: Path, *, node_id: str = "",
+                pool_max: int = 10) -> CallStore:
     """The store ``database_url`` names, or the SQLite file in ``data_path``."""
     if database_url:
         from .postgres import PostgresCallStore
 
-        return PostgresCallStore(database_url, pool_max=pool_max)
+        return PostgresCallStore(database_url, node_id=node_id, pool_max=pool_max)
     return SqliteCallStore(data_path / "aigw.sqlite")

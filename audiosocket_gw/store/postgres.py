@@ -124,8 +124,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE INDEX rollout_log_at ON rollout_log (at)",
     ),
-    # 2: node leases (heartbeat), for the takeover of a dead node's calls.
+    # 2: node leases (heartbeat), for the takeover of a dead node's calls; the node
+    # that took each limiter slot.
     (
+        "ALTER TABLE call_slots ADD COLUMN node_id TEXT",
+        "CREATE INDEX call_slots_node ON call_slots (node_id, released)",
         """CREATE TABLE nodes (
             node_id TEXT PRIMARY KEY,
             started_at DOUBLE PRECISION NOT NULL,
@@ -163,11 +166,13 @@ def _row_to_call(row: Any) -> CallRecord:
 class PostgresCallStore:
     """A ``CallStore`` in a PostgreSQL database (``dsn``: ``postgresql://...``)."""
 
-    def __init__(self, dsn: str, *, pool_min: int = 1, pool_max: int = 10,
+    def __init__(self, dsn: str, *, node_id: str = "", pool_min: int = 1, pool_max: int = 10,
                  acquire_timeout_s: float = 5.0, command_timeout_s: float = 10.0) -> None:
         if not dsn.startswith(("postgresql://", "postgres://")):
             raise ValueError("a PostgreSQL URL starts with postgresql://")
         self.dsn = dsn
+        self.node_id = node_id
+        """Stamped on the limiter slots this store takes (freed if the node dies)."""
         self.pool_min = max(1, pool_min)
         self.pool_max = max(self.pool_min, pool_max)
         self.acquire_timeout_s = acquire_timeout_s
@@ -372,8 +377,20 @@ class PostgresCallStore:
         detail: dict[str, Any] | None = None,
     ) -> CallRecord | None:
         """Run the state machine for ``inp`` at time ``at`` (see ``CallStore``)."""
+        change = await self.apply_input_change(call_id, inp, at, detail)
+        return None if change is None else change[1]
 
-        async def apply(conn: asyncpg.Connection) -> CallRecord | None:
+    async def apply_input_change(
+        self,
+        call_id: str,
+        inp: CallInput,
+        at: float,
+        detail: dict[str, Any] | None = None,
+    ) -> tuple[CallRecord, CallRecord] | None:
+        """``apply_input`` returning the call before and after, read in its transaction
+        (under the row lock: of two nodes applying the same input, one sees the change)."""
+
+        async def apply(conn: asyncpg.Connection) -> tuple[CallRecord, CallRecord] | None:
             row = await conn.fetchrow(_SELECT + " WHERE id = $1 FOR UPDATE", call_id)
             if row is None:
                 return None
@@ -391,7 +408,7 @@ class PostgresCallStore:
             if event["changed"] and updated.is_terminal:
                 await conn.execute("UPDATE call_slots SET released = 1 WHERE call_id = $1",
                                    call_id)
-            return updated
+            return call, updated
 
         return await self._with(apply, tx=True)
 
@@ -452,9 +469,10 @@ class PostgresCallStore:
             if held >= limit:
                 return False
             await conn.execute(
-                "INSERT INTO call_slots (call_id, tenant, released) VALUES ($1, $2, 0)"
-                " ON CONFLICT (call_id) DO UPDATE SET tenant = excluded.tenant, released = 0",
-                call_id, tenant)
+                "INSERT INTO call_slots (call_id, tenant, released, node_id)"
+                " VALUES ($1, $2, 0, $3) ON CONFLICT (call_id) DO UPDATE SET"
+                " tenant = excluded.tenant, released = 0, node_id = excluded.node_id",
+                call_id, tenant, self.node_id or None)
             return True
 
         return await self._with(acquire, tx=True)
@@ -578,3 +596,45 @@ class PostgresCallStore:
             " FROM rollout_log WHERE at >= $1 GROUP BY tenant, did, path"
             " ORDER BY tenant, did, path", float(since)))
         return [RolloutStat(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
+
+    # ----------------------------------------------------------------- node leases
+
+    async def node_heartbeat(self, node_id: str, lease_s: float) -> None:
+        """Register or renew ``node_id``'s lease, by the database's clock (no skew
+        between nodes). A node restarted under the same id is live again."""
+        await self._with(lambda c: c.execute(
+            "INSERT INTO nodes (node_id, started_at, heartbeat_at, lease_s, stopped)"
+            " VALUES ($1, extract(epoch FROM clock_timestamp()),"
+            " extract(epoch FROM clock_timestamp()), $2, 0)"
+            " ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,"
+            " lease_s = excluded.lease_s, stopped = 0", node_id, float(lease_s)))
+
+    async def node_stopped(self, node_id: str) -> None:
+        """A clean stop: the node's lease ends now (nobody takes it over)."""
+        await self._with(lambda c: c.execute(
+            "UPDATE nodes SET stopped = 1 WHERE node_id = $1", node_id))
+
+    async def claim_expired_nodes(self, survivor: str) -> list[str]:
+        """Nodes whose lease ran out, each claimed by exactly one survivor (this call
+        marks them stopped atomically: another survivor's claim returns nothing)."""
+        rows = await self._with(lambda c: c.fetch(
+            "UPDATE nodes SET stopped = 1 WHERE stopped = 0 AND node_id <> $1"
+            " AND heartbeat_at + lease_s < extract(epoch FROM clock_timestamp())"
+            " RETURNING node_id", survivor))
+        return sorted(r[0] for r in rows)
+
+    async def live_nodes(self) -> list[str]:
+        """Nodes holding an unexpired lease."""
+        rows = await self._with(lambda c: c.fetch(
+            "SELECT node_id FROM nodes WHERE stopped = 0"
+            " AND heartbeat_at + lease_s >= extract(epoch FROM clock_timestamp())"
+            " ORDER BY node_id"))
+        return [r[0] for r in rows]
+
+    async def release_node_slots(self, node_id: str) -> int:
+        """Release every slot ``node_id`` still holds (after its calls were closed:
+        what is left are acquires whose call was never created)."""
+        status = await self._with(lambda c: c.execute(
+            "UPDATE call_slots SET released = 1 WHERE node_id = $1 AND released = 0",
+            node_id))
+        return int(str(status).rsplit(" ", 1)[-1])

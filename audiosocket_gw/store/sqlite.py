@@ -369,12 +369,17 @@ class SqliteCallStore:
 
         return await self._run(self._write, delete)
 
-    async def active_calls(self) -> list[CallRecord]:
-        """Calls in queued / ringing / in-progress, oldest first."""
-        sql = _SELECT + f" WHERE status IN {_ACTIVE_SQL} ORDER BY created_at, id"
+    async def active_calls(self, node_id: str | None = None) -> list[CallRecord]:
+        """Calls in queued / ringing / in-progress, oldest first (of one node if given)."""
+        sql = _SELECT + f" WHERE status IN {_ACTIVE_SQL}"
+        args: tuple[Any, ...] = _ACTIVE_VALUES
+        if node_id is not None:
+            sql += " AND node_id = ?"
+            args = (*args, node_id)
+        sql += " ORDER BY created_at, id"
 
         def q() -> list[CallRecord]:
-            return [_row_to_call(r) for r in self._c().execute(sql, _ACTIVE_VALUES).fetchall()]
+            return [_row_to_call(r) for r in self._c().execute(sql, args).fetchall()]
 
         return await self._run(q)
 
@@ -405,7 +410,18 @@ class SqliteCallStore:
         detail: dict[str, Any] | None = None,
     ) -> CallRecord | None:
         """Run the state machine for ``inp`` at time ``at`` (see ``CallStore``)."""
-        def apply(conn: sqlite3.Connection) -> CallRecord | None:
+        change = await self.apply_input_change(call_id, inp, at, detail)
+        return None if change is None else change[1]
+
+    async def apply_input_change(
+        self,
+        call_id: str,
+        inp: CallInput,
+        at: float,
+        detail: dict[str, Any] | None = None,
+    ) -> tuple[CallRecord, CallRecord] | None:
+        """``apply_input`` returning the call before and after, read in its transaction."""
+        def apply(conn: sqlite3.Connection) -> tuple[CallRecord, CallRecord] | None:
             call = self._get_sync(call_id)
             if call is None:
                 return None
@@ -428,7 +444,7 @@ class SqliteCallStore:
                 )
             if event["changed"] and updated.is_terminal:
                 conn.execute("UPDATE call_slots SET released = 1 WHERE call_id = ?", (call_id,))
-            return updated
+            return call, updated
 
         return await self._run(self._write, apply)
 
