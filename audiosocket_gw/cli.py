@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -53,6 +54,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="seconds calls may continue after SIGTERM (env AIGW_SHUTDOWN_GRACE)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="env AIGW_LOG_LEVEL, default info")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes sharing the ports (env AIGW_WORKERS, default 1; "
+                        "more than one needs AIGW_DATABASE_URL)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
 
 
@@ -104,7 +109,7 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .settings import Settings
 
     try:
@@ -122,10 +127,18 @@ def _serve(args: argparse.Namespace) -> int:
             shutdown_grace=args.shutdown_grace,
             log_level=args.log_level,
         )
+        settings = dataclasses.replace(
+            settings, store=settings.store.for_workers(args.workers, args.worker_index))
     except ConfigError as exc:
         print(f"audiosocket-gw: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings.core.log_level)
+    if settings.store.workers > 1 and args.worker_index is None:
+        from .workers import run_supervisor
+
+        return asyncio.run(run_supervisor(
+            argv, settings.store.workers, settings.core.audiosocket, settings.core.http,
+            settings.core.shutdown_grace, args.ready_file))
     from .gateway import Gateway
 
     async def run() -> None:
@@ -175,9 +188,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, argv)
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "call":

@@ -159,12 +159,14 @@ class Gateway:
         self._bg: set[asyncio.Task[int]] = set()
         if settings.store.is_postgres:
             self.registry.lookup = self.lookup_call
+
         self.pacer = Pacer(on_tick_stats=self._tick_stats, spin=config.pacer_spin_ms / 1000.0)
         self.audiosocket = AudioSocketServer(
             config, self.backend_for, self.metrics, self.registry, self.pacer,
             on_call_start=self.events.started.emit, on_call_end=self.events.ended.emit,
             clock=self.clock,
         )
+        self.audiosocket.reuse_port = settings.store.workers > 1
         self.status = StatusWriter(self.store, self.call_metrics, self.events,
                                    self.clock.wall)
         self.admission = Admission(
@@ -325,7 +327,8 @@ class Gateway:
                                          handle_signals=False)
             await self._runner.setup()
             host, port = self.config.http_addr
-            self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+            self._site = web.TCPSite(self._runner, host, port, reuse_address=True,
+                                     reuse_port=self.audiosocket.reuse_port or None)
             await self._site.start()
         except BaseException:
             await self.audiosocket.shutdown(0)

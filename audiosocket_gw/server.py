@@ -307,6 +307,8 @@ class AudioSocketServer:
         self.pacer = pacer
         self.connections: set[AudioSocketProtocol] = set()
         self.calls: dict[str, Call] = {}
+        self.reuse_port = False
+        """Listen with SO_REUSEPORT (``serve --workers N``: the workers share the port)."""
         self.claims: set[asyncio.Task[None]] = set()
         """Call-id lookups in the shared store in flight (``CallRegistry.lookup``)."""
         self.accepting = True
@@ -335,7 +337,8 @@ class AudioSocketServer:
         host, port = self.config.audiosocket_addr
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: AudioSocketProtocol(self), host, port, reuse_address=True, backlog=1024
+            lambda: AudioSocketProtocol(self), host, port, reuse_address=True, backlog=1024,
+            reuse_port=self.reuse_port or None,
         )
         self.pacer.start()
         log.info("AudioSocket listening on %s:%d", *self.address)

@@ -33,6 +33,7 @@ against it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -323,6 +324,18 @@ class StoreSettings:
     node_id: str = ""
     lease_s: float = 15.0
     workers: int = 1
+
+    def for_workers(self, workers: int | None, index: int | None) -> StoreSettings:
+        """With ``serve --workers N`` (overrides ``AIGW_WORKERS``) and, in a worker,
+        its index (its node id gets ``.w<index>``)."""
+        n = self.workers if workers is None else workers
+        if not 1 <= n <= 64:
+            raise ConfigError("--workers: 1 to 64")
+        if n > 1 and not self.is_postgres:
+            raise ConfigError("--workers > 1 needs a shared store: set AIGW_DATABASE_URL "
+                              "(PostgreSQL); the SQLite store serves one process")
+        node = self.node_id if index is None else f"{self.node_id[:59]}.w{index}"
+        return dataclasses.replace(self, workers=n, node_id=node)
 
     @property
     def is_postgres(self) -> bool:
