@@ -42,6 +42,7 @@ from .context import Clock, Component, GatewayContext
 from .events import CallEvents
 from .httpapi import PUBLIC_PATHS, auth_middleware, error_middleware
 from .metrics import BackendCounters, Metrics
+from .metrics_merge import WorkerMetrics
 from .pacer import Pacer
 from .quality.cost import CostMeter
 from .quality.mos import MosMonitor
@@ -167,6 +168,10 @@ class Gateway:
             clock=self.clock,
         )
         self.audiosocket.reuse_port = settings.store.workers > 1
+        st = settings.store
+        self.worker_metrics = (
+            WorkerMetrics(self.metrics.registry, config.data_path / "metrics", st.worker,
+                          st.workers) if st.worker is not None and st.workers > 1 else None)
         self.status = StatusWriter(self.store, self.call_metrics, self.events,
                                    self.clock.wall)
         self.admission = Admission(
@@ -290,7 +295,10 @@ class Gateway:
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.metrics.registry)
+        if self.worker_metrics is not None:
+            body = await self.worker_metrics.exposition()
+        else:
+            body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -323,6 +331,8 @@ class Gateway:
                 await comp.start()
                 started.append(comp)
             await self.audiosocket.start()
+            if self.worker_metrics is not None:
+                await self.worker_metrics.start()
             self._runner = web.AppRunner(self._http_app(), access_log=None,
                                          handle_signals=False)
             await self._runner.setup()
@@ -360,6 +370,8 @@ class Gateway:
 
     async def shutdown(self, grace: float | None = None) -> None:
         await self.audiosocket.shutdown(grace)
+        if self.worker_metrics is not None:
+            await self.worker_metrics.stop()
         for backend in self.backends.values():
             await backend.aclose()
         if self._forced_backend is not None:

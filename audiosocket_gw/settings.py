@@ -324,6 +324,8 @@ class StoreSettings:
     node_id: str = ""
     lease_s: float = 15.0
     workers: int = 1
+    worker: int | None = None
+    """This process's worker index under ``serve --workers N`` (None: not a worker)."""
 
     def for_workers(self, workers: int | None, index: int | None) -> StoreSettings:
         """With ``serve --workers N`` (overrides ``AIGW_WORKERS``) and, in a worker,
@@ -335,7 +337,7 @@ class StoreSettings:
             raise ConfigError("--workers > 1 needs a shared store: set AIGW_DATABASE_URL "
                               "(PostgreSQL); the SQLite store serves one process")
         node = self.node_id if index is None else f"{self.node_id[:59]}.w{index}"
-        return dataclasses.replace(self, workers=n, node_id=node)
+        return dataclasses.replace(self, workers=n, node_id=node, worker=index)
 
     @property
     def is_postgres(self) -> bool:

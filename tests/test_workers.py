@@ -10,13 +10,17 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.callstate import CallStatus
+from audiosocket_gw.metrics_merge import merge_expositions
 from audiosocket_gw.store.postgres import PostgresCallStore
 from audiosocket_gw.testing.proc import GatewayProcess
 from tests.helpers import MS, RawPeer
 from tests.pgtest import temp_database
+
+METRIC = "aigw_calls"
 
 TOML = """
 [tenants.acme]
@@ -29,6 +33,27 @@ backend = "echo"
 [numbers."+15551230000"]
 agent = "bot"
 """
+
+
+def calls_started(text: str) -> dict[str, float]:
+    """``aigw_calls_total`` (finished AudioSocket calls), per worker."""
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == METRIC:
+            for smp in fam.samples:
+                if smp.name.endswith("_total"):
+                    w = smp.labels["worker"]
+                    out[w] = out.get(w, 0.0) + smp.value
+    return out
+
+
+def test_merge_expositions_labels_every_worker() -> None:
+    a = "# HELP x_total X\n# TYPE x_total counter\nx_total{b=\"1\"} 2.0\n"
+    b = "# HELP x_total X\n# TYPE x_total counter\nx_total{b=\"1\"} 3.0\n"
+    text = merge_expositions({0: a, 1: b, 2: "garbage {{"}).decode()
+    assert 'x_total{b="1",worker="0"} 2.0' in text
+    assert 'x_total{b="1",worker="1"} 3.0' in text
+    assert text.count("# TYPE x_total counter") == 1
 
 
 def test_more_than_one_worker_refuses_sqlite(tmp_path: Path) -> None:
@@ -82,6 +107,17 @@ async def test_two_workers_share_the_ports_and_the_store() -> None:
                         await asyncio.sleep(0.05)
                 async with s.get(f"http://127.0.0.1:{gw.http[1]}/healthz") as r:
                     assert r.status == 200
+                # One /metrics view: whichever worker answers, both workers' series,
+                # and their calls add up to every call.
+                async with asyncio.timeout(10_000 * MS):
+                    while True:
+                        async with s.get(f"http://127.0.0.1:{gw.http[1]}/metrics") as r:
+                            text = await r.text()
+                        per_worker = calls_started(text)
+                        if sum(per_worker.values()) == 20:
+                            break
+                        await asyncio.sleep(0.2)
+                assert set(per_worker) == {"0", "1"}
         finally:
             code = await gw.stop(stop_within=30)
         assert code == 0  # SIGTERM: every worker drained and exited, then the supervisor
