@@ -44,6 +44,7 @@ from .httpapi import PUBLIC_PATHS, auth_middleware, error_middleware
 from .metrics import BackendCounters, Metrics
 from .metrics_merge import WorkerMetrics
 from .pacer import Pacer
+from .private import write_atomic
 from .quality.cost import CostMeter
 from .quality.mos import MosMonitor
 from .recordings.component import RecordingsComponent
@@ -396,7 +397,7 @@ class Gateway:
                     "http": format_hostport(*self.http_address),
                 }
             )
-            await asyncio.to_thread(Path(ready_file).write_text, info)
+            await asyncio.to_thread(write_atomic, Path(ready_file), info)
         if on_ready is not None:
             on_ready()
         loop = asyncio.get_running_loop()

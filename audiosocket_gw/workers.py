@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import format_hostport, parse_hostport
+from .private import write_atomic
 
 __all__ = ["run_supervisor"]
 
@@ -136,7 +137,7 @@ async def run_supervisor(argv: Sequence[str], workers: int, audiosocket: str, ht
         if ready_file:
             info = json.dumps({"audiosocket": as_addr, "http": http_addr,
                                "workers": [p.pid for p in procs.values()]})
-            await asyncio.to_thread(Path(ready_file).write_text, info)
+            await asyncio.to_thread(write_atomic, Path(ready_file), info)
         while not stopping.is_set():
             waits = {asyncio.ensure_future(p.wait()): i for i, p in procs.items()}
             stop_wait = asyncio.ensure_future(stopping.wait())

@@ -261,6 +261,8 @@ class PostgresCallStore:
         except TimeoutError as exc:
             raise StoreError("PostgreSQL: timed out (pool exhausted or slow database)") from exc
         except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
+                asyncpg.exceptions.PostgresConnectionError,
+                asyncpg.exceptions.CannotConnectNowError,
                 asyncpg.exceptions.InterfaceError) as exc:
             raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
