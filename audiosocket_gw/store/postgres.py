@@ -12,8 +12,9 @@ what one Asterisk sets up; asyncpg also brings its own pool, one dependency).
 - Versioned schema (``schema_version`` table, ``MIGRATIONS``); ``open()`` applies the
   missing migrations under a transaction-level advisory lock, so several nodes that
   start together migrate once.
-- The limiter is atomic across every node: ``try_acquire_slot`` takes a per-tenant
-  advisory transaction lock, then counts and inserts (no over-admission, no table lock).
+- The limiter is atomic across every node: ``try_acquire_slot`` calls one function
+  that takes a per-tenant advisory transaction lock, then counts and inserts (no
+  over-admission, no table lock, one round trip).
 - ``apply_input`` reads the call ``FOR UPDATE`` and runs ``base.transition`` in the same
   transaction as the event append and the slot release.
 - Node leases (``heartbeat``, ``expired_nodes``, ``take_over``): a node that stops
@@ -136,6 +137,35 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             lease_s DOUBLE PRECISION NOT NULL,
             stopped INTEGER NOT NULL DEFAULT 0
         )""",
+    ),
+    # 3: the limiter's acquire in one round trip. A VOLATILE plpgsql function: each of
+    # its statements takes a new snapshot (READ COMMITTED), so the count after the
+    # per-tenant advisory lock sees every slot committed before the lock was granted.
+    (
+        """CREATE FUNCTION aigw_acquire_slot(p_tenant TEXT, p_call_id TEXT, p_limit INTEGER,
+                                         p_node TEXT) RETURNS BOOLEAN
+        LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            held_released INTEGER;
+            held BIGINT;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtextextended('aigw-slots:' || p_tenant, 0));
+            SELECT released INTO held_released FROM call_slots WHERE call_id = p_call_id;
+            IF held_released = 0 THEN
+                RETURN TRUE;
+            END IF;
+            SELECT COUNT(*) INTO held FROM call_slots
+                WHERE tenant = p_tenant AND released = 0;
+            IF held >= p_limit THEN
+                RETURN FALSE;
+            END IF;
+            INSERT INTO call_slots (call_id, tenant, released, node_id)
+                VALUES (p_call_id, p_tenant, 0, p_node)
+                ON CONFLICT (call_id) DO UPDATE SET tenant = excluded.tenant, released = 0,
+                    node_id = excluded.node_id;
+            RETURN TRUE;
+        END
+        $$""",
     ),
 )
 """Migration ``i`` brings the schema from version ``i`` to ``i + 1``. Append only."""
@@ -458,26 +488,11 @@ class PostgresCallStore:
     async def try_acquire_slot(self, tenant: str, call_id: str, limit: int) -> bool:
         """Atomically take a slot if ``tenant`` holds fewer than ``limit`` (all nodes)."""
 
-        async def acquire(conn: asyncpg.Connection) -> bool:
-            # One tenant's acquires are serialised cluster-wide; other tenants' are not.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                               "aigw-slots:" + tenant)
-            released = await conn.fetchval(
-                "SELECT released FROM call_slots WHERE call_id = $1", call_id)
-            if released == 0:
-                return True  # already held by this call
-            held = await conn.fetchval(
-                "SELECT COUNT(*) FROM call_slots WHERE tenant = $1 AND released = 0", tenant)
-            if held >= limit:
-                return False
-            await conn.execute(
-                "INSERT INTO call_slots (call_id, tenant, released, node_id)"
-                " VALUES ($1, $2, 0, $3) ON CONFLICT (call_id) DO UPDATE SET"
-                " tenant = excluded.tenant, released = 0, node_id = excluded.node_id",
-                call_id, tenant, self.node_id or None)
-            return True
-
-        return await self._with(acquire, tx=True)
+        # One round trip: the per-tenant advisory transaction lock, the count and the
+        # insert run in ``aigw_acquire_slot`` (migration 3), one transaction.
+        return bool(await self._with(lambda c: c.fetchval(
+            "SELECT aigw_acquire_slot($1, $2, $3, $4)", tenant, call_id, int(limit),
+            self.node_id or None)))
 
     async def release_slot(self, call_id: str) -> bool:
         """Release ``call_id``'s slot; True if it was held."""
