@@ -7,8 +7,11 @@ the database) is claimed by exactly one survivor (an atomic ``UPDATE ... RETURNI
 which closes the dead node's open calls with VANISHED, reason ``node-lost``, at the
 time each was last known alive (``last_alive_at``, the tracker's heartbeat batch), so
 the downtime is neither duration nor billed, then frees the slots the dead node still
-held. The transitions go through the status writer on the survivor: status callbacks
-and metrics happen there, once. The dead node's AudioSockets died with it, so its
+held. With AMI, it first asks Asterisk (``CoreShowChannels``): a call whose channel is
+still there (handed to ``Dial()``, which goes on without our AudioSocket) is adopted
+by the survivor instead (its ``node_id`` changes; its Hangup ends it there). The
+transitions go through the status writer on the survivor: status callbacks and
+metrics happen there, once. The dead node's AudioSockets died with it, so its
 calls cannot be live; Asterisk ends those channels (or its dialplan fails over).
 
 With the embedded SQLite store (one process) the component does nothing.
@@ -27,6 +30,7 @@ from .callstate import CallInput
 from .store.base import NodeLeases
 
 if TYPE_CHECKING:
+    from .ami.tracker import CallTracker
     from .context import GatewayContext
 
 __all__ = ["NodeLease"]
@@ -37,8 +41,9 @@ log = logging.getLogger("audiosocket_gw.cluster")
 class NodeLease:
     """The component (see the module docstring)."""
 
-    def __init__(self, ctx: GatewayContext) -> None:
+    def __init__(self, ctx: GatewayContext, tracker: CallTracker | None = None) -> None:
         self.ctx = ctx
+        self.tracker = tracker
         st = ctx.settings.store
         self.node_id = st.node_id
         self.lease_s = st.lease_s
@@ -90,7 +95,18 @@ class NodeLease:
         closed = 0
         for dead in await self.leases.claim_expired_nodes(self.node_id):
             n = 0
-            for rec in await self.ctx.store.active_calls(dead):
+            calls = await self.ctx.store.active_calls(dead)
+            live: set[str] = set()
+            if calls and self.tracker is not None:
+                live = await self.tracker.live_in_asterisk({r.id for r in calls}) or set()
+            for rec in calls:
+                if rec.id in live:
+                    # Still a channel in Asterisk (handed to Dial()): this node adopts it;
+                    # its AMI Hangup ends it here.
+                    await self.ctx.store.update_call(rec.id, node_id=self.node_id)
+                    log.warning("call %s of node %s is still live in Asterisk: adopted",
+                                rec.id, dead)
+                    continue
                 last = max(t for t in (rec.created_at, rec.answered_at, rec.last_alive_at)
                            if t is not None)
                 await self.ctx.status.apply(

@@ -204,7 +204,7 @@ class Gateway:
         comps: list[Component] = [
             RoutingComponent(ctx),
             tracker,
-            NodeLease(ctx),
+            NodeLease(ctx, tracker),
             watchdogs,
         ]
         if ami is not None:

@@ -196,6 +196,40 @@ class CallTracker:
                         closed, released)
         return closed
 
+    def _live_ids(self, chans: list[AmiMessage], ours: set[str]) -> set[str]:
+        """Call ids (and Uniqueids) of ``CoreShowChannels``' channels; remembers the
+        channel names of ``ours``."""
+        live: set[str] = set()
+        for ch in chans:
+            uid = ch.get("Uniqueid") or ""
+            live.add(uid.split(";", 1)[0])
+            mapped = self._uid_call.get(uid)
+            if mapped:
+                live.add(mapped)
+            data = ch.get("ApplicationData") or ""
+            if (ch.get("Application") or "").lower() == "audiosocket" and data:
+                app_cid = data.split(",", 1)[0].strip()
+                live.add(app_cid)
+                self._map(uid, app_cid)
+            name = ch.get("Channel")
+            owner = self._uid_call.get(uid) or uid
+            if name and owner in ours:  # only our calls' channels are kept
+                self._remember_channel(owner, name, replace=False)
+        return live
+
+    async def live_in_asterisk(self, call_ids: set[str]) -> set[str] | None:
+        """Which of ``call_ids`` still have a channel in Asterisk (``CoreShowChannels``);
+        None without AMI or when the query fails. For the takeover of a dead node's
+        calls: one handed to ``Dial()`` lives on without our AudioSocket."""
+        if self.client is None:
+            return None
+        try:
+            chans = await self.client.core_show_channels()
+        except AmiClientError as exc:
+            log.warning("AMI CoreShowChannels failed: %s", exc)
+            return None
+        return call_ids & self._live_ids(chans, call_ids)
+
     async def _resync_cb(self) -> None:
         await self.resync()
 
@@ -212,22 +246,7 @@ class CallTracker:
             scope = self._scope()
             active = await self.store.active_calls(scope)
             ours = {rec.id for rec in active}
-            live: set[str] = set()
-            for ch in chans:
-                uid = ch.get("Uniqueid") or ""
-                live.add(uid.split(";", 1)[0])
-                mapped = self._uid_call.get(uid)
-                if mapped:
-                    live.add(mapped)
-                data = ch.get("ApplicationData") or ""
-                if (ch.get("Application") or "").lower() == "audiosocket" and data:
-                    app_cid = data.split(",", 1)[0].strip()
-                    live.add(app_cid)
-                    self._map(uid, app_cid)
-                name = ch.get("Channel")
-                owner = self._uid_call.get(uid) or uid
-                if name and owner in ours:  # only our calls' channels are kept
-                    self._remember_channel(owner, name, replace=False)
+            live = self._live_ids(chans, ours)
             closed = 0
             now = self.clock()
             for rec in active:

@@ -130,6 +130,7 @@ UPDATABLE_FIELDS: dict[str, tuple[type, ...]] = {
     "mos_in_mean": (float, int, type(None)),
     "mos_out_min": (float, int, type(None)),
     "mos_out_mean": (float, int, type(None)),
+    "node_id": (str, type(None)),
 }
 """Fields ``update_call`` accepts, with their allowed types. Status, timestamps and
 durations change only through ``apply_input``; id, tenant, direction and numbers
@@ -404,4 +405,4 @@ class NodeLeases(Protocol):
         """Nodes holding an unexpired lease."""
 
     async def release_node_slots(self, node_id: str) -> int:
-        """Release the slots ``node_id`` still holds; returns how many."""
+        """Release the slots ``node_id`` holds for no live call; returns how many."""

@@ -649,9 +649,10 @@ class PostgresCallStore:
         return [r[0] for r in rows]
 
     async def release_node_slots(self, node_id: str) -> int:
-        """Release every slot ``node_id`` still holds (after its calls were closed:
-        what is left are acquires whose call was never created)."""
+        """Release the slots ``node_id`` still holds but no live call needs (after its
+        calls were closed or adopted: acquires whose call was never created)."""
         status = await self._with(lambda c: c.execute(
-            "UPDATE call_slots SET released = 1 WHERE node_id = $1 AND released = 0",
-            node_id))
+            "UPDATE call_slots SET released = 1 WHERE node_id = $1 AND released = 0"
+            " AND call_id NOT IN (SELECT id FROM calls WHERE status = ANY($2::text[]))",
+            node_id, _ACTIVE_VALUES))
         return int(str(status).rsplit(" ", 1)[-1])

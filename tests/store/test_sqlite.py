@@ -552,3 +552,44 @@ async def test_a_cause_alone_still_explains_the_end(store: AnyStore) -> None:
     r = await store.apply_input("b2", CallInput.GATEWAY_HANGUP, T0 + 4, {"reason": "api-hangup"})
     r = await store.apply_input("b2", CallInput.GATEWAY_HANGUP, T0 + 5, {"reason": "shutdown"})
     assert r is not None and r.hangup_reason == "api-hangup"
+
+
+async def test_postgres_node_leases_are_claimed_once() -> None:
+    async with temp_database() as url:
+        a = PostgresCallStore(url, node_id="a")
+        b = PostgresCallStore(url, node_id="b")
+        c = PostgresCallStore(url, node_id="c")
+        for s in (a, b, c):
+            await s.open()
+        try:
+            await a.node_heartbeat("a", 0.3)
+            await b.node_heartbeat("b", 60)
+            await c.node_heartbeat("c", 60)
+            assert await b.live_nodes() == ["a", "b", "c"]
+            # a admits three calls; one ends, one stays live (to be adopted), one
+            # slot's call was never created.
+            for cid in ("a1", "a2"):
+                await a.create_call(rec(cid, node_id="a"))
+                assert await a.try_acquire_slot("acme", cid, 10)
+            assert await a.try_acquire_slot("acme", "a-orphan", 10)
+            assert await b.claim_expired_nodes("b") == []  # a's lease still runs
+            await asyncio.sleep(0.5)
+            claims = await asyncio.gather(b.claim_expired_nodes("b"),
+                                          c.claim_expired_nodes("c"))
+            assert sorted(claims) == [[], ["a"]]  # exactly one survivor gets it
+            assert await b.live_nodes() == ["b", "c"]
+            assert [r.id for r in await b.active_calls("a")] == ["a1", "a2"]
+            await b.apply_input("a1", CallInput.VANISHED, T0 + 5, {"reason": "node-lost"})
+            await b.update_call("a2", node_id="b")  # adopted: still live in Asterisk
+            assert await b.release_node_slots("a") == 1  # the orphan only
+            assert await b.active_slots("acme") == 1  # a2's
+            assert [r.id for r in await b.active_calls("b")] == ["a2"]
+            # A node back under the same id is live again; a clean stop ends the lease.
+            await a.node_heartbeat("a", 60)
+            assert await b.live_nodes() == ["a", "b", "c"]
+            await a.node_stopped("a")
+            assert await b.live_nodes() == ["b", "c"]
+            assert await c.claim_expired_nodes("c") == []
+        finally:
+            for s in (a, b, c):
+                await s.close()
