@@ -4,7 +4,8 @@ Real processes (``testing.proc.GatewayProcess``), a real database per test, real
 HTTP and AudioSocket over loopback: the limiter admits exactly the limit across the
 nodes, leaks no slot, an AudioSocket reaching another node than the one that routed
 it is served, and a node killed with SIGKILL has its calls closed by a survivor at
-their last-alive time with its slots freed.
+their last-alive time with its slots freed, while the survivor's own calls keep
+their 20 ms pace (no gap over 40 ms).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.callstate import CallStatus
 from audiosocket_gw.store.postgres import PostgresCallStore
 from audiosocket_gw.testing.proc import GatewayProcess
-from tests.helpers import MS, RawPeer
+from audiosocket_gw.testing.simulator.pbx import run_simulation
+from tests.helpers import GAP_MS, MS, RawPeer
 from tests.pgtest import temp_database
 
 TOML = """
@@ -54,7 +56,8 @@ async def cluster(url: str, n: int = 3) -> AsyncIterator[list[GatewayProcess]]:
                        AIGW_DATA_DIR=str(tmp / f"data{i}"))
             env.pop("AIGW_AMI_HOST", None)
             gw = GatewayProcess("--audiosocket", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                                env=env, log_path=str(tmp / f"node{i}.log"))
+                                "--allow-unregistered", env=env,
+                                log_path=str(tmp / f"node{i}.log"))
             nodes.append(await stack.enter_async_context(gw))
         yield nodes
 
@@ -133,6 +136,10 @@ async def test_kill9_node_calls_closed_by_a_survivor() -> None:
             return len(calls) == 5 and all(c.status is CallStatus.IN_PROGRESS for c in calls)
 
         await wait_for(answered, 20_000 * MS)
+        # Two calls on the survivor run through the kill and the takeover.
+        on_survivor = asyncio.create_task(
+            run_simulation(*survivor.audiosocket, calls=2, seconds=LEASE_S * 2 + 2))
+        await asyncio.sleep(1.0)
         assert victim.proc is not None
         victim.proc.send_signal(signal.SIGKILL)
         killed_at = time.time()
@@ -154,3 +161,7 @@ async def test_kill9_node_calls_closed_by_a_survivor() -> None:
         assert rec is not None and not rec.is_terminal
         for peer in peers:
             peer.writer.close()
+        report = await on_survivor
+        for c in report.calls:
+            assert c.ok, c
+            assert c.max_gap_ms is not None and c.max_gap_ms < GAP_MS, c
