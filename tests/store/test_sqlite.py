@@ -593,3 +593,28 @@ async def test_postgres_node_leases_are_claimed_once() -> None:
         finally:
             for s in (a, b, c):
                 await s.close()
+
+
+async def test_postgres_an_input_changes_a_call_once_across_nodes() -> None:
+    """Two nodes apply the same Hangup at once (each hears it on AMI): exactly one sees
+    the change (so one status callback), both get the same final record."""
+    async with temp_database() as url:
+        a, b = PostgresCallStore(url), PostgresCallStore(url)
+        await a.open()
+        await b.open()
+        try:
+            for i in range(20):
+                cid = f"c{i}"
+                await a.create_call(rec(cid))
+                await a.apply_input(cid, CallInput.ANSWERED, T0 + 1)
+                got = await asyncio.gather(
+                    a.apply_input_change(cid, CallInput.HANGUP, T0 + 9, {"cause": 16}),
+                    b.apply_input_change(cid, CallInput.HANGUP, T0 + 9, {"cause": 16}))
+                changes = [g for g in got if g is not None and g[0].status is not g[1].status]
+                assert len(changes) == 1
+                assert got[0] is not None and got[1] is not None
+                assert got[0][1] == got[1][1]
+                assert got[0][1].status is CallStatus.COMPLETED
+        finally:
+            await a.close()
+            await b.close()
