@@ -119,7 +119,10 @@ class Admission:
         metrics: CallMetrics,
         clock: Callable[[], float],
         bound_audiosocket: Callable[[], tuple[str, int]],
+        node_id: str | None = None,
     ) -> None:
+        self.node_id = node_id
+        """Recorded on every call this node admits (``AIGW_NODE_ID``)."""
         self.tenants = tenants
         self.store = store
         self.status = status
@@ -204,7 +207,7 @@ class Admission:
         try:
             record = CallRecord(
                 id=call_id, tenant=tenant.id, agent=agent.name, direction=direction,
-                from_=from_, to=to, created_at=now,
+                from_=from_, to=to, created_at=now, node_id=self.node_id,
                 metadata={str(k): v for k, v in (metadata or {}).items()})
             await self.store.create_call(record)
             self.metrics.calls_by_status.labels(tenant.id, direction,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -59,6 +60,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="text, or json: one object per line with time, level, logger, "
                         "message, call_id, tenant, agent, node (env AIGW_LOG_FORMAT, "
                         "default text)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes sharing the ports (env AIGW_WORKERS, default 1; "
+                        "more than one needs AIGW_DATABASE_URL)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
 
 
@@ -118,7 +123,7 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
     setup_logging(level, fmt)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .settings import Settings
 
     try:
@@ -137,10 +142,18 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             log_format=args.log_format,
         )
+        settings = dataclasses.replace(
+            settings, store=settings.store.for_workers(args.workers, args.worker_index))
     except ConfigError as exc:
         print(f"audiosocket-gw: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings.core.log_level, settings.core.log_format)
+    if settings.store.workers > 1 and args.worker_index is None:
+        from .workers import run_supervisor
+
+        return asyncio.run(run_supervisor(
+            argv, settings.store.workers, settings.core.audiosocket, settings.core.http,
+            settings.core.shutdown_grace, args.ready_file))
     from .gateway import Gateway
 
     async def run() -> None:
@@ -212,9 +225,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, argv)
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "call":

@@ -36,6 +36,7 @@ from .ami_metrics import CallMetrics
 from .api import CallsApi
 from .backends.base import Backend, CallInfo
 from .callcontrol import CallController
+from .cluster import NodeLease
 from .config import Config, ConfigError, format_hostport
 from .console.component import PUBLIC_PATHS as CONSOLE_PUBLIC_PATHS
 from .console.component import ConsoleComponent, media_link_ok
@@ -43,7 +44,9 @@ from .context import Clock, Component, GatewayContext
 from .events import CallEvents
 from .httpapi import PUBLIC_PATHS, ConnectionGuard, auth_middleware, error_middleware
 from .metrics import BackendCounters, Metrics
+from .metrics_merge import WorkerMetrics
 from .pacer import Pacer
+from .private import write_atomic
 from .quality.cost import CostMeter
 from .quality.mos import MosMonitor
 from .recordings.component import RecordingsComponent
@@ -53,7 +56,7 @@ from .routing import RoutingComponent
 from .server import AudioSocketServer, CallRegistry
 from .settings import AmiSettings, Settings
 from .status import StatusWriter
-from .store.sqlite import SqliteCallStore
+from .store.factory import build_store
 from .telephony import AsteriskProvider
 from .tenants import Agent, TenantsConfig, load_tenants
 from .transcripts import TranscriptKeeper
@@ -150,18 +153,29 @@ class Gateway:
         self.backends: dict[str, Backend] = {}
         self.metrics.registry.register(BackendCounters(self.backends))
         self._forced_backend = backend
-        self.store = SqliteCallStore(config.data_path / "aigw.sqlite")
+        self.store = build_store(settings.store.database_url, config.data_path,
+                                 node_id=settings.store.node_id,
+                                 pool_max=settings.store.pool_max)
         self.events = CallEvents()
         self.registry = CallRegistry(
             allow_unregistered=config.allow_unregistered, default=self.default_call_info,
             clock=self.clock.monotonic,
         )
+        self._bg: set[asyncio.Task[int]] = set()
+        if settings.store.is_postgres:
+            self.registry.lookup = self.lookup_call
+
         self.pacer = Pacer(on_tick_stats=self._tick_stats, spin=config.pacer_spin_ms / 1000.0)
         self.audiosocket = AudioSocketServer(
             config, self.backend_for, self.metrics, self.registry, self.pacer,
             on_call_start=self.events.started.emit, on_call_end=self.events.ended.emit,
             clock=self.clock,
         )
+        self.audiosocket.reuse_port = settings.store.workers > 1
+        st = settings.store
+        self.worker_metrics = (
+            WorkerMetrics(self.metrics.registry, config.data_path / "metrics", st.worker,
+                          st.workers) if st.worker is not None and st.workers > 1 else None)
         self.status = StatusWriter(self.store, self.call_metrics, self.events,
                                    self.clock.wall)
         self.admission = Admission(
@@ -169,6 +183,7 @@ class Gateway:
             registry=self.registry, call_info=call_info, routing=settings.routing,
             metrics=self.call_metrics, clock=self.clock.wall,
             bound_audiosocket=lambda: self.audiosocket.address,
+            node_id=settings.store.node_id,
         )
         self.context = GatewayContext(
             settings=settings, tenants=self.tenants, store=self.store,
@@ -193,6 +208,7 @@ class Gateway:
         comps: list[Component] = [
             RoutingComponent(ctx),
             tracker,
+            NodeLease(ctx, tracker),
             watchdogs,
         ]
         if ami is not None:
@@ -221,6 +237,21 @@ class Gateway:
         raise LookupError(f"no {kind.__name__} component")
 
     # -- calls and backends --------------------------------------------------------
+
+    async def lookup_call(self, call_id: str) -> CallInfo | None:
+        """A live call admitted by another worker or node, from the shared store."""
+        rec = await self.store.get_call(call_id)
+        if rec is None or rec.is_terminal:
+            return None
+        agent = self.tenants.agents.get(rec.agent)
+        if agent is None:
+            return None
+        # Alive here: the node that routed it must not sweep it as never connected.
+        task = asyncio.get_running_loop().create_task(
+            self.store.touch_alive([call_id], self.clock.wall()))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        return call_info(agent, call_id, direction=rec.direction, from_=rec.from_, to=rec.to)
 
     def default_call_info(self, call_id: str) -> CallInfo:
         agent = self.tenants.agents[self.tenants.default_agent]
@@ -272,7 +303,10 @@ class Gateway:
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.metrics.registry)
+        if self.worker_metrics is not None:
+            body = await self.worker_metrics.exposition()
+        else:
+            body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -304,6 +338,8 @@ class Gateway:
                 await comp.start()
                 started.append(comp)
             await self.audiosocket.start()
+            if self.worker_metrics is not None:
+                await self.worker_metrics.start()
             self._runner = web.AppRunner(self._http_app(), access_log=None,
                                          handle_signals=False, keepalive_timeout=15.0)
             await self._runner.setup()
@@ -311,7 +347,8 @@ class Gateway:
             server, guard = self._runner.server, self.http_guard
             assert server is not None
             self._http_server = await asyncio.get_running_loop().create_server(
-                lambda: guard.wrap(server()), host, port, reuse_address=True, backlog=512)
+                lambda: guard.wrap(server()), host, port, reuse_address=True, backlog=512,
+                reuse_port=self.audiosocket.reuse_port or None)
         except BaseException:
             await self.audiosocket.shutdown(0)
             for comp in reversed(started):
@@ -340,6 +377,8 @@ class Gateway:
 
     async def shutdown(self, grace: float | None = None) -> None:
         await self.audiosocket.shutdown(grace)
+        if self.worker_metrics is not None:
+            await self.worker_metrics.stop()
         for backend in self.backends.values():
             await backend.aclose()
         if self._forced_backend is not None:
@@ -372,7 +411,7 @@ class Gateway:
                     "http": format_hostport(*self.http_address),
                 }
             )
-            await asyncio.to_thread(Path(ready_file).write_text, info)
+            await asyncio.to_thread(write_atomic, Path(ready_file), info)
         if on_ready is not None:
             on_ready()
         loop = asyncio.get_running_loop()

@@ -69,3 +69,11 @@ def secure_sqlite(path: str | os.PathLike[str]) -> None:
         side = p.with_name(p.name + suffix)
         if side.exists():
             os.chmod(side, FILE_MODE)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``:
+    a reader polling for ``path`` never sees it half-written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -338,6 +338,10 @@ class RoutingComponent:
             if cid in self.ctx.calls or self.ctx.registry.is_registered(cid):
                 continue  # connected meanwhile, or still claimable
             del self.pending[cid]
+            if self.ctx.registry.lookup is not None:  # a shared store
+                rec = await self.ctx.store.get_call(cid)
+                if rec is not None and rec.last_alive_at is not None:
+                    continue  # its AudioSocket reached another worker or node
             log.info("call %s: AudioSocket never connected; slot released", cid)
             await self.ctx.status.apply(cid, CallInput.VANISHED,
                                         {"reason": "audiosocket-never-connected"})

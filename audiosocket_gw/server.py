@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from . import audiosocket as asp
@@ -35,7 +35,15 @@ class CallRegistry:
 
     Entries expire after ``ttl`` seconds if no AudioSocket claims them. With
     ``allow_unregistered`` any UUID is accepted with the default agent.
+
+    ``lookup`` (set with a shared store): an id registered by another worker or node
+    (the kernel spreads AudioSocket connections over the workers of a port) is
+    looked up in the store, once, at call start, within ``lookup_timeout`` seconds;
+    only then does the default agent apply.
     """
+
+    lookup: Callable[[str], Awaitable[CallInfo | None]] | None = None
+    lookup_timeout: float = 1.0
 
     def __init__(self, *, allow_unregistered: bool, ttl: float = 120.0,
                  clock: Callable[[], float] = time.monotonic,
@@ -76,8 +84,8 @@ class CallRegistry:
 
 class AudioSocketProtocol(asyncio.Protocol):
     __slots__ = (
-        "_bytes", "_counted_ip", "_rejected", "_server", "_timer", "call", "decoder", "peer",
-        "transport",
+        "_bytes", "_counted_ip", "_pending", "_rejected", "_server", "_timer", "call", "decoder",
+        "peer", "transport",
     )
 
     def __init__(self, server: AudioSocketServer) -> None:
@@ -90,6 +98,7 @@ class AudioSocketProtocol(asyncio.Protocol):
         self._bytes = 0
         self._rejected = False
         self._counted_ip: str | None = None
+        self._pending = False
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -134,7 +143,7 @@ class AudioSocketProtocol(asyncio.Protocol):
                     continue
                 self._event(ev)
                 call = self.call
-                if self.transport is None or self.transport.is_closing():
+                if self.transport is None or self.transport.is_closing() or self._pending:
                     return
         except asp.ProtocolError as exc:
             self._protocol_error(exc)
@@ -197,12 +206,49 @@ class AudioSocketProtocol(asyncio.Protocol):
         if call_id in server.calls:
             self._reject("duplicate", f"call {call_id} is already connected", hangup=True)
             return
-        info = server.registry.claim(call_id)
+        registry = server.registry
+        if registry.lookup is not None and not registry.is_registered(call_id):
+            # Registered elsewhere (another worker or node)? One bounded store read;
+            # the connection's frames wait in the decoder and the socket meanwhile.
+            assert self.transport is not None
+            self._pending = True
+            self.transport.pause_reading()
+            task = asyncio.get_running_loop().create_task(self._claim_shared(call_id))
+            server.claims.add(task)
+            task.add_done_callback(server.claims.discard)
+            return
+        self._open(call_id, registry.claim(call_id))
+
+    async def _claim_shared(self, call_id: str) -> None:
+        registry = self._server.registry
+        assert registry.lookup is not None
+        info: CallInfo | None = None
+        try:
+            info = await asyncio.wait_for(registry.lookup(call_id), registry.lookup_timeout)
+        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - then unregistered
+            log.warning("call id lookup in the store failed: %s", type(exc).__name__)
+        if info is None:
+            info = registry.claim(call_id)
+        else:
+            registry.discard(call_id)
+        self._pending = False
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if call_id in self._server.calls:
+            self._reject("duplicate", f"call {call_id} is already connected", hangup=True)
+            return
+        self._open(call_id, info)
+        if self.call is not None and not t.is_closing():
+            t.resume_reading()
+            self.data_received(b"")  # the frames that arrived behind the UUID
+
+    def _open(self, call_id: str, info: CallInfo | None) -> None:
         if info is None:
             self._reject("unregistered", f"call id {call_id} was not registered", hangup=True)
             return
         assert self.transport is not None
-        self.call = server.open_call(info, self.transport)
+        self.call = self._server.open_call(info, self.transport)
 
     def _uuid_timeout(self) -> None:
         self._timer = None
@@ -261,6 +307,10 @@ class AudioSocketServer:
         self.pacer = pacer
         self.connections: set[AudioSocketProtocol] = set()
         self.calls: dict[str, Call] = {}
+        self.reuse_port = False
+        """Listen with SO_REUSEPORT (``serve --workers N``: the workers share the port)."""
+        self.claims: set[asyncio.Task[None]] = set()
+        """Call-id lookups in the shared store in flight (``CallRegistry.lookup``)."""
         self.accepting = True
         self._server: asyncio.Server | None = None
         self._ended: set[Call] = set()
@@ -287,7 +337,8 @@ class AudioSocketServer:
         host, port = self.config.audiosocket_addr
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: AudioSocketProtocol(self), host, port, reuse_address=True, backlog=1024
+            lambda: AudioSocketProtocol(self), host, port, reuse_address=True, backlog=1024,
+            reuse_port=self.reuse_port or None,
         )
         self.pacer.start()
         log.info("AudioSocket listening on %s:%d", *self.address)

@@ -19,6 +19,8 @@ Groups (each component gets only its own):
 ``twilio``     account SID and auth token defaults for Twilio emulation
 ``tts``        text-to-speech for TwiML ``<Say>`` (``tts.py``)
 ``rollout``    the migration webhook: SIP trunk host, public webhook URL
+``store``      the call store (SQLite file or PostgreSQL URL), node identity,
+               workers
 =============  ===========================================================
 
 Secrets stay out of ``repr``. Tenants may name environment variables that hold
@@ -31,9 +33,11 @@ against it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -51,6 +55,7 @@ __all__ = [
     "RolloutSettings",
     "RoutingSettings",
     "Settings",
+    "StoreSettings",
     "TtsSettings",
     "TwilioSettings",
 ]
@@ -304,6 +309,66 @@ class RolloutSettings:
         return cls(sip_host=host, public_url=url)
 
 
+_NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where calls, events, the limiter and the rollout state live; who this node is.
+
+    ``AIGW_DATABASE_URL``: ``postgresql://user@host:port/db`` to share one store between
+    several gateway nodes and workers; unset, the embedded SQLite file under
+    ``AIGW_DATA_DIR``. ``AIGW_DATABASE_POOL``: PostgreSQL connections per process (1-100,
+    default 10). ``AIGW_NODE_ID``: this node's name in the store (default
+    ``hostname:pid``; it must be unique among live nodes). ``AIGW_NODE_LEASE_S``: a node
+    that has not renewed its lease for that long is dead and a survivor closes its
+    calls (3-600 s, default 15). ``AIGW_WORKERS``: processes ``serve`` runs (1-64,
+    default 1; more than one needs PostgreSQL).
+    """
+
+    database_url: str = field(default="", repr=False)
+    pool_max: int = 10
+    node_id: str = ""
+    lease_s: float = 15.0
+    workers: int = 1
+    worker: int | None = None
+    """This process's worker index under ``serve --workers N`` (None: not a worker)."""
+
+    def for_workers(self, workers: int | None, index: int | None) -> StoreSettings:
+        """With ``serve --workers N`` (overrides ``AIGW_WORKERS``) and, in a worker,
+        its index (its node id gets ``.w<index>``)."""
+        n = self.workers if workers is None else workers
+        if not 1 <= n <= 64:
+            raise ConfigError("--workers: 1 to 64")
+        if n > 1 and not self.is_postgres:
+            raise ConfigError("--workers > 1 needs a shared store: set AIGW_DATABASE_URL "
+                              "(PostgreSQL); the SQLite store serves one process")
+        node = self.node_id if index is None else f"{self.node_id[:59]}.w{index}"
+        return dataclasses.replace(self, workers=n, node_id=node, worker=index)
+
+    @property
+    def is_postgres(self) -> bool:
+        """True when the store is PostgreSQL."""
+        return bool(self.database_url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StoreSettings:
+        url = (env.get("AIGW_DATABASE_URL") or "").strip()
+        if url and not re.fullmatch(r"postgres(ql)?://\S+", url):
+            raise ConfigError("AIGW_DATABASE_URL: a postgresql://user@host:port/db URL "
+                              "(unset for the embedded SQLite store)")
+        node = (env.get("AIGW_NODE_ID") or "").strip() or f"{socket.gethostname()}:{os.getpid()}"
+        if not _NODE_ID_RE.fullmatch(node):
+            raise ConfigError("AIGW_NODE_ID: 1-64 of A-Z a-z 0-9 _ . : @ -")
+        workers = _int(env, "AIGW_WORKERS", 1, 1, 64)
+        if workers > 1 and not url:
+            raise ConfigError("AIGW_WORKERS > 1 needs a shared store: set AIGW_DATABASE_URL "
+                              "(PostgreSQL); the SQLite store serves one process")
+        return cls(database_url=url, pool_max=_int(env, "AIGW_DATABASE_POOL", 10, 1, 100),
+                   node_id=node[:64], lease_s=_float(env, "AIGW_NODE_LEASE_S", 15.0, 3.0, 600.0),
+                   workers=workers)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of one gateway process (see the module docstring)."""
@@ -317,6 +382,7 @@ class Settings:
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
     tts: TtsSettings = field(default_factory=TtsSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -340,6 +406,7 @@ class Settings:
             twilio=TwilioSettings.from_env(env),
             tts=TtsSettings.from_env(env),
             rollout=RolloutSettings.from_env(env),
+            store=StoreSettings.from_env(env),
             environ=env,
         )
 
@@ -360,6 +427,8 @@ ENV_VARS: Final = frozenset(
         "AIGW_TWILIO_ACCOUNT_SID", "AIGW_TWILIO_AUTH_TOKEN", "AIGW_TWIML_ALLOW_PRIVATE",
         "AIGW_TTS_ENGINE", "AIGW_TTS_URL", "AIGW_TTS_MODEL", "AIGW_TTS_KEY",
         "AIGW_ROLLOUT_SIP_HOST", "AIGW_ROLLOUT_PUBLIC_URL",
+        "AIGW_DATABASE_URL", "AIGW_DATABASE_POOL", "AIGW_NODE_ID", "AIGW_NODE_LEASE_S",
+        "AIGW_WORKERS",
     }
 )
 """Every environment variable the gateway process reads."""

@@ -1,11 +1,11 @@
 """The one status writer: every status change of every call goes through here.
 
 ``StatusWriter.apply(call_id, input, detail)`` runs the call state machine in the
-store (``store.apply_input``: transition, timestamps, event-log append and slot
+store (``store.apply_input_change``: transition, timestamps, event-log append and slot
 release in one transaction), under one lock so each transition is seen once, then
 counts it in the metrics and emits ``events.status_changed`` to the subscribers
 (status callbacks, the tracker's channel map...). Routing, the AMI tracker, the
-outbound provider and the API all call it; nothing else calls ``apply_input``.
+outbound provider and the API all call it; nothing else calls ``apply_input``/``_change``.
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ class StatusWriter:
         """Apply ``inp`` to ``call_id`` at ``at`` (default now); the record after it,
         or None when the call does not exist."""
         async with self._lock:
-            before = await self.store.get_call(call_id)
-            if before is None:
-                return None
-            after = await self.store.apply_input(
+            # Before and after from the store's own transaction: with several nodes
+            # (or workers) applying the same input, exactly one of them sees the change.
+            change = await self.store.apply_input_change(
                 call_id, inp, self.clock() if at is None else at, detail)
-            if after is None:
+            if change is None:
                 return None
+            before, after = change
             if after.status is not before.status:
                 self.metrics.calls_by_status.labels(after.tenant, after.direction,
                                                     after.status.value).inc()

@@ -23,6 +23,8 @@ watchdogs.
 Resync (after every AMI login): ``CoreShowChannels``; a tracked call that is neither
 a live channel nor a live AudioSocket is closed with VANISHED, reason
 ``ami-resync-vanished``, which releases its slot; then ``reconcile_slots``.
+With a shared store (PostgreSQL, several nodes) startup and resync touch only this
+node's calls (``AIGW_NODE_ID``); a dead node's go to ``cluster.NodeLease``.
 Startup: calls a previous process left open cannot be live any more (their
 AudioSocket died with it): closed with VANISHED, reason ``gateway-restart``, at the
 last time they were known alive (``last_alive_at``, written for live calls in one
@@ -165,10 +167,20 @@ class CallTracker:
 
     # -- startup and resync -------------------------------------------------------
 
+    def _scope(self) -> str | None:
+        """Whose calls this process reconciles: with a shared store (PostgreSQL) only
+        its own node's (the others' go to ``cluster.NodeLease`` when their lease
+        expires); with the embedded store, every call."""
+        st = self.ctx.settings.store
+        return st.node_id if st.is_postgres else None
+
     async def reconcile_startup(self) -> int:
-        """Close every call a previous process left open; release stale slots."""
+        """Close every call a previous process (of this node) left open; release
+        stale slots (never-created ones only with the embedded store: on a shared one
+        another node may be between its acquire and its create)."""
         closed = 0
-        for rec in await self.store.active_calls():
+        scope = self._scope()
+        for rec in await self.store.active_calls(scope):
             # The call died with the previous process: it ended when it was last known
             # alive (heartbeat, answer or creation), not now; the downtime is not billed.
             last = max(t for t in (rec.created_at, rec.answered_at, rec.last_alive_at)
@@ -178,11 +190,45 @@ class CallTracker:
                              at=min(last, self.clock()))
             self.metrics.resync_vanished.labels("startup").inc()
             closed += 1
-        released = await self.store.reconcile_slots()
+        released = await self.store.reconcile_slots(release_orphans=scope is None)
         if closed or released:
             log.warning("startup reconciliation: closed %d calls, released %d slots",
                         closed, released)
         return closed
+
+    def _live_ids(self, chans: list[AmiMessage], ours: set[str]) -> set[str]:
+        """Call ids (and Uniqueids) of ``CoreShowChannels``' channels; remembers the
+        channel names of ``ours``."""
+        live: set[str] = set()
+        for ch in chans:
+            uid = ch.get("Uniqueid") or ""
+            live.add(uid.split(";", 1)[0])
+            mapped = self._uid_call.get(uid)
+            if mapped:
+                live.add(mapped)
+            data = ch.get("ApplicationData") or ""
+            if (ch.get("Application") or "").lower() == "audiosocket" and data:
+                app_cid = data.split(",", 1)[0].strip()
+                live.add(app_cid)
+                self._map(uid, app_cid)
+            name = ch.get("Channel")
+            owner = self._uid_call.get(uid) or uid
+            if name and owner in ours:  # only our calls' channels are kept
+                self._remember_channel(owner, name, replace=False)
+        return live
+
+    async def live_in_asterisk(self, call_ids: set[str]) -> set[str] | None:
+        """Which of ``call_ids`` still have a channel in Asterisk (``CoreShowChannels``);
+        None without AMI or when the query fails. For the takeover of a dead node's
+        calls: one handed to ``Dial()`` lives on without our AudioSocket."""
+        if self.client is None:
+            return None
+        try:
+            chans = await self.client.core_show_channels()
+        except AmiClientError as exc:
+            log.warning("AMI CoreShowChannels failed: %s", exc)
+            return None
+        return call_ids & self._live_ids(chans, call_ids)
 
     async def _resync_cb(self) -> None:
         await self.resync()
@@ -197,24 +243,10 @@ class CallTracker:
             except AmiClientError as exc:
                 log.warning("AMI resync failed: %s", exc)
                 return 0
-            active = await self.store.active_calls()
+            scope = self._scope()
+            active = await self.store.active_calls(scope)
             ours = {rec.id for rec in active}
-            live: set[str] = set()
-            for ch in chans:
-                uid = ch.get("Uniqueid") or ""
-                live.add(uid.split(";", 1)[0])
-                mapped = self._uid_call.get(uid)
-                if mapped:
-                    live.add(mapped)
-                data = ch.get("ApplicationData") or ""
-                if (ch.get("Application") or "").lower() == "audiosocket" and data:
-                    app_cid = data.split(",", 1)[0].strip()
-                    live.add(app_cid)
-                    self._map(uid, app_cid)
-                name = ch.get("Channel")
-                owner = self._uid_call.get(uid) or uid
-                if name and owner in ours:  # only our calls' channels are kept
-                    self._remember_channel(owner, name, replace=False)
+            live = self._live_ids(chans, ours)
             closed = 0
             now = self.clock()
             for rec in active:
@@ -225,7 +257,7 @@ class CallTracker:
                 await self.apply(rec.id, CallInput.VANISHED, {"reason": "ami-resync-vanished"})
                 self.metrics.resync_vanished.labels("resync").inc()
                 closed += 1
-            await self.store.reconcile_slots()
+            await self.store.reconcile_slots(release_orphans=scope is None)
             self.resyncs += 1
             if closed:
                 log.warning("AMI resync: %d tracked calls were gone, closed", closed)
@@ -420,7 +452,8 @@ class CallTracker:
                 await self.store.create_call(CallRecord(
                     id=call.call_id, tenant=info.tenant, agent=info.agent,
                     direction=direction, from_=info.from_, to=info.to,
-                    created_at=self.clock(), metadata=dict(info.metadata)))
+                    created_at=self.clock(), metadata=dict(info.metadata),
+                    node_id=self.ctx.settings.store.node_id))
             await self.apply(call.call_id, CallInput.ROUTED_INBOUND, {"source": "audiosocket"})
         await self.apply(call.call_id, CallInput.ANSWERED, {"source": "audiosocket"})
 

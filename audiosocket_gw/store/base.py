@@ -21,12 +21,13 @@ wrong type) raises ``TypeError``/``ValueError``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
-from ..callstate import CallInput, CallStatus
+from ..callstate import CallInput, CallStatus, hangup_cause_text, next_status
 
 __all__ = [
     "UPDATABLE_FIELDS",
@@ -35,6 +36,7 @@ __all__ = [
     "CallStore",
     "Direction",
     "DuplicateCall",
+    "NodeLeases",
     "RolloutRule",
     "RolloutStat",
     "StoreError",
@@ -95,6 +97,9 @@ class CallRecord:
     last_alive_at: float | None = None
     """Last heartbeat of a live call (``touch_alive``): a crashed process's open calls
     are ended at this time by the next one, not at its start."""
+    node_id: str | None = None
+    """The gateway node (``AIGW_NODE_ID``) that handles the call: reconciliation and
+    the takeover of a dead node's calls touch only that node's calls."""
 
     @property
     def is_terminal(self) -> bool:
@@ -125,6 +130,7 @@ UPDATABLE_FIELDS: dict[str, tuple[type, ...]] = {
     "mos_in_mean": (float, int, type(None)),
     "mos_out_min": (float, int, type(None)),
     "mos_out_mean": (float, int, type(None)),
+    "node_id": (str, type(None)),
 }
 """Fields ``update_call`` accepts, with their allowed types. Status, timestamps and
 durations change only through ``apply_input``; id, tenant, direction and numbers
@@ -142,6 +148,56 @@ def check_update_fields(fields: dict[str, object]) -> None:
                 f"update_call: {name} must be {' or '.join(t.__name__ for t in types)}, "
                 f"got {type(value).__name__}"
             )
+
+
+def transition(call: CallRecord, inp: CallInput, at: float,
+               detail: dict[str, Any] | None = None) -> tuple[CallRecord, dict[str, Any]]:
+    """The call after ``inp`` at ``at`` and the data of its ``input`` event.
+
+    Pure: every store runs it inside its own transaction (see ``apply_input``). The
+    event data's ``changed`` says whether the status changed (a final status then
+    releases the call's slot).
+    """
+    detail = dict(detail or {})
+    raw_cause = detail.get("cause")
+    cause = raw_cause if isinstance(raw_cause, int) and not isinstance(raw_cause, bool) else None
+    reason = detail.get("reason")
+    new = next_status(call.status, inp, cause=cause)
+    changed = new is not call.status
+    event = {"input": inp.value, "from": call.status.value, "to": new.value,
+             "changed": changed, "detail": detail}
+    updated = call
+    if changed:
+        updated = replace(updated, status=new)
+        if new is CallStatus.IN_PROGRESS and updated.answered_at is None:
+            updated = replace(updated, answered_at=at)
+        if new.is_terminal:
+            answered = updated.answered_at
+            updated = replace(
+                updated,
+                ended_at=at,
+                duration_s=max(0.0, at - updated.created_at),
+                billable_s=(
+                    0.0 if answered is None else float(math.ceil(max(0.0, at - answered)))
+                ),
+            )
+    if updated.is_terminal:
+        # Enrichment, also for an absorbed input: EOF may end the call before
+        # the AMI Hangup brings its cause.
+        if updated.hangup_cause is None and cause is not None:
+            updated = replace(updated, hangup_cause=cause)
+        # An explicit reason (ours: caller-hangup, silence-timeout...) wins over
+        # the text of a Q.850 cause, whichever input arrived first: the AMI
+        # Hangup and the AudioSocket end of one call race, the record must not.
+        derived = (updated.hangup_reason is not None
+                   and updated.hangup_cause is not None
+                   and updated.hangup_reason == hangup_cause_text(updated.hangup_cause))
+        if updated.hangup_reason is None or derived:
+            if isinstance(reason, str) and reason:
+                updated = replace(updated, hangup_reason=reason)
+            elif updated.hangup_reason is None and updated.hangup_cause is not None:
+                updated = replace(updated, hangup_reason=hangup_cause_text(updated.hangup_cause))
+    return updated, event
 
 
 RolloutScope = Literal["global", "tenant", "did"]
@@ -244,6 +300,17 @@ class CallStore(Protocol):
         Returns the call after the input, or None if the call does not exist.
         """
 
+    async def apply_input_change(
+        self,
+        call_id: str,
+        inp: CallInput,
+        at: float,
+        detail: dict[str, Any] | None = None,
+    ) -> tuple[CallRecord, CallRecord] | None:
+        """``apply_input``, returning ``(before, after)`` as read inside its transaction:
+        when several processes apply the same input, exactly one sees the change (the
+        status writer emits transitions, hence callbacks, from that one)."""
+
     async def append_event(
         self, call_id: str, kind: str, at: float, data: dict[str, Any] | None = None
     ) -> int:
@@ -255,8 +322,8 @@ class CallStore(Protocol):
     async def events(self, call_id: str) -> list[CallEvent]:
         """The call's events in the order they were appended."""
 
-    async def active_calls(self) -> list[CallRecord]:
-        """Calls not in a final status, oldest first."""
+    async def active_calls(self, node_id: str | None = None) -> list[CallRecord]:
+        """Calls not in a final status, oldest first; only ``node_id``'s if given."""
 
     async def touch_alive(self, call_ids: Sequence[str], at: float) -> int:
         """Set ``last_alive_at`` of the still-active calls among ``call_ids`` (one
@@ -317,3 +384,25 @@ class CallStore(Protocol):
 
     async def rollout_stats(self, since: float) -> list[RolloutStat]:
         """Decisions and failures per (tenant, DID, path) since ``since``."""
+
+
+@runtime_checkable
+class NodeLeases(Protocol):
+    """A store shared by several nodes (PostgreSQL): their leases, by its clock."""
+
+    node_id: str
+
+    async def node_heartbeat(self, node_id: str, lease_s: float) -> None:
+        """Register or renew ``node_id``'s lease."""
+
+    async def node_stopped(self, node_id: str) -> None:
+        """End ``node_id``'s lease on a clean stop."""
+
+    async def claim_expired_nodes(self, survivor: str) -> list[str]:
+        """Expired nodes, each returned to exactly one caller cluster-wide."""
+
+    async def live_nodes(self) -> list[str]:
+        """Nodes holding an unexpired lease."""
+
+    async def release_node_slots(self, node_id: str) -> int:
+        """Release the slots ``node_id`` holds for no live call; returns how many."""

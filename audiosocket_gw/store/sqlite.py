@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
-from ..callstate import ACTIVE, CallInput, CallStatus, hangup_cause_text, next_status
+from ..callstate import ACTIVE, CallInput, CallStatus
 from ..private import secure_sqlite
 from .base import (
     CallEvent,
@@ -38,6 +37,7 @@ from .base import (
     StoreError,
     UnknownCall,
     check_update_fields,
+    transition,
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteCallStore"]
@@ -121,6 +121,8 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE INDEX rollout_log_at ON rollout_log (at)",
     ),
+    # 4: the node that handles each call (several gateways on one store).
+    ("ALTER TABLE calls ADD COLUMN node_id TEXT",),
 )
 """Migration ``i`` brings the schema from version ``i`` to ``i + 1``. Append only."""
 
@@ -367,12 +369,17 @@ class SqliteCallStore:
 
         return await self._run(self._write, delete)
 
-    async def active_calls(self) -> list[CallRecord]:
-        """Calls in queued / ringing / in-progress, oldest first."""
-        sql = _SELECT + f" WHERE status IN {_ACTIVE_SQL} ORDER BY created_at, id"
+    async def active_calls(self, node_id: str | None = None) -> list[CallRecord]:
+        """Calls in queued / ringing / in-progress, oldest first (of one node if given)."""
+        sql = _SELECT + f" WHERE status IN {_ACTIVE_SQL}"
+        args: tuple[Any, ...] = _ACTIVE_VALUES
+        if node_id is not None:
+            sql += " AND node_id = ?"
+            args = (*args, node_id)
+        sql += " ORDER BY created_at, id"
 
         def q() -> list[CallRecord]:
-            return [_row_to_call(r) for r in self._c().execute(sql, _ACTIVE_VALUES).fetchall()]
+            return [_row_to_call(r) for r in self._c().execute(sql, args).fetchall()]
 
         return await self._run(q)
 
@@ -403,64 +410,23 @@ class SqliteCallStore:
         detail: dict[str, Any] | None = None,
     ) -> CallRecord | None:
         """Run the state machine for ``inp`` at time ``at`` (see ``CallStore``)."""
-        detail = dict(detail or {})
-        raw_cause = detail.get("cause")
-        cause = (
-            raw_cause if isinstance(raw_cause, int) and not isinstance(raw_cause, bool) else None
-        )
-        reason = detail.get("reason")
+        change = await self.apply_input_change(call_id, inp, at, detail)
+        return None if change is None else change[1]
 
-        def apply(conn: sqlite3.Connection) -> CallRecord | None:
+    async def apply_input_change(
+        self,
+        call_id: str,
+        inp: CallInput,
+        at: float,
+        detail: dict[str, Any] | None = None,
+    ) -> tuple[CallRecord, CallRecord] | None:
+        """``apply_input`` returning the call before and after, read in its transaction."""
+        def apply(conn: sqlite3.Connection) -> tuple[CallRecord, CallRecord] | None:
             call = self._get_sync(call_id)
             if call is None:
                 return None
-            new = next_status(call.status, inp, cause=cause)
-            changed = new is not call.status
-            self._append_sync(
-                conn,
-                call_id,
-                "input",
-                at,
-                {
-                    "input": inp.value,
-                    "from": call.status.value,
-                    "to": new.value,
-                    "changed": changed,
-                    "detail": detail,
-                },
-            )
-            updated = call
-            if changed:
-                updated = replace(updated, status=new)
-                if new is CallStatus.IN_PROGRESS and updated.answered_at is None:
-                    updated = replace(updated, answered_at=at)
-                if new.is_terminal:
-                    answered = updated.answered_at
-                    updated = replace(
-                        updated,
-                        ended_at=at,
-                        duration_s=max(0.0, at - updated.created_at),
-                        billable_s=(
-                            0.0 if answered is None else float(math.ceil(max(0.0, at - answered)))
-                        ),
-                    )
-            if updated.is_terminal:
-                # Enrichment, also for an absorbed input: EOF may end the call before
-                # the AMI Hangup brings its cause.
-                if updated.hangup_cause is None and cause is not None:
-                    updated = replace(updated, hangup_cause=cause)
-                # An explicit reason (ours: caller-hangup, silence-timeout...) wins over
-                # the text of a Q.850 cause, whichever input arrived first: the AMI
-                # Hangup and the AudioSocket end of one call race, the record must not.
-                derived = (updated.hangup_reason is not None
-                           and updated.hangup_cause is not None
-                           and updated.hangup_reason == hangup_cause_text(updated.hangup_cause))
-                if updated.hangup_reason is None or derived:
-                    if isinstance(reason, str) and reason:
-                        updated = replace(updated, hangup_reason=reason)
-                    elif updated.hangup_reason is None and updated.hangup_cause is not None:
-                        text = hangup_cause_text(updated.hangup_cause)
-                        updated = replace(updated, hangup_reason=text)
+            updated, event = transition(call, inp, at, detail)
+            self._append_sync(conn, call_id, "input", at, event)
             if updated != call:
                 conn.execute(
                     "UPDATE calls SET status = ?, answered_at = ?, ended_at = ?, duration_s = ?,"
@@ -476,9 +442,9 @@ class SqliteCallStore:
                         call_id,
                     ),
                 )
-            if changed and new.is_terminal:
+            if event["changed"] and updated.is_terminal:
                 conn.execute("UPDATE call_slots SET released = 1 WHERE call_id = ?", (call_id,))
-            return updated
+            return call, updated
 
         return await self._run(self._write, apply)
 

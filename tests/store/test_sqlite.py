@@ -1,4 +1,5 @@
-"""SqliteCallStore against a real SQLite file: CRUD, state machine, limiter, crash safety."""
+"""The CallStore contract against both backends (a real SQLite file, a real PostgreSQL
+database): CRUD, state machine, limiter; plus SQLite's own pragmas and crash safety."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ from audiosocket_gw.store import (
     StoreError,
     UnknownCall,
 )
+from audiosocket_gw.store.postgres import PostgresCallStore
 from audiosocket_gw.store.sqlite import SCHEMA_VERSION
+from tests.pgtest import temp_database
+
+AnyStore = SqliteCallStore | PostgresCallStore
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -43,17 +48,28 @@ def rec(call_id: str, *, tenant: str = "acme", at: float = T0, **kw: object) -> 
     return CallRecord(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AnyStore]:
+    if request.param == "sqlite":
+        async with SqliteCallStore(tmp_path / "calls.db") as s:
+            yield s
+    else:
+        async with temp_database() as url, PostgresCallStore(url) as p:
+            yield p
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteCallStore]:
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteCallStore]:
     async with SqliteCallStore(tmp_path / "calls.db") as s:
         yield s
 
 
-async def test_is_a_call_store(store: SqliteCallStore) -> None:
+async def test_is_a_call_store(store: AnyStore) -> None:
     assert isinstance(store, CallStore)
 
 
-async def test_pragmas_and_schema(store: SqliteCallStore, tmp_path: Path) -> None:
+async def test_pragmas_and_schema(sqlite_store: SqliteCallStore, tmp_path: Path) -> None:
+    store = sqlite_store
     assert await store.pragma("journal_mode") == "wal"
     assert await store.pragma("synchronous") == 1  # NORMAL
     assert await store.pragma("foreign_keys") == 1
@@ -69,7 +85,8 @@ async def test_pragmas_and_schema(store: SqliteCallStore, tmp_path: Path) -> Non
         conn.close()
 
 
-async def test_worker_is_one_dedicated_thread(store: SqliteCallStore) -> None:
+async def test_worker_is_one_dedicated_thread(sqlite_store: SqliteCallStore) -> None:
+    store = sqlite_store
     names = set()
     for _ in range(5):
         names.add(await store._run(lambda: threading.current_thread().name))
@@ -109,7 +126,7 @@ async def test_not_open() -> None:
     await s.close()
 
 
-async def test_crud(store: SqliteCallStore) -> None:
+async def test_crud(store: AnyStore) -> None:
     call = rec("c1", metadata={"campaign": "x", "n": [1, 2]}, direction="outbound")
     await store.create_call(call)
     assert await store.get_call("c1") == call
@@ -150,7 +167,7 @@ async def test_crud(store: SqliteCallStore) -> None:
         await store.create_call(rec("bad", direction="sideways"))
 
 
-async def test_list_calls_filters_and_order(store: SqliteCallStore) -> None:
+async def test_list_calls_filters_and_order(store: AnyStore) -> None:
     for i in range(5):
         await store.create_call(rec(f"a{i}", tenant="acme", at=T0 + i))
     for i in range(3):
@@ -169,7 +186,7 @@ async def test_list_calls_filters_and_order(store: SqliteCallStore) -> None:
     assert await store.list_calls(limit=0) == []
 
 
-async def test_inbound_answered_then_completed(store: SqliteCallStore) -> None:
+async def test_inbound_answered_then_completed(store: AnyStore) -> None:
     await store.create_call(rec("c1"))
     r = await store.apply_input("c1", CallInput.ROUTED_INBOUND, T0 + 0.1, {"did": "+15551230000"})
     assert r is not None and r.status is CallStatus.RINGING and r.answered_at is None
@@ -231,7 +248,7 @@ async def test_inbound_answered_then_completed(store: SqliteCallStore) -> None:
     ],
 )
 async def test_outbound_failures(
-    store: SqliteCallStore,
+    store: AnyStore,
     inputs: list[tuple[CallInput, dict[str, object]]],
     status: CallStatus,
     cause: int | None,
@@ -258,7 +275,7 @@ async def test_outbound_failures(
     assert await store.active_calls() == []
 
 
-async def test_outbound_answered(store: SqliteCallStore) -> None:
+async def test_outbound_answered(store: AnyStore) -> None:
     await store.create_call(rec("o1", direction="outbound"))
     await store.apply_input("o1", CallInput.ORIGINATE_QUEUED, T0)
     r = await store.apply_input("o1", CallInput.ANSWERED, T0 + 5, {"reason": 4})
@@ -271,7 +288,7 @@ async def test_outbound_answered(store: SqliteCallStore) -> None:
     assert r.billable_s == 10.0 and r.hangup_reason == "bot ended"
 
 
-async def test_vanished_at_resync(store: SqliteCallStore) -> None:
+async def test_vanished_at_resync(store: AnyStore) -> None:
     await store.create_call(rec("up"))
     await store.create_call(rec("ring", at=T0 + 1))
     await store.create_call(rec("done", at=T0 + 2))
@@ -289,12 +306,12 @@ async def test_vanished_at_resync(store: SqliteCallStore) -> None:
     assert await store.active_calls() == []
 
 
-async def test_apply_input_unknown_call(store: SqliteCallStore) -> None:
+async def test_apply_input_unknown_call(store: AnyStore) -> None:
     assert await store.apply_input("nope", CallInput.HANGUP, T0) is None
     assert await store.events("nope") == []
 
 
-async def test_append_event(store: SqliteCallStore) -> None:
+async def test_append_event(store: AnyStore) -> None:
     await store.create_call(rec("c1"))
     s1 = await store.append_event("c1", "dtmf", T0 + 1, {"digit": "5"})
     s2 = await store.append_event("c1", "talk_start", T0 + 2)
@@ -311,7 +328,7 @@ async def test_append_event(store: SqliteCallStore) -> None:
     assert len(await store.events("c1")) == 2  # failed appends left nothing behind
 
 
-async def test_limiter_200_concurrent_acquires(store: SqliteCallStore) -> None:
+async def test_limiter_200_concurrent_acquires(store: AnyStore) -> None:
     results = await asyncio.gather(
         *(store.try_acquire_slot("acme", f"c{i}", 10) for i in range(200))
     )
@@ -352,7 +369,49 @@ async def test_limiter_across_independent_connections(tmp_path: Path) -> None:
             await s.close()
 
 
-async def test_reconcile_slots(store: SqliteCallStore) -> None:
+async def test_postgres_limiter_across_independent_pools() -> None:
+    """Four stores (four pools, as four nodes would have) on one database: exactly the
+    limit, then every freed slot is taken again exactly once."""
+    async with temp_database() as url:
+        stores = [PostgresCallStore(url, pool_max=5) for _ in range(4)]
+        for s in stores:
+            await s.open()
+        try:
+            results = await asyncio.gather(
+                *(stores[i % 4].try_acquire_slot("acme", f"c{i}", 10) for i in range(200)))
+            assert sum(results) == 10
+            winners = [f"c{i}" for i, ok in enumerate(results) if ok]
+            await asyncio.gather(*(stores[i % 4].release_slot(w) for i, w in enumerate(winners)))
+            again = await asyncio.gather(
+                *(stores[i % 4].try_acquire_slot("acme", f"d{i}", 10) for i in range(200)))
+            assert sum(again) == 10
+            assert await stores[3].active_slots("acme") == 10
+        finally:
+            for s in stores:
+                await s.close()
+
+
+async def test_postgres_schema_versions() -> None:
+    from audiosocket_gw.store import postgres
+
+    async with temp_database() as url:
+        # Two nodes starting together migrate once.
+        a, b = PostgresCallStore(url), PostgresCallStore(url)
+        await asyncio.gather(a.open(), b.open())
+        assert await a.schema_version() == postgres.SCHEMA_VERSION
+        await b.close()
+        await a._with(lambda c: c.execute("UPDATE schema_version SET version = 99"))
+        await a.close()
+        with pytest.raises(StoreError, match="newer"):
+            await PostgresCallStore(url).open()
+    with pytest.raises(StoreError, match="not open"):
+        await PostgresCallStore(url).get_call("x")
+    with pytest.raises(StoreError, match="cannot connect"):
+        await PostgresCallStore("postgresql://postgres@127.0.0.1:1/x",
+                                acquire_timeout_s=2).open()
+
+
+async def test_reconcile_slots(store: AnyStore) -> None:
     for i in range(4):
         await store.create_call(rec(f"c{i}"))
         assert await store.try_acquire_slot("acme", f"c{i}", 10)
@@ -469,7 +528,7 @@ async def test_crash_safety_sigkill_mid_writes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ami_first", [True, False])
 @pytest.mark.parametrize("cause", [0, 16])
 async def test_hangup_reason_does_not_depend_on_which_end_arrives_first(
-        store: SqliteCallStore, ami_first: bool, cause: int) -> None:
+        store: AnyStore, ami_first: bool, cause: int) -> None:
     """The callee's BYE reaches us twice (AMI Hangup with a cause, AudioSocket EOF with
     our reason); the record must say the same whatever the order (a real PBX gave
     'caller-hangup' in one run and the cause text in another)."""
@@ -484,7 +543,7 @@ async def test_hangup_reason_does_not_depend_on_which_end_arrives_first(
     assert r.hangup_reason == "caller-hangup" and r.hangup_cause == cause
 
 
-async def test_a_cause_alone_still_explains_the_end(store: SqliteCallStore) -> None:
+async def test_a_cause_alone_still_explains_the_end(store: AnyStore) -> None:
     await store.create_call(rec("b2", direction="outbound"))
     await store.apply_input("b2", CallInput.ORIGINATE_QUEUED, T0)
     r = await store.apply_input("b2", CallInput.HANGUP, T0 + 3, {"cause": 17})
@@ -493,3 +552,69 @@ async def test_a_cause_alone_still_explains_the_end(store: SqliteCallStore) -> N
     r = await store.apply_input("b2", CallInput.GATEWAY_HANGUP, T0 + 4, {"reason": "api-hangup"})
     r = await store.apply_input("b2", CallInput.GATEWAY_HANGUP, T0 + 5, {"reason": "shutdown"})
     assert r is not None and r.hangup_reason == "api-hangup"
+
+
+async def test_postgres_node_leases_are_claimed_once() -> None:
+    async with temp_database() as url:
+        a = PostgresCallStore(url, node_id="a")
+        b = PostgresCallStore(url, node_id="b")
+        c = PostgresCallStore(url, node_id="c")
+        for s in (a, b, c):
+            await s.open()
+        try:
+            await a.node_heartbeat("a", 0.3)
+            await b.node_heartbeat("b", 60)
+            await c.node_heartbeat("c", 60)
+            assert await b.live_nodes() == ["a", "b", "c"]
+            # a admits three calls; one ends, one stays live (to be adopted), one
+            # slot's call was never created.
+            for cid in ("a1", "a2"):
+                await a.create_call(rec(cid, node_id="a"))
+                assert await a.try_acquire_slot("acme", cid, 10)
+            assert await a.try_acquire_slot("acme", "a-orphan", 10)
+            assert await b.claim_expired_nodes("b") == []  # a's lease still runs
+            await asyncio.sleep(0.5)
+            claims = await asyncio.gather(b.claim_expired_nodes("b"),
+                                          c.claim_expired_nodes("c"))
+            assert sorted(claims) == [[], ["a"]]  # exactly one survivor gets it
+            assert await b.live_nodes() == ["b", "c"]
+            assert [r.id for r in await b.active_calls("a")] == ["a1", "a2"]
+            await b.apply_input("a1", CallInput.VANISHED, T0 + 5, {"reason": "node-lost"})
+            await b.update_call("a2", node_id="b")  # adopted: still live in Asterisk
+            assert await b.release_node_slots("a") == 1  # the orphan only
+            assert await b.active_slots("acme") == 1  # a2's
+            assert [r.id for r in await b.active_calls("b")] == ["a2"]
+            # A node back under the same id is live again; a clean stop ends the lease.
+            await a.node_heartbeat("a", 60)
+            assert await b.live_nodes() == ["a", "b", "c"]
+            await a.node_stopped("a")
+            assert await b.live_nodes() == ["b", "c"]
+            assert await c.claim_expired_nodes("c") == []
+        finally:
+            for s in (a, b, c):
+                await s.close()
+
+
+async def test_postgres_an_input_changes_a_call_once_across_nodes() -> None:
+    """Two nodes apply the same Hangup at once (each hears it on AMI): exactly one sees
+    the change (so one status callback), both get the same final record."""
+    async with temp_database() as url:
+        a, b = PostgresCallStore(url), PostgresCallStore(url)
+        await a.open()
+        await b.open()
+        try:
+            for i in range(20):
+                cid = f"c{i}"
+                await a.create_call(rec(cid))
+                await a.apply_input(cid, CallInput.ANSWERED, T0 + 1)
+                got = await asyncio.gather(
+                    a.apply_input_change(cid, CallInput.HANGUP, T0 + 9, {"cause": 16}),
+                    b.apply_input_change(cid, CallInput.HANGUP, T0 + 9, {"cause": 16}))
+                changes = [g for g in got if g is not None and g[0].status is not g[1].status]
+                assert len(changes) == 1
+                assert got[0] is not None and got[1] is not None
+                assert got[0][1] == got[1][1]
+                assert got[0][1].status is CallStatus.COMPLETED
+        finally:
+            await a.close()
+            await b.close()
