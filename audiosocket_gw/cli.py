@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str, fmt: str = "text") -> None:
-    setup_logging(level, fmt)
+def _setup_logging(level: str, fmt: str = "text", node: str | None = None) -> None:
+    setup_logging(level, fmt, node)
 
 
 def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -147,7 +147,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"audiosocket-gw: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.core.log_level, settings.core.log_format)
+    _setup_logging(settings.core.log_level, settings.core.log_format, settings.store.node_id)
     if settings.store.workers > 1 and args.worker_index is None:
         from .workers import run_supervisor
 

@@ -3,7 +3,8 @@
 ``--log-format text|json`` (env ``AIGW_LOG_FORMAT``). A JSON line has ``time`` (UTC,
 ISO 8601, milliseconds), ``level``, ``logger``, ``message`` and, where they apply,
 ``call_id``, ``tenant``, ``agent`` (from the call's logger, ``CallLog``, or ``extra=``)
-and ``node`` (this host's name); a traceback goes in ``exc``. A call-related line
+and ``node`` (``AIGW_NODE_ID``, default this host's name); a traceback goes in
+``exc``. A call-related line
 logged without the call's logger still names the call in its message (``call <id>:``
 by convention, else any call UUID in it): its ``call_id`` is taken from there, so
 every call-related line carries one (call ids are the only UUIDs the gateway logs).
@@ -61,16 +62,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def make_formatter(fmt: str) -> logging.Formatter:
+def make_formatter(fmt: str, node: str | None = None) -> logging.Formatter:
     if fmt == "json":
-        return JsonFormatter()
+        return JsonFormatter(node or None)
     return logging.Formatter(TEXT_FORMAT)
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
-    """The process's one log handler (stderr) in ``fmt`` at ``level``."""
+def setup_logging(level: str, fmt: str = "text", node: str | None = None) -> None:
+    """The process's one log handler (stderr) in ``fmt`` at ``level``; ``node`` is
+    this gateway's node id (``AIGW_NODE_ID``; default the host name)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(make_formatter(fmt))
+    handler.setFormatter(make_formatter(fmt, node))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
