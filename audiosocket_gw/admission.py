@@ -59,6 +59,18 @@ ID_RE: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 """Tenant and agent ids that may appear in paths and dialplan arguments."""
 
 
+CALL_METADATA_KEY: Final = "call_metadata"
+"""Record metadata key holding the call's own metadata when it differs from the
+record's (see ``call_metadata_of``)."""
+
+
+def call_metadata_of(record_metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The metadata a call travels with, from its record (another node's admission)."""
+    own = record_metadata.get(CALL_METADATA_KEY)
+    source = own if isinstance(own, Mapping) else record_metadata
+    return {str(k): v for k, v in source.items() if isinstance(v, str)}
+
+
 class TelephonyError(Exception):
     """Root of the errors placing or admitting a call."""
 
@@ -204,11 +216,16 @@ class Admission:
             raise LimitExceeded(
                 f"tenant {tenant.id!r} is at its limit of {tenant.max_concurrent_calls} calls")
         now = self.clock()
+        stored = {str(k): v for k, v in (metadata or {}).items()}
+        if call_metadata and dict(call_metadata) != stored:
+            # What travels with the call, kept with the record too: another worker or
+            # node that receives the call's AudioSocket rebuilds it from the store.
+            stored[CALL_METADATA_KEY] = dict(call_metadata)
         try:
             record = CallRecord(
                 id=call_id, tenant=tenant.id, agent=agent.name, direction=direction,
                 from_=from_, to=to, created_at=now, node_id=self.node_id,
-                metadata={str(k): v for k, v in (metadata or {}).items()})
+                metadata=stored)
             await self.store.create_call(record)
             self.metrics.calls_by_status.labels(tenant.id, direction,
                                                 record.status.value).inc()

@@ -29,7 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
-from .admission import Admission
+from .admission import Admission, call_metadata_of
 from .ami.client import AmiClient
 from .ami.tracker import CallTracker
 from .ami_metrics import CallMetrics
@@ -251,7 +251,9 @@ class Gateway:
             self.store.touch_alive([call_id], self.clock.wall()))
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
-        return call_info(agent, call_id, direction=rec.direction, from_=rec.from_, to=rec.to)
+        info = call_info(agent, call_id, direction=rec.direction, from_=rec.from_, to=rec.to)
+        # The routing extras (Asterisk ids, Twilio custom parameters, REST call options).
+        return dataclasses.replace(info, metadata=call_metadata_of(rec.metadata))
 
     def default_call_info(self, call_id: str) -> CallInfo:
         agent = self.tenants.agents[self.tenants.default_agent]

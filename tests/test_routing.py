@@ -286,3 +286,24 @@ async def test_recording_done_hook_posts_call_id_with_token(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert seen == [("/v1/recordings/mixmonitor-done", cid, "Bearer hooktok")]
     assert bad.returncode == 2
+
+
+async def test_another_node_rebuilds_the_call_with_its_metadata(tenants_file):
+    """A call whose AudioSocket reaches another worker or node is rebuilt from the store
+    with what it travels with: the Asterisk ids of a routed call, the REST options of
+    an admitted one (they differ from the record's own metadata)."""
+    async with running_gateway(config=tenants_file, allow_unregistered=False) as gw:
+        _, body = await post(gw, CALL)
+        cid = body["variables"]["AIGW_CALL_ID"]
+        info = await gw.lookup_call(cid)
+        assert info is not None and info.agent == "support"
+        assert info.metadata == {"asterisk_uniqueid": "1760000000.7",
+                                 "asterisk_channel": "PJSIP/trunk-00000007"}
+        tenant, agent = gw.admission.resolve_outbound("acme", "support")
+        admitted = await gw.admission.admit(
+            tenant, agent, direction="outbound", from_="", to="+15550001111",
+            metadata={"order": 42}, call_metadata={"twiml": "<Response/>"})
+        info = await gw.lookup_call(admitted.call_id)
+        assert info is not None and info.metadata == {"twiml": "<Response/>"}
+        rec = await gw.store.get_call(admitted.call_id)
+        assert rec is not None and rec.metadata["order"] == 42
