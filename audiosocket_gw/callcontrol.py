@@ -223,6 +223,11 @@ class CallController:
         self._by_channel.clear()
 
     def _on_call_start(self, call: Call) -> None:
+        # What the AI agent did (tools, transfers) goes to the call's event log, on the
+        # call record (a resumed leg writes to its parent's).
+        record_id = call.info.metadata.get("parent_call_id") or call.call_id
+        call.on_agent_event = lambda kind, data: self._spawn(
+            self._append_event(record_id, kind, data))
         # The backend session controls its call through Call.dial/send_dtmf; they
         # land here (call.py knows nothing of AMI). Without AMI there is nothing to
         # offer: the call logs the request and goes on.
@@ -244,6 +249,10 @@ class CallController:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _append_event(self, record_id: str, kind: str, data: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await self.ctx.store.append_event(record_id, kind, self.ctx.clock.wall(), data)
 
     async def _dial_from_call(self, call_id: str, request: DialRequest) -> None:
         try:

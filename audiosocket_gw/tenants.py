@@ -50,8 +50,8 @@ File format::
     [[agents.support.tools]]         # a webhook the model may call
     name = "lookup_order"            # [A-Za-z0-9_-]{1,64}, not a built-in's name
     description = "Look an order up by its number."
-    parameters = { type = "object", properties = { order_id = { type = "string" } },
-                   required = ["order_id"] }              # JSON schema (an object)
+    # the arguments' JSON schema (an object schema)
+    parameters = { type = "object", properties = { order_id = { type = "string" } } }
     url = "https://hooks.acme.example/order"
     timeout_s = 5.0                  # default 5, at most 60
     secret_env = "ACME_TOOL_SECRET"  # HMAC-SHA256 key (X-Aigw-Signature); optional

@@ -160,6 +160,13 @@ class CallControl(Protocol):
     def send_dtmf(self, digits: str) -> None:
         """Play DTMF to the caller's peer (``w`` = 0.5 s pause) through AMI PlayDTMF."""
 
+    def agent_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Record what the AI agent did in the call's event log (``GET /v1/calls/{id}``
+        ``agent_events``) and count it: ``tool`` (``name``, ``outcome``, ``latency_ms``:
+        ``aigw_tool_calls_total``, ``aigw_tool_latency_seconds``), ``transfer`` (``kind``,
+        ``outcome``: ``aigw_transfers_total``), anything else is logged only. ``data``
+        must be JSON-serialisable and free of secrets."""
+
 
 class BackendSession(abc.ABC):
     """One call's connection to a backend."""
