@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -33,7 +33,7 @@ from .playout import FRAME_BYTES, PlayoutBuffer
 __all__ = ["AudioTap", "Call", "CallLog", "LevelBatch", "Metered"]  # AudioTap, CallLog: from base
 
 if TYPE_CHECKING:
-    from .dial import DialRequest
+    from .dial import DialOutcome, DialRequest
 
 log = logging.getLogger("audiosocket_gw.call")
 
@@ -197,6 +197,7 @@ class Call:
         self.on_send_dtmf: Callable[[str], None] | None = None
         # The call's event log (the store), injected the same way.
         self.on_agent_event: Callable[[str, dict[str, Any]], None] | None = None
+        self.on_dial_outcome: Callable[[float], Awaitable[DialOutcome]] | None = None
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} backend={self.backend_name}>"
@@ -471,6 +472,14 @@ class Call:
             self.end("dial-unavailable", outcome="gateway_hangup")
             return
         self.on_dial(request)
+
+    async def dial_outcome(self, timeout_s: float) -> DialOutcome | None:
+        if self.on_dial_outcome is None:
+            return None
+        try:
+            return await self.on_dial_outcome(timeout_s)
+        except (LookupError, TimeoutError):
+            return None
 
     def agent_event(self, kind: str, data: Mapping[str, Any]) -> None:
         m = self.metrics

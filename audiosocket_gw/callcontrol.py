@@ -236,6 +236,7 @@ class CallController:
         cid = call.call_id
         call.on_dial = lambda request: self._spawn(self._dial_from_call(cid, request))
         call.on_send_dtmf = lambda digits: self._spawn(self._dtmf_from_call(cid, digits))
+        call.on_dial_outcome = lambda timeout: self.outcome(cid, timeout)
 
     def _on_status(self, change: StatusChange) -> None:
         # The call ended while its Dial was pending and the AMI events that would say
@@ -401,6 +402,12 @@ class CallController:
                  outcome.asterisk_status, outcome.duration_s)
         if watch.resume_id and hung_up:
             self.ctx.registry.discard(watch.resume_id)
+        elif watch.resume_id:
+            # The resumed leg's CallInfo carries the outcome (AIGW_DIAL_STATUS is set
+            # before the dialplan opens that leg).
+            self.ctx.registry.amend(watch.resume_id, {
+                "dial_status": outcome.status, "dial_duration": str(outcome.duration_s),
+                "dial_call_sid": outcome.dial_call_sid})
         self._spawn(self._log_outcome(watch, outcome))
 
     async def _log_outcome(self, watch: _Watch, outcome: DialOutcome) -> None:

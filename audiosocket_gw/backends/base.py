@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..dial import DialRequest
+from ..dial import DialOutcome, DialRequest
 from ..tenants import Agent
 
 if TYPE_CHECKING:
@@ -159,6 +159,10 @@ class CallControl(Protocol):
 
     def send_dtmf(self, digits: str) -> None:
         """Play DTMF to the caller's peer (``w`` = 0.5 s pause) through AMI PlayDTMF."""
+
+    async def dial_outcome(self, timeout_s: float) -> DialOutcome | None:
+        """On a leg resumed after ``dial``: how that ``Dial()`` ended, waiting up to
+        ``timeout_s`` for AMI to tell (None: unknown, or no call control)."""
 
     def agent_event(self, kind: str, data: Mapping[str, Any]) -> None:
         """Record what the AI agent did in the call's event log (``GET /v1/calls/{id}``

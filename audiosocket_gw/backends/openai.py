@@ -112,6 +112,8 @@ TRANSFER_KEY: Final = "aigw_transfer"
 """Metadata key of a resumed leg: the transfer destination the caller comes back from."""
 END_CALL_MAX_WAIT_S: Final = 30.0
 """Longest wait for the bot's last words before ``end_call``/``transfer_call`` act."""
+DIAL_OUTCOME_WAIT_S: Final = 2.0
+"""Longest wait on a resumed leg for AMI to report how the transfer's Dial() ended."""
 _END_MARK: Final = "aigw-agent-action"
 _SEEN_CALLS: Final = 64
 
@@ -300,7 +302,7 @@ class OpenAISession(BackendSession):
             self.log.error("openai agent settings: %s", self._config_error)
             self._fail("config", "backend-config")
             return
-        if self._after_transfer():
+        if await self._after_transfer():
             return
         loop = asyncio.get_running_loop()
         self._runner = loop.create_task(self._run(), name=f"{self.info.call_id}:openai")
@@ -791,13 +793,16 @@ class OpenAISession(BackendSession):
             targets=(DialTarget(dest.kind, dest.address),), timeout_s=dest.timeout_s,
             resume=resume, metadata={TRANSFER_KEY: dest.name}))
 
-    def _after_transfer(self) -> bool:
+    async def _after_transfer(self) -> bool:
         """On a leg resumed after a transfer: act on its outcome. True = done here."""
         meta = self.info.metadata
         name = meta.get(TRANSFER_KEY)
         if not name or not meta.get("parent_call_id"):
             return False
-        status = meta.get("dial_status") or "failed"
+        status = meta.get("dial_status")
+        if not status:  # the AMI VarSets may trail the new AudioSocket connection
+            outcome = await self._control.dial_outcome(DIAL_OUTCOME_WAIT_S)
+            status = outcome.status if outcome is not None else "failed"
         agent = self._agent
         dests = agent.transfer_destinations if agent is not None else {}
         dest = dests.get(name)
