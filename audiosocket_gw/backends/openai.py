@@ -447,6 +447,7 @@ class OpenAISession(BackendSession):
         self._pending_in.clear()
         self._audio_q.clear()
         self._control_q.clear()
+        self._create_sent = self._want_response = False
         self._send_control(rt.session_update(self.settings.session_config()))
         if reconnect:
             replayed = 0
