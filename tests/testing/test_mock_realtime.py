@@ -10,9 +10,9 @@ import os
 import signal
 import socket
 import sys
-from pathlib import Path
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
