@@ -385,3 +385,32 @@ def test_tool_definitions_follow_the_config() -> None:
     assert transfer["parameters"]["properties"]["destination"]["enum"] == [
         "sales", "night", "backup"]
     assert all(d["type"] == "function" for d in defs)
+
+
+async def test_unknown_tool_and_bad_arguments_are_results_not_failures(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    script = [ScriptStep(say=None, call="no_such_tool"),
+              ScriptStep(say=None, call="send_dtmf", arguments={"digits": "12;"}),
+              ScriptStep(say=None, call="transfer_call", arguments={"destination": "moon"})]
+    async with stack(monkeypatch, script) as st:
+        cid = await st.call()
+        await until(lambda: st.bot.sessions and len(outputs(st.bot.sessions[0])) == 3)
+        errors = [json.loads(o["output"])["error"] for o in outputs(st.bot.sessions[0])]
+        assert errors == ["unknown_tool", "invalid_arguments", "unknown_destination"]
+        await until(lambda: len(st.bot.sessions[0].responses) == 4)  # spoke after each
+        assert cid in st.gw.audiosocket.calls and not st.sim.dtmf_played and not st.sim.dials
+        m = st.gw.metrics.tool_calls
+        assert m.labels("unknown", "unknown_tool")._value.get() == 1
+        assert m.labels("send_dtmf", "invalid_arguments")._value.get() == 1
+
+
+def test_a_tool_secret_missing_from_the_environment_stops_the_start(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("AIGW_T_TOOL_SECRET", raising=False)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(TOML.format(hooks="https://h.example", timeout=2.0, debounce=500,
+                               human=HUMAN, fallback=FALLBACK))
+    gw = Gateway(make_config(config=str(cfg), openai_url="ws://127.0.0.1:9/v1/realtime"))
+    with pytest.raises(ValueError, match="agent 'bot': tool 'lookup_order': secret_env "
+                                         "AIGW_T_TOOL_SECRET"):
+        gw.check_agents()
