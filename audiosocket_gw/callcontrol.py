@@ -56,7 +56,14 @@ from aiohttp import web
 
 from .ami.client import AmiClient, AmiClientError, check_dialplan_value
 from .ami.protocol import AmiMessage, c_unescape
-from .dial import MOVED_END_REASON, DialOutcome, DialRequest, DialStatus, DialTarget
+from .dial import (
+    MOVED_END_REASON,
+    TRANSFER_METADATA_KEY,
+    DialOutcome,
+    DialRequest,
+    DialStatus,
+    DialTarget,
+)
 from .settings import OutboundSettings
 from .tenants import normalize_e164
 from .twilio.ids import call_sid_for
@@ -181,6 +188,8 @@ class _Watch:
     answered: str = ""
     dest_uniqueid: str = ""
     answered_uniqueid: str = ""
+    transfer: str = ""
+    """The agent's transfer destination this Dial is for (or empty)."""
     keys: list[str] = field(default_factory=list)
 
 
@@ -317,7 +326,8 @@ class CallController:
                 info, ttl=request.timeout_s + request.time_limit_s + 120.0)
         loop = asyncio.get_running_loop()
         watch = _Watch(call_id=record_id, channel=channel, resume_id=resume_id,
-                       future=loop.create_future())
+                       future=loop.create_future(),
+                       transfer=request.metadata.get(TRANSFER_METADATA_KEY, ""))
         watch.keys = [k for k in (call_id, record_id, resume_id) if k]
         self._by_channel[channel] = watch
         try:
@@ -411,11 +421,20 @@ class CallController:
         self._spawn(self._log_outcome(watch, outcome))
 
     async def _log_outcome(self, watch: _Watch, outcome: DialOutcome) -> None:
+        if watch.transfer:
+            # An agent's transfer: its outcome as AMI reported it.
+            self.ctx.metrics.transfers.labels("blind", outcome.status).inc()
         with contextlib.suppress(Exception):
             await self.ctx.store.append_event(
                 watch.call_id, "dial_outcome", self.ctx.clock.wall(),
                 {"status": outcome.status, "asterisk_status": outcome.asterisk_status,
                  "duration_s": outcome.duration_s, "resume": bool(watch.resume_id)})
+            if watch.transfer:
+                await self.ctx.store.append_event(
+                    watch.call_id, "transfer", self.ctx.clock.wall(),
+                    {"destination": watch.transfer, "kind": "blind",
+                     "outcome": outcome.status, "asterisk_status": outcome.asterisk_status,
+                     "duration_s": outcome.duration_s})
 
     # -- DTMF -----------------------------------------------------------------------
 

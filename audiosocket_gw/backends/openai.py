@@ -53,7 +53,8 @@ What it does, per call (``OpenAISession``):
   hangs up after an answered transfer, tries the destination's ``fallback``, hangs up
   (``on_failure = "hangup"``) or tells the model the transfer failed;
   ``send_dtmf`` plays digits through AMI PlayDTMF (``control.send_dtmf``). Every call
-  and transfer goes to ``control.agent_event`` (event log, metrics).
+  and transfer start goes to ``control.agent_event`` (event log, metrics); a transfer's
+  outcome is logged and counted by the AMI call controller, from AMI.
 * Caller DTMF (agent ``dtmf_to_model``): digits are collected until a pause of
   ``dtmf_debounce_ms`` and sent as one user text item, then ``response.create``.
 
@@ -85,7 +86,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from ..agenttools import DTMF_DIGITS_RE, ToolResult, call_webhook, error_output, redact
 from ..config import Config, ConfigError
-from ..dial import DialRequest, DialTarget
+from ..dial import TRANSFER_METADATA_KEY, DialRequest, DialTarget
 from ..dsp.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from ..dsp.resample import StreamResampler
 from ..dump import CallDump
@@ -108,7 +109,7 @@ SEND_QUEUE_MS: Final = 2000  # caller audio allowed to wait for the socket
 CONTROL_QUEUE_MAX: Final = 256
 CLOSE_TIMEOUT_S: Final = 2.0
 _LOG_EVERY: Final = 100  # log malformed/unknown events once per this many
-TRANSFER_KEY: Final = "aigw_transfer"
+TRANSFER_KEY: Final = TRANSFER_METADATA_KEY
 """Metadata key of a resumed leg: the transfer destination the caller comes back from."""
 END_CALL_MAX_WAIT_S: Final = 30.0
 """Longest wait for the bot's last words before ``end_call``/``transfer_call`` act."""
@@ -807,8 +808,7 @@ class OpenAISession(BackendSession):
         agent = self._agent
         dests = agent.transfer_destinations if agent is not None else {}
         dest = dests.get(name)
-        self._event("transfer", destination=name, kind=dest.mode if dest else "blind",
-                    outcome=status)
+        # (the outcome itself is logged and counted by the AMI call controller)
         if status in ("completed", "answered"):
             self._hangup("transfer-completed")  # the person hung up: the call is over
             return True
