@@ -179,7 +179,7 @@ class Metrics:
         )
         self.transfers = Counter(
             "aigw_transfers", "Transfers by AI agents, by kind (blind) and outcome "
-            "(started, then the Dial's status when the caller comes back).",
+            "(started, then the Dial's status as AMI reports it).",
             ["kind", "outcome"], registry=r,
         )
 
