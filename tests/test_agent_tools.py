@@ -53,6 +53,7 @@ silence_timeout_s = 30.0
 builtin_tools = ["end_call", "transfer_call", "send_dtmf"]
 dtmf_to_model = true
 dtmf_debounce_ms = {debounce}
+max_concurrent_tools = {max_tools}
 
 [[agents.bot.tools]]
 name = "lookup_order"
@@ -81,6 +82,8 @@ class Hooks:
         self.requests: list[dict[str, Any]] = []
         self.signature_ok: list[bool] = []
         self.slow_s = 5.0
+        self.inflight = 0
+        self.max_inflight = 0
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -94,7 +97,12 @@ class Hooks:
 
     async def slow(self, request: web.Request) -> web.Response:
         self.requests.append(json.loads(await request.read()))
-        await asyncio.sleep(self.slow_s)
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            await asyncio.sleep(self.slow_s)
+        finally:
+            self.inflight -= 1
         return web.json_response({"status": "late"})
 
     async def start(self) -> None:
@@ -134,8 +142,10 @@ class Stack:
 async def stack(monkeypatch: pytest.MonkeyPatch, script: list[ScriptStep], *,
                 timeout_s: float = 2.0, debounce_ms: int = 300, reply_ms: int = 400,
                 outcomes: dict[str, Outcome] | None = None,
-                seconds: float = 4.0) -> AsyncIterator[Stack]:
+                seconds: float = 4.0, max_tools: int = 2,
+                slow_s: float = 5.0) -> AsyncIterator[Stack]:
     hooks = Hooks()
+    hooks.slow_s = slow_s
     await hooks.start()
     bot = LocalRealtimeBot(reply_ms=reply_ms, script=script, vad_threshold=1e9)
     await bot.start()
@@ -149,7 +159,7 @@ async def stack(monkeypatch: pytest.MonkeyPatch, script: list[ScriptStep], *,
         monkeypatch.setenv(k, v)
     cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
     cfg.write_text(TOML.format(hooks=hooks.url, timeout=timeout_s, debounce=debounce_ms,
-                               human=HUMAN, fallback=FALLBACK))
+                               human=HUMAN, fallback=FALLBACK, max_tools=max_tools))
     gw = Gateway(make_config(config=str(cfg), allow_unregistered=False,
                              openai_url=bot.url))
     client = gw.component(CallTracker).client
@@ -255,6 +265,23 @@ async def test_slow_webhook_times_out_and_the_call_goes_on(
         assert st.gw.metrics.tool_calls.labels("slow_lookup", "timeout")._value.get() == 1
 
 
+async def test_tool_calls_of_one_call_run_at_most_max_concurrent_tools_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    slow = 200 * MS
+    script = [ScriptStep(say=None, call="slow_lookup", arguments={"n": 1},
+                         more_calls=(("slow_lookup", {"n": 2}), ("slow_lookup", {"n": 3})))]
+    async with stack(monkeypatch, script, max_tools=2, slow_s=slow, timeout_s=3.0) as st:
+        cid = await st.call()
+        start = time.monotonic()
+        await until(lambda: st.bot.sessions and len(outputs(st.bot.sessions[0])) == 3)
+        assert time.monotonic() - start >= 2 * slow * 0.9  # the third waited for a slot
+        assert st.hooks.max_inflight == 2 and len(st.hooks.requests) == 3
+        assert sorted(r["arguments"]["n"] for r in st.hooks.requests) == [1, 2, 3]
+        assert all(json.loads(o["output"]) == {"status": "late"}
+                   for o in outputs(st.bot.sessions[0]))
+        assert cid in st.gw.audiosocket.calls
+
+
 # -- built-ins -----------------------------------------------------------------------
 
 
@@ -334,10 +361,15 @@ async def test_blind_transfer_fallback_then_hangup(monkeypatch: pytest.MonkeyPat
         assert HUMAN in st.sim.dials[0][1] and FALLBACK in st.sim.dials[1][1]
         # backup has on_failure = hangup: no resume id, the call ends
         assert "g" not in st.sim.dials[1][3]
-        await until(lambda: _count(st, cid, "transfer", 3))
+        # every outcome comes from AMI, also the last one (no leg comes back)
+        await until(lambda: _count(st, cid, "transfer", 4))
         outcomes = [(e["destination"], e["outcome"]) for e in await st.events(cid, "transfer")]
-        assert outcomes == [("night", "started"), ("night", "no-answer"),
-                                    ("backup", "started")]
+        assert sorted(outcomes) == sorted([("night", "started"), ("night", "no-answer"),
+                                           ("backup", "started"), ("backup", "busy")])
+        assert outcomes[0] == ("night", "started")
+        m = st.gw.metrics.transfers
+        assert m.labels("blind", "no-answer")._value.get() == 1
+        assert m.labels("blind", "busy")._value.get() == 1
         assert len(st.bot.sessions) == 1  # the bot never came back
 
 
@@ -379,7 +411,7 @@ def test_signature_and_redaction() -> None:
 
 def test_tool_definitions_follow_the_config() -> None:
     cfg = loads_tenants(TOML.format(hooks="https://h.example", timeout=2.0, debounce=500,
-                                    human=HUMAN, fallback=FALLBACK))
+                                    human=HUMAN, fallback=FALLBACK, max_tools=2))
     defs = tool_definitions(cfg.agents["bot"])
     transfer = next(d for d in defs if d["name"] == "transfer_call")
     assert transfer["parameters"]["properties"]["destination"]["enum"] == [
@@ -409,7 +441,7 @@ def test_a_tool_secret_missing_from_the_environment_stops_the_start(
     monkeypatch.delenv("AIGW_T_TOOL_SECRET", raising=False)
     cfg = tmp_path / "t.toml"
     cfg.write_text(TOML.format(hooks="https://h.example", timeout=2.0, debounce=500,
-                               human=HUMAN, fallback=FALLBACK))
+                               human=HUMAN, fallback=FALLBACK, max_tools=2))
     gw = Gateway(make_config(config=str(cfg), openai_url="ws://127.0.0.1:9/v1/realtime"))
     with pytest.raises(ValueError, match="agent 'bot': tool 'lookup_order': secret_env "
                                          "AIGW_T_TOOL_SECRET"):

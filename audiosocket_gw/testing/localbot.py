@@ -122,12 +122,15 @@ class ScriptStep:
     """What one response of the bot does (see the module docstring).
 
     ``say``: the words of its audio ("" = the usual words, None = no audio item);
-    ``call``: a function to call after the audio, with ``arguments`` (a JSON object).
+    ``call``: a function to call after the audio, with ``arguments`` (a JSON object);
+    ``more_calls``: further ``(name, arguments)`` calls in the same response (the model
+    may call several functions at once).
     """
 
     say: str | None = ""
     call: str | None = None
     arguments: dict[str, Any] = field(default_factory=dict)
+    more_calls: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -356,9 +359,15 @@ class _Response:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     sent_transcript: str = ""
     audio: bool = True
-    call: ScriptStep | None = None
-    call_item_id: str = ""
-    call_id: str = ""
+    calls: list[_Call] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Call:
+    name: str
+    arguments: str
+    item_id: str
+    call_id: str
 
 
 def _new_id(prefix: str) -> str:
@@ -909,10 +918,11 @@ class _Connection:
             output_format=self._settings.output_format,
             record=record,
             audio=step is None or step.say is not None,
-            call=step if step is not None and step.call else None,
         )
-        if resp.call is not None:
-            resp.call_item_id, resp.call_id = _new_id("item"), _new_id("call")
+        if step is not None:
+            wanted = ([(step.call, step.arguments)] if step.call else []) + list(step.more_calls)
+            resp.calls = [_Call(name, json.dumps(args, separators=(",", ":")),
+                                _new_id("item"), _new_id("call")) for name, args in wanted]
         self._active = resp
         self._record.responses.append(resp.response_id)
         self._record.response_log.append(record)
@@ -933,16 +943,15 @@ class _Connection:
             "content": [{"type": "output_audio", "transcript": resp.sent_transcript}],
         }
 
-    def _call_obj(self, resp: _Response, status: str, arguments: str) -> dict[str, Any]:
-        assert resp.call is not None
-        return {"id": resp.call_item_id, "object": "realtime.item", "type": "function_call",
-                "status": status, "name": resp.call.call, "call_id": resp.call_id,
+    @staticmethod
+    def _call_obj(call: _Call, status: str, arguments: str) -> dict[str, Any]:
+        return {"id": call.item_id, "object": "realtime.item", "type": "function_call",
+                "status": status, "name": call.name, "call_id": call.call_id,
                 "arguments": arguments}
 
     def _outputs(self, resp: _Response, status: str) -> list[dict[str, Any]]:
         out = [self._item_obj(resp, status)] if resp.audio else []
-        if resp.call is not None:
-            out.append(self._call_obj(resp, status, json.dumps(resp.call.arguments)))
+        out += [self._call_obj(call, status, call.arguments) for call in resp.calls]
         return out
 
     def _response_obj(
@@ -1002,8 +1011,8 @@ class _Connection:
             await self._stream_audio(resp)
         else:
             await self._rate_limits(resp)
-        if resp.call is not None:
-            await self._stream_call(resp, 1 if resp.audio else 0)
+        for n, call in enumerate(resp.calls):
+            await self._stream_call(resp, call, n + (1 if resp.audio else 0))
         await self._send(
             {"type": "response.done", "response": self._response_obj(resp, "completed")},
             resp,
@@ -1023,17 +1032,16 @@ class _Connection:
             resp,
         )
 
-    async def _stream_call(self, resp: _Response, index: int) -> None:
-        """The ``function_call`` item of a scripted step (GA event sequence)."""
-        assert resp.call is not None
-        rid, iid, cid, name = resp.response_id, resp.call_item_id, resp.call_id, resp.call.call
-        arguments = json.dumps(resp.call.arguments, separators=(",", ":"))
+    async def _stream_call(self, resp: _Response, call: _Call, index: int) -> None:
+        """One ``function_call`` item of a scripted step (GA event sequence)."""
+        rid, iid, cid, name = resp.response_id, call.item_id, call.call_id, call.name
+        arguments = call.arguments
         self._items[iid] = "assistant"
         await self._send({"type": "response.output_item.added", "response_id": rid,
                           "output_index": index,
-                          "item": self._call_obj(resp, "in_progress", "")}, resp)
+                          "item": self._call_obj(call, "in_progress", "")}, resp)
         await self._send({"type": "conversation.item.added", "previous_item_id":
-                          self._last_item, "item": self._call_obj(resp, "in_progress", "")},
+                          self._last_item, "item": self._call_obj(call, "in_progress", "")},
                          resp)
         self._last_item = iid
         half = len(arguments) // 2
@@ -1047,7 +1055,7 @@ class _Connection:
                           "name": name, "arguments": arguments}, resp)
         await self._send({"type": "response.output_item.done", "response_id": rid,
                           "output_index": index,
-                          "item": self._call_obj(resp, "completed", arguments)}, resp)
+                          "item": self._call_obj(call, "completed", arguments)}, resp)
 
     async def _stream_audio(self, resp: _Response) -> None:
         rid, iid, fmt = resp.response_id, resp.item_id, resp.output_format
