@@ -85,7 +85,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from ..agenttools import DTMF_DIGITS_RE, ToolResult, call_webhook, error_output, redact
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, is_loopback
 from ..dial import TRANSFER_METADATA_KEY, DialRequest, DialTarget
 from ..dsp.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from ..dsp.resample import StreamResampler
@@ -205,6 +205,10 @@ class OpenAIBackend(Backend):
             if spec.secret_env and not self.secret(spec.secret_env):
                 raise ConfigError(f"tool {spec.name!r}: secret_env {spec.secret_env}: "
                                   "that environment variable is not set")
+            parts = urlsplit(spec.url)
+            if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+                log.warning("agent %s: tool %s posts call data over plain http to %s; "
+                            "use https", agent.name, spec.name, parts.hostname)
 
     def create(self, call: CallInfo, control: CallControl) -> BackendSession:
         error: ConfigError | None = None
