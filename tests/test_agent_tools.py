@@ -336,6 +336,10 @@ async def test_blind_transfer_busy_comes_back_to_the_bot(
         second = st.bot.sessions[1]
         await until(lambda: any("did not go through (busy)" in json.dumps(i)
                                 for i in second.items))
+        # ... and remembers the conversation before the transfer
+        said = [c.get("text") for i in second.items if i.get("role") == "assistant"
+                for c in i.get("content", [])]
+        assert "Transferring you to sales." in said
         await until(lambda: "response.create" in second.event_types())
         await until(lambda: st.events(cid, "dial_outcome"))
         assert (await st.events(cid, "dial_outcome"))[0]["status"] == "busy"

@@ -51,7 +51,8 @@ What it does, per call (``OpenAISession``):
   hands the caller to the destination's ``Dial()`` (``control.dial``); when the caller
   comes back (a resumed leg carrying ``aigw_transfer`` and ``dial_status``) the session
   hangs up after an answered transfer, tries the destination's ``fallback``, hangs up
-  (``on_failure = "hangup"``) or tells the model the transfer failed;
+  (``on_failure = "hangup"``) or tells the model the transfer failed, after replaying
+  the conversation so far (carried in memory as ``aigw_history``, never stored);
   ``send_dtmf`` plays digits through AMI PlayDTMF (``control.send_dtmf``). Every call
   and transfer start goes to ``control.agent_event`` (event log, metrics); a transfer's
   outcome is logged and counted by the AMI call controller, from AMI.
@@ -115,6 +116,10 @@ END_CALL_MAX_WAIT_S: Final = 30.0
 """Longest wait for the bot's last words before ``end_call``/``transfer_call`` act."""
 DIAL_OUTCOME_WAIT_S: Final = 2.0
 """Longest wait on a resumed leg for AMI to report how the transfer's Dial() ended."""
+HISTORY_KEY: Final = "aigw_history"
+"""Metadata key carrying the conversation (JSON ``[[role, text], ...]``) to the leg the
+caller comes back on after a transfer, so the agent remembers it."""
+MAX_HISTORY_CHARS: Final = 8000
 _END_MARK: Final = "aigw-agent-action"
 _SEEN_CALLS: Final = 64
 
@@ -296,6 +301,7 @@ class OpenAISession(BackendSession):
         self._after_response: Callable[[], None] | None = None
         self._after_marks: dict[str, Callable[[], None]] = {}
         self._resume_note: str | None = None
+        self._load_history(call.metadata.get(HISTORY_KEY, ""))
         self._dtmf: list[str] = []
         self._dtmf_timer: asyncio.TimerHandle | None = None
 
@@ -455,18 +461,12 @@ class OpenAISession(BackendSession):
         self._create_sent = self._want_response = False
         self._send_control(rt.session_update(self.settings.session_config()))
         if reconnect:
-            replayed = 0
-            for role, text in self.history:
-                if role == "caller":
-                    self._send_control(rt.conversation_item_create_text("user", text))
-                else:
-                    self._send_control(rt.conversation_item_create_assistant_text(text))
-                replayed += 1
-            self._dump("gateway.context_replayed", items=replayed)
+            replayed = self._replay()
             self.log.info("openai: reconnected (session %d), %d items replayed",
                           self.sessions, replayed)
         elif self._resume_note is not None and not self._greeted:
             self._greeted = True
+            self._replay()  # the conversation before the transfer
             self._send_control(rt.conversation_item_create_text("system", self._resume_note))
             self._send_response_create()
         elif self.settings.greeting and not self._greeted:
@@ -500,6 +500,18 @@ class OpenAISession(BackendSession):
             return None
         self.log.error("openai: session closed with %s; not retried", code)
         return self._fail("closed", "backend-closed")
+
+    def _replay(self) -> int:
+        """Send the transcripts so far as conversation items; returns how many."""
+        replayed = 0
+        for role, text in self.history:
+            if role == "caller":
+                self._send_control(rt.conversation_item_create_text("user", text))
+            else:
+                self._send_control(rt.conversation_item_create_assistant_text(text))
+            replayed += 1
+        self._dump("gateway.context_replayed", items=replayed)
+        return replayed
 
     async def _write_loop(self, ws: ClientConnection) -> None:
         """The only sender on ``ws``: control messages first, then queued audio."""
@@ -795,9 +807,28 @@ class OpenAISession(BackendSession):
         self._event("transfer", destination=dest.name, kind=dest.mode, outcome="started",
                     target=dest.kind, resume=resume)
         self.log.info("blind transfer to %s (%s)", dest.name, dest.kind)
+        metadata = {TRANSFER_KEY: dest.name}
+        if resume:
+            lines = list(self.history)
+            while lines and len(json.dumps(lines)) > MAX_HISTORY_CHARS:
+                lines.pop(0)  # keep the latest lines that fit
+            metadata[HISTORY_KEY] = json.dumps(lines, ensure_ascii=False)
         self._control.dial(DialRequest(
             targets=(DialTarget(dest.kind, dest.address),), timeout_s=dest.timeout_s,
-            resume=resume, metadata={TRANSFER_KEY: dest.name}))
+            resume=resume, metadata=metadata))
+
+    def _load_history(self, raw: str) -> None:
+        if not raw:
+            return
+        try:
+            lines = json.loads(raw)
+        except ValueError:
+            return
+        if isinstance(lines, list):
+            for line in lines:
+                if (isinstance(line, list) and len(line) == 2
+                        and all(isinstance(x, str) for x in line)):
+                    self.history.add(line[0], line[1])
 
     async def _after_transfer(self) -> bool:
         """On a leg resumed after a transfer: act on its outcome. True = done here."""
