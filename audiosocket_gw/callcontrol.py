@@ -107,6 +107,7 @@ _STATUS: Final[dict[str, DialStatus]] = {
     "CHANUNAVAIL": "failed",
 }
 _SIP_RE: Final = re.compile(r"(?:sips?:)?([A-Za-z0-9._+-]{1,64}@[A-Za-z0-9.-]{1,253}(?::\d{1,5})?)")
+_EXTENSION_RE: Final = re.compile(r"[0-9A-Za-z*#+_-]{1,32}@[A-Za-z0-9_-]{1,64}")
 _DIGITS_RE: Final = re.compile(r"[0-9*#A-Dw]{1,64}")
 _MAX_OUTCOMES: Final = 1000
 
@@ -146,6 +147,10 @@ def dial_targets(targets: tuple[DialTarget, ...], template: str) -> str:
             if tech != "PJSIP" or not sep or not endpoint:
                 raise DialError("SIP targets need a PJSIP/{to}@endpoint dial template")
             out.append(f"PJSIP/{endpoint}/sip:{m.group(1)}")
+        elif t.kind == "extension":
+            if not _EXTENSION_RE.fullmatch(t.address):
+                raise DialError("an extension target must be extension@context")
+            out.append(f"Local/{t.address}")
         else:
             raise DialError(f"unknown target kind {t.kind!r}")
     joined = "&".join(out)

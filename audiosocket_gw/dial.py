@@ -36,9 +36,11 @@ DialStatus = Literal["completed", "answered", "busy", "no-answer", "failed", "ca
 
 @dataclass(frozen=True)
 class DialTarget:
-    """One party to ring: an E.164 number (through the tenant's trunk) or a SIP URI."""
+    """One party to ring: an E.164 number (through the tenant's trunk), a SIP URI, or an
+    ``extension@context`` of the deployment's own dialplan (a phone, a ring group, a
+    queue: dialed as ``Local/extension@context``)."""
 
-    kind: Literal["number", "sip"]
+    kind: Literal["number", "sip", "extension"]
     address: str
     send_digits: str = ""
     """DTMF to send once this party answers (``<Number sendDigits>``)."""

@@ -60,8 +60,10 @@ File format::
     sales = { number = "+15551230001", description = "The sales team" }
     desk = { sip = "sip:desk@pbx.acme.example", timeout_s = 20, on_failure = "hangup" }
     night = { number = "+15551230002", fallback = "sales" }  # tried when night fails
-    # number = E.164 through the trunk, or sip = a SIP URI; mode = "blind" (default);
-    # on_failure = "bot" (default: back to the agent) or "hangup"
+    queue = { extension = "600", context = "from-internal" }  # Local/600@from-internal
+    # number = E.164 through the trunk, sip = a SIP URI, or extension (+ context,
+    # default from-internal) of your own dialplan: a phone, ring group or Queue();
+    # mode = "blind" (default); on_failure = "bot" (default: back to the agent) or "hangup"
 
     [agents.support.extra]           # free-form strings for backends
     model = "gpt-realtime"
@@ -163,8 +165,9 @@ class TransferDestination:
     """A person or team ``transfer_call`` may hand the caller to."""
 
     name: str
-    kind: Literal["number", "sip"]
+    kind: Literal["number", "sip", "extension"]
     address: str
+    """E.164 number, SIP URI, or ``extension@context`` (``Local/`` channel)."""
     description: str = ""
     mode: Literal["blind"] = "blind"
     timeout_s: float = 30.0
@@ -511,10 +514,21 @@ def _destinations(r: _Reader) -> Mapping[str, TransferDestination]:
         if not _TOOL_NAME_RE.fullmatch(name):
             raise d.error("a destination name is 1-64 characters of A-Z a-z 0-9 _ -")
         number, sip = d.opt_str("number"), d.opt_str("sip")
-        if (number is None) == (sip is None):
-            raise d.error("set exactly one of number (E.164) or sip (a SIP URI)")
-        kind: Literal["number", "sip"]
-        if number is not None:
+        extension, context = d.opt_str("extension"), d.opt_str("context")
+        if sum(x is not None for x in (number, sip, extension)) != 1:
+            raise d.error("set exactly one of number (E.164), sip (a SIP URI) or extension")
+        if context is not None and extension is None:
+            raise d.error("context goes with extension", "context")
+        kind: Literal["number", "sip", "extension"]
+        if extension is not None:
+            if not re.fullmatch(r"[0-9A-Za-z*#+_-]{1,32}", extension):
+                raise d.error(f"must be 1-32 characters of 0-9 A-Z a-z * # + _ -, got "
+                              f"{extension!r}", "extension")
+            ctx = "from-internal" if context is None else context
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", ctx):
+                raise d.error(f"must be a dialplan context name, got {ctx!r}", "context")
+            kind, address = "extension", f"{extension}@{ctx}"
+        elif number is not None:
             e164 = normalize_e164(number)
             if e164 is None:
                 raise d.error(f"is not a phone number that can be read as E.164: {number!r}",

@@ -72,6 +72,7 @@ timeout_s = {timeout}
 sales = {{ number = "{human}", description = "Sales", timeout_s = 5 }}
 night = {{ number = "{human}", fallback = "backup", timeout_s = 5 }}
 backup = {{ number = "{fallback}", timeout_s = 5, on_failure = "hangup" }}
+queue = {{ extension = "600", description = "The support queue", timeout_s = 5 }}
 """
 
 
@@ -377,6 +378,29 @@ async def test_blind_transfer_fallback_then_hangup(monkeypatch: pytest.MonkeyPat
         assert len(st.bot.sessions) == 1  # the bot never came back
 
 
+async def test_answered_transfer_to_an_extension_ends_the_ai_part(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    script = [ScriptStep(say=None, call="transfer_call", arguments={"destination": "queue"})]
+    async with stack(monkeypatch, script,
+                     outcomes={"600": Outcome("answered", ring_s=0.05, talk_s=0.3)}) as st:
+        cid = await st.call()
+        await until(lambda: st.sim.dials, within=6.0)
+        assert st.sim.dials[0][1] == "Local/600@from-internal"
+        await until(lambda: _count(st, cid, "transfer", 2), within=6.0)
+        outcomes = [(e["destination"], e["outcome"]) for e in await st.events(cid, "transfer")]
+        assert outcomes == [("queue", "started"), ("queue", "completed")]
+        # the person hung up: the caller's resumed leg is ended at once, no bot again
+        await until(lambda: len(st.sim.legs) == 2, within=6.0)
+        assert st.sim.legs[1].ended_by == "gateway-hangup"
+        assert len(st.bot.sessions) == 1
+        await until(lambda: _status_is(st, cid, "completed"))
+
+
+async def _status_is(st: Stack, cid: str, status: str) -> bool:
+    rec = await st.gw.store.get_call(cid)
+    return rec is not None and rec.status.value == status
+
+
 async def test_caller_dtmf_reaches_the_bot_as_one_text(
         monkeypatch: pytest.MonkeyPatch) -> None:
     async with stack(monkeypatch, [], debounce_ms=300) as st:
@@ -419,7 +443,7 @@ def test_tool_definitions_follow_the_config() -> None:
     defs = tool_definitions(cfg.agents["bot"])
     transfer = next(d for d in defs if d["name"] == "transfer_call")
     assert transfer["parameters"]["properties"]["destination"]["enum"] == [
-        "sales", "night", "backup"]
+        "sales", "night", "backup", "queue"]
     assert all(d["type"] == "function" for d in defs)
 
 

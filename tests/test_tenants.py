@@ -461,6 +461,17 @@ BAD_TOOLS = [
      "agents.a.transfer_destinations.x: set exactly one of number"),
     ("destination bad number", '[agents.a.transfer_destinations]\nx = { number = "12" }\n',
      "agents.a.transfer_destinations.x.number: is not a phone number"),
+    ("destination two targets",
+     '[agents.a.transfer_destinations]\nx = { number = "+15551230001", extension = "1" }\n',
+     "agents.a.transfer_destinations.x: set exactly one of number"),
+    ("destination bad extension", '[agents.a.transfer_destinations]\nx = { extension = "1,2" }\n',
+     "agents.a.transfer_destinations.x.extension: must be 1-32 characters"),
+    ("destination bad context",
+     '[agents.a.transfer_destinations]\nx = { extension = "1", context = "a b" }\n',
+     "agents.a.transfer_destinations.x.context: must be a dialplan context name"),
+    ("context without extension",
+     '[agents.a.transfer_destinations]\nx = { number = "+15551230001", context = "c" }\n',
+     "agents.a.transfer_destinations.x.context: context goes with extension"),
     ("destination bad sip", '[agents.a.transfer_destinations]\nx = { sip = "desk" }\n',
      "agents.a.transfer_destinations.x.sip: must be sip:user@host"),
     ("attended not yet", DEST_OK.replace("}", ', mode = "attended" }'),
@@ -505,3 +516,11 @@ def test_tools_parse(tmp_path: Path) -> None:
     assert (desk.kind, desk.address, desk.fallback, desk.on_failure, desk.timeout_s) == (
         "sip", "sip:desk@pbx.example.com", "sales", "hangup", 20.0)
     assert agent.transfer_destinations["sales"].address == "+15551230001"
+
+
+def test_extension_destinations(tmp_path: Path) -> None:
+    text = (TOOLS_BASE + '[agents.a.transfer_destinations]\nq = { extension = "600" }\n'
+            'p = { extension = "*70", context = "internal-phones" }\n')
+    dests = load_tenants(write(tmp_path, text)).agents["a"].transfer_destinations
+    assert (dests["q"].kind, dests["q"].address) == ("extension", "600@from-internal")
+    assert dests["p"].address == "*70@internal-phones"
