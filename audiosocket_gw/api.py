@@ -66,6 +66,13 @@ IDEMPOTENCY_TTL_S = 24 * 3600.0
 _KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
+AGENT_EVENT_KINDS = frozenset({"tool", "transfer", "dtmf", "dial", "dial_outcome"})
+"""Event-log kinds listed in ``GET /v1/calls/{id}`` ``agent_events``: function calls
+(``tool``: name, outcome, latency_ms, redacted arguments, result), transfers
+(``transfer``: destination, kind, outcome), caller DTMF handed to the model (``dtmf``:
+digit count only) and the Dial()s under them (``dial``, ``dial_outcome``)."""
+
+
 def call_to_json(rec: CallRecord) -> dict[str, Any]:
     """The API's view of a call (Twilio-like field meanings)."""
     return {
@@ -197,6 +204,7 @@ class CallsApi:
             return api_error(404, "not_found", "no such call")
         body = call_to_json(rec)
         history: list[dict[str, Any]] = []
+        agent_events: list[dict[str, Any]] = []
         quality: dict[str, Any] | None = None
         for ev in await self.ctx.store.events(call_id):
             if ev.kind == "input" and ev.data.get("changed"):
@@ -204,7 +212,10 @@ class CallsApi:
                                 "input": ev.data.get("input")})
             elif ev.kind == "quality":
                 quality = ev.data
+            elif ev.kind in AGENT_EVENT_KINDS:
+                agent_events.append({**ev.data, "event": ev.kind, "at": ev.at})
         body["status_history"] = history
+        body["agent_events"] = agent_events
         for side in ("in", "out"):
             q = quality.get(side) if quality else None
             body["quality"][f"mos_{side}_source"] = q.get("source") if isinstance(q, dict) \

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -197,6 +197,8 @@ class Call:
         # stays free of AMI): None = not available (no AMI configured).
         self.on_dial: Callable[[DialRequest], None] | None = None
         self.on_send_dtmf: Callable[[str], None] | None = None
+        # The call's event log (the store), injected the same way.
+        self.on_agent_event: Callable[[str, dict[str, Any]], None] | None = None
         self.on_dial_outcome: Callable[[float], Awaitable[DialOutcome]] | None = None
 
     def __repr__(self) -> str:
@@ -487,13 +489,27 @@ class Call:
             return
         self.session.on_dial_failed(reason)
 
-    async def dial_outcome(self, timeout: float) -> DialOutcome | None:  # noqa: ASYNC109
+    async def dial_outcome(self, timeout_s: float) -> DialOutcome | None:
         if self.on_dial_outcome is None:
             return None
         try:
-            return await self.on_dial_outcome(timeout)
+            return await self.on_dial_outcome(timeout_s)
         except (LookupError, TimeoutError):
             return None
+
+    def agent_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        m = self.metrics
+        if kind == "tool":
+            name, outcome = str(data.get("name", "unknown")), str(data.get("outcome", "error"))
+            m.tool_calls.labels(name, outcome).inc()
+            latency = data.get("latency_ms")
+            if isinstance(latency, int | float):
+                m.tool_latency.labels(name).observe(latency / 1000.0)
+        elif kind == "transfer":
+            m.transfers.labels(str(data.get("kind", "blind")),
+                               str(data.get("outcome", "started"))).inc()
+        if self.on_agent_event is not None:
+            self.on_agent_event(kind, dict(data))
 
     def send_dtmf(self, digits: str) -> None:
         if self.ended:

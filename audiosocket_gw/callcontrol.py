@@ -56,7 +56,14 @@ from aiohttp import web
 
 from .ami.client import AmiClient, AmiClientError, check_dialplan_value
 from .ami.protocol import AmiMessage, c_unescape
-from .dial import MOVED_END_REASON, DialOutcome, DialRequest, DialStatus, DialTarget
+from .dial import (
+    MOVED_END_REASON,
+    TRANSFER_METADATA_KEY,
+    DialOutcome,
+    DialRequest,
+    DialStatus,
+    DialTarget,
+)
 from .settings import OutboundSettings
 from .tenants import normalize_e164
 from .twilio.ids import call_sid_for
@@ -100,6 +107,7 @@ _STATUS: Final[dict[str, DialStatus]] = {
     "CHANUNAVAIL": "failed",
 }
 _SIP_RE: Final = re.compile(r"(?:sips?:)?([A-Za-z0-9._+-]{1,64}@[A-Za-z0-9.-]{1,253}(?::\d{1,5})?)")
+_EXTENSION_RE: Final = re.compile(r"[0-9A-Za-z*#+_-]{1,32}@[A-Za-z0-9_-]{1,64}")
 _DIGITS_RE: Final = re.compile(r"[0-9*#A-Dw]{1,64}")
 _MAX_OUTCOMES: Final = 1000
 
@@ -139,6 +147,10 @@ def dial_targets(targets: tuple[DialTarget, ...], template: str) -> str:
             if tech != "PJSIP" or not sep or not endpoint:
                 raise DialError("SIP targets need a PJSIP/{to}@endpoint dial template")
             out.append(f"PJSIP/{endpoint}/sip:{m.group(1)}")
+        elif t.kind == "extension":
+            if not _EXTENSION_RE.fullmatch(t.address):
+                raise DialError("an extension target must be extension@context")
+            out.append(f"Local/{t.address}")
         else:
             raise DialError(f"unknown target kind {t.kind!r}")
     joined = "&".join(out)
@@ -181,6 +193,8 @@ class _Watch:
     answered: str = ""
     dest_uniqueid: str = ""
     answered_uniqueid: str = ""
+    transfer: str = ""
+    """The agent's transfer destination this Dial is for (or empty)."""
     keys: list[str] = field(default_factory=list)
 
 
@@ -223,6 +237,11 @@ class CallController:
         self._by_channel.clear()
 
     def _on_call_start(self, call: Call) -> None:
+        # What the AI agent did (tools, transfers) goes to the call's event log, on the
+        # call record (a resumed leg writes to its parent's).
+        record_id = call.info.metadata.get("parent_call_id") or call.call_id
+        call.on_agent_event = lambda kind, data: self._spawn(
+            self._append_event(record_id, kind, data))
         # The backend session controls its call through Call.dial/send_dtmf; they
         # land here (call.py knows nothing of AMI). Without AMI there is nothing to
         # offer: the call logs the request and goes on.
@@ -247,6 +266,10 @@ class CallController:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _append_event(self, record_id: str, kind: str, data: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await self.ctx.store.append_event(record_id, kind, self.ctx.clock.wall(), data)
 
     async def _dial_from_call(self, call_id: str, request: DialRequest) -> None:
         try:
@@ -313,7 +336,8 @@ class CallController:
                 info, ttl=request.timeout_s + request.time_limit_s + 120.0)
         loop = asyncio.get_running_loop()
         watch = _Watch(call_id=record_id, channel=channel, resume_id=resume_id,
-                       future=loop.create_future())
+                       future=loop.create_future(),
+                       transfer=request.metadata.get(TRANSFER_METADATA_KEY, ""))
         watch.keys = [k for k in (call_id, record_id, resume_id) if k]
         self._by_channel[channel] = watch
         try:
@@ -398,14 +422,29 @@ class CallController:
                  outcome.asterisk_status, outcome.duration_s)
         if watch.resume_id and hung_up:
             self.ctx.registry.discard(watch.resume_id)
+        elif watch.resume_id:
+            # The resumed leg's CallInfo carries the outcome (AIGW_DIAL_STATUS is set
+            # before the dialplan opens that leg).
+            self.ctx.registry.amend(watch.resume_id, {
+                "dial_status": outcome.status, "dial_duration": str(outcome.duration_s),
+                "dial_call_sid": outcome.dial_call_sid})
         self._spawn(self._log_outcome(watch, outcome))
 
     async def _log_outcome(self, watch: _Watch, outcome: DialOutcome) -> None:
+        if watch.transfer:
+            # An agent's transfer: its outcome as AMI reported it.
+            self.ctx.metrics.transfers.labels("blind", outcome.status).inc()
         with contextlib.suppress(Exception):
             await self.ctx.store.append_event(
                 watch.call_id, "dial_outcome", self.ctx.clock.wall(),
                 {"status": outcome.status, "asterisk_status": outcome.asterisk_status,
                  "duration_s": outcome.duration_s, "resume": bool(watch.resume_id)})
+            if watch.transfer:
+                await self.ctx.store.append_event(
+                    watch.call_id, "transfer", self.ctx.clock.wall(),
+                    {"destination": watch.transfer, "kind": "blind",
+                     "outcome": outcome.status, "asterisk_status": outcome.asterisk_status,
+                     "duration_s": outcome.duration_s})
 
     # -- DTMF -----------------------------------------------------------------------
 

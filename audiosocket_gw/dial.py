@@ -18,11 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-__all__ = ["MOVED_END_REASON", "DialOutcome", "DialRequest", "DialStatus", "DialTarget"]
+__all__ = ["MOVED_END_REASON", "TRANSFER_METADATA_KEY", "DialOutcome", "DialRequest",
+           "DialStatus", "DialTarget"]
 
 MOVED_END_REASON: Final = "dial"
 """``Call.end_reason`` of an AudioSocket leg the gateway ended because the call moved
 on in the dialplan (``Dial()``): the call itself goes on, in Asterisk."""
+
+TRANSFER_METADATA_KEY: Final = "aigw_transfer"
+"""``DialRequest.metadata`` key naming the agent's transfer destination: the AMI call
+controller counts and logs the Dial's outcome as that transfer's, and the resumed leg's
+backend session knows it comes back from a transfer."""
 
 DialStatus = Literal["completed", "answered", "busy", "no-answer", "failed", "canceled"]
 """Twilio's ``DialCallStatus`` values (mapped from Asterisk's ``DIALSTATUS``)."""
@@ -30,9 +36,11 @@ DialStatus = Literal["completed", "answered", "busy", "no-answer", "failed", "ca
 
 @dataclass(frozen=True)
 class DialTarget:
-    """One party to ring: an E.164 number (through the tenant's trunk) or a SIP URI."""
+    """One party to ring: an E.164 number (through the tenant's trunk), a SIP URI, or an
+    ``extension@context`` of the deployment's own dialplan (a phone, a ring group, a
+    queue: dialed as ``Local/extension@context``)."""
 
-    kind: Literal["number", "sip"]
+    kind: Literal["number", "sip", "extension"]
     address: str
     send_digits: str = ""
     """DTMF to send once this party answers (``<Number sendDigits>``)."""

@@ -81,7 +81,7 @@ def make_backend(name: str, settings: Settings, metrics: Metrics,
     if name == "openai":
         from .backends.openai import OpenAIBackend
 
-        return OpenAIBackend.from_config(config)
+        return OpenAIBackend.from_config(config, secret=settings.secret)
     if name == "twilio-stream":
         from .backends.twilio_stream import TwilioStreamBackend
 

@@ -168,6 +168,20 @@ class Metrics:
             buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
             registry=r,
         )
+        self.tool_calls = Counter(
+            "aigw_tool_calls", "Function calls of AI agents by tool and outcome "
+            "(ok, http_error, timeout, error, invalid_arguments, unknown_tool, busy).",
+            ["tool", "outcome"], registry=r,
+        )
+        self.tool_latency = Histogram(
+            "aigw_tool_latency_seconds", "From a function call to its result, by tool.",
+            ["tool"], buckets=SECONDS_BUCKETS, registry=r,
+        )
+        self.transfers = Counter(
+            "aigw_transfers", "Transfers by AI agents, by kind (blind) and outcome "
+            "(started, then the Dial's status as AMI reports it).",
+            ["kind", "outcome"], registry=r,
+        )
 
     def observe_tick(self, lateness: float, frames: int) -> None:
         self.pacer_lateness.observe(lateness)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 from . import audiosocket as asp
@@ -74,6 +75,16 @@ class CallRegistry:
 
     def discard(self, call_id: str) -> None:
         self._expected.pop(call_id, None)
+
+    def amend(self, call_id: str, metadata: Mapping[str, str]) -> bool:
+        """Add ``metadata`` to an expected call's ``CallInfo`` (False: not expected)."""
+        entry = self._expected.get(call_id)
+        if entry is None:
+            return False
+        info, expires = entry
+        info = dataclasses.replace(info, metadata={**info.metadata, **metadata})
+        self._expected[call_id] = (info, expires)
+        return True
 
     def _purge(self) -> None:
         now = self._clock()

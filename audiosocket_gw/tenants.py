@@ -41,6 +41,30 @@ File format::
     # status_callback = "https://app.example.com/status"
     # status_events = ["initiated", "ringing", "answered", "completed"]
 
+    # openai backend: tools the model may call (docs in README "Agent tools")
+    builtin_tools = ["end_call", "transfer_call", "send_dtmf"]   # default: none
+    dtmf_to_model = true             # caller DTMF reaches the model as text (default false)
+    dtmf_debounce_ms = 1200          # digits pressed within this pause make one message
+    max_concurrent_tools = 2         # webhook calls running at once per call (default 2)
+
+    [[agents.support.tools]]         # a webhook the model may call
+    name = "lookup_order"            # [A-Za-z0-9_-]{1,64}, not a built-in's name
+    description = "Look an order up by its number."
+    # the arguments' JSON schema (an object schema)
+    parameters = { type = "object", properties = { order_id = { type = "string" } } }
+    url = "https://hooks.acme.example/order"
+    timeout_s = 5.0                  # default 5, at most 60
+    secret_env = "ACME_TOOL_SECRET"  # HMAC-SHA256 key (X-Aigw-Signature); optional
+
+    [agents.support.transfer_destinations]
+    sales = { number = "+15551230001", description = "The sales team" }
+    desk = { sip = "sip:desk@pbx.acme.example", timeout_s = 20, on_failure = "hangup" }
+    night = { number = "+15551230002", fallback = "sales" }  # tried when night fails
+    queue = { extension = "600", context = "from-internal" }  # Local/600@from-internal
+    # number = E.164 through the trunk, sip = a SIP URI, or extension (+ context,
+    # default from-internal) of your own dialplan: a phone, ring group or Queue();
+    # mode = "blind" (default); on_failure = "bot" (default: back to the agent) or "hangup"
+
     [agents.support.extra]           # free-form strings for backends
     model = "gpt-realtime"
 
@@ -72,12 +96,15 @@ from .twilio.ids import ACCOUNT_PREFIX, is_sid
 
 __all__ = [
     "BACKENDS",
+    "BUILTIN_TOOLS",
     "STATUS_EVENTS",
     "Agent",
     "ConfigError",
     "Number",
     "Tenant",
     "TenantsConfig",
+    "ToolSpec",
+    "TransferDestination",
     "default_config",
     "load_tenants",
     "loads_tenants",
@@ -94,6 +121,11 @@ RECORDING_SOURCES: tuple[str, ...] = ("mixmonitor", "gateway")
 VOICEMAIL_ACTIONS: tuple[str, ...] = ("hangup", "leave_message")
 STATUS_EVENTS: tuple[str, ...] = ("initiated", "ringing", "answered", "completed")
 """Twilio's ``StatusCallbackEvent`` values."""
+BUILTIN_TOOLS: tuple[str, ...] = ("end_call", "transfer_call", "send_dtmf")
+"""Tools the gateway itself implements (``builtin_tools``)."""
+TRANSFER_ON_FAILURE: tuple[str, ...] = ("bot", "hangup")
+MAX_TOOLS = 32
+_TOOL_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 # An id names a directory (recordings) and appears in URLs and dial variables: it
@@ -112,6 +144,36 @@ class Tenant:
     max_concurrent_calls: int = 10
     twilio_account_sid: str | None = None
     twilio_auth_token_env: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A webhook the model may call (``[[agents.NAME.tools]]``)."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any] = field(hash=False)
+    """The JSON schema of the arguments (an ``object`` schema), as written in TOML."""
+    url: str
+    timeout_s: float = 5.0
+    secret_env: str | None = None
+    """Environment variable holding the HMAC-SHA256 key of the signature header."""
+
+
+@dataclass(frozen=True)
+class TransferDestination:
+    """A person or team ``transfer_call`` may hand the caller to."""
+
+    name: str
+    kind: Literal["number", "sip", "extension"]
+    address: str
+    """E.164 number, SIP URI, or ``extension@context`` (``Local/`` channel)."""
+    description: str = ""
+    mode: Literal["blind"] = "blind"
+    timeout_s: float = 30.0
+    on_failure: Literal["bot", "hangup"] = "bot"
+    fallback: str | None = None
+    """Another destination tried when this one fails (before ``on_failure``)."""
 
 
 @dataclass(frozen=True)
@@ -136,11 +198,21 @@ class Agent:
     max_duration_s: float = 3600.0
     debug_dump: bool = False
     echo_delay_ms: int = 200
+    tools: tuple[ToolSpec, ...] = field(default=(), hash=False)
+    builtin_tools: tuple[str, ...] = ()
+    transfer_destinations: Mapping[str, TransferDestination] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False)
+    dtmf_to_model: bool = False
+    dtmf_debounce_ms: int = 1200
+    max_concurrent_tools: int = 2
     extra: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.extra, MappingProxyType):
             object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+        if not isinstance(self.transfer_destinations, MappingProxyType):
+            object.__setattr__(self, "transfer_destinations",
+                               MappingProxyType(dict(self.transfer_destinations)))
 
 
 @dataclass(frozen=True)
@@ -393,6 +465,114 @@ def _env_name(r: _Reader, key: str) -> str | None:
     return name
 
 
+def _tools(r: _Reader) -> tuple[ToolSpec, ...]:
+    """``[[agents.NAME.tools]]``: webhook tools, each checked."""
+    v = r._get("tools")
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        raise r.error(f"expected an array of tables ([[...tools]]), got {_tname(v)}", "tools")
+    if len(v) > MAX_TOOLS:
+        raise r.error(f"at most {MAX_TOOLS} tools", "tools")
+    out: list[ToolSpec] = []
+    for i, item in enumerate(v):
+        t = _Reader(r.source, f"{r.where}.tools[{i}]", item)
+        name = t.str_("name", required=True)
+        if not _TOOL_NAME_RE.fullmatch(name):
+            raise t.error(f"must be 1-64 characters of A-Z a-z 0-9 _ -, got {name!r}", "name")
+        if name in BUILTIN_TOOLS:
+            raise t.error(f"{name!r} is a built-in tool: enable it with builtin_tools", "name")
+        if any(o.name == name for o in out):
+            raise t.error(f"duplicate tool name {name!r}", "name")
+        params = t._get("parameters")
+        if params is None:
+            params = {"type": "object", "properties": {}}
+        if not isinstance(params, dict) or params.get("type") != "object":
+            raise t.error('must be a JSON schema table with type = "object"', "parameters")
+        url = t.url("url", ("http", "https"))
+        if url is None:
+            raise t.error("is required", "url")
+        timeout = t.float_("timeout_s", 5.0)
+        if timeout > 60:
+            raise t.error(f"must be <= 60, got {timeout}", "timeout_s")
+        out.append(ToolSpec(name=name, description=t.str_("description", ""),
+                            parameters=MappingProxyType(dict(params)), url=url,
+                            timeout_s=timeout, secret_env=_env_name(t, "secret_env")))
+        t.done()
+    return tuple(out)
+
+
+def _destinations(r: _Reader) -> Mapping[str, TransferDestination]:
+    """``[agents.NAME.transfer_destinations]``: name -> where ``transfer_call`` goes."""
+    v = r._get("transfer_destinations")
+    if v is None:
+        return MappingProxyType({})
+    tbl = _Reader(r.source, f"{r.where}.transfer_destinations", v)
+    out: dict[str, TransferDestination] = {}
+    for name in tbl.table:
+        d = _Reader(r.source, f"{tbl.where}.{name}", tbl._get(name))
+        if not _TOOL_NAME_RE.fullmatch(name):
+            raise d.error("a destination name is 1-64 characters of A-Z a-z 0-9 _ -")
+        number, sip = d.opt_str("number"), d.opt_str("sip")
+        extension, context = d.opt_str("extension"), d.opt_str("context")
+        if sum(x is not None for x in (number, sip, extension)) != 1:
+            raise d.error("set exactly one of number (E.164), sip (a SIP URI) or extension")
+        if context is not None and extension is None:
+            raise d.error("context goes with extension", "context")
+        kind: Literal["number", "sip", "extension"]
+        if extension is not None:
+            if not re.fullmatch(r"[0-9A-Za-z*#+_-]{1,32}", extension):
+                raise d.error(f"must be 1-32 characters of 0-9 A-Z a-z * # + _ -, got "
+                              f"{extension!r}", "extension")
+            ctx = "from-internal" if context is None else context
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", ctx):
+                raise d.error(f"must be a dialplan context name, got {ctx!r}", "context")
+            kind, address = "extension", f"{extension}@{ctx}"
+        elif number is not None:
+            e164 = normalize_e164(number)
+            if e164 is None:
+                raise d.error(f"is not a phone number that can be read as E.164: {number!r}",
+                              "number")
+            kind, address = "number", e164
+        else:
+            assert sip is not None
+            if not re.fullmatch(r"(?:sips?:)?[A-Za-z0-9._+-]{1,64}@[A-Za-z0-9.-]{1,253}"
+                                r"(?::\d{1,5})?", sip.strip()):
+                raise d.error(f"must be sip:user@host[:port], got {sip!r}", "sip")
+            kind, address = "sip", sip.strip()
+        mode = d.choice("mode", ("blind", "attended"), "blind")
+        if mode != "blind":
+            raise d.error("attended transfer is not available yet: use mode = \"blind\"",
+                          "mode")
+        timeout = d.float_("timeout_s", 30.0)
+        if not 1 <= timeout <= 600:
+            raise d.error(f"must be within 1..600, got {timeout}", "timeout_s")
+        out[name] = TransferDestination(
+            name=name, kind=kind, address=address, description=d.str_("description", ""),
+            timeout_s=timeout,
+            on_failure=cast(Literal["bot", "hangup"],
+                            d.choice("on_failure", TRANSFER_ON_FAILURE, "bot")),
+            fallback=d.opt_str("fallback"))
+        d.done()
+    for dest in out.values():
+        if dest.fallback is not None and dest.fallback not in out:
+            raise tbl.error(f"unknown destination {dest.fallback!r}", f"{dest.name}.fallback")
+        if dest.fallback == dest.name:
+            raise tbl.error("a destination cannot be its own fallback",
+                            f"{dest.name}.fallback")
+    return MappingProxyType(out)
+
+
+def _check_tools(r: _Reader, agent: Agent) -> None:
+    """Cross-checks of the tool keys (built-ins need what they act on)."""
+    uses_tools = agent.tools or agent.builtin_tools or agent.dtmf_to_model
+    if uses_tools and agent.backend != "openai":
+        raise r.error("tools, builtin_tools and dtmf_to_model need backend = \"openai\"")
+    if "transfer_call" in agent.builtin_tools and not agent.transfer_destinations:
+        raise r.error("transfer_call needs at least one [...transfer_destinations] entry",
+                      "builtin_tools")
+
+
 def tenants_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> TenantsConfig:
     """Build a ``TenantsConfig`` from parsed TOML (a dict), validating everything."""
     top = _Reader(source, "", dict(data))
@@ -442,8 +622,15 @@ def tenants_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Ten
             max_duration_s=r.float_("max_duration_s", 3600.0),
             debug_dump=r.bool_("debug_dump", False),
             echo_delay_ms=r.int_("echo_delay_ms", 200, minimum=0),
+            tools=_tools(r),
+            builtin_tools=r.str_list("builtin_tools", (), BUILTIN_TOOLS),
+            transfer_destinations=_destinations(r),
+            dtmf_to_model=r.bool_("dtmf_to_model", False),
+            dtmf_debounce_ms=r.int_("dtmf_debounce_ms", 1200, minimum=100),
+            max_concurrent_tools=r.int_("max_concurrent_tools", 2, minimum=1),
             extra=r.str_map("extra"),
         )
+        _check_tools(r, agent)
         if backend == "twilio-stream" and agent.stream_url is None and agent.voice_url is None:
             raise r.error("backend 'twilio-stream' needs stream_url or voice_url")
         r.done()

@@ -425,6 +425,11 @@ def test_targets_options_and_status_mapping() -> None:
                                      "CHANUNAVAIL", "DONTCALL")] == [
         "completed", "busy", "no-answer", "canceled", "failed", "failed", "failed"]
     assert check_dialplan_value("gHL(60000)") == "gHL(60000)"
+    assert dial_targets((DialTarget("extension", "600@from-internal"),), TEMPLATE) == \
+        "Local/600@from-internal"
+    for bad in ("600", "6,00@ctx", "600@a b", "${X}@ctx"):
+        with pytest.raises(DialError):
+            dial_targets((DialTarget("extension", bad),), TEMPLATE)
 
 
 async def test_dial_refused_without_a_live_call(monkeypatch: pytest.MonkeyPatch) -> None:

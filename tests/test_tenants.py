@@ -424,3 +424,103 @@ def test_ids_that_could_leave_a_directory_are_refused(kind: str, ident: str) -> 
     # A normal id with dots and dashes inside is still fine.
     tenants_from_dict({"tenants": {"acme.eu-1": {}},
                        "agents": {"a_1": {"tenant": "acme.eu-1", "backend": "echo"}}})
+
+
+# -- agent tools ---------------------------------------------------------------------
+
+TOOLS_BASE = """
+[tenants.t]
+[agents.a]
+tenant = "t"
+backend = "openai"
+"""
+TOOL_OK = '[[agents.a.tools]]\nname = "lookup"\nurl = "https://h.example/x"\n'
+DEST_OK = '[agents.a.transfer_destinations]\nsales = { number = "+15551230001" }\n'
+
+BAD_TOOLS = [
+    ("unknown builtin", 'builtin_tools = ["hang_up"]\n',
+     "agents.a.builtin_tools: 'hang_up' is not one of end_call, transfer_call, send_dtmf"),
+    ("transfer without destinations", 'builtin_tools = ["transfer_call"]\n',
+     "agents.a.builtin_tools: transfer_call needs at least one"),
+    ("tools not an array", 'tools = "x"\n', "agents.a.tools: expected an array of tables"),
+    ("tool without url", '[[agents.a.tools]]\nname = "x"\n', "agents.a.tools[0].url: is required"),
+    ("tool name", '[[agents.a.tools]]\nname = "a b"\nurl = "https://h/x"\n',
+     "agents.a.tools[0].name: must be 1-64 characters"),
+    ("tool named like a builtin", '[[agents.a.tools]]\nname = "end_call"\nurl = "https://h/x"\n',
+     "agents.a.tools[0].name: 'end_call' is a built-in tool"),
+    ("duplicate tool", TOOL_OK + TOOL_OK, "agents.a.tools[1].name: duplicate tool name"),
+    ("tool url scheme", '[[agents.a.tools]]\nname = "x"\nurl = "ftp://h/x"\n',
+     "agents.a.tools[0].url: must be a http or https URL"),
+    ("tool timeout", TOOL_OK + "timeout_s = 120\n", "agents.a.tools[0].timeout_s: must be <= 60"),
+    ("tool schema", TOOL_OK + 'parameters = { type = "string" }\n',
+     "agents.a.tools[0].parameters: must be a JSON schema table"),
+    ("tool secret env", TOOL_OK + 'secret_env = "$X"\n',
+     "agents.a.tools[0].secret_env: must be an environment variable name"),
+    ("tool unknown key", TOOL_OK + 'method = "GET"\n', "agents.a.tools[0]: unknown key 'method'"),
+    ("destination without target", '[agents.a.transfer_destinations]\nx = { description = "d" }\n',
+     "agents.a.transfer_destinations.x: set exactly one of number"),
+    ("destination bad number", '[agents.a.transfer_destinations]\nx = { number = "12" }\n',
+     "agents.a.transfer_destinations.x.number: is not a phone number"),
+    ("destination two targets",
+     '[agents.a.transfer_destinations]\nx = { number = "+15551230001", extension = "1" }\n',
+     "agents.a.transfer_destinations.x: set exactly one of number"),
+    ("destination bad extension", '[agents.a.transfer_destinations]\nx = { extension = "1,2" }\n',
+     "agents.a.transfer_destinations.x.extension: must be 1-32 characters"),
+    ("destination bad context",
+     '[agents.a.transfer_destinations]\nx = { extension = "1", context = "a b" }\n',
+     "agents.a.transfer_destinations.x.context: must be a dialplan context name"),
+    ("context without extension",
+     '[agents.a.transfer_destinations]\nx = { number = "+15551230001", context = "c" }\n',
+     "agents.a.transfer_destinations.x.context: context goes with extension"),
+    ("destination bad sip", '[agents.a.transfer_destinations]\nx = { sip = "desk" }\n',
+     "agents.a.transfer_destinations.x.sip: must be sip:user@host"),
+    ("attended not yet", DEST_OK.replace("}", ', mode = "attended" }'),
+     "agents.a.transfer_destinations.sales.mode: attended transfer is not available yet"),
+    ("unknown fallback", DEST_OK.replace("}", ', fallback = "nobody" }'),
+     "agents.a.transfer_destinations.sales.fallback: unknown destination 'nobody'"),
+    ("on_failure", DEST_OK.replace("}", ', on_failure = "voicemail" }'),
+     "agents.a.transfer_destinations.sales.on_failure: 'voicemail' is not one of bot, hangup"),
+]
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [b[1:] for b in BAD_TOOLS],
+                         ids=[b[0] for b in BAD_TOOLS])
+def test_tool_errors_name_file_agent_and_key(tmp_path: Path, extra: str, fragment: str) -> None:
+    # plain keys go in [agents.a] itself, sub-tables after it
+    path = write(tmp_path, TOOLS_BASE + extra)
+    with pytest.raises(ConfigError) as info:
+        load_tenants(path)
+    msg = str(info.value)
+    assert msg.startswith(str(path) + ":"), msg
+    assert fragment in msg, msg
+
+
+def test_tools_need_the_openai_backend(tmp_path: Path) -> None:
+    text = TOOLS_BASE.replace('"openai"', '"echo"') + 'builtin_tools = ["end_call"]\n'
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match='need backend = "openai"'):
+        load_tenants(path)
+
+
+def test_tools_parse(tmp_path: Path) -> None:
+    text = (TOOLS_BASE + 'builtin_tools = ["end_call", "transfer_call"]\ndtmf_to_model = true\n'
+            + TOOL_OK + 'secret_env = "S"\ntimeout_s = 2.5\n' + DEST_OK
+            + 'desk = { sip = "sip:desk@pbx.example.com", fallback = "sales", '
+              'on_failure = "hangup", timeout_s = 20 }\n')
+    agent = load_tenants(write(tmp_path, text)).agents["a"]
+    assert agent.builtin_tools == ("end_call", "transfer_call") and agent.dtmf_to_model
+    assert agent.tools[0].name == "lookup" and agent.tools[0].timeout_s == 2.5
+    assert agent.tools[0].secret_env == "S"
+    assert dict(agent.tools[0].parameters) == {"type": "object", "properties": {}}
+    desk = agent.transfer_destinations["desk"]
+    assert (desk.kind, desk.address, desk.fallback, desk.on_failure, desk.timeout_s) == (
+        "sip", "sip:desk@pbx.example.com", "sales", "hangup", 20.0)
+    assert agent.transfer_destinations["sales"].address == "+15551230001"
+
+
+def test_extension_destinations(tmp_path: Path) -> None:
+    text = (TOOLS_BASE + '[agents.a.transfer_destinations]\nq = { extension = "600" }\n'
+            'p = { extension = "*70", context = "internal-phones" }\n')
+    dests = load_tenants(write(tmp_path, text)).agents["a"].transfer_destinations
+    assert (dests["q"].kind, dests["q"].address) == ("extension", "600@from-internal")
+    assert dests["p"].address == "*70@internal-phones"

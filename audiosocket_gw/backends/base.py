@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..dial import DialRequest
+from ..dial import DialOutcome, DialRequest
 from ..tenants import Agent
 
 if TYPE_CHECKING:
@@ -169,13 +169,20 @@ class CallControl(Protocol):
         (callcontrol.py, docs/TWIML.md). Without AMI call control the call ends
         (``dial-unavailable``)."""
 
-    async def dial_outcome(self, timeout: float) -> DialOutcome | None:  # noqa: ASYNC109
-        """On a leg resumed after ``dial()``: how that Dial ended (Asterisk reports it
-        over AMI around the time the leg connects: waits up to ``timeout`` s). None
-        without call control, on any other leg, or when nothing came in time."""
-
     def send_dtmf(self, digits: str) -> None:
         """Play DTMF to the caller's peer (``w`` = 0.5 s pause) through AMI PlayDTMF."""
+
+    async def dial_outcome(self, timeout_s: float) -> DialOutcome | None:
+        """On a leg resumed after ``dial()``: how that ``Dial()`` ended (Asterisk reports
+        it over AMI around the time the leg connects: waits up to ``timeout_s``). None
+        without call control, on any other leg, or when nothing came in time."""
+
+    def agent_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Record what the AI agent did in the call's event log (``GET /v1/calls/{id}``
+        ``agent_events``) and count it: ``tool`` (``name``, ``outcome``, ``latency_ms``:
+        ``aigw_tool_calls_total``, ``aigw_tool_latency_seconds``), ``transfer`` (``kind``,
+        ``outcome``: ``aigw_transfers_total``), anything else is logged only. ``data``
+        must be JSON-serialisable and free of secrets."""
 
 
 class BackendSession(abc.ABC):

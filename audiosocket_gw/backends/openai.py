@@ -39,6 +39,26 @@ What it does, per call (``OpenAISession``):
   :class:`~audiosocket_gw.dump.CallDump` is attached with ``control.add_tap`` and fed the
   backend events.
 
+* Agent tools (:mod:`audiosocket_gw.agenttools`): the session declares the agent's
+  webhook tools and enabled built-ins. A function call (``response.function_call_
+  arguments.done`` or a ``function_call`` item in ``response.output_item.done``, both
+  deduplicated on ``call_id``) runs in its own task, at most ``max_concurrent_tools``
+  at once per call: webhooks get an HTTP POST (signed when the tool names a secret),
+  and the result (or an ``{"error": ...}`` after a timeout or failure) goes back as a
+  ``function_call_output`` item followed by ``response.create`` (deferred to the end of
+  the active response). Built-ins: ``end_call`` hangs up with reason ``agent-ended``
+  once the bot's queued audio was played (a mark); ``transfer_call`` does the same, then
+  hands the caller to the destination's ``Dial()`` (``control.dial``); when the caller
+  comes back (a resumed leg carrying ``aigw_transfer`` and ``dial_status``) the session
+  hangs up after an answered transfer, tries the destination's ``fallback``, hangs up
+  (``on_failure = "hangup"``) or tells the model the transfer failed, after replaying
+  the conversation so far (carried in memory as ``aigw_history``, never stored);
+  ``send_dtmf`` plays digits through AMI PlayDTMF (``control.send_dtmf``). Every call
+  and transfer start goes to ``control.agent_event`` (event log, metrics); a transfer's
+  outcome is logged and counted by the AMI call controller, from AMI.
+* Caller DTMF (agent ``dtmf_to_model``): digits are collected until a pause of
+  ``dtmf_debounce_ms`` and sent as one user text item, then ``response.create``.
+
 Per-agent settings are the agent's ``instructions``/``voice``/``greeting`` and the
 ``extra`` keys documented in :mod:`audiosocket_gw.backends.openai_policy`.
 
@@ -53,22 +73,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from ..config import Config, ConfigError
+from ..agenttools import DTMF_DIGITS_RE, ToolResult, call_webhook, error_output, redact
+from ..config import Config, ConfigError, is_loopback
+from ..dial import TRANSFER_METADATA_KEY, DialRequest, DialTarget
 from ..dsp.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from ..dsp.resample import StreamResampler
 from ..dump import CallDump
 from ..realtime import protocol as rt
-from ..tenants import Agent
+from ..tenants import Agent, ToolSpec, TransferDestination
 from .base import Backend, BackendSession, CallControl, CallInfo, CallLog
 from .openai_policy import (
     ContextHistory,
@@ -86,6 +110,18 @@ SEND_QUEUE_MS: Final = 2000  # caller audio allowed to wait for the socket
 CONTROL_QUEUE_MAX: Final = 256
 CLOSE_TIMEOUT_S: Final = 2.0
 _LOG_EVERY: Final = 100  # log malformed/unknown events once per this many
+TRANSFER_KEY: Final = TRANSFER_METADATA_KEY
+"""Metadata key of a resumed leg: the transfer destination the caller comes back from."""
+END_CALL_MAX_WAIT_S: Final = 30.0
+"""Longest wait for the bot's last words before ``end_call``/``transfer_call`` act."""
+DIAL_OUTCOME_WAIT_S: Final = 2.0
+"""Longest wait on a resumed leg for AMI to report how the transfer's Dial() ended."""
+HISTORY_KEY: Final = "aigw_history"
+"""Metadata key carrying the conversation (JSON ``[[role, text], ...]``) to the leg the
+caller comes back on after a transfer, so the agent remembers it."""
+MAX_HISTORY_CHARS: Final = 8000
+_END_MARK: Final = "aigw-agent-action"
+_SEEN_CALLS: Final = 64
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -116,6 +152,7 @@ class OpenAIBackend(Backend):
         data_dir: str | Path | None = None,
         debug_dump: bool = False,
         sleep: Sleep = asyncio.sleep,
+        secret: Callable[[str], str | None] | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -126,11 +163,26 @@ class OpenAIBackend(Backend):
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.debug_dump = debug_dump
         self.sleep = sleep
+        self.secret = secret if secret is not None else (lambda name: None)
         self.counters: Counter[str] = Counter()
+        self._http: aiohttp.ClientSession | None = None
         compose_url(url, model)  # fail at start-up, not on the first call
 
+    def http(self) -> aiohttp.ClientSession:
+        """The HTTP client of webhook tools (one per backend, made on first use)."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100), trust_env=False)
+        return self._http
+
+    async def aclose(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
+
     @classmethod
-    def from_config(cls, config: Config) -> OpenAIBackend:
+    def from_config(cls, config: Config, *,
+                    secret: Callable[[str], str | None] | None = None) -> OpenAIBackend:
         """Build from ``AIGW_OPENAI_URL``/``AIGW_OPENAI_MODEL``/``OPENAI_API_KEY``.
 
         A key is required for OpenAI's own host; a local bot (``ws://127.0.0.1...``)
@@ -145,6 +197,7 @@ class OpenAIBackend(Backend):
             api_key=config.openai_api_key,
             data_dir=config.data_path,
             debug_dump=config.debug_dump,
+            secret=secret,
         )
 
     def url_for(self, settings: OpenAISettings) -> str:
@@ -153,6 +206,14 @@ class OpenAIBackend(Backend):
 
     def check_agent(self, agent: Agent) -> None:
         settings_for(agent)
+        for spec in agent.tools:
+            if spec.secret_env and not self.secret(spec.secret_env):
+                raise ConfigError(f"tool {spec.name!r}: secret_env {spec.secret_env}: "
+                                  "that environment variable is not set")
+            parts = urlsplit(spec.url)
+            if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+                log.warning("agent %s: tool %s posts call data over plain http to %s; "
+                            "use https", agent.name, spec.name, parts.hostname)
 
     def create(self, call: CallInfo, control: CallControl) -> BackendSession:
         error: ConfigError | None = None
@@ -225,6 +286,24 @@ class OpenAISession(BackendSession):
         self._server_cut = False
         self._first_delta: str | None = None
         self.ended_reason: str | None = None
+        # agent tools
+        agent = call.agent_cfg
+        self._agent = agent
+        self._webhooks: dict[str, ToolSpec] = {t.name: t for t in agent.tools} if agent else {}
+        self._builtins = frozenset(agent.builtin_tools) if agent else frozenset()
+        self._tool_sem = asyncio.Semaphore(agent.max_concurrent_tools if agent else 2)
+        self._tool_limit = 4 * (agent.max_concurrent_tools if agent else 2)
+        self._tool_tasks: set[asyncio.Task[None]] = set()
+        self._seen_calls: deque[str] = deque(maxlen=_SEEN_CALLS)
+        self._want_response = False  # a response.create waits for the active one to end
+        self._create_sent = False  # response.create sent, response.created not yet seen
+        self._ending = False  # end_call / transfer_call: the bot says nothing more
+        self._after_response: Callable[[], None] | None = None
+        self._after_marks: dict[str, Callable[[], None]] = {}
+        self._resume_note: str | None = None
+        self._load_history(call.metadata.get(HISTORY_KEY, ""))
+        self._dtmf: list[str] = []
+        self._dtmf_timer: asyncio.TimerHandle | None = None
 
     # -- BackendSession ------------------------------------------------------------
 
@@ -233,6 +312,8 @@ class OpenAISession(BackendSession):
         if self._config_error is not None:
             self.log.error("openai agent settings: %s", self._config_error)
             self._fail("config", "backend-config")
+            return
+        if await self._after_transfer():
             return
         loop = asyncio.get_running_loop()
         self._runner = loop.create_task(self._run(), name=f"{self.info.call_id}:openai")
@@ -281,6 +362,12 @@ class OpenAISession(BackendSession):
 
     async def close(self, reason: str) -> None:
         self._closing = True
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+        for task in list(self._tool_tasks):
+            task.cancel()
+        if self._tool_tasks:
+            await asyncio.gather(*self._tool_tasks, return_exceptions=True)
         runner, self._runner = self._runner, None
         ws = self._ws
         if ws is not None:
@@ -371,18 +458,17 @@ class OpenAISession(BackendSession):
         self._pending_in.clear()
         self._audio_q.clear()
         self._control_q.clear()
+        self._create_sent = self._want_response = False
         self._send_control(rt.session_update(self.settings.session_config()))
         if reconnect:
-            replayed = 0
-            for role, text in self.history:
-                if role == "caller":
-                    self._send_control(rt.conversation_item_create_text("user", text))
-                else:
-                    self._send_control(rt.conversation_item_create_assistant_text(text))
-                replayed += 1
-            self._dump("gateway.context_replayed", items=replayed)
+            replayed = self._replay()
             self.log.info("openai: reconnected (session %d), %d items replayed",
                           self.sessions, replayed)
+        elif self._resume_note is not None and not self._greeted:
+            self._greeted = True
+            self._replay()  # the conversation before the transfer
+            self._send_control(rt.conversation_item_create_text("system", self._resume_note))
+            self._send_response_create()
         elif self.settings.greeting and not self._greeted:
             self._greeted = True
             greeting = self.settings.greeting
@@ -414,6 +500,18 @@ class OpenAISession(BackendSession):
             return None
         self.log.error("openai: session closed with %s; not retried", code)
         return self._fail("closed", "backend-closed")
+
+    def _replay(self) -> int:
+        """Send the transcripts so far as conversation items; returns how many."""
+        replayed = 0
+        for role, text in self.history:
+            if role == "caller":
+                self._send_control(rt.conversation_item_create_text("user", text))
+            else:
+                self._send_control(rt.conversation_item_create_assistant_text(text))
+            replayed += 1
+        self._dump("gateway.context_replayed", items=replayed)
+        return replayed
 
     async def _write_loop(self, ws: ClientConnection) -> None:
         """The only sender on ``ws``: control messages first, then queued audio."""
@@ -467,6 +565,7 @@ class OpenAISession(BackendSession):
             self._dump("input_audio_buffer.speech_started", audio_start_ms=ev.audio_start_ms)
             self._on_speech_started()
         elif isinstance(ev, rt.ResponseCreated):
+            self._create_sent = False
             self.tracker.response_created(ev.response_id)
             self._dump("response.created", response_id=ev.response_id)
         elif isinstance(ev, rt.AudioDone):
@@ -481,6 +580,9 @@ class OpenAISession(BackendSession):
             self.tracker.response_done(ev.response_id)
             control.end_of_audio()
             self._dump("response.done", status=ev.status, reason=ev.reason)
+            self._response_ended()
+        elif isinstance(ev, rt.FunctionCall):
+            self._on_function_call(ev)
         elif isinstance(ev, rt.OutputTranscriptDone):
             self._transcript("bot", ev.transcript)
         elif isinstance(ev, rt.InputTranscriptionCompleted):
@@ -548,3 +650,232 @@ class OpenAISession(BackendSession):
         self._dump("gateway.hangup", reason=reason)
         self._control.hangup(reason)
         return reason
+
+    # -- agent tools -----------------------------------------------------------------
+
+    def _send_response_create(self) -> None:
+        self._create_sent = True
+        self._send_control(rt.response_create())
+
+    def _request_response(self) -> None:
+        """Ask for a response now, or once the active one has ended."""
+        if self._ending or self._closing:
+            return
+        if self.tracker.active_response is None and not self._create_sent:
+            self._send_response_create()
+        else:
+            self._want_response = True
+
+    def _response_ended(self) -> None:
+        action, self._after_response = self._after_response, None
+        if action is not None:
+            self._after_audio(action)
+        if self._want_response and self.tracker.active_response is None:
+            self._want_response = False
+            self._request_response()
+
+    def _after_audio(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the bot audio queued so far was played (or at the latest
+        after ``END_CALL_MAX_WAIT_S``)."""
+        done = False
+
+        def once() -> None:
+            nonlocal done
+            if not done and not self._closing:
+                done = True
+                action()
+
+        name = f"{_END_MARK}-{len(self._after_marks)}"
+        self._after_marks[name] = once
+        asyncio.get_running_loop().call_later(END_CALL_MAX_WAIT_S, once)
+        self._control.mark(name)
+
+    def on_marks(self, names: list[str]) -> None:
+        for name in names:
+            action = self._after_marks.pop(name, None)
+            if action is not None:
+                action()
+
+    def _when_said(self, response_id: str, action: Callable[[], None]) -> None:
+        """``action`` after this response's audio: at its ``response.done``, then a mark."""
+        if self.tracker.active_response == response_id:
+            self._after_response = action
+        else:
+            self._after_audio(action)
+
+    def _event(self, what: str, /, **data: object) -> None:
+        self._control.agent_event(what, data)
+
+    def _on_function_call(self, ev: rt.FunctionCall) -> None:
+        if ev.call_id in self._seen_calls:
+            return
+        self._seen_calls.append(ev.call_id)
+        self._dump("function_call", name=ev.name, call_id=ev.call_id)
+        try:
+            parsed = json.loads(ev.arguments or "{}")
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            self._tool_done(ev.name, ev.call_id, {}, ToolResult(
+                "invalid_arguments", error_output(
+                    "invalid_arguments", "The arguments must be a JSON object.")))
+            return
+        args: dict[str, object] = parsed
+        name = ev.name
+        if name in self._builtins:
+            self._builtin(name, ev, args)
+        elif name in self._webhooks:
+            if len(self._tool_tasks) >= self._tool_limit:
+                self._tool_done(name, ev.call_id, args, ToolResult("busy", error_output(
+                    "busy", "Too many tool calls are running; try again shortly.")))
+                return
+            task = asyncio.get_running_loop().create_task(
+                self._run_webhook(self._webhooks[name], ev.call_id, args),
+                name=f"{self.info.call_id}:tool-{name}")
+            self._tool_tasks.add(task)
+            task.add_done_callback(self._tool_tasks.discard)
+        else:
+            self._tool_done("unknown", ev.call_id, args, ToolResult(
+                "unknown_tool", error_output("unknown_tool", f"There is no tool {name!r}.")))
+
+    async def _run_webhook(self, spec: ToolSpec, call_id: str, args: dict[str, object]
+                           ) -> None:
+        info = self.info
+        payload = {"tool": spec.name, "tool_call_id": call_id, "call_id": info.call_id,
+                   "tenant": info.tenant, "agent": info.agent, "direction": info.direction,
+                   "from": info.from_, "to": info.to, "arguments": args}
+        try:
+            async with self._tool_sem:
+                secret = self.backend.secret(spec.secret_env) if spec.secret_env else None
+                result = await call_webhook(self.backend.http(), spec, payload, secret)
+        except Exception as exc:  # noqa: BLE001 - a tool never takes the call down
+            self.log.warning("tool %s failed: %s", spec.name, exc.__class__.__name__)
+            result = ToolResult("error", error_output("error", "The tool failed."))
+        if result.outcome != "ok":
+            self.log.info("tool %s: %s after %d ms", spec.name, result.outcome,
+                          result.latency_ms)
+        self._tool_done(spec.name, call_id, args, result)
+
+    def _tool_done(self, name: str, call_id: str, args: Mapping[str, object],
+                   result: ToolResult, *, reply: bool = True) -> None:
+        self._event("tool", name=name, tool_call_id=call_id, outcome=result.outcome,
+                    latency_ms=result.latency_ms, status=result.status,
+                    arguments=redact(args), result=result.output[:500])
+        if reply and not self._closing:
+            self._send_control(rt.function_call_output(call_id, result.output))
+            self._request_response()
+
+    def _builtin(self, name: str, ev: rt.FunctionCall, args: dict[str, object]) -> None:
+        ok = ToolResult("ok", json.dumps({"ok": True}))
+        if name == "end_call":
+            self._ending = True
+            self._tool_done(name, ev.call_id, args, ok, reply=False)
+            self.log.info("agent ends the call")
+            self._when_said(ev.response_id, lambda: self._hangup("agent-ended"))
+        elif name == "send_dtmf":
+            digits = args.get("digits")
+            if not isinstance(digits, str) or not DTMF_DIGITS_RE.fullmatch(digits):
+                self._tool_done(name, ev.call_id, args, ToolResult(
+                    "invalid_arguments", error_output(
+                        "invalid_arguments", "digits: 0-9 * # A-D and w, at most 64.")))
+                return
+            self._control.send_dtmf(digits)
+            self._tool_done(name, ev.call_id, {"digits": len(digits)}, ToolResult(
+                "ok", json.dumps({"ok": True, "sent": digits})))
+        elif name == "transfer_call":
+            agent = self._agent
+            dests = agent.transfer_destinations if agent is not None else {}
+            wanted = args.get("destination")
+            dest = dests.get(wanted) if isinstance(wanted, str) else None
+            if dest is None:
+                self._tool_done(name, ev.call_id, args, ToolResult(
+                    "invalid_arguments", error_output(
+                        "unknown_destination",
+                        f"Transfer destinations are: {', '.join(dests)}.")))
+                return
+            self._ending = True
+            self._tool_done(name, ev.call_id, args, ok, reply=False)
+            self._when_said(ev.response_id, lambda: self._transfer(dest))
+
+    def _hangup(self, reason: str) -> None:
+        self.ended_reason = reason
+        self._dump("gateway.hangup", reason=reason)
+        self._control.hangup(reason)
+
+    def _transfer(self, dest: TransferDestination) -> None:
+        resume = dest.on_failure == "bot" or dest.fallback is not None
+        self._event("transfer", destination=dest.name, kind=dest.mode, outcome="started",
+                    target=dest.kind, resume=resume)
+        self.log.info("blind transfer to %s (%s)", dest.name, dest.kind)
+        metadata = {TRANSFER_KEY: dest.name}
+        if resume:
+            lines = list(self.history)
+            while lines and len(json.dumps(lines)) > MAX_HISTORY_CHARS:
+                lines.pop(0)  # keep the latest lines that fit
+            metadata[HISTORY_KEY] = json.dumps(lines, ensure_ascii=False)
+        self._control.dial(DialRequest(
+            targets=(DialTarget(dest.kind, dest.address),), timeout_s=dest.timeout_s,
+            resume=resume, metadata=metadata))
+
+    def _load_history(self, raw: str) -> None:
+        if not raw:
+            return
+        try:
+            lines = json.loads(raw)
+        except ValueError:
+            return
+        if isinstance(lines, list):
+            for line in lines:
+                if (isinstance(line, list) and len(line) == 2
+                        and all(isinstance(x, str) for x in line)):
+                    self.history.add(line[0], line[1])
+
+    async def _after_transfer(self) -> bool:
+        """On a leg resumed after a transfer: act on its outcome. True = done here."""
+        meta = self.info.metadata
+        name = meta.get(TRANSFER_KEY)
+        if not name or not meta.get("parent_call_id"):
+            return False
+        status = meta.get("dial_status")
+        if not status:  # the AMI VarSets may trail the new AudioSocket connection
+            outcome = await self._control.dial_outcome(DIAL_OUTCOME_WAIT_S)
+            status = outcome.status if outcome is not None else "failed"
+        agent = self._agent
+        dests = agent.transfer_destinations if agent is not None else {}
+        dest = dests.get(name)
+        # (the outcome itself is logged and counted by the AMI call controller)
+        if status in ("completed", "answered"):
+            self._hangup("transfer-completed")  # the person hung up: the call is over
+            return True
+        if dest is not None and dest.fallback is not None and dest.fallback in dests:
+            self._transfer(dests[dest.fallback])
+            return True
+        if dest is not None and dest.on_failure == "hangup":
+            self._hangup("transfer-failed")
+            return True
+        self._resume_note = (
+            f"You tried to transfer the caller to {name}, but the transfer did not go "
+            f"through ({status}). The caller is back with you: tell them, and offer "
+            "another way to help.")
+        return False
+
+    def on_dtmf(self, digit: str) -> None:
+        agent = self._agent
+        if agent is None or not agent.dtmf_to_model or self._closing:
+            return
+        if len(self._dtmf) < 64:
+            self._dtmf.append(digit)
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+        self._dtmf_timer = asyncio.get_running_loop().call_later(
+            agent.dtmf_debounce_ms / 1000.0, self._flush_dtmf)
+
+    def _flush_dtmf(self) -> None:
+        self._dtmf_timer = None
+        digits, self._dtmf = "".join(self._dtmf), []
+        if not digits or self._ws is None:
+            return
+        self._send_control(rt.conversation_item_create_text(
+            "user", f"[The caller pressed the phone keys: {digits}]"))
+        self._event("dtmf", direction="from-caller", digits=len(digits))
+        self._request_response()

@@ -46,9 +46,10 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Final, Literal
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
 
+from ..agenttools import tool_definitions
 from ..config import ConfigError
 from ..realtime.protocol import AudioFormat, SessionConfig
 from ..tenants import Agent
@@ -103,6 +104,8 @@ class OpenAISettings:
     reconnect_max_ms: int = 4000
     connect_timeout_s: float = 10.0
     replay_items: int = 40
+    tools: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    """Function tools declared in the session (``agenttools.tool_definitions``)."""
 
     @property
     def wire_rate(self) -> int:
@@ -130,6 +133,7 @@ class OpenAISettings:
             create_response=self.create_response,
             interrupt_response=self.interrupt_response,
             turn_detection=self.turn_detection,
+            tools=self.tools,
         )
 
     def policy(self) -> ReconnectPolicy:
@@ -214,6 +218,7 @@ def settings_for(agent: Agent | None) -> OpenAISettings:
         reconnect_max_ms=_int(extra, "reconnect_max_ms", max(base, 4000), base, 600_000),
         connect_timeout_s=_float(extra, "connect_timeout_s", 10.0, 0.01, 120.0),
         replay_items=_int(extra, "replay_items", 40, 0, 1000),
+        tools=tool_definitions(agent),
     )
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "AudioDone",
     "AudioFormat",
     "ErrorEvent",
+    "FunctionCall",
     "InputTranscriptionCompleted",
     "ItemTruncated",
     "OutputTranscriptDelta",
@@ -63,6 +64,7 @@ __all__ = [
     "Unknown",
     "conversation_item_create_assistant_text",
     "conversation_item_create_text",
+    "function_call_output",
     "input_audio_append",
     "input_audio_clear",
     "input_audio_commit",
@@ -119,6 +121,8 @@ class SessionConfig:
     create_response: bool = True
     interrupt_response: bool = True
     turn_detection: bool = True
+    tools: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    """Function tools (``{"type": "function", "name", "description", "parameters"}``)."""
 
     def __post_init__(self) -> None:
         for name in ("input_format", "output_format"):
@@ -155,7 +159,7 @@ def session_dict(cfg: SessionConfig) -> dict[str, Any]:
         }
     else:
         audio_input["turn_detection"] = None
-    return {
+    session: dict[str, Any] = {
         "type": "realtime",
         "output_modalities": ["audio"],
         "instructions": cfg.instructions,
@@ -167,6 +171,10 @@ def session_dict(cfg: SessionConfig) -> dict[str, Any]:
             },
         },
     }
+    if cfg.tools:
+        session["tools"] = [dict(t) for t in cfg.tools]
+        session["tool_choice"] = "auto"
+    return session
 
 
 def _dump(event: dict[str, Any]) -> str:
@@ -227,6 +235,20 @@ def conversation_item_create_assistant_text(text: str) -> str:
                 "role": "assistant",
                 "content": [{"type": "output_text", "text": text}],
             },
+        }
+    )
+
+
+def function_call_output(call_id: str, output: str) -> str:
+    """``conversation.item.create`` with the ``function_call_output`` of ``call_id``.
+
+    ``output`` is a string (JSON text by convention); follow it with ``response.create``
+    so the model speaks about the result.
+    """
+    return _dump(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": call_id, "output": output},
         }
     )
 
@@ -377,6 +399,19 @@ class ResponseDone:
 
 
 @dataclass(frozen=True)
+class FunctionCall:
+    """A complete function call of the model: ``response.function_call_arguments.done``,
+    or a ``response.output_item.done`` whose item is a ``function_call`` (both arrive
+    for one call: deduplicate on ``call_id``). ``arguments`` is the raw JSON text."""
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class RateLimitsUpdated:
     """``rate_limits.updated``; ``rate_limits`` is the raw list."""
 
@@ -415,6 +450,7 @@ ServerEvent: TypeAlias = (
     | InputTranscriptionCompleted
     | ItemTruncated
     | ResponseDone
+    | FunctionCall
     | RateLimitsUpdated
     | ErrorEvent
     | Unknown
@@ -512,6 +548,29 @@ def _error(f: _Fields) -> ErrorEvent:
     )
 
 
+def _arguments_done(f: _Fields) -> FunctionCall:
+    return FunctionCall(
+        response_id=f.req_str("response_id"),
+        item_id=f.req_str("item_id"),
+        call_id=f.req_str("call_id"),
+        name=f.opt_str("name") or "",
+        arguments=f.req_str("arguments"),
+    )
+
+
+def _output_item_done(f: _Fields) -> ServerEvent:
+    item = f.opt_obj("item")
+    if item is None or item.opt_str("type") != "function_call":
+        return Unknown("response.output_item.done", f._data)
+    return FunctionCall(
+        response_id=f.opt_str("response_id") or "",
+        item_id=item.opt_str("id") or "",
+        call_id=item.req_str("call_id"),
+        name=item.req_str("name"),
+        arguments=item.req_str("arguments"),
+    )
+
+
 _PARSERS: dict[str, Callable[[_Fields], ServerEvent]] = {
     "session.created": lambda f: SessionCreated(f.raw_obj("session")),
     "session.updated": lambda f: SessionUpdated(f.raw_obj("session")),
@@ -546,6 +605,8 @@ _PARSERS: dict[str, Callable[[_Fields], ServerEvent]] = {
         f.req_str("item_id"), f.req_int("audio_end_ms")
     ),
     "response.done": _response_done,
+    "response.function_call_arguments.done": _arguments_done,
+    "response.output_item.done": _output_item_done,
     "rate_limits.updated": lambda f: RateLimitsUpdated(f.req_list("rate_limits")),
     "error": _error,
 }

@@ -10,9 +10,15 @@ No Asterisk and no cloud key: the demo plays every part around the gateway itsel
 3. For each call, what Asterisk would do: the AGI step's ``POST /v1/route`` for the
    DID (tenant, limiter, call id), then an AudioSocket connection with that call id
    from the PBX simulator. The assistant's caller listens to the greeting, asks
-   something, then talks over the bot's answer (barge-in).
-4. The report: what the callers heard, the call records from the gateway's API, and
-   the gateway's own Prometheus figures against the targets Twilio's baseline sets.
+   something, then talks over the bot's answer (barge-in). The bot's first answer
+   also calls the assistant's webhook tool ``opening_hours`` (a signed POST to a
+   small HTTP server the demo runs), whose result goes back to the bot.
+4. The report: what the callers heard, the call records from the gateway's API (with
+   the tool call from ``agent_events``), and the gateway's own Prometheus figures
+   against the targets Twilio's baseline sets.
+
+Transfers need AMI and are not in this demo: ``tests/test_agent_tools.py`` runs them
+against the PBX simulator.
 
 Exits 0 only if every call went through cleanly.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import tempfile
 import urllib.request
 import uuid
@@ -30,10 +37,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..agenttools import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from ..config import format_hostport
-from .localbot import LocalRealtimeBot
+from .localbot import LocalRealtimeBot, ScriptStep
 from .proc import GatewayProcess
 from .simulator.audio import speech_like
 from .simulator.pbx import CallPlan, format_report, run_simulation
@@ -55,6 +64,14 @@ tenant = "demo"
 backend = "openai"
 instructions = "You are the demo company's phone assistant. Be brief."
 greeting = "Thanks for calling the demo company. How can I help?"
+builtin_tools = ["end_call"]
+
+[[agents.assistant.tools]]
+name = "opening_hours"
+description = "Today's opening hours of the demo company."
+url = "{{hooks}}/hours"
+timeout_s = 3.0
+secret_env = "AIGW_DEMO_TOOL_SECRET"
 
 [agents.line-check]
 tenant = "demo"
@@ -154,13 +171,54 @@ def _fmt(v: float | None, scale: float = 1.0, unit: str = "", digits: int = 0) -
     return "n/a" if v is None else f"{v * scale:.{digits}f}{unit}"
 
 
+class _Hooks:
+    """The demo company's webhook: checks the gateway's signature, answers the hours."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.verified: list[bool] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def hours(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        ok = verify(self.secret, request.headers.get(TIMESTAMP_HEADER, ""), body,
+                    request.headers.get(SIGNATURE_HEADER, ""))
+        self.verified.append(ok)
+        if not ok:
+            return web.json_response({"error": "bad signature"}, status=401)
+        return web.json_response({"open": "09:00", "close": "17:30"})
+
+    async def __aenter__(self) -> _Hooks:
+        app = web.Application()
+        app.router.add_post("/hours", self.hours)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
 async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
     calls = max(2, calls)
     tmp = Path(tempfile.mkdtemp(prefix="aigw-demo-"))
     config = tmp / "tenants.toml"
-    config.write_text(DEMO_TENANTS)
-    async with LocalRealtimeBot(reply_ms=2500, silence_ms=500) as bot:
+    secret = secrets.token_hex(16)
+    # Every assistant greets as usual; the first answer after that also calls the tool.
+    script = [ScriptStep()] * (calls - 1) + [ScriptStep(call="opening_hours")]
+    async with _Hooks(secret) as hooks, LocalRealtimeBot(reply_ms=2500, silence_ms=500,
+                                                          script=script) as bot:
+        config.write_text(DEMO_TENANTS.replace("{hooks}", hooks.url))
         env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+        env["AIGW_DEMO_TOOL_SECRET"] = secret
         env["AIGW_OPENAI_URL"] = f"ws://127.0.0.1:{bot.port}/v1/realtime"
         env["AIGW_OPENAI_MODEL"] = "local-bot"
         env.setdefault("AIGW_LOG_LEVEL", "warning")
@@ -195,7 +253,16 @@ async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
             transcript = await asyncio.to_thread(
                 _http_json, "GET",
                 f"http://{format_hostport(*gw.http)}/v1/calls/{plans[0].call_id}/transcript")
+            tool_events: list[dict[str, Any]] = []
+            for plan in plans[:-1]:
+                rec = await asyncio.to_thread(
+                    _http_json, "GET",
+                    f"http://{format_hostport(*gw.http)}/v1/calls/{plan.call_id}")
+                tool_events += [e for e in rec.get("agent_events", [])
+                                if e.get("event") == "tool"]
         truncates = sum(len(s.truncates) for s in bot.sessions)
+        tool_outputs = [i for s in bot.sessions for i in s.items
+                        if i.get("type") == "function_call_output"]
 
     print("\ncall records (GET /v1/calls?tenant=demo):")
     for rec in records.get("calls", []):
@@ -205,6 +272,15 @@ async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
     print(f"\nwhat the assistant and caller 0 said (GET /v1/calls/{plans[0].call_id}/transcript):")
     for line in transcript.get("lines", []):
         print(f"  {line['role']:>6}: {line['text']}")
+    print("\nagent tool calls (GET /v1/calls/{id} agent_events):")
+    for ev in tool_events:
+        print(f"  tool call {ev.get('name')}: {ev.get('outcome')} in {ev.get('latency_ms')} ms "
+              f"(signature {'verified' if all(hooks.verified) else 'REJECTED'}), "
+              f"result {ev.get('result')}")
+    tools_ok = (len(tool_events) == 1 and tool_events[0].get("outcome") == "ok"
+                and len(tool_outputs) == 1)
+    if not tools_ok:
+        print(f"  expected one successful tool call, got {len(tool_events)}")
     ttg = histogram_quantile(m, "aigw_time_to_first_audio_seconds", 0.5)
     ttg_assistant = [c.first_audio_s for c, p in zip(report.calls, plans, strict=True)
                      if p.index < calls - 1 and c.first_audio_s is not None]
@@ -216,7 +292,7 @@ async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
     late = histogram_quantile(m, "aigw_pacer_lateness_seconds", 0.99)
     underruns = m.get("aigw_playout_underruns_total", 0) + m.get(
         "aigw_pacer_missed_ticks_total", 0)
-    ok = report.ok_calls == len(report.calls)
+    ok = report.ok_calls == len(report.calls) and tools_ok
     print("\nheadline figures (the gateway's own /metrics; targets from Twilio's baseline):")
     rows = [
         ("call success", f"{report.ok_calls}/{len(report.calls)}", "> 99 %"),

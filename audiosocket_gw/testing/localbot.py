@@ -38,6 +38,15 @@ What it does, per WebSocket connection on ``/v1/realtime?model=...``:
   ("Audio content of N ms is already shorter than M ms"), else ``conversation.item.truncated``;
   ``conversation.item.create`` answers ``conversation.item.added`` and ``.done``; any other
   client event gets an ``invalid_request_error`` and the connection stays open.
+* Function calls (GA shape, docs/PROTOCOLS.md §7.6): with a ``script`` of
+  :class:`ScriptStep`, each response the bot starts (on any connection) takes the next
+  step: ``say`` replaces its words (None: no audio item at all) and ``call`` adds a
+  ``function_call`` item after the audio (``call_id``, ``name``, ``arguments``), streamed
+  as ``response.output_item.added``, ``response.function_call_arguments.delta``/``.done``
+  and ``response.output_item.done``, all before ``response.done``. The client answers
+  with ``conversation.item.create`` of a ``function_call_output`` (recorded in
+  ``BotSession.items``) and ``response.create``. When the script is used up the bot
+  answers as usual.
 * ``drop_after_ms`` closes the socket with 1011 after that long; ``expire_after_ms`` sends
   ``error`` code ``session_expired`` and closes with 1001.
 
@@ -68,7 +77,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -82,7 +91,8 @@ from audiosocket_gw.dsp.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_
 from audiosocket_gw.dsp.vad import frame_level
 from audiosocket_gw.realtime.protocol import SessionConfig, session_dict
 
-__all__ = ["BotResponse", "BotSession", "LocalRealtimeBot", "ReceivedEvent", "main"]
+__all__ = ["BotResponse", "BotSession", "LocalRealtimeBot", "ReceivedEvent", "ScriptStep",
+           "main"]
 
 REALTIME_PATH = "/v1/realtime"
 """The only path served (as OpenAI: ``/v1/realtime?model=...``)."""
@@ -105,6 +115,22 @@ _FORMATS = ("audio/pcmu", "audio/pcma", "audio/pcm")
 
 
 _QUOTED = re.compile(r'exactly:?\s*"([^"]+)"')
+
+
+@dataclass(frozen=True)
+class ScriptStep:
+    """What one response of the bot does (see the module docstring).
+
+    ``say``: the words of its audio ("" = the usual words, None = no audio item);
+    ``call``: a function to call after the audio, with ``arguments`` (a JSON object);
+    ``more_calls``: further ``(name, arguments)`` calls in the same response (the model
+    may call several functions at once).
+    """
+
+    say: str | None = ""
+    call: str | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    more_calls: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -332,6 +358,16 @@ class _Response:
     record: BotResponse
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     sent_transcript: str = ""
+    audio: bool = True
+    calls: list[_Call] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Call:
+    name: str
+    arguments: str
+    item_id: str
+    call_id: str
 
 
 def _new_id(prefix: str) -> str:
@@ -863,6 +899,9 @@ class _Connection:
         turn_ended_at: float | None = None,
     ) -> None:
         """Send ``response.created`` (before any cancel can happen), then stream it."""
+        step = self._bot.script.popleft() if self._bot.script else None
+        if step is not None and step.say:
+            transcript = step.say
         response_id, item_id = _new_id("resp"), _new_id("item")
         record = BotResponse(
             response_id=response_id,
@@ -878,7 +917,12 @@ class _Connection:
             transcript=transcript,
             output_format=self._settings.output_format,
             record=record,
+            audio=step is None or step.say is not None,
         )
+        if step is not None:
+            wanted = ([(step.call, step.arguments)] if step.call else []) + list(step.more_calls)
+            resp.calls = [_Call(name, json.dumps(args, separators=(",", ":")),
+                                _new_id("item"), _new_id("call")) for name, args in wanted]
         self._active = resp
         self._record.responses.append(resp.response_id)
         self._record.response_log.append(record)
@@ -899,6 +943,17 @@ class _Connection:
             "content": [{"type": "output_audio", "transcript": resp.sent_transcript}],
         }
 
+    @staticmethod
+    def _call_obj(call: _Call, status: str, arguments: str) -> dict[str, Any]:
+        return {"id": call.item_id, "object": "realtime.item", "type": "function_call",
+                "status": status, "name": call.name, "call_id": call.call_id,
+                "arguments": arguments}
+
+    def _outputs(self, resp: _Response, status: str) -> list[dict[str, Any]]:
+        out = [self._item_obj(resp, status)] if resp.audio else []
+        out += [self._call_obj(call, status, call.arguments) for call in resp.calls]
+        return out
+
     def _response_obj(
         self, resp: _Response, status: str, details: dict[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -910,7 +965,7 @@ class _Connection:
             "id": resp.response_id,
             "status": status,
             "status_details": details,
-            "output": [] if status == "in_progress" else [self._item_obj(resp, item_status)],
+            "output": [] if status == "in_progress" else self._outputs(resp, item_status),
             "conversation_id": self._record.session_id,
             "output_modalities": ["audio"],
             "audio": {"output": {"format": {"type": resp.output_format}}},
@@ -952,6 +1007,57 @@ class _Connection:
             await self._stream_response(resp)
 
     async def _stream_response(self, resp: _Response) -> None:
+        if resp.audio:
+            await self._stream_audio(resp)
+        else:
+            await self._rate_limits(resp)
+        for n, call in enumerate(resp.calls):
+            await self._stream_call(resp, call, n + (1 if resp.audio else 0))
+        await self._send(
+            {"type": "response.done", "response": self._response_obj(resp, "completed")},
+            resp,
+            finish=True,
+        )
+        resp.record.status = "completed"
+
+    async def _rate_limits(self, resp: _Response) -> None:
+        await self._send(
+            {
+                "type": "rate_limits.updated",
+                "rate_limits": [
+                    {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06},
+                    {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5},
+                ],
+            },
+            resp,
+        )
+
+    async def _stream_call(self, resp: _Response, call: _Call, index: int) -> None:
+        """One ``function_call`` item of a scripted step (GA event sequence)."""
+        rid, iid, cid, name = resp.response_id, call.item_id, call.call_id, call.name
+        arguments = call.arguments
+        self._items[iid] = "assistant"
+        await self._send({"type": "response.output_item.added", "response_id": rid,
+                          "output_index": index,
+                          "item": self._call_obj(call, "in_progress", "")}, resp)
+        await self._send({"type": "conversation.item.added", "previous_item_id":
+                          self._last_item, "item": self._call_obj(call, "in_progress", "")},
+                         resp)
+        self._last_item = iid
+        half = len(arguments) // 2
+        for part in (arguments[:half], arguments[half:]):
+            if part:
+                await self._send({"type": "response.function_call_arguments.delta",
+                                  "response_id": rid, "item_id": iid, "output_index": index,
+                                  "call_id": cid, "delta": part}, resp)
+        await self._send({"type": "response.function_call_arguments.done", "response_id": rid,
+                          "item_id": iid, "output_index": index, "call_id": cid,
+                          "name": name, "arguments": arguments}, resp)
+        await self._send({"type": "response.output_item.done", "response_id": rid,
+                          "output_index": index,
+                          "item": self._call_obj(call, "completed", arguments)}, resp)
+
+    async def _stream_audio(self, resp: _Response) -> None:
         rid, iid, fmt = resp.response_id, resp.item_id, resp.output_format
         base = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
         await self._send(
@@ -1052,12 +1158,6 @@ class _Connection:
             },
             resp,
         )
-        await self._send(
-            {"type": "response.done", "response": self._response_obj(resp, "completed")},
-            resp,
-            finish=True,
-        )
-        resp.record.status = "completed"
 
 
 _HANDLERS = {
@@ -1094,6 +1194,7 @@ class LocalRealtimeBot:
         expire_after_ms: int | None = None,
         max_recorded_events: int = 10_000,
         max_sessions: int = 1000,
+        script: Sequence[ScriptStep] = (),
     ) -> None:
         if reply_ms < 0:
             raise ValueError(f"reply_ms must not be negative, got {reply_ms}")
@@ -1118,6 +1219,8 @@ class LocalRealtimeBot:
         self.max_recorded_events = max_recorded_events
         self.max_sessions = max_sessions
         self.sessions: list[BotSession] = []
+        self.script: deque[ScriptStep] = deque(script)
+        """Steps still to play (tests may append more while the bot runs)."""
         self._server: Server | None = None
         self._host = "127.0.0.1"
         self._port = 0

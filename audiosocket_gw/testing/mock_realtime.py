@@ -8,6 +8,13 @@ SIGINT or SIGTERM, and prints the URL to give the gateway as ``AIGW_OPENAI_URL``
     audiosocket-gw mock-realtime --listen 127.0.0.1:8765
     AIGW_OPENAI_URL=ws://127.0.0.1:8765/v1/realtime audiosocket-gw serve --backend openai
 
+``--script FILE`` plays scripted function calls (a JSON array of steps ``{"say": text
+or null, "call": name, "arguments": {...}}``, one per response, see
+:class:`~audiosocket_gw.testing.localbot.ScriptStep`), e.g. to try an agent's tools::
+
+    [{"say": "Let me check.", "call": "lookup_order", "arguments": {"order_id": "42"}},
+     {"say": ""}, {"say": "Goodbye.", "call": "end_call"}]
+
 ``--listen HOST:0`` picks a free port (the printed URL has the real one).
 ``--api-key-env NAME`` makes the bot require ``Authorization: Bearer <$NAME>`` (HTTP 401
 otherwise, as OpenAI); the key is read from the environment, never from the command line
@@ -22,19 +29,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import ConfigError, is_loopback, parse_hostport
 
 if TYPE_CHECKING:  # imported lazily at run time: numpy + websockets are not needed for --help
-    from .localbot import LocalRealtimeBot
+    from .localbot import LocalRealtimeBot, ScriptStep
 
-__all__ = ["DEFAULT_LISTEN", "add_parser", "build_parser", "main", "run"]
+__all__ = ["DEFAULT_LISTEN", "add_parser", "build_parser", "load_script", "main", "run"]
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 STOP_TIMEOUT_S = 5.0
@@ -61,6 +69,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="silence that ends the caller's turn (default 500)")
     p.add_argument("--chunk-ms", type=int, default=100, metavar="MS",
                    help="audio per response.output_audio.delta (default 100)")
+    p.add_argument("--script", metavar="FILE",
+                   help="JSON array of steps {say, call, arguments}: scripted function "
+                        "calls, one step per response")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,6 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Serve a local Realtime (GA) test bot.")
     _add_arguments(p)
     return p
+
+
+def load_script(path: str) -> list[ScriptStep]:
+    """Read a ``--script`` file; ``ValueError`` saying what is wrong."""
+    from .localbot import ScriptStep
+
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, list):
+        raise ValueError("expected a JSON array of steps")
+    steps = []
+    for i, step in enumerate(data):
+        if not isinstance(step, dict) or set(step) - {"say", "call", "arguments"}:
+            raise ValueError(f"step {i}: an object with say, call and arguments only")
+        say, call, arguments = step.get("say", ""), step.get("call"), step.get("arguments", {})
+        if not (say is None or isinstance(say, str)) or not (
+                call is None or isinstance(call, str)) or not isinstance(arguments, dict):
+            raise ValueError(f"step {i}: say is a string or null, call a string, "
+                             "arguments an object")
+        steps.append(ScriptStep(say=say, call=call, arguments=arguments))
+    return steps
 
 
 def _endpoint(url: str) -> str:
@@ -105,7 +137,13 @@ def run(args: argparse.Namespace) -> int:
         if api_key is None:
             _error(f"--api-key-env: environment variable {args.api_key_env} is not set")
             return 2
-    kwargs = {} if args.greeting is None else {"greeting_text": args.greeting}
+    kwargs: dict[str, Any] = {} if args.greeting is None else {"greeting_text": args.greeting}
+    if args.script:
+        try:
+            kwargs["script"] = load_script(args.script)
+        except (OSError, ValueError) as exc:
+            _error(f"--script: {exc}")
+            return 2
     try:
         bot = LocalRealtimeBot(
             api_key=api_key,

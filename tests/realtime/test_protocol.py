@@ -289,6 +289,25 @@ ROUND_TRIPS: list[tuple[dict[str, Any], p.ServerEvent]] = [
         p.ErrorEvent("server_error", None, "boom", None),
     ),
     (
+        {"type": "response.function_call_arguments.done", "response_id": "r1",
+         "item_id": "i3", "output_index": 1, "call_id": "call_1", "name": "lookup",
+         "arguments": '{"q":1}'},
+        p.FunctionCall("r1", "i3", "call_1", "lookup", '{"q":1}'),
+    ),
+    (
+        {"type": "response.output_item.done", "response_id": "r1", "output_index": 1,
+         "item": {"id": "i3", "type": "function_call", "call_id": "call_1",
+                  "name": "lookup", "arguments": "{}"}},
+        p.FunctionCall("r1", "i3", "call_1", "lookup", "{}"),
+    ),
+    (
+        {"type": "response.output_item.done", "item": {"id": "i4", "type": "message"}},
+        p.Unknown(
+            "response.output_item.done",
+            {"type": "response.output_item.done", "item": {"id": "i4", "type": "message"}},
+        ),
+    ),
+    (
         {"type": "response.output_item.added", "item": {"id": "i2"}},
         p.Unknown(
             "response.output_item.added",
@@ -457,8 +476,21 @@ def _parse_or_protocol_error(text: str | bytes) -> None:
             p.InputTranscriptionCompleted,
             p.ItemTruncated,
             p.ResponseDone,
+            p.FunctionCall,
             p.RateLimitsUpdated,
             p.ErrorEvent,
             p.Unknown,
         ),
     )
+
+
+def test_tools_in_session_update_and_function_call_output() -> None:
+    tool = {"type": "function", "name": "lookup", "description": "d",
+            "parameters": {"type": "object", "properties": {}}}
+    session = json.loads(p.session_update(p.SessionConfig(tools=(tool,))))["session"]
+    assert session["tools"] == [tool] and session["tool_choice"] == "auto"
+    assert "tools" not in json.loads(p.session_update(p.SessionConfig()))["session"]
+    out = json.loads(p.function_call_output("call_1", '{"ok":true}'))
+    assert out == {"type": "conversation.item.create",
+                   "item": {"type": "function_call_output", "call_id": "call_1",
+                            "output": '{"ok":true}'}}

@@ -18,4 +18,5 @@ def test_demo_runs_end_to_end_and_reports() -> None:
     assert "calls: 2  ok: 2" in out
     assert out.count(" completed ") >= 2  # call records from the API
     assert "time to greeting" in out and "MOS estimate" in out
+    assert "tool call opening_hours: ok" in out and "signature verified" in out
     assert out.rstrip().endswith("demo: OK")

@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,3 +175,17 @@ def test_subcommand_defaults() -> None:
 def test_invalid_bot_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert mock_realtime_cli.main(["--listen", "127.0.0.1:0", "--chunk-ms", "0"]) == 2
     assert "chunk_ms" in capsys.readouterr().err
+
+
+def test_script_file_is_read_and_checked(tmp_path: Path) -> None:
+    from audiosocket_gw.testing.localbot import ScriptStep
+    from audiosocket_gw.testing.mock_realtime import load_script
+
+    good = tmp_path / "s.json"
+    good.write_text('[{"say": null, "call": "lookup", "arguments": {"q": 1}}, {"say": "hi"}]')
+    assert load_script(str(good)) == [ScriptStep(None, "lookup", {"q": 1}), ScriptStep("hi")]
+    bad = tmp_path / "b.json"
+    for text in ('{"say": "x"}', '[{"say": 1}]', '[{"speak": "x"}]'):
+        bad.write_text(text)
+        with pytest.raises(ValueError):
+            load_script(str(bad))
