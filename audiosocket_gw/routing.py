@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -77,8 +77,8 @@ _FIELD_LIMITS: Final = {"did": 64, "caller": 128, "uniqueid": 64, "channel": 256
 STATUSES: Final = ("ok", "busy", "unknown", "unavailable")
 
 ROUTE_VARIABLES: Final = (
-    "AIGW_STATUS", "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_TENANT", "AIGW_AGENT",
-    "AIGW_RECORD", "AIGW_RECORDING_FILE", "AIGW_FALLBACK",
+    "AIGW_STATUS", "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_AUDIOSOCKET_ALT",
+    "AIGW_TENANT", "AIGW_AGENT", "AIGW_RECORD", "AIGW_RECORDING_FILE", "AIGW_FALLBACK",
 )
 """What ``POST /v1/route`` returns and the AGI script sets on an inbound channel."""
 
@@ -144,19 +144,26 @@ def route_variables(
     *,
     call_id: str = "",
     audiosocket: str = "",
+    audiosocket_alt: Sequence[str] = (),
     tenant: str = "",
     agent: str = "",
     record: bool = False,
     recording_file: str = "",
     fallback: str = "",
 ) -> dict[str, str]:
-    """The ``AIGW_*`` channel variables of one answer (every key always present)."""
+    """The ``AIGW_*`` channel variables of one answer (every key always present).
+
+    ``audiosocket_alt``: other nodes' AudioSocket addresses the dialplan tries, in
+    order, when ``audiosocket`` refuses the connection; ``&``-joined in
+    ``AIGW_AUDIOSOCKET_ALT`` (the primary itself is left out).
+    """
     if status not in STATUSES:
         raise ValueError(f"status {status!r} not in {STATUSES}")
     return {
         "AIGW_STATUS": status,
         "AIGW_CALL_ID": call_id,
         "AIGW_AUDIOSOCKET": audiosocket,
+        "AIGW_AUDIOSOCKET_ALT": "&".join(a for a in audiosocket_alt if a != audiosocket),
         "AIGW_TENANT": tenant,
         "AIGW_AGENT": agent,
         "AIGW_RECORD": "1" if record else "0",
@@ -293,7 +300,8 @@ class RoutingComponent:
         self._expect(call_id)
         log.info("route: call %s -> tenant %s, agent %s", call_id, tenant.id, agent.name)
         return route_variables(
-            "ok", call_id=call_id, audiosocket=admitted.audiosocket, tenant=tenant.id,
+            "ok", call_id=call_id, audiosocket=admitted.audiosocket,
+            audiosocket_alt=self.settings.peer_audiosockets, tenant=tenant.id,
             agent=agent.name, record=bool(admitted.recording_file),
             recording_file=admitted.recording_file, fallback=fallback,
         )
