@@ -83,8 +83,8 @@ ROUTE_VARIABLES: Final = (
 """What ``POST /v1/route`` returns and the AGI script sets on an inbound channel."""
 
 ORIGINATE_VARIABLES: Final = (
-    "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_TENANT", "AIGW_AGENT", "AIGW_RECORD",
-    "AIGW_RECORDING_FILE", "AIGW_AMD", "AIGW_AMD_MS", "AIGW_VOICEMAIL_ACTION",
+    "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_AUDIOSOCKET_ALT", "AIGW_TENANT", "AIGW_AGENT",
+    "AIGW_RECORD", "AIGW_RECORDING_FILE", "AIGW_AMD", "AIGW_AMD_MS", "AIGW_VOICEMAIL_ACTION",
 )
 """What ``[aigw-outbound]`` reads: the AMI ``Originate`` must pass these as
 ``Variable:`` headers (see ``originate_variables``)."""
@@ -178,6 +178,7 @@ def originate_variables(
     audiosocket: str,
     tenant: str,
     agent: str,
+    audiosocket_alt: Sequence[str] = (),
     record: bool = False,
     recording_file: str = "",
     amd: bool = True,
@@ -189,7 +190,9 @@ def originate_variables(
     ``amd``: run Asterisk's ``AMD()`` before the bridge, for at most ``amd_ms``
     (its totalAnalysisTime; AMD blocks the channel, docs/PROTOCOLS.md §5.1). On ``MACHINE``
     with ``voicemail_action`` "hangup" the dialplan hangs up; with "leave_message"
-    the bot is connected anyway. Values are checked: they end up in app arguments.
+    the bot is connected anyway. ``audiosocket_alt``: the peer nodes the bridge tries
+    when ``audiosocket`` refuses (as for inbound: ``route_variables``). Values are
+    checked: they end up in app arguments.
     """
     uuid.UUID(call_id)
     host, port = parse_hostport(audiosocket, setting="audiosocket")
@@ -205,6 +208,9 @@ def originate_variables(
     return {
         "AIGW_CALL_ID": call_id,
         "AIGW_AUDIOSOCKET": format_hostport(host, port),
+        "AIGW_AUDIOSOCKET_ALT": "&".join(
+            format_hostport(*parse_hostport(a, setting="audiosocket_alt")) for a in audiosocket_alt
+            if a != format_hostport(host, port)),
         "AIGW_TENANT": tenant,
         "AIGW_AGENT": agent,
         "AIGW_RECORD": "1" if record and recording_file else "0",
