@@ -524,14 +524,16 @@ def test_every_path_runs_without_dialplan_errors(status, trystatus, fallback):
 NODES = ("10.0.0.5:9092", "10.0.0.6:9092", "[2001:db8::7]:9092")
 
 
-def _audiosocket(up: set[str], *, dies_after_s: int = 0):
-    """TryExec(AudioSocket(id,addr)) against nodes: refused (FAILED at once) unless
+def _audiosocket(up: set[str], *, dies_after_s: int = 0, connect_s: int = 0):
+    """TryExec(AudioSocket(id,addr)) against nodes: FAILED after ``connect_s`` (0:
+    refused at once, 2: a host that is down, the 2000 ms connect timeout) unless
     ``addr`` is in ``up``; an up node ends the call (SUCCESS), or with
     ``dies_after_s`` dies mid-call that many seconds later (FAILED)."""
     def result(args: str, v: dict[str, str]) -> dict[str, str]:
         addr = split_args(args[len("AudioSocket("):-1])[1]
         if addr not in up:
-            return {"TRYSTATUS": "FAILED"}
+            # EPOCH is whole seconds: a 2 s connect can span 3 of them.
+            return {"TRYSTATUS": "FAILED", "EPOCH": str(int(v["EPOCH"]) + connect_s)}
         if dies_after_s:
             return {"TRYSTATUS": "FAILED", "EPOCH": str(int(v["EPOCH"]) + dies_after_s)}
         return {"TRYSTATUS": "SUCCESS"}
@@ -543,18 +545,19 @@ def _tried(run: Run) -> list[str]:
             if app == "TryExec"]
 
 
+@pytest.mark.parametrize("connect_s", [0, 3])
 @pytest.mark.parametrize("up,tried,bridge", [
     ({NODES[0]}, NODES[:1], "done"),                 # the routing node takes it
     ({NODES[1]}, NODES[:2], "done"),                 # it is down: the next one
     ({NODES[2]}, NODES, "done"),                     # an IPv6 node, last in the list
     (set(), NODES, "failed"),                        # all down: fallback, bounded
 ])
-def test_bridge_fails_over_to_the_alternate_gateways(up, tried, bridge):
+def test_bridge_fails_over_to_the_alternate_gateways(up, tried, bridge, connect_s):
     dp = parse(CONF.read_text())
     variables = {**CALL, "AIGW_AUDIOSOCKET": NODES[0],
                  "AIGW_AUDIOSOCKET_ALT": "&".join(NODES[1:])}
     run = evaluate(dp, "aigw-bridge", "s", variables, gosub=True,
-                   results={"AudioSocket": _audiosocket(up)})
+                   results={"AudioSocket": _audiosocket(up, connect_s=connect_s)})
     assert run.errors == []
     assert _tried(run) == list(tried)
     assert run.variables["AIGW_BRIDGE"] == bridge
@@ -568,7 +571,7 @@ def test_bridge_does_not_reconnect_a_call_whose_gateway_died_mid_call():
     variables = {**CALL, "AIGW_AUDIOSOCKET": NODES[0],
                  "AIGW_AUDIOSOCKET_ALT": "&".join(NODES[1:])}
     run = evaluate(dp, "aigw-bridge", "s", variables, gosub=True,
-                   results={"AudioSocket": _audiosocket(set(NODES), dies_after_s=30)})
+                   results={"AudioSocket": _audiosocket(set(NODES), dies_after_s=4)})
     assert run.errors == [] and _tried(run) == [NODES[0]]
     assert run.variables["AIGW_BRIDGE"] == "failed"
 
