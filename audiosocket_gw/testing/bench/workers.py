@@ -7,7 +7,8 @@ process places each ``--calls`` level of echo calls, as ``make bench`` does for 
 process. Per level: every worker's CPU (from /proc), real time (no underrun, missed
 tick or simulator gap > 40 ms, every call ok). Per N: ``calls_real_time`` = the
 highest level that stayed real time. ``scaling`` = calls_real_time(N) /
-calls_real_time(smallest N). The simulated Asterisk shares the host's cores with the
+calls_real_time(smallest N); ``cpu_estimate_calls_per_host`` = min(N, cores) / the
+CPU seconds per call-second at that level. The simulated Asterisk shares the host's cores with the
 workers (no pinning here), so on a small machine the figure is a floor.
 """
 
@@ -112,18 +113,27 @@ async def bench_workers(workers: int, levels: list[int], seconds: float, db_url:
             rows.append(row)
             if not row["real_time"]:
                 break  # higher levels will not be real time either
-    rt = [r["calls"] for r in rows if r["real_time"]]
-    return {"workers": workers, "levels": rows, "calls_real_time": max(rt) if rt else 0}
+    rt = [r for r in rows if r["real_time"]]
+    best = max(rt, key=lambda r: r["calls"]) if rt else None
+    # What the CPU figure says the host would carry with every worker's core busy (the
+    # measured level is capped by the levels asked for and by the simulator's share).
+    cores = min(workers, os.cpu_count() or 1)
+    estimate = int(cores / best["cpu_s_per_call_s"]) if best and best["cpu_s_per_call_s"] > 0 \
+        else None
+    return {"workers": workers, "levels": rows, "calls_real_time": best["calls"] if best else 0,
+            "cpu_estimate_calls_per_host": estimate}
 
 
 def workers_table(runs: list[dict[str, Any]]) -> str:
-    head = "| workers | calls/host at real time | scaling | per-worker CPU % at that level |"
-    sep = "|---:|---:|---:|---|"
+    head = ("| workers | calls/host at real time | scaling | per-worker CPU % at that level "
+            "| CPU estimate calls/host |")
+    sep = "|---:|---:|---:|---|---:|"
     rows = []
     for r in runs:
         at = next((lv for lv in r["levels"] if lv["calls"] == r["calls_real_time"]), None)
         cpu = " / ".join(str(c) for c in at["worker_cpu_percent"]) if at else "-"
-        rows.append(f"| {r['workers']} | {r['calls_real_time']} | {r['scaling']} | {cpu} |")
+        rows.append(f"| {r['workers']} | {r['calls_real_time']} | {r['scaling']} | {cpu} "
+                    f"| {r['cpu_estimate_calls_per_host']} |")
     return "\n".join([head, sep, *rows])
 
 
