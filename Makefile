@@ -37,9 +37,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check audiosocket_gw tests
 	$(BIN)/mypy audiosocket_gw
 
-## bench: concurrent simulated calls against a separate gateway process
+## bench: concurrent simulated calls against a separate gateway process, then the same
+## echo levels against `serve --workers 1` and `--workers 2` on PostgreSQL (skipped with a
+## message when PostgreSQL is unreachable; WORKERS_ARGS="--calls 100 200 400")
 bench: $(STAMP)
 	$(BIN)/audiosocket-gw bench --out bench/results.json $(ARGS)
+	$(BIN)/audiosocket-gw bench --workers 1 2 --out bench/results.json $(WORKERS_ARGS)
 
 ## soak: 10 min of mixed calls with a fault every minute (ARGS="--minutes 3 --calls 60")
 soak: $(STAMP)

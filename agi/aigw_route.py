@@ -12,10 +12,12 @@ It reads the AGI environment (``agi_extension``/``agi_dnid``, ``agi_callerid``,
 ``http://127.0.0.1:9094/v1/route``) and sets on the channel:
 
 ``AIGW_STATUS`` ok | busy | unknown | unavailable, ``AIGW_CALL_ID``,
-``AIGW_AUDIOSOCKET``, ``AIGW_TENANT``, ``AIGW_AGENT``, ``AIGW_RECORD``,
-``AIGW_RECORDING_FILE``, ``AIGW_FALLBACK``.
+``AIGW_AUDIOSOCKET``, ``AIGW_AUDIOSOCKET_ALT`` (other gateway nodes to try when
+``AIGW_AUDIOSOCKET`` refuses the connection, ``&``-separated; each checked like
+``AIGW_AUDIOSOCKET``, the ones that fail dropped), ``AIGW_TENANT``, ``AIGW_AGENT``,
+``AIGW_RECORD``, ``AIGW_RECORDING_FILE``, ``AIGW_FALLBACK``.
 
-All eight are set on every run (empty when not applicable), ``AIGW_STATUS`` last, so
+All nine are set on every run (empty when not applicable), ``AIGW_STATUS`` last, so
 nothing stale or pre-set on the channel survives. ``unavailable`` means the gateway
 did not answer in time (``AIGW_ROUTE_TIMEOUT`` seconds, default 1.5, total), answered
 with an error, or answered something that fails validation.
@@ -60,6 +62,7 @@ MAX_RESPONSE = 8192
 VARIABLES = (
     "AIGW_CALL_ID",
     "AIGW_AUDIOSOCKET",
+    "AIGW_AUDIOSOCKET_ALT",
     "AIGW_TENANT",
     "AIGW_AGENT",
     "AIGW_RECORD",
@@ -141,6 +144,21 @@ def audiosocket_allowed(address: str, route_url: str, env: Mapping[str, str]) ->
     return host == route_host
 
 
+MAX_ALTERNATES = 8
+
+
+def alternates(value: str, primary: str, route_url: str, env: Mapping[str, str]) -> str:
+    """``AIGW_AUDIOSOCKET_ALT`` checked: the ``&``-separated fallback gateway addresses
+    that pass ``audiosocket_allowed`` (others dropped), without the primary or
+    repeats, at most ``MAX_ALTERNATES``; "" when none is left."""
+    out: list[str] = []
+    for addr in value.split("&")[: MAX_ALTERNATES * 2]:
+        if addr and addr != primary and addr not in out and \
+                audiosocket_allowed(addr, route_url, env):
+            out.append(addr)
+    return "&".join(out[:MAX_ALTERNATES])
+
+
 def recording_file_ok(path: str, call_id: str, env: Mapping[str, str]) -> bool:
     """Exactly ``<AIGW_MIXMONITOR_DIR>/<tenant>/<call id>.wav`` (the gateway's layout)."""
     root = (env.get("AIGW_MIXMONITOR_DIR") or DEFAULT_RECORDING_DIR).rstrip("/")
@@ -164,7 +182,7 @@ def dial_ok(dial: str, env: Mapping[str, str]) -> bool:
 
 def validate(answer: object, *, route_url: str = DEFAULT_URL,
              env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The gateway's JSON answer -> the eight variables to set, all validated.
+    """The gateway's JSON answer -> the nine variables to set, all validated.
 
     Raises ``Unavailable`` when the answer is malformed or an ``ok`` answer lacks a
     valid call id or AudioSocket address (one of the gateway's: ``audiosocket_allowed``).
@@ -199,6 +217,8 @@ def validate(answer: object, *, route_url: str = DEFAULT_URL,
             raise Unavailable("ok answer without a valid AudioSocket address of the gateway")
         out["AIGW_CALL_ID"] = call_id
         out["AIGW_AUDIOSOCKET"] = address
+        out["AIGW_AUDIOSOCKET_ALT"] = alternates(got.get("AIGW_AUDIOSOCKET_ALT", ""),
+                                                 address, route_url, env)
         rec_file = got.get("AIGW_RECORDING_FILE", "")
         if out["AIGW_RECORD"] == "1":
             if recording_file_ok(rec_file, call_id, env):

@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrency levels to run")
     b.add_argument("--seconds", type=float, default=15.0)
     b.add_argument("--out", default="bench/results.json", help="JSON file for the figures")
+    b.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
+                   help="instead: run `serve --workers N` for each N on a PostgreSQL database "
+                        "the bench creates (AIGW_BENCH_PG_URL, default 127.0.0.1:5432) and "
+                        "report calls per host at real time, per-worker CPU and the scaling")
     k = sub.add_parser("soak", help="many calls for minutes with faults: drops, leaks, stuck "
                                      "records",
                        description="Echo, openai (local bot) and twilio-stream (fake app) calls "
@@ -246,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(run_demo(calls=args.calls, seconds=args.seconds))
     if args.command == "bench":
+        if args.workers:
+            from .testing.bench.workers import run_workers_bench
+
+            return asyncio.run(run_workers_bench(workers=args.workers, levels=args.calls,
+                                                 seconds=args.seconds, out=args.out))
         from .testing.bench.run import run_bench
 
         return asyncio.run(run_bench(levels=args.calls, seconds=args.seconds, out=args.out))

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -77,14 +77,14 @@ _FIELD_LIMITS: Final = {"did": 64, "caller": 128, "uniqueid": 64, "channel": 256
 STATUSES: Final = ("ok", "busy", "unknown", "unavailable")
 
 ROUTE_VARIABLES: Final = (
-    "AIGW_STATUS", "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_TENANT", "AIGW_AGENT",
-    "AIGW_RECORD", "AIGW_RECORDING_FILE", "AIGW_FALLBACK",
+    "AIGW_STATUS", "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_AUDIOSOCKET_ALT",
+    "AIGW_TENANT", "AIGW_AGENT", "AIGW_RECORD", "AIGW_RECORDING_FILE", "AIGW_FALLBACK",
 )
 """What ``POST /v1/route`` returns and the AGI script sets on an inbound channel."""
 
 ORIGINATE_VARIABLES: Final = (
-    "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_TENANT", "AIGW_AGENT", "AIGW_RECORD",
-    "AIGW_RECORDING_FILE", "AIGW_AMD", "AIGW_AMD_MS", "AIGW_VOICEMAIL_ACTION",
+    "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_AUDIOSOCKET_ALT", "AIGW_TENANT", "AIGW_AGENT",
+    "AIGW_RECORD", "AIGW_RECORDING_FILE", "AIGW_AMD", "AIGW_AMD_MS", "AIGW_VOICEMAIL_ACTION",
 )
 """What ``[aigw-outbound]`` reads: the AMI ``Originate`` must pass these as
 ``Variable:`` headers (see ``originate_variables``)."""
@@ -144,19 +144,26 @@ def route_variables(
     *,
     call_id: str = "",
     audiosocket: str = "",
+    audiosocket_alt: Sequence[str] = (),
     tenant: str = "",
     agent: str = "",
     record: bool = False,
     recording_file: str = "",
     fallback: str = "",
 ) -> dict[str, str]:
-    """The ``AIGW_*`` channel variables of one answer (every key always present)."""
+    """The ``AIGW_*`` channel variables of one answer (every key always present).
+
+    ``audiosocket_alt``: other nodes' AudioSocket addresses the dialplan tries, in
+    order, when ``audiosocket`` refuses the connection; ``&``-joined in
+    ``AIGW_AUDIOSOCKET_ALT`` (the primary itself is left out).
+    """
     if status not in STATUSES:
         raise ValueError(f"status {status!r} not in {STATUSES}")
     return {
         "AIGW_STATUS": status,
         "AIGW_CALL_ID": call_id,
         "AIGW_AUDIOSOCKET": audiosocket,
+        "AIGW_AUDIOSOCKET_ALT": "&".join(a for a in audiosocket_alt if a != audiosocket),
         "AIGW_TENANT": tenant,
         "AIGW_AGENT": agent,
         "AIGW_RECORD": "1" if record else "0",
@@ -171,6 +178,7 @@ def originate_variables(
     audiosocket: str,
     tenant: str,
     agent: str,
+    audiosocket_alt: Sequence[str] = (),
     record: bool = False,
     recording_file: str = "",
     amd: bool = True,
@@ -182,7 +190,9 @@ def originate_variables(
     ``amd``: run Asterisk's ``AMD()`` before the bridge, for at most ``amd_ms``
     (its totalAnalysisTime; AMD blocks the channel, docs/PROTOCOLS.md §5.1). On ``MACHINE``
     with ``voicemail_action`` "hangup" the dialplan hangs up; with "leave_message"
-    the bot is connected anyway. Values are checked: they end up in app arguments.
+    the bot is connected anyway. ``audiosocket_alt``: the peer nodes the bridge tries
+    when ``audiosocket`` refuses (as for inbound: ``route_variables``). Values are
+    checked: they end up in app arguments.
     """
     uuid.UUID(call_id)
     host, port = parse_hostport(audiosocket, setting="audiosocket")
@@ -198,6 +208,9 @@ def originate_variables(
     return {
         "AIGW_CALL_ID": call_id,
         "AIGW_AUDIOSOCKET": format_hostport(host, port),
+        "AIGW_AUDIOSOCKET_ALT": "&".join(
+            format_hostport(*parse_hostport(a, setting="audiosocket_alt")) for a in audiosocket_alt
+            if a != format_hostport(host, port)),
         "AIGW_TENANT": tenant,
         "AIGW_AGENT": agent,
         "AIGW_RECORD": "1" if record and recording_file else "0",
@@ -293,7 +306,8 @@ class RoutingComponent:
         self._expect(call_id)
         log.info("route: call %s -> tenant %s, agent %s", call_id, tenant.id, agent.name)
         return route_variables(
-            "ok", call_id=call_id, audiosocket=admitted.audiosocket, tenant=tenant.id,
+            "ok", call_id=call_id, audiosocket=admitted.audiosocket,
+            audiosocket_alt=self.settings.peer_audiosockets, tenant=tenant.id,
             agent=agent.name, record=bool(admitted.recording_file),
             recording_file=admitted.recording_file, fallback=fallback,
         )

@@ -133,6 +133,11 @@ class AmiSettings:
         )
 
 
+MAX_PEER_AUDIOSOCKETS: Final = 8
+"""How many fallback gateway addresses a route answer may name (the dialplan tries
+each once, so this bounds a failed call's setup time)."""
+
+
 @dataclass(frozen=True)
 class RoutingSettings:
     """What routing and Originate tell Asterisk.
@@ -142,12 +147,17 @@ class RoutingSettings:
     the bound address, a wildcard host replaced by loopback). ``recording_dir``:
     where MixMonitor writes (env ``AIGW_MIXMONITOR_DIR``). ``fallback_dial``: the
     default dial string for the AI leg's fallback (env ``AIGW_FALLBACK_DIAL``; an
-    agent's ``fallback_dial`` wins).
+    agent's ``fallback_dial`` wins). ``peer_audiosockets``: the other gateway
+    nodes' advertised AudioSocket addresses (env ``AIGW_PEER_AUDIOSOCKETS``,
+    comma-separated ``host:port``, at most 8): the route answer names them in
+    ``AIGW_AUDIOSOCKET_ALT`` and the dialplan tries them when this node refuses the
+    connection (docs/DEPLOY.md "Scaling out").
     """
 
     advertise_audiosocket: str | None = None
     recording_dir: str = DEFAULT_RECORDING_DIR
     fallback_dial: str = ""
+    peer_audiosockets: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RoutingSettings:
@@ -172,7 +182,25 @@ class RoutingSettings:
                 "AIGW_FALLBACK_DIAL: a dial string like PJSIP/100 or PJSIP/+15551230000@trunk "
                 "(no commas, spaces, quotes, & or ${})"
             )
-        return cls(advertise_audiosocket=adv, recording_dir=rec, fallback_dial=fb)
+        peers: list[str] = []
+        for item in (env.get("AIGW_PEER_AUDIOSOCKETS") or "").split(","):
+            if not item.strip():
+                continue
+            host, port = parse_hostport(item.strip(), setting="AIGW_PEER_AUDIOSOCKETS")
+            if port == 0 or host in ("0.0.0.0", "::", "") or not (
+                    re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", host)
+                    or re.fullmatch(r"[0-9A-Fa-f:.]{2,45}", host)):
+                raise ConfigError(
+                    f"AIGW_PEER_AUDIOSOCKETS: {item.strip()!r} needs a concrete host "
+                    "(a name or an IP address) and port")
+            addr = format_hostport(host, port)
+            if addr not in peers:
+                peers.append(addr)
+        if len(peers) > MAX_PEER_AUDIOSOCKETS:
+            raise ConfigError(
+                f"AIGW_PEER_AUDIOSOCKETS: at most {MAX_PEER_AUDIOSOCKETS} addresses")
+        return cls(advertise_audiosocket=adv, recording_dir=rec, fallback_dial=fb,
+                   peer_audiosockets=tuple(peers))
 
 
 @dataclass(frozen=True)
@@ -422,6 +450,7 @@ ENV_VARS: Final = frozenset(
     | {
         "AIGW_AMI_HOST", "AIGW_AMI_PORT", "AIGW_AMI_USER", "AIGW_AMI_SECRET",
         "AIGW_ADVERTISE_AUDIOSOCKET", "AIGW_AUDIOSOCKET_PUBLIC", "AIGW_MIXMONITOR_DIR",
+        "AIGW_PEER_AUDIOSOCKETS",
         "AIGW_FALLBACK_DIAL", "AIGW_OUTBOUND_CONTEXT", "AIGW_DIAL_TEMPLATE",
         "AIGW_RING_TIMEOUT_S", "AIGW_COST_TRUNK_PER_MIN", "AIGW_COST_AI_PER_MIN",
         "AIGW_TWILIO_ACCOUNT_SID", "AIGW_TWILIO_AUTH_TOKEN", "AIGW_TWIML_ALLOW_PRIVATE",

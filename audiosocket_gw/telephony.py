@@ -141,6 +141,7 @@ class AsteriskProvider:
         variables = originate_variables(
             call_id=call_id,
             audiosocket=admitted.audiosocket,
+            audiosocket_alt=self.ctx.settings.routing.peer_audiosockets,
             tenant=tenant.id,
             agent=agent_cfg.name,
             record=bool(admitted.recording_file),

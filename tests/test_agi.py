@@ -24,7 +24,8 @@ from tests.helpers import MS, RawPeer, running_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "agi" / "aigw_route.py"
-AIGW_VARS = ("AIGW_STATUS", "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_TENANT", "AIGW_AGENT",
+AIGW_VARS = ("AIGW_STATUS", "AIGW_CALL_ID", "AIGW_AUDIOSOCKET", "AIGW_AUDIOSOCKET_ALT",
+             "AIGW_TENANT", "AIGW_AGENT",
              "AIGW_RECORD", "AIGW_RECORDING_FILE", "AIGW_FALLBACK")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
@@ -473,6 +474,28 @@ async def test_audiosocket_address_must_be_the_gateways(address):
         extra_env={"AIGW_AUDIOSOCKET_ALLOW": f"192.0.2.1, {address}"})
     assert run.variables["AIGW_STATUS"] == "ok"
     assert run.variables["AIGW_AUDIOSOCKET"] == address
+
+
+async def test_alternate_audiosockets_are_checked_like_the_primary():
+    """AIGW_AUDIOSOCKET_ALT: each address must be a gateway's (AIGW_AUDIOSOCKET_ALLOW);
+    the others, the primary and repeats are dropped, and the rest keep their order."""
+    primary, peer1, peer2 = "10.0.0.5:9092", "10.0.0.6:9092", "[2001:db8::7]:9092"
+    alt = "&".join([peer1, "evil.example.com:9092", primary, peer2, peer1,
+                    "10.0.0.6:9092,x", "${SHELL}:1", ""])
+    allow = {"AIGW_AUDIOSOCKET_ALLOW": f"{primary},{peer1},{peer2}"}
+    answer = {"variables": {"AIGW_STATUS": "ok", "AIGW_CALL_ID": str(uuid.uuid4()),
+                            "AIGW_AUDIOSOCKET": primary, "AIGW_AUDIOSOCKET_ALT": alt}}
+    run = await _against_fake_gateway(answer, extra_env=allow)
+    assert_clean(run)
+    assert run.variables["AIGW_STATUS"] == "ok"
+    assert run.variables["AIGW_AUDIOSOCKET_ALT"] == f"{peer1}&{peer2}"
+    # Nothing allowed: the call still routes to the primary, with no alternates.
+    run = await _against_fake_gateway(answer, extra_env={"AIGW_AUDIOSOCKET_ALLOW": primary})
+    assert run.variables["AIGW_STATUS"] == "ok" and run.variables["AIGW_AUDIOSOCKET_ALT"] == ""
+    # Not an ok answer: never set.
+    busy = {"variables": {"AIGW_STATUS": "busy", "AIGW_AUDIOSOCKET_ALT": peer1}}
+    run = await _against_fake_gateway(busy, extra_env=allow)
+    assert run.variables["AIGW_AUDIOSOCKET_ALT"] == ""
 
 
 @pytest.mark.parametrize(("fallback", "kept"), [

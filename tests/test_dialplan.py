@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def check(dp: Dialplan) -> list[str]:
         | set(DIAL_VARIABLES) | SET_BY_DIALPLAN
     for ctx, ext, st in dp.steps():
         where = f"line {st.line} ({ctx},{ext},{st.prio})"
-        for var in re.findall(r"[$^]\{(AIGW_[A-Z0-9_]+)", st.data):
+        for var in re.findall(r"[$^]\{(?:[A-Z]+\()?(AIGW_[A-Z0-9_]+)", st.data):
             if var not in allowed:
                 errors.append(f"{where}: reads {var}, which nothing sets")
         for bad in CALLER_CONTROLLED:
@@ -245,34 +246,66 @@ class Run:
 
 
 _VAR = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+_CUT = re.compile(r"\$\{CUT\(([A-Za-z0-9_]+),([^,()]),(\d+)\)\}")
+_ARITH = re.compile(r"(-?\d+)(?:\s*([-+])\s*(-?\d+))?(?:\s*(>|<|=|!=)\s*(-?\d+))?")
+EPOCH = "1764800000"
 
 
 def _expand(text: str, variables: dict[str, str]) -> str:
-    return _VAR.sub(lambda m: variables.get(m.group(1), ""), text)
+    """``${VAR}``, then ``${CUT(VAR,d,n)}`` (func_cut.c: field n, "" past the end)."""
+    text = _VAR.sub(lambda m: variables.get(m.group(1), ""), text)
+
+    def cut(m: re.Match[str]) -> str:
+        fields = variables.get(m.group(1), "").split(m.group(2))
+        n = int(m.group(3))
+        return fields[n - 1] if 1 <= n <= len(fields) else ""
+
+    return _CUT.sub(cut, text)
+
+
+def _arith(inner: str) -> int:
+    """``a [+-] b [> < = != c]`` on integers (ast_expr2: arithmetic binds tighter);
+    anything else (an empty operand is a syntax error in Asterisk) fails the test."""
+    m = _ARITH.fullmatch(inner.strip())
+    assert m, f"expression the evaluator (and Asterisk) cannot compute: $[{inner}]"
+    value = int(m.group(1))
+    if m.group(2):
+        value = value + int(m.group(3)) if m.group(2) == "+" else value - int(m.group(3))
+    if m.group(4):
+        rhs = int(m.group(5))
+        value = int({">": value > rhs, "<": value < rhs, "=": value == rhs,
+                     "!=": value != rhs}[m.group(4)])
+    return value
 
 
 def _expr(text: str) -> bool:
-    """``$[...]`` as the dialplan uses it here: ``"a" = "b"``, ``"a" != "b"``, a number."""
+    """``$[...]`` as the dialplan uses it here: ``"a" = "b"``, ``"a" != "b"``, or
+    integer arithmetic / comparison (``_arith``)."""
     inner = text.strip()
     assert inner.startswith("$[") and inner.endswith("]"), text
     inner = inner[2:-1].strip()
     m = re.fullmatch(r'"([^"]*)"\s*(!=|=)\s*"([^"]*)"', inner)
     if m:
         return (m.group(1) == m.group(3)) == (m.group(2) == "=")
-    return inner not in ("", "0")
+    return _arith(inner) != 0
+
+
+Result = dict[str, str] | Callable[[str, dict[str, str]], dict[str, str]]
 
 
 def evaluate(dp: Dialplan, context: str, exten: str, variables: dict[str, str], *,
-             results: dict[str, dict[str, str]] | None = None,
+             results: dict[str, Result] | None = None,
              gosub: bool = False, limit: int = 200) -> Run:
     """Run ``context,exten,1`` like pbx.c + app_stack.c would.
 
     ``Set(LOCAL(x)=v)`` outside a Gosub frame logs app_stack's ERROR and sets nothing;
     inside one it sets the channel variable and Return() restores the old value.
-    ``results`` maps an application to the variables it sets (AGI, AMD, TryExec...).
+    ``results`` maps an application to the variables it sets (AGI, AMD, TryExec...),
+    or to a function of (expanded arguments, variables) returning them. ``EPOCH`` is
+    the clock (default ``EPOCH``): a result may move it on to model time passing.
     ``gosub`` runs the start as a Gosub frame (hangup handlers run that way).
     """
-    run = Run(variables=dict(variables))
+    run = Run(variables={"EPOCH": EPOCH, **variables})
     v = run.variables
     results = results or {}
     frames: list[tuple[str, str, int, dict[str, str | None]]] = []
@@ -303,6 +336,8 @@ def evaluate(dp: Dialplan, context: str, exten: str, variables: dict[str, str], 
         if st.app == "Set":
             name, _, value = data.partition("=")
             value = _expand(value, v)
+            if value.startswith("$[") and value.endswith("]"):
+                value = str(_arith(value[2:-1]))
             m = re.fullmatch(r"LOCAL\((\w+)\)", name)
             if m:
                 if not frames:
@@ -350,7 +385,8 @@ def evaluate(dp: Dialplan, context: str, exten: str, variables: dict[str, str], 
         run.apps.append((st.app, args))
         key = "AudioSocket" if st.app == "TryExec" and data.startswith("AudioSocket(") \
             else st.app
-        v.update(results.get(key, {}))
+        result = results.get(key, {})
+        v.update(result(args, v) if callable(result) else result)
         if st.app in ("Hangup", "Busy", "Congestion"):
             return run
     raise AssertionError(f"no end after {limit} steps at {ctx},{ext}")
@@ -485,6 +521,77 @@ def test_every_path_runs_without_dialplan_errors(status, trystatus, fallback):
     assert run.errors == [] and run.apps[0][0] == "UserEvent"
 
 
+NODES = ("10.0.0.5:9092", "10.0.0.6:9092", "[2001:db8::7]:9092")
+
+
+def _audiosocket(up: set[str], *, dies_after_s: int = 0, connect_s: int = 0):
+    """TryExec(AudioSocket(id,addr)) against nodes: FAILED after ``connect_s`` (0:
+    refused at once, 2: a host that is down, the 2000 ms connect timeout) unless
+    ``addr`` is in ``up``; an up node ends the call (SUCCESS), or with
+    ``dies_after_s`` dies mid-call that many seconds later (FAILED)."""
+    def result(args: str, v: dict[str, str]) -> dict[str, str]:
+        addr = split_args(args[len("AudioSocket("):-1])[1]
+        if addr not in up:
+            # EPOCH is whole seconds: a 2 s connect can span 3 of them.
+            return {"TRYSTATUS": "FAILED", "EPOCH": str(int(v["EPOCH"]) + connect_s)}
+        if dies_after_s:
+            return {"TRYSTATUS": "FAILED", "EPOCH": str(int(v["EPOCH"]) + dies_after_s)}
+        return {"TRYSTATUS": "SUCCESS"}
+    return result
+
+
+def _tried(run: Run) -> list[str]:
+    return [split_args(a[len("AudioSocket("):-1])[1] for app, a in run.apps
+            if app == "TryExec"]
+
+
+@pytest.mark.parametrize("connect_s", [0, 3])
+@pytest.mark.parametrize("up,tried,bridge", [
+    ({NODES[0]}, NODES[:1], "done"),                 # the routing node takes it
+    ({NODES[1]}, NODES[:2], "done"),                 # it is down: the next one
+    ({NODES[2]}, NODES, "done"),                     # an IPv6 node, last in the list
+    (set(), NODES, "failed"),                        # all down: fallback, bounded
+])
+def test_bridge_fails_over_to_the_alternate_gateways(up, tried, bridge, connect_s):
+    dp = parse(CONF.read_text())
+    variables = {**CALL, "AIGW_AUDIOSOCKET": NODES[0],
+                 "AIGW_AUDIOSOCKET_ALT": "&".join(NODES[1:])}
+    run = evaluate(dp, "aigw-bridge", "s", variables, gosub=True,
+                   results={"AudioSocket": _audiosocket(up, connect_s=connect_s)})
+    assert run.errors == []
+    assert _tried(run) == list(tried)
+    assert run.variables["AIGW_BRIDGE"] == bridge
+    assert all(a.startswith(f"AudioSocket({CALL['AIGW_CALL_ID']},") for app, a in run.apps
+               if app == "TryExec")
+    assert "addr" not in run.variables and "next" not in run.variables  # LOCAL, restored
+
+
+def test_bridge_does_not_reconnect_a_call_whose_gateway_died_mid_call():
+    dp = parse(CONF.read_text())
+    variables = {**CALL, "AIGW_AUDIOSOCKET": NODES[0],
+                 "AIGW_AUDIOSOCKET_ALT": "&".join(NODES[1:])}
+    run = evaluate(dp, "aigw-bridge", "s", variables, gosub=True,
+                   results={"AudioSocket": _audiosocket(set(NODES), dies_after_s=4)})
+    assert run.errors == [] and _tried(run) == [NODES[0]]
+    assert run.variables["AIGW_BRIDGE"] == "failed"
+
+
+def test_inbound_without_alternates_tries_the_one_node_then_falls_back():
+    dp = parse(CONF.read_text())
+    results = {"AGI": {"AIGW_STATUS": "ok", **CALL, "AIGW_AUDIOSOCKET_ALT": "",
+                       "AIGW_FALLBACK": "PJSIP/human"},
+               "AudioSocket": _audiosocket(set()), "Dial": {"DIALSTATUS": "ANSWER"}}
+    run = evaluate(dp, "aigw-inbound", "_[0-9+].", {}, results=results)
+    assert run.errors == [] and _tried(run) == [CALL["AIGW_AUDIOSOCKET"]]
+    assert ("Dial", "PJSIP/human") in [(a, d.split(",")[0]) for a, d in run.apps]
+
+
+def test_evaluator_refuses_an_expression_asterisk_could_not_compute():
+    dp = parse("[aigw-x]\nexten => s,1,GotoIf($[${EPOCH} - ${nothing} > 1]?1)\n")
+    with pytest.raises(AssertionError, match="cannot compute"):
+        evaluate(dp, "aigw-x", "s", {})
+
+
 def test_evaluator_logs_local_outside_gosub_like_asterisk():
     buggy = ("[aigw-outbound]\nexten => s,1,Set(LOCAL(amdtotal)=${AIGW_AMD_MS})\n"
              " same => n,GotoIf($[\"${amdtotal}\" != \"\"]?amd)\n"
@@ -511,6 +618,7 @@ BROKEN = {
                  " same => n,TryExec(AudioSocket(${AIGW_CALL_ID},${AIGW_AUDIOSOCKET}))\n"
                  " same => n,GotoIf($[\"${TRYSTATUS}\" = \"SUCCESS\"]?1)\n",
     "unknown var": "[aigw-x]\nexten => s,1,NoOp(${AIGW_NOPE})\n",
+    "unknown var in a function": "[aigw-x]\nexten => s,1,NoOp(${CUT(AIGW_NOPE,&,1)})\n",
     "caller data": "[aigw-x]\nexten => s,1,AGI(x.py,${CALLERID(num)})\n",
     "missing label": "[aigw-x]\nexten => s,1,GotoIf($[1]?nowhere)\n",
     "missing context": "[aigw-x]\nexten => s,1,Gosub(aigw-none,s,1)\n",

@@ -87,6 +87,7 @@ async def test_ok_creates_registers_and_answers(tenants_file):
         assert v == {
             "AIGW_STATUS": "ok", "AIGW_CALL_ID": cid,
             "AIGW_AUDIOSOCKET": format_hostport(*gw.audiosocket.address),
+            "AIGW_AUDIOSOCKET_ALT": "",
             "AIGW_TENANT": "acme", "AIGW_AGENT": "support", "AIGW_RECORD": "1",
             "AIGW_RECORDING_FILE": f"/var/spool/asterisk/monitor/acme/{cid}.wav",
             "AIGW_FALLBACK": "",
@@ -225,7 +226,13 @@ def test_settings_from_env():
                 {"AIGW_MIXMONITOR_DIR": "/var/../etc"},
                 {"AIGW_MIXMONITOR_DIR": "relative"},
                 {"AIGW_FALLBACK_DIAL": "PJSIP/1,tT"},
-                {"AIGW_FALLBACK_DIAL": "PJSIP/${X}"}):
+                {"AIGW_FALLBACK_DIAL": "PJSIP/${X}"},
+                {"AIGW_PEER_AUDIOSOCKETS": "10.0.0.6"},
+                {"AIGW_PEER_AUDIOSOCKETS": "0.0.0.0:9092"},
+                {"AIGW_PEER_AUDIOSOCKETS": "10.0.0.6:0"},
+                {"AIGW_PEER_AUDIOSOCKETS": "a&b:9092"},
+                {"AIGW_PEER_AUDIOSOCKETS": "${X}:9092"},
+                {"AIGW_PEER_AUDIOSOCKETS": ",".join(f"10.0.0.{i}:9092" for i in range(9))}):
         with pytest.raises(ConfigError):
             RoutingSettings.from_env(bad)
 
@@ -237,6 +244,22 @@ async def test_advertised_address_and_fallback(tenants_file, monkeypatch):
         _, body = await post(gw, CALL)
         assert body["variables"]["AIGW_AUDIOSOCKET"] == "192.0.2.7:9092"
         assert body["variables"]["AIGW_FALLBACK"] == "PJSIP/200@office"
+        assert body["variables"]["AIGW_AUDIOSOCKET_ALT"] == ""
+
+
+async def test_route_answer_names_the_peer_gateways(tenants_file, monkeypatch):
+    monkeypatch.setenv("AIGW_ADVERTISE_AUDIOSOCKET", "192.0.2.7:9092")
+    # This node's own address in the list (one list for every node) is left out.
+    monkeypatch.setenv("AIGW_PEER_AUDIOSOCKETS",
+                       " 192.0.2.8:9092, 192.0.2.7:9092,[2001:db8::9]:9092,192.0.2.8:9092")
+    assert RoutingSettings.from_env(dict(os.environ)).peer_audiosockets == (
+        "192.0.2.8:9092", "192.0.2.7:9092", "[2001:db8::9]:9092")
+    async with running_gateway(config=tenants_file) as gw:
+        _, body = await post(gw, CALL)
+        assert body["variables"]["AIGW_AUDIOSOCKET"] == "192.0.2.7:9092"
+        assert body["variables"]["AIGW_AUDIOSOCKET_ALT"] == "192.0.2.8:9092&[2001:db8::9]:9092"
+        _, body = await post(gw, {**CALL, "did": "+19999999999"})
+        assert body["variables"]["AIGW_AUDIOSOCKET_ALT"] == ""  # only on ok answers
 
 
 def test_recording_path_and_originate_variables():

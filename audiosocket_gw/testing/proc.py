@@ -50,6 +50,8 @@ class GatewayProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.audiosocket: tuple[str, int] = ("127.0.0.1", 0)
         self.http: tuple[str, int] = ("127.0.0.1", 0)
+        self.workers: list[int] = []
+        """Worker pids under ``serve --workers N`` (empty: one process, ``pid``)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="aigw-")
         self._log: IO[bytes] | None = None
 
@@ -95,6 +97,7 @@ class GatewayProcess:
         info = json.loads(ready.read_text())
         self.audiosocket = parse_hostport(info["audiosocket"], setting="audiosocket")
         self.http = parse_hostport(info["http"], setting="http")
+        self.workers = [int(p) for p in info.get("workers", [])]
 
     async def stop(self, stop_within: float = 15.0) -> int | None:
         proc = self.proc

@@ -196,6 +196,8 @@ class AmiSimulator:
         self.ring_s = ring_s
         self.talk_s = talk_s
         self.connect_audiosocket = connect_audiosocket
+        self.bridge_attempts: list[tuple[str, str]] = []
+        """(call id, address) of every AudioSocket connect the bridge tried, in order."""
         self.audiosocket_seconds = audiosocket_seconds
         self.dtmf_scale = dtmf_scale
         self.sessions: set[_Session] = set()
@@ -649,7 +651,16 @@ class AmiSimulator:
         ``[aigw-dial]`` continuation while ``AIGW_NEXT`` = dial, else ``Hangup()``."""
         ch.gosub_depth += 1
         ch.gosub_seen = True
-        how = await self._audiosocket(ch, call_id, target, outcome, app="AudioSocket")
+        # TryExec over AIGW_AUDIOSOCKET, then each AIGW_AUDIOSOCKET_ALT address while
+        # the connection is refused (TRYSTATUS=FAILED at once, docs/PROTOCOLS.md §1.3).
+        alternates = [a for a in ch.variables.get("AIGW_AUDIOSOCKET_ALT", "").split("&") if a]
+        targets = [target, *alternates] if target else [target]
+        for i, addr in enumerate(targets):
+            self.bridge_attempts.append((call_id, addr))
+            how = await self._audiosocket(ch, call_id, addr, outcome, app="AudioSocket",
+                                          refused_tries_next=i + 1 < len(targets))
+            if how != "refused":
+                break
         ch.gosub_depth = max(0, ch.gosub_depth - 1)
         await self._after_audiosocket(ch, how, outcome)
 
@@ -672,7 +683,7 @@ class AmiSimulator:
             return
 
     async def _audiosocket(self, ch: SimChannel, call_id: str, target: str, outcome: Outcome,
-                           *, app: str) -> str:
+                           *, app: str, refused_tries_next: bool = False) -> str:
         """One AudioSocket leg; how it ended: ``gateway`` (00 frame or close: the
         dialplan continues), ``caller`` (the caller hung up: the channel ends),
         ``moved`` (Redirect/Bridge), ``talked`` (no real leg) or ``ended``."""
@@ -715,6 +726,9 @@ class AmiSimulator:
             return "gateway"
         if report.ended_by == "moved":
             return "moved"
+        if report.ended_by == "error" and refused_tries_next and \
+                (report.error or "").startswith("connect failed"):
+            return "refused"  # the bridge moves on to the next gateway address
         if report.ended_by == "error":
             self.end_channel(ch.uniqueid, 0)  # Asterisk kills the call (§1)
             return "ended"
