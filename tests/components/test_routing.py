@@ -73,7 +73,8 @@ async def test_known_did_is_admitted(served: Served) -> None:
     assert str(uuid.UUID(cid)) == cid
     assert v == {
         "AIGW_STATUS": "ok", "AIGW_CALL_ID": cid, "AIGW_AUDIOSOCKET": "127.0.0.1:9092",
-        "AIGW_AUDIOSOCKET_ALT": "", "AIGW_TENANT": "acme", "AIGW_AGENT": "support", "AIGW_RECORD": "1",
+        "AIGW_AUDIOSOCKET_ALT": "", "AIGW_TENANT": "acme", "AIGW_AGENT": "support",
+        "AIGW_RECORD": "1",
         "AIGW_RECORDING_FILE": f"/var/spool/asterisk/monitor/acme/{cid}.wav",
         "AIGW_FALLBACK": "",
     }
