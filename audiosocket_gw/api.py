@@ -143,8 +143,10 @@ class CallsApi:
         if not isinstance(metadata, Mapping):
             return api_error(400, "bad_request", "'metadata' must be an object")
         if timeout is not None and (isinstance(timeout, bool)
-                                    or not isinstance(timeout, int | float)):
-            return api_error(400, "bad_request", "'timeout' must be a number of seconds")
+                                    or not isinstance(timeout, int | float)
+                                    or not 0 < timeout <= 600):
+            return api_error(400, "bad_request",
+                             "'timeout' must be a number of seconds within 1..600")
         key = request.headers.get("Idempotency-Key")
         if key is not None:
             if not _KEY_RE.fullmatch(key):

@@ -295,7 +295,8 @@ class Gateway:
                 self.config.api_token,
                 public=PUBLIC_PATHS | ROLLOUT_PUBLIC_PATHS | CONSOLE_PUBLIC_PATHS
                 | ({"/metrics"} if self.config.metrics_public else set()),
-                signed=media_link_ok)],
+                signed=lambda token, request: media_link_ok(token, request,
+                                                            self.clock.wall()))],
             client_max_size=1024 * 1024,
         )
         app.router.add_get("/metrics", self._metrics)

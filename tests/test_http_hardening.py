@@ -56,6 +56,7 @@ def nested(depth: int) -> str:
     '{"to": "+15550001111", "tenant": "acme", "metadata": {"a": NaN}}',
     '{"to": "+15550001111", "tenant": "acme", "metadata": {"a": Infinity}}',
     '{"did": "+15551230000", "caller": -Infinity}',
+    '{"to": "+15550001111", "tenant": "acme", "timeout": ' + "9" * 400 + "}",
     '\xff\xfe',
 ])
 async def test_hostile_json_is_400_and_takes_no_slot(tmp_path: Path, path: str,

@@ -224,7 +224,7 @@ class ConsoleComponent:
         token = self.ctx.settings.core.api_token
         if not token:
             return web.json_response({"url": path, "expires": None})
-        exp = int(time.time()) + MEDIA_LINK_TTL_S
+        exp = int(self.ctx.clock.wall()) + MEDIA_LINK_TTL_S
         sig = media_signature(token, call_id, exp)
         return web.json_response({"url": f"{path}?exp={exp}&sig={sig}", "expires": exp})
 

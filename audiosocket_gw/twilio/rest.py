@@ -37,7 +37,6 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
-import email.utils
 import hmac
 import logging
 import math
@@ -65,8 +64,11 @@ from ..telephony import (
 )
 from ..tenants import Agent, Tenant, normalize_e164
 from . import verbrec
+from .callbacks import rfc2822
 from .callopts import CallOptions
 from .ids import (
+    ACCOUNT_PREFIX,
+    CALL_PREFIX,
     account_sid_for,
     auth_token_for,
     call_id_for_sid,
@@ -158,11 +160,9 @@ class TwilioApiError(Exception):
         return twilio_error(self.status, self.code, str(self))
 
 
-def rfc2822(at: float | None) -> str | None:
-    """Epoch seconds as Twilio writes dates: ``Fri, 04 Dec 2026 19:00:00 +0000``."""
-    if at is None:
-        return None
-    return email.utils.format_datetime(dt.datetime.fromtimestamp(int(at), dt.UTC))
+def _date(at: float | None) -> str | None:
+    """A record's time as Twilio writes dates (``callbacks.rfc2822``), or None."""
+    return None if at is None else rfc2822(at)
 
 
 def _direction(direction: str) -> str:
@@ -182,16 +182,16 @@ def call_json(rec: CallRecord, account_sid: str) -> dict[str, Any]:
         "sid": sid,
         "account_sid": account_sid,
         "parent_call_sid": None,
-        "date_created": rfc2822(rec.created_at),
-        "date_updated": rfc2822(updated),
+        "date_created": _date(rec.created_at),
+        "date_updated": _date(updated),
         "to": rec.to,
         "to_formatted": rec.to,
         "from": rec.from_,
         "from_formatted": rec.from_,
         "phone_number_sid": None,
         "status": rec.status.value,
-        "start_time": None if queued else rfc2822(rec.created_at),
-        "end_time": rfc2822(rec.ended_at),
+        "start_time": None if queued else _date(rec.created_at),
+        "end_time": _date(rec.ended_at),
         "duration": duration,
         "price": None,
         "price_unit": "USD",
@@ -252,9 +252,9 @@ def recording_json(row: RecordingRow, account_sid: str, origin: str) -> dict[str
         "account_sid": account_sid,
         "call_sid": call_sid_for(row.call_id),
         "conference_sid": None,
-        "date_created": rfc2822(started),
-        "date_updated": rfc2822(row.captured_at),
-        "start_time": rfc2822(started),
+        "date_created": _date(started),
+        "date_updated": _date(row.captured_at),
+        "start_time": _date(started),
         "duration": str(int(round(row.duration_s))),
         "channels": row.channels,
         "source": _recording_source(row.source),
@@ -530,7 +530,7 @@ class TwilioRestApi:
         """The tenant whose AccountSid and auth token are in ``header`` (Basic) and
         whose SID is ``account_sid``; None for anything else (constant-time compare)."""
         scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic" or not is_sid("AC", account_sid):
+        if scheme.lower() != "basic" or not is_sid(ACCOUNT_PREFIX, account_sid):
             return None
         try:
             raw = base64.b64decode(value.strip().encode("ascii"), validate=True)
@@ -616,7 +616,7 @@ class TwilioRestApi:
         return web.json_response(call_json(rec, account_sid), status=201)
 
     async def _call(self, tenant: Tenant, sid: str) -> CallRecord:
-        call_id = call_id_for_sid(sid) if sid.startswith("CA") else None
+        call_id = call_id_for_sid(sid) if is_sid(CALL_PREFIX, sid) else None
         rec = await self.ctx.store.get_call(call_id) if call_id is not None else None
         if rec is None or rec.tenant != tenant.id:
             raise TwilioApiError(ERR_NOT_FOUND, f"The requested resource /{API_VERSION}/Accounts/"
