@@ -173,7 +173,7 @@ async def test_a_slow_event_client_is_dropped_and_never_blocks(tmp_path: Path) -
             t0 = time.perf_counter()
             for i in range(QUEUE_LIMIT * 4):  # no await: the client cannot keep up
                 comp.publish("live", {"id": str(i), "up": True})
-            assert time.perf_counter() - t0 < 0.5
+            assert time.perf_counter() - t0 < 500 * MS
             assert client.dropped and comp.dropped == 1
             events = await read_events(stream, lambda evs: bool(evs) and evs[-1][0] == "dropped",
                                        within=5)

@@ -26,6 +26,7 @@ from audiosocket_gw.store import (
 )
 from audiosocket_gw.store.postgres import PostgresCallStore
 from audiosocket_gw.store.sqlite import SCHEMA_VERSION
+from tests.helpers import MS
 from tests.pgtest import temp_database
 
 AnyStore = SqliteCallStore | PostgresCallStore
@@ -562,7 +563,8 @@ async def test_postgres_node_leases_are_claimed_once() -> None:
         for s in (a, b, c):
             await s.open()
         try:
-            await a.node_heartbeat("a", 0.3)
+            lease = 1000 * MS  # longer than the round trips below on a loaded machine
+            await a.node_heartbeat("a", lease)
             await b.node_heartbeat("b", 60)
             await c.node_heartbeat("c", 60)
             assert await b.live_nodes() == ["a", "b", "c"]
@@ -573,7 +575,7 @@ async def test_postgres_node_leases_are_claimed_once() -> None:
                 assert await a.try_acquire_slot("acme", cid, 10)
             assert await a.try_acquire_slot("acme", "a-orphan", 10)
             assert await b.claim_expired_nodes("b") == []  # a's lease still runs
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(lease + 300 * MS)
             claims = await asyncio.gather(b.claim_expired_nodes("b"),
                                           c.claim_expired_nodes("c"))
             assert sorted(claims) == [[], ["a"]]  # exactly one survivor gets it
