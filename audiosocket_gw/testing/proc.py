@@ -61,7 +61,13 @@ class GatewayProcess:
         return self.proc.pid
 
     async def __aenter__(self) -> GatewayProcess:
-        await self.start()
+        if self.proc is not None:  # started already (``start()`` called by the owner)
+            return self
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # the child and the temporary directory, now
+            raise
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
@@ -77,9 +83,11 @@ class GatewayProcess:
         ready = Path(self._tmp.name) / "ready.json"
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("AIGW_DATA_DIR", str(Path(self._tmp.name) / "data"))
-        out: IO[bytes] | int = asyncio.subprocess.DEVNULL
-        if self.log_path:
-            out = self._log = await asyncio.to_thread(open, self.log_path, "ab")
+        # Without a log file the child's output goes to one in the temporary directory,
+        # so a gateway that exits at start says why in the error.
+        log_path = self.log_path or str(Path(self._tmp.name) / "gateway.log")
+        out: IO[bytes] = await asyncio.to_thread(open, log_path, "ab")
+        self._log = out
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "audiosocket_gw", "serve", "--ready-file", str(ready),
             *self.args, env=env, stdout=out, stderr=out,
@@ -89,7 +97,9 @@ class GatewayProcess:
         deadline = loop.time() + start_within
         while not ready.exists():
             if self.proc.returncode is not None:
-                raise RuntimeError(f"gateway exited with code {self.proc.returncode} at start")
+                tail = await asyncio.to_thread(_tail, log_path)
+                raise RuntimeError(
+                    f"gateway exited with code {self.proc.returncode} at start: {tail}")
             if loop.time() > deadline:
                 await self.stop()
                 raise RuntimeError("gateway did not start in time")
@@ -113,3 +123,12 @@ class GatewayProcess:
             self._log = None
         self._tmp.cleanup()
         return None if proc is None else proc.returncode
+
+
+def _tail(path: str, limit: int = 2000) -> str:
+    """The end of the child's output (why it exited), or a note that there is none."""
+    try:
+        data = Path(path).read_bytes()[-limit:]
+    except OSError:
+        return "(no output)"
+    return data.decode("utf-8", "replace").strip() or "(no output)"
