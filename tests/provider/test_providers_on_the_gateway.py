@@ -51,6 +51,8 @@ async def test_twilio_provider_through_the_gateway_rest_emulation(
                                           {"url": s.app.base + "/voice", "record": True})
         assert sid.startswith("CA") and call_id_for_sid(sid) is not None
         await status_of(p, sid, "in-progress")
+        # The call is answered before its TwiML fetch necessarily reached the app.
+        await eventually(lambda: s.app.of("/voice"))
         assert s.app.of("/voice")[0]["CallSid"] == sid
         await p.update_call(sid, twiml=BYE)
         assert await status_of(p, sid, "completed") == "completed"
