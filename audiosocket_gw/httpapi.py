@@ -10,8 +10,12 @@
   (``api_error``). An unexpected exception in a handler is logged and answered
   ``503 internal`` (never a bare 500 page): a handler bug must not look like success
   and must not leak a traceback.
-- **JSON bodies** (``read_json``): a size limit, UTF-8, no NaN/Infinity, a nesting
-  depth limit, an object at the top; anything else is a 400/413 ``JsonBodyError``.
+- **Bodies** (``read_body``, ``read_json``, ``read_form``): a size limit checked on the
+  declared length and on what arrives; JSON must be UTF-8 with no NaN/Infinity, a
+  nesting depth limit and an object at the top; a form must be UTF-8
+  ``application/x-www-form-urlencoded`` with a bounded number of fields (repeated
+  keys kept, as Twilio sends ``StatusCallbackEvent``); anything else is a 400/413
+  ``JsonBodyError``.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
 
 __all__ = [
     "ConnectionGuard",
@@ -32,6 +38,8 @@ __all__ = [
     "api_error",
     "auth_middleware",
     "error_middleware",
+    "read_body",
+    "read_form",
     "read_json",
 ]
 
@@ -107,15 +115,41 @@ def parse_json_object(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, An
     return value
 
 
-async def read_json(request: web.Request, *, max_body: int = 64 * 1024,
-                    max_depth: int = MAX_DEPTH) -> dict[str, Any]:
-    """The request's body as a JSON object, or ``JsonBodyError``."""
+async def read_body(request: web.Request, *, max_body: int = 64 * 1024) -> bytes:
+    """The request's raw body, at most ``max_body`` bytes, or a 413 ``JsonBodyError``."""
     if request.content_length is not None and request.content_length > max_body:
         raise JsonBodyError(413, "too_large", "request body too large")
     raw = await request.content.read(max_body + 1)
     if len(raw) > max_body:
         raise JsonBodyError(413, "too_large", "request body too large")
-    return parse_json_object(raw, max_depth=max_depth)
+    return raw
+
+
+async def read_json(request: web.Request, *, max_body: int = 64 * 1024,
+                    max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+    """The request's body as a JSON object, or ``JsonBodyError``."""
+    return parse_json_object(await read_body(request, max_body=max_body),
+                             max_depth=max_depth)
+
+
+MAX_FORM_FIELDS: Final = 200
+
+
+def parse_form(raw: bytes) -> MultiDictProxy[str]:
+    """A URL-encoded form (repeated keys kept), or a 400 ``JsonBodyError``."""
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict",
+                          max_num_fields=MAX_FORM_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise JsonBodyError(400, "bad_form",
+                            "body must be a UTF-8 URL-encoded form") from None
+    return MultiDictProxy(MultiDict(pairs))
+
+
+async def read_form(request: web.Request, *,
+                    max_body: int = 64 * 1024) -> MultiDictProxy[str]:
+    """The request's body as a URL-encoded form, or ``JsonBodyError`` (413/400)."""
+    return parse_form(await read_body(request, max_body=max_body))
 
 
 def bearer_ok(header: str, token: bytes) -> bool:

@@ -38,13 +38,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from .httpapi import JsonBodyError, api_error, read_json
+from .httpapi import JsonBodyError, api_error, read_form, read_json
 from .provider.base import bucket, effective_percent
 from .settings import RolloutSettings
 from .store.base import RolloutRule
@@ -134,16 +134,7 @@ class RolloutComponent:
     # -- the Twilio webhook ---------------------------------------------------------
 
     async def _form(self, request: web.Request) -> dict[str, str]:
-        if request.content_length is not None and request.content_length > _MAX_FORM:
-            raise JsonBodyError(413, "too_large", "request body too large")
-        raw = await request.content.read(_MAX_FORM + 1)
-        if len(raw) > _MAX_FORM:
-            raise JsonBodyError(413, "too_large", "request body too large")
-        try:
-            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=200)
-        except (UnicodeDecodeError, ValueError):
-            raise JsonBodyError(400, "bad_form", "body must be a URL-encoded form") from None
-        return dict(pairs)
+        return dict(await read_form(request, max_body=_MAX_FORM))
 
     def _signed_url(self, request: web.Request) -> str:
         """The URL Twilio signed: the configured public URL (path adjusted), or ours."""

@@ -44,7 +44,7 @@ from aiohttp import web
 from .admission import LimitExceeded, clean_number, recording_path, safe_id
 from .callstate import CallInput
 from .config import format_hostport, parse_hostport
-from .httpapi import JsonBodyError, api_error, parse_json_object
+from .httpapi import JsonBodyError, api_error, parse_json_object, read_body
 from .settings import DIAL_RE, SAFE_DIR_RE, RoutingSettings
 from .store.base import StoreError
 from .tenants import normalize_e164
@@ -259,9 +259,10 @@ class RoutingComponent:
     # -- HTTP ----------------------------------------------------------------------
 
     async def _route(self, request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            return api_error(413, "too_large", "request body too large")
-        body = await request.content.read(MAX_BODY + 1)
+        try:
+            body = await read_body(request, max_body=MAX_BODY)
+        except JsonBodyError as exc:
+            return exc.response()
         try:
             req = parse_route_request(body)
         except RouteRequestError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from audiosocket_gw.httpapi import JsonBodyError, parse_form
 from tests.helpers import MS, running_gateway
 
 TOKEN = "a-long-enough-test-token-123"
@@ -135,3 +136,16 @@ async def test_half_sent_request_heads_are_closed_and_peers_are_capped() -> None
         for _, w in slow:
             w.close()
         w6.close()
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe=1", b"a=%ff%fe", b"&".join([b"a=1"] * 201)])
+def test_a_bad_form_is_a_400(raw: bytes) -> None:
+    with pytest.raises(JsonBodyError) as err:
+        parse_form(raw)
+    assert err.value.status == 400 and err.value.code == "bad_form"
+
+
+def test_a_form_keeps_repeated_keys_and_blanks() -> None:
+    form = parse_form(b"StatusCallbackEvent=initiated&StatusCallbackEvent=answered&To=&x=%E2%9C%93")
+    assert form.getall("StatusCallbackEvent") == ["initiated", "answered"]
+    assert form["To"] == "" and form["x"] == "\u2713"

@@ -48,9 +48,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
-from multidict import MultiDict, MultiDictProxy
+from multidict import MultiDictProxy
 
 from ..callstate import CallStatus
+from ..httpapi import JsonBodyError, read_form
 from ..store.base import CallRecord
 from ..telephony import (
     InvalidNumber,
@@ -102,6 +103,7 @@ DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 1000
 MAX_PAGE: Final = 1_000_000
 MAX_TWIML: Final = 64 * 1024
+MAX_FORM: Final = 4 * MAX_TWIML  # a percent-encoded Twiml parameter is up to 3x longer
 MAX_MP3_SOURCE: Final = 200 * 1024 * 1024
 """Largest WAV encoded to MP3 on request (about 3.6 hours of 8 kHz stereo)."""
 
@@ -578,11 +580,10 @@ class TwilioRestApi:
 
     async def _form(self, request: web.Request) -> MultiDictProxy[str]:
         try:
-            form = await request.post()
-        except (ValueError, UnicodeDecodeError):
-            raise TwilioApiError(ERR_PARAM, "the body must be a UTF-8 form "
-                                       "(application/x-www-form-urlencoded)") from None
-        return MultiDictProxy(MultiDict((k, v) for k, v in form.items() if isinstance(v, str)))
+            return await read_form(request, max_body=MAX_FORM)
+        except JsonBodyError as exc:
+            raise TwilioApiError(ERR_PARAM, f"{exc} (application/x-www-form-urlencoded, "
+                                 f"at most {MAX_FORM} bytes)", status=exc.status) from None
 
     async def create_call(self, request: web.Request, tenant: Tenant,
                           account_sid: str) -> web.StreamResponse:

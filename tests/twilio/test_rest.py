@@ -34,7 +34,7 @@ from audiosocket_gw.recordings.component import RecordingsComponent
 from audiosocket_gw.testing.fakeapp import FakeTwilioApp
 from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
 from audiosocket_gw.twilio.ids import call_id_for_sid, derived_account_sid
-from audiosocket_gw.twilio.rest import TwilioRestApi
+from audiosocket_gw.twilio.rest import MAX_FORM, TwilioRestApi
 from audiosocket_gw.twilio.signature import SIGNATURE_HEADER, validate_signature
 from tests.helpers import MS, make_config
 from tests.recordings.conftest import s3_client
@@ -402,6 +402,12 @@ async def test_errors_wrong_credentials_bad_params_unknown_resources(
                     "Authorization": basic(SID, TOKEN),
                     "Content-Type": "application/x-www-form-urlencoded"}) as resp:
                 assert resp.status == 400 and (await resp.json())["status"] == 400
+            async with http.post(url, data=b"To=+1555&Twiml=" + b"x" * (MAX_FORM + 1), headers={
+                    "Authorization": basic(SID, TOKEN),
+                    "Content-Type": "application/x-www-form-urlencoded"}) as resp:
+                body = await resp.json()
+                assert resp.status == 413 and body["code"] == 20001, body
+        assert await s.gw.store.list_calls() == []
 
 
 # -- recordings ------------------------------------------------------------------------------
