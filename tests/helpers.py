@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +20,19 @@ from audiosocket_gw.gateway import Gateway
 # real-time values and a loaded machine can scale them instead of flaking.
 MS = 0.001 * float(os.environ.get("AIGW_TEST_TIME_FACTOR", "1"))
 GAP_MS = 40_000 * MS  # a frame arriving more than 40 ms after the previous one is a gap
+
+
+async def until(pred: Callable[[], Any], within: float = 5.0, step: float = 5 * MS) -> None:
+    """Poll ``pred`` (sync, or async like a store read) until it is true; TimeoutError
+    after ``within`` seconds of test time. For state that has no event to await."""
+    async with asyncio.timeout(within * MS * 1000):
+        while True:
+            res = pred()
+            if inspect.isawaitable(res):
+                res = await res
+            if res:
+                return
+            await asyncio.sleep(step)
 
 
 def make_config(**overrides: Any) -> Config:

@@ -41,7 +41,7 @@ from audiosocket_gw.telephony import AsteriskProvider
 from audiosocket_gw.testing.fakeapp import FakeTwilioApp
 from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
 from audiosocket_gw.twilio.ids import call_sid_for
-from tests.helpers import MS, RawPeer, make_config, running_gateway
+from tests.helpers import MS, RawPeer, make_config, running_gateway, until
 
 TOML = """
 [tenants.acme]
@@ -89,17 +89,6 @@ def provider(gw: Gateway) -> AsteriskProvider:
     p = gw.component(CallsApi).provider
     assert isinstance(p, AsteriskProvider)
     return p
-
-
-async def until(pred: object, within: float = 3.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            res = pred()  # type: ignore[operator]
-            if asyncio.iscoroutine(res):
-                res = await res
-            if res:
-                return
-            await asyncio.sleep(5 * MS)
 
 
 async def live_call(gw: Gateway) -> str:

@@ -21,7 +21,7 @@ from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.dsp.g711 import ulaw_encode
 from audiosocket_gw.testing.fakeapp import GREETING_MARK, FakeTwilioApp
 from audiosocket_gw.twilio.ids import call_sid_for, is_sid
-from tests.helpers import MS, running_gateway
+from tests.helpers import MS, running_gateway, until
 
 SILENT = 64.0  # mean |sample| below which a frame counts as silence
 
@@ -101,16 +101,7 @@ class Caller:
         return [(t, f) for t, f in self.frames if level(f) >= SILENT]
 
     async def wait_until(self, pred: Any, wait_s: float = 3.0) -> None:
-        await eventually(pred, wait_s)
-
-
-async def eventually(pred: Any, wait_s: float = 3.0) -> None:
-    """Poll ``pred`` every 5 ms until true; TimeoutError after ``wait_s``."""
-    async with asyncio.timeout(wait_s):
-        for _ in iter(int, 1):
-            if pred():
-                return
-            await asyncio.sleep(5 * MS)
+        await until(pred, wait_s)
 
 
 def speech(seconds: float) -> bytes:

@@ -46,6 +46,7 @@ from audiosocket_gw.settings import Settings
 from audiosocket_gw.status import StatusWriter
 from audiosocket_gw.store.sqlite import SqliteCallStore
 from audiosocket_gw.tenants import Agent, load_tenants
+from tests.helpers import until
 
 AUDIOSOCKET_ADDRESS = ("127.0.0.1", 9092)
 """What ``Admission`` believes the AudioSocket server is bound to."""
@@ -250,15 +251,4 @@ async def open_call(h: Harness, call_id: str | None = None, *, backend_name: str
     return call
 
 
-async def until(cond: Callable[[], Any], within: float = 2.0) -> None:
-    """Wait (tiny awaits) until ``cond()`` is true: for work a component queued."""
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.002)
-
-
-async def until_async(cond: Callable[[], Any], within: float = 2.0) -> None:
-    """``until`` for an async predicate (a store read)."""
-    async with asyncio.timeout(within):
-        while not await cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.002)
+until_async = until  # the one poller in tests.helpers takes async predicates too

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -25,7 +25,7 @@ from audiosocket_gw.quality.emodel import estimate_mos
 from audiosocket_gw.quality.mos import MosMonitor, gateway_loss
 from audiosocket_gw.quality.rtcp import ASTERISK_TO_CALLER, CALLER_TO_ASTERISK, MosTracker
 from audiosocket_gw.store.base import CallRecord
-from tests.helpers import MS, RawPeer, make_config, running_gateway
+from tests.helpers import MS, RawPeer, make_config, running_gateway, until
 
 FIXTURE = Path(__file__).parents[1] / "ami" / "fixtures" / "inbound_call.txt"
 CALL_ID = "3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b1d34"  # the fixture's AudioSocket UUID
@@ -39,13 +39,6 @@ def split_at_hangup(msgs: list[AmiMessage]) -> tuple[list[AmiMessage], list[AmiM
     """(events while the call is up, the hangup tail: QoS VarSets and Hangup)."""
     i = next(i for i, m in enumerate(msgs) if m.event == "SoftHangupRequest")
     return msgs[:i], msgs[i:]
-
-
-async def until(cond: Callable[[], bool], within: float = 2.0, step: float = 5 * MS) -> None:
-    """Poll ``cond`` (gateway state has no event to await) until true, or time out."""
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(step)
 
 
 def monitor_of(gw: Gateway) -> MosMonitor:

@@ -36,7 +36,7 @@ from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
 from audiosocket_gw.twilio.ids import call_id_for_sid, derived_account_sid
 from audiosocket_gw.twilio.rest import MAX_FORM, TwilioRestApi
 from audiosocket_gw.twilio.signature import SIGNATURE_HEADER, validate_signature
-from tests.helpers import MS, make_config
+from tests.helpers import MS, make_config, until
 from tests.recordings.conftest import s3_client
 
 SID = "AC" + "0123456789abcdef" * 2
@@ -175,12 +175,6 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-async def eventually(pred: Callable[[], object], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not pred():
-            await asyncio.sleep(10 * MS)
-
-
 # -- calls ---------------------------------------------------------------------------------
 
 
@@ -211,7 +205,7 @@ async def test_create_with_url_runs_its_twiml_and_sends_its_status_callbacks(
         rec = await s.gw.store.get_call(call_id_for_sid(call.sid) or "")
         assert rec is not None and rec.hangup_reason == "twiml-hangup"
         # The per-call status callbacks override the agent's (none), in order, signed.
-        await eventually(lambda: len(s.app.of("/status")) >= 4)
+        await until(lambda: len(s.app.of("/status")) >= 4)
         forms = s.app.of("/status")
         assert [f["CallStatus"] for f in forms] == [
             "initiated", "ringing", "in-progress", "completed"]
@@ -243,7 +237,7 @@ async def test_create_with_inline_twiml_streams_then_update_redirects_the_live_c
                               method="POST")
         assert updated.sid == call.sid
         await s.stream.wait_for(lambda: "stop" in session.kinds(), 5.0)
-        await eventually(lambda: s.app.of("/next"))
+        await until(lambda: s.app.of("/next"))
         assert s.app.of("/next")[0]["CallSid"] == call.sid
         await s.status(call.sid, "completed")
         assert session.violations == []
@@ -467,7 +461,7 @@ async def test_recordings_list_fetch_download_and_delete(monkeypatch: pytest.Mon
                 async with http.get(media + ".mp3") as resp:
                     assert resp.status == 415 and (await resp.json())["code"] == 99002
         # The recording status callback names the same recording and call.
-        await eventually(lambda: s.app.of("/rec"))
+        await until(lambda: s.app.of("/rec"))
         cb = s.app.of("/rec")[0]
         assert cb["RecordingSid"] == rec.sid and cb["CallSid"] == call.sid
         assert await s.sdk(s.client.recordings(rec.sid).delete) is True
@@ -502,7 +496,7 @@ async def test_update_interrupts_running_twiml_get_status_callback_and_send_digi
         await s.sdk(s.client.calls(call.sid).update, twiml=HANGUP)
         await s.status(call.sid, "completed")
         assert asyncio.get_running_loop().time() - t0 < 10.0  # not the 30 s pause
-        await eventually(lambda: s.app.of("/status-get"))
+        await until(lambda: s.app.of("/status-get"))
         ((method, _, query, signed),) = [r for r in s.app.requests if r[1] == "/status-get"]
         assert method == "GET" and signed and query["CallStatus"] == "completed"
         assert query["CallSid"] == call.sid
@@ -525,8 +519,8 @@ async def test_machine_detection_answered_by_and_async_amd_callback(
         assert done.answered_by == "human"
         orig = [a for a in s.sim.actions if a.get("Action") == "Originate"][-1]
         assert orig.variables().get("AIGW_AMD") not in (None, "", "0")
-        await eventually(lambda: len(s.app.of("/status")) >= 2)
-        await eventually(lambda: s.app.of("/amd"))
+        await until(lambda: len(s.app.of("/status")) >= 2)
+        await until(lambda: s.app.of("/amd"))
         (amd,) = s.app.of("/amd")
         assert amd["AnsweredBy"] == "human" and amd["CallSid"] == call.sid
         assert [f.get("AnsweredBy") for f in s.app.of("/status")] == ["human", "human"]
