@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+
 from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.config import Config
 from audiosocket_gw.gateway import Gateway
@@ -53,6 +55,33 @@ async def running_gateway(**overrides: Any) -> AsyncIterator[Gateway]:
     gw = Gateway(make_config(**overrides))
     await gw.start()
     try:
+        yield gw
+    finally:
+        await gw.shutdown(grace=0)
+
+
+@asynccontextmanager
+async def ami_gateway(monkeypatch: pytest.MonkeyPatch, ami: tuple[str, int], *,
+                      ping_s: float = 0.5, **overrides: Any) -> AsyncIterator[Gateway]:
+    """A started gateway logged in to the AMI server at ``ami`` (the PBX simulator's
+    AMI), with reconnect backoff and Ping liveness in test time; config ``overrides``
+    as for ``make_config``. The simulator's own lifetime stays with the caller."""
+    from audiosocket_gw.ami.tracker import CallTracker
+    from audiosocket_gw.settings import AmiSettings
+
+    host, port = ami
+    for k, v in {"AIGW_AMI_HOST": host, "AIGW_AMI_PORT": str(port), "AIGW_AMI_USER": "aigw",
+                 "AIGW_AMI_SECRET": "secret"}.items():
+        monkeypatch.setenv(k, v)
+    gw = Gateway(make_config(**overrides))
+    client = gw.component(CallTracker).client
+    assert client is not None, "AIGW_AMI_HOST did not reach the gateway's settings"
+    client.settings = AmiSettings(host=host, port=port, username="aigw", secret="secret",
+                                  backoff_initial=0.02, backoff_max=0.1,
+                                  ping_interval=ping_s, ping_timeout=ping_s)
+    await gw.start()
+    try:
+        assert await client.wait_connected(5.0), "the gateway did not log in to AMI"
         yield gw
     finally:
         await gw.shutdown(grace=0)

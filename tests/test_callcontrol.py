@@ -41,7 +41,7 @@ from audiosocket_gw.telephony import AsteriskProvider
 from audiosocket_gw.testing.fakeapp import FakeTwilioApp
 from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
 from audiosocket_gw.twilio.ids import call_sid_for
-from tests.helpers import MS, RawPeer, make_config, running_gateway, until
+from tests.helpers import MS, RawPeer, ami_gateway, running_gateway, until
 
 TOML = """
 [tenants.acme]
@@ -62,27 +62,12 @@ TEMPLATE = "PJSIP/{to}@aigw-trunk"
 @asynccontextmanager
 async def stack(monkeypatch: pytest.MonkeyPatch, *, agent_extra: str = "", **sim_kw: object
                 ) -> AsyncIterator[tuple[Gateway, AmiSimulator]]:
-    sim = AmiSimulator(connect_audiosocket=True, **sim_kw)  # type: ignore[arg-type]
-    await sim.start()
-    host, port = sim.address
-    for k, v in {"AIGW_AMI_HOST": host, "AIGW_AMI_PORT": str(port), "AIGW_AMI_USER": "aigw",
-                 "AIGW_AMI_SECRET": "secret"}.items():
-        monkeypatch.setenv(k, v)
     cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
     cfg.write_text(TOML.format(extra=agent_extra))
-    gw = Gateway(make_config(config=str(cfg), allow_unregistered=False))
-    client = gw.component(CallTracker).client
-    assert client is not None
-    client.settings = AmiSettings(host=host, port=port, username="aigw", secret="secret",
-                                  backoff_initial=0.02, backoff_max=0.1, ping_interval=0.5,
-                                  ping_timeout=0.5)
-    await gw.start()
-    try:
-        assert await client.wait_connected(5.0)
+    sim = AmiSimulator(connect_audiosocket=True, **sim_kw)  # type: ignore[arg-type]
+    async with sim, ami_gateway(monkeypatch, sim.address, config=str(cfg),
+                                allow_unregistered=False) as gw:
         yield gw, sim
-    finally:
-        await gw.shutdown(grace=0)
-        await sim.stop()
 
 
 def provider(gw: Gateway) -> AsteriskProvider:

@@ -17,17 +17,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from audiosocket_gw.ami.tracker import CallTracker
 from audiosocket_gw.backends.base import CallInfo, CallLog
 from audiosocket_gw.cli import build_parser
 from audiosocket_gw.config import Config, ConfigError
-from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.logfmt import JsonFormatter, make_formatter
-from audiosocket_gw.settings import AmiSettings
 from audiosocket_gw.testing.simulator.ami import AmiSimulator
 from audiosocket_gw.testing.simulator.audio import speech_like
 from audiosocket_gw.testing.simulator.pbx import CallPlan, run_simulation
-from tests.helpers import MS, make_config
+from tests.helpers import MS, ami_gateway
 
 CID = "0b8e4c1a-2f3d-4e5f-8a9b-0c1d2e3f4a5b"
 DID, CALLER = "+15551230000", "+15557654321"
@@ -127,23 +124,12 @@ def captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
 
 async def test_full_test_call_logs_no_numbers_and_every_call_line_has_its_id(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    sim = AmiSimulator(connect_audiosocket=True, ring_s=20 * MS, audiosocket_seconds=0.4)
-    await sim.start()
-    host, port = sim.address
-    for k, v in {"AIGW_AMI_HOST": host, "AIGW_AMI_PORT": str(port), "AIGW_AMI_USER": "aigw",
-                 "AIGW_AMI_SECRET": "secret"}.items():
-        monkeypatch.setenv(k, v)
     cfg = Path(tempfile.mkdtemp(prefix="aigw-logs-")) / "t.toml"
     cfg.write_text(TOML)
+    sim = AmiSimulator(connect_audiosocket=True, ring_s=20 * MS, audiosocket_seconds=0.4)
     with captured() as (text, js):
-        gw = Gateway(make_config(config=str(cfg), allow_unregistered=False))
-        client = gw.component(CallTracker).client
-        assert client is not None
-        client.settings = AmiSettings(host=host, port=port, username="aigw", secret="secret",
-                                      backoff_initial=0.02, backoff_max=0.1)
-        await gw.start()
-        try:
-            assert await client.wait_connected(5.0)
+        async with sim, ami_gateway(monkeypatch, sim.address, config=str(cfg),
+                                    allow_unregistered=False) as gw:
             base = "http://{}:{}".format(*gw.http_address)
             async with aiohttp.ClientSession() as http:
                 async with http.post(f"{base}/v1/route", json={
@@ -165,9 +151,6 @@ async def test_full_test_call_logs_no_numbers_and_every_call_line_has_its_id(
                     assert time.monotonic() < deadline, recs
                     await asyncio.sleep(20 * MS)
             assert [x.status.value for x in recs if x] == ["completed", "completed"]
-        finally:
-            await gw.shutdown(grace=0)
-            await sim.stop()
     text_out, json_out = text.getvalue(), js.getvalue()
     for number in (DID, CALLER, CALLEE, CALLER_ID):
         digits = number.lstrip("+")

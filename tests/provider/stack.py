@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from audiosocket_gw.ami.tracker import CallTracker
 from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.testing.simulator.ami import AmiSimulator
-from tests.helpers import MS, make_config
+from tests.helpers import MS, ami_gateway, running_gateway
 
 APP_TOKEN = "acme-twilio-auth-token"
 ORIGINAL_URL = "https://app.example.com/twilio/voice?x=1&y=2"
@@ -57,32 +56,16 @@ async def gateway(monkeypatch: pytest.MonkeyPatch, *, ami: bool = True,
                   **overrides: Any) -> AsyncIterator[tuple[Gateway, AmiSimulator | None]]:
     """A started gateway (with the AMI simulator when ``ami``); numbers ``DIDS``."""
     monkeypatch.setenv("ACME_TWILIO_TOKEN", APP_TOKEN)
-    sim: AmiSimulator | None = None
-    if ami:
-        sim = AmiSimulator(ring_s=5 * MS, talk_s=20 * MS)
-        await sim.start()
-        host, port = sim.address
-        for k, v in {"AIGW_AMI_HOST": host, "AIGW_AMI_PORT": str(port),
-                     "AIGW_AMI_USER": "aigw", "AIGW_AMI_SECRET": "secret"}.items():
-            monkeypatch.setenv(k, v)
-    else:
+    if not ami:
         monkeypatch.delenv("AIGW_AMI_HOST", raising=False)
-    gw = Gateway(make_config(config=tenants_file(), allow_unregistered=False, **overrides))
-    client = gw.component(CallTracker).client
-    if client is not None:
-        client.settings = type(client.settings)(
-            host=client.settings.host, port=client.settings.port, username="aigw",
-            secret="secret", backoff_initial=0.02, backoff_max=0.1, ping_interval=0.5,
-            ping_timeout=0.5)
-    await gw.start()
-    try:
-        if client is not None:
-            assert await client.wait_connected(5.0)
+        async with running_gateway(config=tenants_file(), allow_unregistered=False,
+                                   **overrides) as gw:
+            yield gw, None
+        return
+    async with AmiSimulator(ring_s=5 * MS, talk_s=20 * MS) as sim, ami_gateway(
+            monkeypatch, sim.address, config=tenants_file(), allow_unregistered=False,
+            **overrides) as gw:
         yield gw, sim
-    finally:
-        await gw.shutdown(grace=0)
-        if sim is not None:
-            await sim.stop()
 
 
 def originates(sim: AmiSimulator) -> list[str]:

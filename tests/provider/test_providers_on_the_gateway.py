@@ -24,8 +24,11 @@ from audiosocket_gw.provider import (  # noqa: E402
     TwilioProvider,
 )
 from audiosocket_gw.twilio.ids import call_id_for_sid, call_sid_for  # noqa: E402
-from tests.helpers import MS  # noqa: E402
-from tests.twilio.test_rest import SID, TOKEN, Stack, basic, eventually, stack  # noqa: E402
+from tests.helpers import (
+    MS,  # noqa: E402
+    until,
+)
+from tests.twilio.test_rest import SID, TOKEN, Stack, basic, stack  # noqa: E402
 
 HOLD = '<Response><Pause length="30"/></Response>'
 BYE = "<Response><Hangup/></Response>"
@@ -52,7 +55,7 @@ async def test_twilio_provider_through_the_gateway_rest_emulation(
         assert sid.startswith("CA") and call_id_for_sid(sid) is not None
         await status_of(p, sid, "in-progress")
         # The call is answered before its TwiML fetch necessarily reached the app.
-        await eventually(lambda: s.app.of("/voice"))
+        await until(lambda: s.app.of("/voice"))
         assert s.app.of("/voice")[0]["CallSid"] == sid
         await p.update_call(sid, twiml=BYE)
         assert await status_of(p, sid, "completed") == "completed"
@@ -72,7 +75,7 @@ async def test_twilio_provider_through_the_gateway_rest_emulation(
                                            {"twiml": HOLD})
         await status_of(p, sid2, "in-progress")
         await p.update_call(sid2, url=s.app.base + "/next")
-        await eventually(lambda: s.app.of("/next"))
+        await until(lambda: s.app.of("/next"))
         assert s.app.of("/next")[0]["CallSid"] == sid2
         await status_of(p, sid2, "completed")
         sid3 = await p.start_outbound_call("acme", "+15550003333", "+15559990000",
@@ -109,7 +112,7 @@ async def test_asterisk_provider_updates_a_live_call_through_v1_twiml(
             assert status == 400 and body["error"]["code"] == "bad_request", bad  # type: ignore[index]
         assert (await p.get_call(cid)) is not None
         await p.update_call(cid, url=s.app.base + "/next")
-        await eventually(lambda: s.app.of("/next"))
+        await until(lambda: s.app.of("/next"))
         assert s.app.of("/next")[0]["CallSid"] == call_sid_for(cid)
         assert await status_of(p, cid, "completed") == "completed"
         rec = await s.gw.store.get_call(cid)

@@ -13,8 +13,8 @@ from audiosocket_gw.tenants import Agent
 from audiosocket_gw.twilio.callbacks import StatusCallbacks, rfc2822, status_params
 from audiosocket_gw.twilio.ids import call_sid_for
 from audiosocket_gw.twilio.signature import validate_signature
-from tests.backends.test_twilio_stream import Caller, eventually
-from tests.helpers import running_gateway
+from tests.backends.test_twilio_stream import Caller
+from tests.helpers import running_gateway, until
 
 TOKEN = "cb-token"
 
@@ -60,7 +60,7 @@ async def test_answered_and_completed_signed_and_retried(
             comp.backoff_s = 0.05
             async with Caller(gw.audiosocket.address, audio=None) as caller:
                 await asyncio.sleep(0.2)
-            await eventually(lambda: comp.sent >= 2)
+            await until(lambda: comp.sent >= 2)
         assert all(ok for _, ok in received)
         forms = [f for f, _ in received]
         assert [f["CallStatus"] for f in forms] == ["in-progress", "in-progress", "completed"]
@@ -101,7 +101,7 @@ async def test_notify_only_subscribed_events(tmp_path: Path) -> None:
         assert comp.notify(info, "completed", status="no-answer") is True
         bare = CallInfo(call_id="c4", agent_cfg=Agent(name="x", tenant="acme", backend="echo"))
         assert comp.notify(bare, "completed") is False  # no status_callback URL
-        await eventually(lambda: comp.failed >= 1)  # port 9 refuses: failed after 1 attempt
+        await until(lambda: comp.failed >= 1)  # port 9 refuses: failed after 1 attempt
 
 
 async def test_outbound_busy_gets_initiated_ringing_and_completed_busy(
@@ -109,11 +109,9 @@ async def test_outbound_busy_gets_initiated_ringing_and_completed_busy(
 ) -> None:
     """Outbound calls driven by AMI: the tracker's transitions reach the app as Twilio's
     initiated / ringing / completed(busy) callbacks, though no AudioSocket ever starts."""
-    from audiosocket_gw.ami.tracker import CallTracker
     from audiosocket_gw.api import CallsApi
-    from audiosocket_gw.gateway import Gateway
     from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
-    from tests.helpers import make_config
+    from tests.helpers import ami_gateway
 
     received: list[dict[str, str]] = []
 
@@ -127,28 +125,18 @@ async def test_outbound_busy_gets_initiated_ringing_and_completed_busy(
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/status"
-    sim = AmiSimulator(ring_s=0.05, outcomes={"+15550007777": Outcome("busy")})
-    await sim.start()
-    host, port = sim.address
-    for k, v in {"AIGW_AMI_HOST": host, "AIGW_AMI_PORT": str(port), "AIGW_AMI_USER": "aigw",
-                 "AIGW_AMI_SECRET": "secret"}.items():
-        monkeypatch.setenv(k, v)
     cfg = config(tmp_path, url, '["initiated", "ringing", "answered", "completed"]')
-    gw = Gateway(make_config(config=cfg))
-    await gw.start()
+    sim = AmiSimulator(ring_s=0.05, outcomes={"+15550007777": Outcome("busy")})
     try:
-        client = gw.component(CallTracker).client
-        assert client is not None and await client.wait_connected(5.0)
-        provider = gw.component(CallsApi).provider
-        cid = await provider.start_outbound_call("acme", "+15550007777", "+15559990000")
-        await eventually(lambda: any(r.get("CallStatus") == "busy" for r in received))
-        # Like Twilio's, callbacks may be delivered out of order: SequenceNumber orders them.
-        events = sorted((int(r["SequenceNumber"]), r["CallStatus"]) for r in received)
-        assert [s for _, s in events] == ["initiated", "ringing", "busy"]
-        assert [n for n, _ in events] == [0, 1, 2]
-        assert all(r["CallSid"] == call_sid_for(cid) for r in received)
-        assert all(r["Direction"] == "outbound-api" for r in received)
+        async with sim, ami_gateway(monkeypatch, sim.address, config=cfg) as gw:
+            provider = gw.component(CallsApi).provider
+            cid = await provider.start_outbound_call("acme", "+15550007777", "+15559990000")
+            await until(lambda: any(r.get("CallStatus") == "busy" for r in received))
+            # Like Twilio's, callbacks may be delivered out of order: SequenceNumber orders them.
+            events = sorted((int(r["SequenceNumber"]), r["CallStatus"]) for r in received)
+            assert [s for _, s in events] == ["initiated", "ringing", "busy"]
+            assert [n for n, _ in events] == [0, 1, 2]
+            assert all(r["CallSid"] == call_sid_for(cid) for r in received)
+            assert all(r["Direction"] == "outbound-api" for r in received)
     finally:
-        await gw.shutdown(grace=0)
-        await sim.stop()
         await runner.cleanup()

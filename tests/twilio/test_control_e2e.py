@@ -23,8 +23,8 @@ from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from audiosocket_gw.testing.simulator.ami import Outcome
 from audiosocket_gw.twilio.ids import call_id_for_sid, derived_account_sid
-from tests.helpers import MS
-from tests.twilio.test_rest import SID, TOKEN, Stack, basic, eventually, stack
+from tests.helpers import MS, until
+from tests.twilio.test_rest import SID, TOKEN, Stack, basic, stack
 
 HUMAN = "+15550002001"
 
@@ -79,7 +79,7 @@ async def test_dial_action_resumes_the_same_call_and_runs_its_twiml(
         ((_, targets, timeout, options),) = s.sim.dials
         assert HUMAN in targets and timeout == "5" and "g" in options
         # The app's action got the outcome, for the same CallSid as everything else.
-        await eventually(lambda: s.app.of("/dialed"))
+        await until(lambda: s.app.of("/dialed"))
         (form,) = s.app.of("/dialed")
         assert form["CallSid"] == sid and form["DialCallStatus"] == dial_status
         if dial_status == "completed":
@@ -90,7 +90,7 @@ async def test_dial_action_resumes_the_same_call_and_runs_its_twiml(
         assert s.app.of("/voice")[0]["CallSid"] == sid
         # Two AudioSocket legs: the first ended by the gateway (Dial), the resumed one
         # heard the <Say> and was hung up by the gateway (<Hangup>).
-        await eventually(lambda: len(s.sim.legs) == 2)
+        await until(lambda: len(s.sim.legs) == 2)
         first, resumed = s.sim.legs
         assert first.ended_by in ("gateway-hangup", "gateway-close")
         assert resumed.ended_by in ("gateway-hangup", "gateway-close")
@@ -99,7 +99,7 @@ async def test_dial_action_resumes_the_same_call_and_runs_its_twiml(
             assert loud and loud[-1] - loud[0] >= 0.5  # "Thanks, goodbye." was heard
         # One call record, completed once, status callbacks all for the same CallSid.
         call_id = call_id_for_sid(sid) or ""
-        await eventually(lambda: len(s.app.of("/status")) >= 3)
+        await until(lambda: len(s.app.of("/status")) >= 3)
         forms = s.app.of("/status")
         assert [f["CallStatus"] for f in forms] == ["initiated", "in-progress", "completed"]
         assert {f["CallSid"] for f in forms} == {sid}
@@ -118,7 +118,7 @@ async def test_dial_without_action_ends_the_call_after_the_dial(
         assert HUMAN in targets and "g" not in options  # nothing to come back to
         assert setvars(s)["AIGW_RESUME_ID"] == ""
         assert len(s.sim.legs) == 1  # no resumed leg
-        await eventually(lambda: len(s.app.of("/status")) >= 3)
+        await until(lambda: len(s.app.of("/status")) >= 3)
         await asyncio.sleep(100 * MS)  # nothing more arrives
         forms = s.app.of("/status")
         assert [f["CallStatus"] for f in forms] == ["initiated", "in-progress", "completed"]
@@ -140,7 +140,7 @@ async def test_dial_sip_goes_through_the_trunk_endpoint(monkeypatch: pytest.Monk
         await s.status(sid, "completed", within=8.0)
         ((_, targets, _, _),) = s.sim.dials
         assert targets.startswith("PJSIP/") and targets.endswith("/" + uri)
-        await eventually(lambda: s.app.of("/dialed"))
+        await until(lambda: s.app.of("/dialed"))
         (form,) = s.app.of("/dialed")
         assert form["CallSid"] == sid and form["DialCallStatus"] == "busy"
 
@@ -194,7 +194,7 @@ async def test_send_digits_and_play_digits_go_through_play_dtmf(
         assert subsequence(["1", "2", "#"], played) and subsequence(["9", "8"], played)
         # The AudioSocket leg never carried a DTMF frame toward Asterisk (it would have
         # killed the call: the simulator ends the leg with an error).
-        await eventually(lambda: s.sim.legs)
+        await until(lambda: s.sim.legs)
         (leg,) = s.sim.legs
         assert leg.error is None and leg.ended_by in ("gateway-hangup", "gateway-close")
         events = await s.gw.store.events(call_id_for_sid(call.sid) or "")
@@ -220,7 +220,7 @@ async def test_record_verb_recordings_are_rest_recordings(monkeypatch: pytest.Mo
                            url=s.app.base + "/voice", record=True,
                            recording_status_callback=s.app.base + "/callrec")
         await s.status(call.sid, "completed", within=8.0)
-        await eventually(lambda: s.app.of("/recstatus") and s.app.of("/recorded"))
+        await until(lambda: s.app.of("/recstatus") and s.app.of("/recorded"))
         (cb,) = s.app.of("/recstatus")
         (action,) = s.app.of("/recorded")
         rsid = cb["RecordingSid"]

@@ -19,8 +19,8 @@ from aiohttp import web
 from audiosocket_gw.testing.fakeapp import FakeTwilioApp
 from audiosocket_gw.twilio.ids import is_sid
 from audiosocket_gw.twilio.signature import SIGNATURE_HEADER, validate_signature
-from tests.backends.test_twilio_stream import Caller, eventually, speech
-from tests.helpers import MS, running_gateway
+from tests.backends.test_twilio_stream import Caller, speech
+from tests.helpers import MS, running_gateway, until
 
 
 @dataclass
@@ -89,8 +89,8 @@ async def one_call(gw_addr: tuple[str, int], stream_app: FakeTwilioApp, app: Twi
         await stream_app.wait_for(lambda: len(session.of_kind("media")) >= 5, 3000 * MS)
     # Hung up: wait for the stream's stop, completed and the recording callback.
     await stream_app.wait_for(lambda: "stop" in session.kinds(), 3000 * MS)
-    await eventually(lambda: len(app.of("/status")) >= 2 * (index + 1)
-                     and len(app.of("/recording")) >= index + 1, 10_000 * MS)
+    await until(lambda: len(app.of("/status")) >= 2 * (index + 1)
+                     and len(app.of("/recording")) >= index + 1, 10.0)
     await asyncio.sleep(50 * MS)  # nothing else is on its way
     assert session.violations == []
     (start,) = session.of_kind("start")

@@ -36,7 +36,7 @@ from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
 from audiosocket_gw.twilio.ids import call_id_for_sid, derived_account_sid
 from audiosocket_gw.twilio.rest import MAX_FORM, TwilioRestApi
 from audiosocket_gw.twilio.signature import SIGNATURE_HEADER, validate_signature
-from tests.helpers import MS, make_config, until
+from tests.helpers import MS, ami_gateway, make_config, until
 from tests.recordings.conftest import s3_client
 
 SID = "AC" + "0123456789abcdef" * 2
@@ -136,39 +136,23 @@ def client_for(base: str, sid: str = SID, token: str = TOKEN) -> Client:
 @asynccontextmanager
 async def stack(monkeypatch: pytest.MonkeyPatch, audiosocket_seconds: float = 20.0,
                 env: dict[str, str] | None = None) -> AsyncIterator[Stack]:
-    sim = AmiSimulator(connect_audiosocket=True, ring_s=20 * MS, talk_s=30.0,
-                       audiosocket_seconds=audiosocket_seconds)
-    await sim.start()
-    host, port = sim.address
-    for k, v in {"AIGW_AMI_HOST": host, "AIGW_AMI_PORT": str(port), "AIGW_AMI_USER": "aigw",
-                 "AIGW_AMI_SECRET": "secret", "ACME_TWILIO_TOKEN": TOKEN,
-                 "PLAIN_TWILIO_TOKEN": "plain-token"}.items():
+    for k, v in {"ACME_TWILIO_TOKEN": TOKEN, "PLAIN_TWILIO_TOKEN": "plain-token"}.items():
         monkeypatch.setenv(k, v)
     for k in ("AIGW_TWILIO_ACCOUNT_SID", "AIGW_TWILIO_AUTH_TOKEN", "AIGW_S3_BUCKET",
               "AIGW_RECORDING_PUBLIC_BASE"):
         monkeypatch.delenv(k, raising=False)
     for k, v in (env or {}).items():
         monkeypatch.setenv(k, v)
-    async with FakeTwilioApp() as stream_app, serve(App()) as app:
+    sim = AmiSimulator(connect_audiosocket=True, ring_s=20 * MS, talk_s=30.0,
+                       audiosocket_seconds=audiosocket_seconds)
+    async with sim, FakeTwilioApp() as stream_app, serve(App()) as app:
         cfg = Path(tempfile.mkdtemp(prefix="aigw-rest-")) / "t.toml"
         cfg.write_text(TOML.format(sid=SID, base=app.base))
-        gw = Gateway(make_config(config=str(cfg), allow_unregistered=False))
-        from audiosocket_gw.ami.tracker import CallTracker
-
-        client_ami = gw.component(CallTracker).client
-        assert client_ami is not None
-        client_ami.settings = type(client_ami.settings)(
-            host=host, port=port, username="aigw", secret="secret",
-            backoff_initial=0.02, backoff_max=0.1, ping_interval=0.2, ping_timeout=0.2)
-        await gw.start()
-        try:
-            assert await client_ami.wait_connected(5.0)
+        async with ami_gateway(monkeypatch, sim.address, ping_s=0.2, config=str(cfg),
+                               allow_unregistered=False) as gw:
             h, p = gw.http_address
             base = f"http://{h}:{p}"
             yield Stack(gw, sim, app, stream_app, client_for(base), base)
-        finally:
-            await gw.shutdown(grace=0)
-            await sim.stop()
 
 
 def basic(user: str, password: str) -> str:
