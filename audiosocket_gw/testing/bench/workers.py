@@ -182,4 +182,8 @@ async def run_workers_bench(workers: list[int], levels: list[int], seconds: floa
     print()
     print(workers_table(runs))
     print(f"\nwritten to {path}")
-    return 0 if all(r["calls_real_time"] > 0 for r in runs) else 1
+    for r in runs:  # a figure, not a failure: the table says it; the exit code is for errors
+        if r["calls_real_time"] == 0:
+            print(f"bench --workers: {r['workers']} worker(s) carried no level in real time "
+                  "on this machine (see the table)", flush=True)
+    return 0
