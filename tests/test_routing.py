@@ -169,7 +169,12 @@ async def test_slot_released_when_audiosocket_never_comes(tenants_file):
         cid = body["variables"]["AIGW_CALL_ID"]
         assert await comp.sweep() == 0  # not expired yet
         await asyncio.sleep(80 * MS)
-        assert await comp.sweep() == 1
+        # Expired now: this sweep or the component's own timer (armed at the deadline
+        # plus a fixed 50 ms, so with a large AIGW_TEST_TIME_FACTOR it may come first)
+        # releases it, exactly once.
+        swept = await comp.sweep()
+        assert swept == 1 or cid not in comp.pending
+        assert await comp.sweep() == 0
         assert await gw.store.active_slots("acme") == 0
         rec = await gw.store.get_call(cid)
         assert rec is not None and rec.status.value == "failed"
