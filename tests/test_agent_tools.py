@@ -73,6 +73,7 @@ sales = {{ number = "{human}", description = "Sales", timeout_s = 5 }}
 night = {{ number = "{human}", fallback = "backup", timeout_s = 5 }}
 backup = {{ number = "{fallback}", timeout_s = 5, on_failure = "hangup" }}
 queue = {{ extension = "600", description = "The support queue", timeout_s = 5 }}
+boss = {{ number = "{human}", mode = "attended", timeout_s = 5, decide_timeout_s = {decide} }}
 """
 
 
@@ -144,7 +145,7 @@ async def stack(monkeypatch: pytest.MonkeyPatch, script: list[ScriptStep], *,
                 timeout_s: float = 2.0, debounce_ms: int = 300, reply_ms: int = 400,
                 outcomes: dict[str, Outcome] | None = None,
                 seconds: float = 4.0, max_tools: int = 2,
-                slow_s: float = 5.0) -> AsyncIterator[Stack]:
+                slow_s: float = 5.0, decide_s: float = 5.0) -> AsyncIterator[Stack]:
     hooks = Hooks()
     hooks.slow_s = slow_s
     await hooks.start()
@@ -160,7 +161,8 @@ async def stack(monkeypatch: pytest.MonkeyPatch, script: list[ScriptStep], *,
         monkeypatch.setenv(k, v)
     cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
     cfg.write_text(TOML.format(hooks=hooks.url, timeout=timeout_s, debounce=debounce_ms,
-                               human=HUMAN, fallback=FALLBACK, max_tools=max_tools))
+                               human=HUMAN, fallback=FALLBACK, max_tools=max_tools,
+                               decide=decide_s))
     gw = Gateway(make_config(config=str(cfg), allow_unregistered=False,
                              openai_url=bot.url))
     client = gw.component(CallTracker).client
