@@ -141,9 +141,10 @@ async def test_the_caller_never_stays_on_hold_when_the_gateway_goes_quiet(
     async with stack(monkeypatch, SCRIPT, outcomes={HUMAN: person}, seconds=8.0) as st:
         await st.call()
         await until(lambda: originate(st) is not None, within=10.0)
-        ch = next(c for c in st.sim.channels.values() if c.context == "aigw-hold")
+        await until(lambda: any(c.application == "MusicOnHold"
+                                for c in st.sim.channels.values()))
+        ch = next(c for c in st.sim.channels.values() if c.application == "MusicOnHold")
         assert int(ch.variables["AIGW_HOLD_TIMEOUT"]) >= 5 + 5 + 10  # ring + decide + margin
-        ch.variables["AIGW_RESUME_ID"] = ch.variables["AIGW_RESUME_ID"]
         ch.wake.set()  # MusicOnHold's duration is up (simulated: no 40 s wait)
         await until(lambda: len(st.bot.sessions) >= 2, within=10.0)
         second = st.bot.sessions[1]
