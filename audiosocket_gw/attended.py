@@ -362,7 +362,8 @@ class AttendedTransfers:
             if reason != 4:
                 return _REASONS.get(reason, "failed"), ""
             # Answered: the consult leg may already be talking (it can connect before
-            # the OriginateResponse, §2b); the person has decide_timeout_s from here.
+            # the OriginateResponse, docs/PROTOCOLS.md §2.7); the person has
+            # decide_timeout_s from here.
             try:
                 async with asyncio.timeout(flow.dest.decide_timeout_s):
                     second: set[asyncio.Future[Any]] = {consult.digit, gone}

@@ -441,11 +441,13 @@ def test_signature_and_redaction() -> None:
 
 def test_tool_definitions_follow_the_config() -> None:
     cfg = loads_tenants(TOML.format(hooks="https://h.example", timeout=2.0, debounce=500,
-                                    human=HUMAN, fallback=FALLBACK, max_tools=2))
+                                    human=HUMAN, fallback=FALLBACK, max_tools=2, decide=5))
     defs = tool_definitions(cfg.agents["bot"])
     transfer = next(d for d in defs if d["name"] == "transfer_call")
-    assert transfer["parameters"]["properties"]["destination"]["enum"] == [
-        "sales", "night", "backup", "queue"]
+    props = transfer["parameters"]["properties"]
+    assert props["destination"]["enum"] == ["sales", "night", "backup", "queue", "boss"]
+    # an attended destination: the model writes the person's summary
+    assert "boss" in props["summary"]["description"]
     assert all(d["type"] == "function" for d in defs)
 
 
