@@ -473,7 +473,7 @@ def test_a_tool_secret_missing_from_the_environment_stops_the_start(
     monkeypatch.delenv("AIGW_T_TOOL_SECRET", raising=False)
     cfg = tmp_path / "t.toml"
     cfg.write_text(TOML.format(hooks="https://h.example", timeout=2.0, debounce=500,
-                               human=HUMAN, fallback=FALLBACK, max_tools=2))
+                               human=HUMAN, fallback=FALLBACK, max_tools=2, decide=5))
     gw = Gateway(make_config(config=str(cfg), openai_url="ws://127.0.0.1:9/v1/realtime"))
     with pytest.raises(ValueError, match="agent 'bot': tool 'lookup_order': secret_env "
                                          "AIGW_T_TOOL_SECRET"):
