@@ -323,6 +323,9 @@ class AttendedTransfers:
             self._flows.pop(flow.person_id, None)
             self.consult.waiting.pop(flow.consult_id, None)
             self.ctx.registry.discard(flow.consult_id)
+            leg = self.ctx.calls.get(flow.consult_id)
+            if leg is not None and outcome != "completed":
+                leg.hangup("consult-ended")  # never left talking to nobody
         try:
             if outcome == "completed":
                 pass
