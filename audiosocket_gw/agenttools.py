@@ -87,12 +87,20 @@ def tool_definitions(agent: Agent | None) -> tuple[dict[str, Any], ...]:
         described = "; ".join(
             f"{d.name}: {d.description}" if d.description else d.name
             for d in agent.transfer_destinations.values())
+        props: dict[str, Any] = {"destination": {"type": "string", "enum": names}}
+        attended = [d.name for d in agent.transfer_destinations.values()
+                    if d.mode == "attended"]
+        if attended:
+            # An attended transfer's person hears this before accepting (attended.py).
+            props["summary"] = {
+                "type": "string", "maxLength": 400,
+                "description": "For " + ", ".join(attended) + ": one or two sentences "
+                "for the person taking the call (who is calling and why)."}
         out.append(_function(
             "transfer_call",
             "Transfer the caller to a person or team. Tell the caller first. "
             f"Destinations: {described}.",
-            {"type": "object", "properties": {"destination": {
-                "type": "string", "enum": names}}, "required": ["destination"]}))
+            {"type": "object", "properties": props, "required": ["destination"]}))
     if "send_dtmf" in builtins:
         out.append(_function(
             "send_dtmf",

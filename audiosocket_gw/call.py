@@ -18,6 +18,7 @@ from .audiosocket import HANGUP_FRAME, HEADER, Kind
 from .backends.base import AudioTap, BackendError, BackendSession, CallInfo, CallLog, Ticker
 from .clock import Clock
 from .config import Config
+from .dial import MOVED_END_REASON
 from .dsp.vad import (
     SILENCE_LEVEL,
     VadConfig,
@@ -200,6 +201,9 @@ class Call:
         # The call's event log (the store), injected the same way.
         self.on_agent_event: Callable[[str, dict[str, Any]], None] | None = None
         self.on_dial_outcome: Callable[[float], Awaitable[DialOutcome]] | None = None
+        self.moved_on_eof = False
+        """Call control sent an AMI Redirect/Bridge: the EOF that follows is a move
+        (``dial.MOVED_END_REASON``), not the caller hanging up (docs/PROTOCOLS.md §4.5)."""
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} backend={self.backend_name}>"
@@ -231,6 +235,8 @@ class Call:
         """End the call once: stop pacing, tell Asterisk (00 00 00 + close), close backend."""
         if self.ended:
             return
+        if self.moved_on_eof and reason == "caller-hangup":
+            reason, outcome = MOVED_END_REASON, "gateway_hangup"
         self.ended = True
         self.end_reason = reason
         self.outcome = outcome

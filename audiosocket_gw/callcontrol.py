@@ -56,16 +56,18 @@ from aiohttp import web
 
 from .ami.client import AmiClient, AmiClientError, check_dialplan_value
 from .ami.protocol import AmiMessage, c_unescape
+from .attended import AttendedError, AttendedTransfers, ConsultBackend, resume_call_info
 from .dial import (
     MOVED_END_REASON,
     TRANSFER_METADATA_KEY,
+    TRANSFER_SUMMARY_KEY,
     DialOutcome,
     DialRequest,
     DialStatus,
     DialTarget,
 )
 from .settings import OutboundSettings
-from .tenants import normalize_e164
+from .tenants import TransferDestination, normalize_e164
 from .twilio.ids import call_sid_for
 
 if TYPE_CHECKING:
@@ -212,6 +214,10 @@ class CallController:
         self._by_channel: dict[str, _Watch] = {}
         self._unsubscribe: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        settings = ctx.settings
+        self.consult = ConsultBackend(settings.tts, settings.core.data_path)
+        """Serves attended transfers' consult legs (``Gateway.backend_for``)."""
+        self.attended = AttendedTransfers(ctx, tracker, outbound.dial_template, self.consult)
 
     # -- component ----------------------------------------------------------------
 
@@ -223,11 +229,14 @@ class CallController:
         self._unsubscribe = [events.ami_message.connect(self._on_ami),
                              events.started.connect(self._on_call_start),
                              events.status_changed.connect(self._on_status)]
+        self.attended.start()
 
     async def stop(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []
+        await self.attended.stop()
+        await self.consult.aclose()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -303,8 +312,14 @@ class CallController:
         return call, channel, client
 
     async def dial(self, call_id: str, request: DialRequest) -> str | None:
-        """Move ``call_id`` into ``Dial()``; the resume id (``request.resume``) or None."""
+        """Move ``call_id`` into ``Dial()``; the resume id (``request.resume``) or None.
+
+        A transfer to an attended destination goes to ``attended.AttendedTransfers``
+        instead (hold, ask the person, bridge or come back)."""
         targets = dial_targets(request.targets, self.outbound.dial_template)
+        dest = self._attended_destination(call_id, request)
+        if dest is not None:
+            return await self._attended(call_id, request, dest, targets)
         options = dial_options(request)
         if not 1 <= request.timeout_s <= 600:
             raise DialError("timeout must be within 1..600 seconds")
@@ -361,6 +376,31 @@ class CallController:
                  " (resume)" if resume_id else "")
         call.hangup(MOVED_END_REASON)  # 00 00 00: AudioSocket() returns, [aigw-dial] runs
         return resume_id or None
+
+    def _attended_destination(self, call_id: str, request: DialRequest
+                              ) -> TransferDestination | None:
+        name = request.metadata.get(TRANSFER_METADATA_KEY)
+        call = self.ctx.calls.get(call_id)
+        agent = call.info.agent_cfg if call is not None else None
+        if not name or agent is None:
+            return None
+        dest = agent.transfer_destinations.get(name)
+        return dest if dest is not None and dest.mode == "attended" else None
+
+    async def _attended(self, call_id: str, request: DialRequest, dest: TransferDestination,
+                        target: str) -> str:
+        call, channel, client = self._live(call_id)
+        if channel in self._by_channel:
+            raise CallControlUnavailable(f"call {call_id} is already dialing")
+        record_id = call.info.metadata.get("parent_call_id") or call_id
+        resume_id = str(uuid.uuid4())
+        info = resume_call_info(call, record_id, resume_id, request.metadata)
+        try:
+            await self.attended.begin(call, channel, client, target, dest,
+                                      request.metadata.get(TRANSFER_SUMMARY_KEY, ""), info)
+        except AttendedError as exc:
+            raise CallControlUnavailable(f"call {call_id}: {exc}") from exc
+        return resume_id
 
     def _remember(self, key: str, watch: _Watch) -> None:
         self._by_key.pop(key, None)

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-__all__ = ["MOVED_END_REASON", "TRANSFER_METADATA_KEY", "DialOutcome", "DialRequest",
-           "DialStatus", "DialTarget"]
+__all__ = ["CONSULT_METADATA_KEY", "MOVED_END_REASON", "TRANSFER_METADATA_KEY",
+           "TRANSFER_SUMMARY_KEY", "DialOutcome", "DialRequest", "DialStatus", "DialTarget"]
 
 MOVED_END_REASON: Final = "dial"
 """``Call.end_reason`` of an AudioSocket leg the gateway ended because the call moved
@@ -29,6 +29,15 @@ TRANSFER_METADATA_KEY: Final = "aigw_transfer"
 """``DialRequest.metadata`` key naming the agent's transfer destination: the AMI call
 controller counts and logs the Dial's outcome as that transfer's, and the resumed leg's
 backend session knows it comes back from a transfer."""
+
+TRANSFER_SUMMARY_KEY: Final = "aigw_transfer_summary"
+"""``DialRequest.metadata`` key of an attended transfer: what the person hears before
+accepting (the model's ``summary`` argument); not carried to the resumed leg."""
+
+CONSULT_METADATA_KEY: Final = "aigw_consult"
+"""``CallInfo.metadata`` key of an attended transfer's consult leg (the person's
+AudioSocket, value: the caller's call id): served by ``attended.ConsultBackend``,
+never a call record of its own."""
 
 DialStatus = Literal["completed", "answered", "busy", "no-answer", "failed", "canceled"]
 """Twilio's ``DialCallStatus`` values (mapped from Asterisk's ``DIALSTATUS``)."""

@@ -41,6 +41,7 @@ from .config import Config, ConfigError, format_hostport
 from .console.component import PUBLIC_PATHS as CONSOLE_PUBLIC_PATHS
 from .console.component import ConsoleComponent, media_link_ok
 from .context import Clock, Component, GatewayContext
+from .dial import CONSULT_METADATA_KEY
 from .events import CallEvents
 from .httpapi import PUBLIC_PATHS, ConnectionGuard, auth_middleware, error_middleware
 from .metrics import BackendCounters, Metrics
@@ -260,6 +261,8 @@ class Gateway:
         return call_info(agent, call_id)
 
     def backend_for(self, info: CallInfo) -> Backend:
+        if CONSULT_METADATA_KEY in info.metadata:  # an attended transfer's person
+            return self.component(CallController).consult
         if self._forced_backend is not None:
             return self._forced_backend
         name = info.agent_cfg.backend if info.agent_cfg is not None else self.config.backend

@@ -64,6 +64,10 @@ File format::
     # number = E.164 through the trunk, sip = a SIP URI, or extension (+ context,
     # default from-internal) of your own dialplan: a phone, ring group or Queue();
     # mode = "blind" (default); on_failure = "bot" (default: back to the agent) or "hangup"
+    # mode = "attended": the caller waits on hold while the person is called, hears a
+    # summary and presses 1 (accept) or 2 (decline) within decide_timeout_s (default 20);
+    # summary = "..." is said when the model gives none
+    boss = { number = "+15551230003", mode = "attended", decide_timeout_s = 15 }
 
     [agents.support.extra]           # free-form strings for backends
     model = "gpt-realtime"
@@ -169,8 +173,13 @@ class TransferDestination:
     address: str
     """E.164 number, SIP URI, or ``extension@context`` (``Local/`` channel)."""
     description: str = ""
-    mode: Literal["blind"] = "blind"
+    mode: Literal["blind", "attended"] = "blind"
     timeout_s: float = 30.0
+    """Ring time (``Dial()`` timeout, or the attended Originate's ``Timeout``)."""
+    decide_timeout_s: float = 20.0
+    """Attended: how long the person has to press 1 or 2 once answered."""
+    summary: str = ""
+    """Attended: what the person hears when the model gives no ``summary``."""
     on_failure: Literal["bot", "hangup"] = "bot"
     fallback: str | None = None
     """Another destination tried when this one fails (before ``on_failure``)."""
@@ -541,15 +550,19 @@ def _destinations(r: _Reader) -> Mapping[str, TransferDestination]:
                 raise d.error(f"must be sip:user@host[:port], got {sip!r}", "sip")
             kind, address = "sip", sip.strip()
         mode = d.choice("mode", ("blind", "attended"), "blind")
-        if mode != "blind":
-            raise d.error("attended transfer is not available yet: use mode = \"blind\"",
-                          "mode")
         timeout = d.float_("timeout_s", 30.0)
         if not 1 <= timeout <= 600:
             raise d.error(f"must be within 1..600, got {timeout}", "timeout_s")
+        decide = d.float_("decide_timeout_s", 20.0)
+        if not 1 <= decide <= 120:
+            raise d.error(f"must be within 1..120, got {decide}", "decide_timeout_s")
+        summary = d.str_("summary", "")
+        if len(summary) > 500:
+            raise d.error("at most 500 characters", "summary")
         out[name] = TransferDestination(
             name=name, kind=kind, address=address, description=d.str_("description", ""),
-            timeout_s=timeout,
+            mode=cast(Literal["blind", "attended"], mode), timeout_s=timeout,
+            decide_timeout_s=decide, summary=summary,
             on_failure=cast(Literal["bot", "hangup"],
                             d.choice("on_failure", TRANSFER_ON_FAILURE, "bot")),
             fallback=d.opt_str("fallback"))

@@ -73,6 +73,7 @@ sales = {{ number = "{human}", description = "Sales", timeout_s = 5 }}
 night = {{ number = "{human}", fallback = "backup", timeout_s = 5 }}
 backup = {{ number = "{fallback}", timeout_s = 5, on_failure = "hangup" }}
 queue = {{ extension = "600", description = "The support queue", timeout_s = 5 }}
+boss = {{ number = "{human}", mode = "attended", timeout_s = 5, decide_timeout_s = {decide} }}
 """
 
 
@@ -144,7 +145,7 @@ async def stack(monkeypatch: pytest.MonkeyPatch, script: list[ScriptStep], *,
                 timeout_s: float = 2.0, debounce_ms: int = 300, reply_ms: int = 400,
                 outcomes: dict[str, Outcome] | None = None,
                 seconds: float = 4.0, max_tools: int = 2,
-                slow_s: float = 5.0) -> AsyncIterator[Stack]:
+                slow_s: float = 5.0, decide_s: float = 5.0) -> AsyncIterator[Stack]:
     hooks = Hooks()
     hooks.slow_s = slow_s
     await hooks.start()
@@ -160,7 +161,8 @@ async def stack(monkeypatch: pytest.MonkeyPatch, script: list[ScriptStep], *,
         monkeypatch.setenv(k, v)
     cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
     cfg.write_text(TOML.format(hooks=hooks.url, timeout=timeout_s, debounce=debounce_ms,
-                               human=HUMAN, fallback=FALLBACK, max_tools=max_tools))
+                               human=HUMAN, fallback=FALLBACK, max_tools=max_tools,
+                               decide=decide_s))
     gw = Gateway(make_config(config=str(cfg), allow_unregistered=False,
                              openai_url=bot.url))
     client = gw.component(CallTracker).client
@@ -439,11 +441,13 @@ def test_signature_and_redaction() -> None:
 
 def test_tool_definitions_follow_the_config() -> None:
     cfg = loads_tenants(TOML.format(hooks="https://h.example", timeout=2.0, debounce=500,
-                                    human=HUMAN, fallback=FALLBACK, max_tools=2))
+                                    human=HUMAN, fallback=FALLBACK, max_tools=2, decide=5))
     defs = tool_definitions(cfg.agents["bot"])
     transfer = next(d for d in defs if d["name"] == "transfer_call")
-    assert transfer["parameters"]["properties"]["destination"]["enum"] == [
-        "sales", "night", "backup", "queue"]
+    props = transfer["parameters"]["properties"]
+    assert props["destination"]["enum"] == ["sales", "night", "backup", "queue", "boss"]
+    # an attended destination: the model writes the person's summary
+    assert "boss" in props["summary"]["description"]
     assert all(d["type"] == "function" for d in defs)
 
 
@@ -469,7 +473,7 @@ def test_a_tool_secret_missing_from_the_environment_stops_the_start(
     monkeypatch.delenv("AIGW_T_TOOL_SECRET", raising=False)
     cfg = tmp_path / "t.toml"
     cfg.write_text(TOML.format(hooks="https://h.example", timeout=2.0, debounce=500,
-                               human=HUMAN, fallback=FALLBACK, max_tools=2))
+                               human=HUMAN, fallback=FALLBACK, max_tools=2, decide=5))
     gw = Gateway(make_config(config=str(cfg), openai_url="ws://127.0.0.1:9/v1/realtime"))
     with pytest.raises(ValueError, match="agent 'bot': tool 'lookup_order': secret_env "
                                          "AIGW_T_TOOL_SECRET"):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from audiosocket_gw.attended import ATTENDED_VARIABLES
 from audiosocket_gw.callcontrol import DIAL_RESULT_VARIABLES, DIAL_VARIABLES
 from audiosocket_gw.routing import (
     DEPLOYMENT_VARIABLES,
@@ -174,7 +175,7 @@ def check(dp: Dialplan) -> list[str]:
     """Every rule; returns the problems found (empty = good)."""
     errors = list(dp.errors)
     allowed = set(ROUTE_VARIABLES) | set(ORIGINATE_VARIABLES) | set(DEPLOYMENT_VARIABLES) \
-        | set(DIAL_VARIABLES) | SET_BY_DIALPLAN
+        | set(DIAL_VARIABLES) | set(ATTENDED_VARIABLES) | SET_BY_DIALPLAN
     for ctx, ext, st in dp.steps():
         where = f"line {st.line} ({ctx},{ext},{st.prio})"
         for var in re.findall(r"[$^]\{(?:[A-Z]+\()?(AIGW_[A-Z0-9_]+)", st.data):
@@ -497,6 +498,31 @@ def test_outbound_amd_default_and_off():
                                               "AIGW_VOICEMAIL_ACTION": "hangup"}, results=machine)
     assert run.errors == [] and run.apps[-1] == ("Hangup", "16")
     assert not any(app == "TryExec" for app, _ in run.apps)
+
+
+@pytest.mark.parametrize("resume_id,after", [
+    (CALL["AIGW_CALL_ID"], "TryExec"),  # hold timed out (or bridge ended early): back
+    ("", "Hangup"),                     # the person accepted: the bridge ended, hang up
+])
+def test_attended_transfer_contexts_run_cleanly(resume_id, after):
+    dp = parse(CONF.read_text())
+    assert {"aigw-hold", "aigw-resume", "aigw-consult"} <= set(dp.contexts)
+    variables = {"AIGW_RESUME_ID": resume_id, "AIGW_HOLD_TIMEOUT": "75",
+                 "AIGW_AUDIOSOCKET": "127.0.0.1:9092"}
+    run = evaluate(dp, "aigw-hold", "s", variables,
+                   results={"AudioSocket": {"TRYSTATUS": "SUCCESS"}})
+    assert run.errors == []
+    assert ("MusicOnHold", "default,75") in run.apps
+    apps = [a for a, _ in run.apps]
+    assert after in apps[apps.index("MusicOnHold"):]
+    assert run.apps[-1] == ("Hangup", "16")
+    if resume_id:
+        assert ("TryExec", f"AudioSocket({resume_id},127.0.0.1:9092)") in run.apps
+    run = evaluate(dp, "aigw-consult", "s", {"AIGW_CONSULT_ID": CALL["AIGW_CALL_ID"],
+                                             "AIGW_AUDIOSOCKET": "127.0.0.1:9092"},
+                   results={"AudioSocket": {"TRYSTATUS": "SUCCESS"}})
+    assert run.errors == [] and run.apps[-1] == ("Hangup", "16")
+    assert ("TryExec", f"AudioSocket({CALL['AIGW_CALL_ID']},127.0.0.1:9092)") in run.apps
 
 
 @pytest.mark.parametrize("status", ["ok", "busy", "unknown", "unavailable", ""])

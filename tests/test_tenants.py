@@ -474,8 +474,11 @@ BAD_TOOLS = [
      "agents.a.transfer_destinations.x.context: context goes with extension"),
     ("destination bad sip", '[agents.a.transfer_destinations]\nx = { sip = "desk" }\n',
      "agents.a.transfer_destinations.x.sip: must be sip:user@host"),
-    ("attended not yet", DEST_OK.replace("}", ', mode = "attended" }'),
-     "agents.a.transfer_destinations.sales.mode: attended transfer is not available yet"),
+    ("attended decide timeout", DEST_OK.replace(
+        "}", ', mode = "attended", decide_timeout_s = 500 }'),
+     "agents.a.transfer_destinations.sales.decide_timeout_s: must be within 1..120"),
+    ("bad mode", DEST_OK.replace("}", ', mode = "warm" }'),
+     "agents.a.transfer_destinations.sales.mode"),
     ("unknown fallback", DEST_OK.replace("}", ', fallback = "nobody" }'),
      "agents.a.transfer_destinations.sales.fallback: unknown destination 'nobody'"),
     ("on_failure", DEST_OK.replace("}", ', on_failure = "voicemail" }'),

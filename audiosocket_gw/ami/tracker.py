@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from ..callstate import CallInput, CallStatus, status_from_originate_reason
-from ..dial import MOVED_END_REASON
+from ..dial import CONSULT_METADATA_KEY, MOVED_END_REASON
 from ..store.base import CallRecord, Direction
 from .client import AmiClient, AmiClientError
 from .protocol import AmiMessage, audiosocket_call_id, c_unescape
@@ -384,6 +384,15 @@ class CallTracker:
     # Asterisk's own after the 00 00 00) still records the gateway's reason.
     _gateway_reasons: dict[str, str] | None = None
 
+    def set_end_reason(self, call_id: str, reason: str) -> None:
+        """The ``hangup_reason`` to record when ``call_id``'s channel hangs up (call
+        control: an attended transfer the person accepted ends as ``transferred``)."""
+        if self._gateway_reasons is None:
+            self._gateway_reasons = {}
+        if len(self._gateway_reasons) >= _MAX_MAP:
+            self._gateway_reasons.pop(next(iter(self._gateway_reasons)))
+        self._gateway_reasons[call_id] = reason
+
     def _on_call_end(self, call: Call) -> None:
         reason = call.end_reason or "ended"
         if reason not in _NORMAL_ENDS and reason != MOVED_END_REASON:
@@ -439,6 +448,8 @@ class CallTracker:
 
     async def _started(self, call: Call) -> None:
         info = call.info
+        if CONSULT_METADATA_KEY in info.metadata:
+            return  # an attended transfer's consult leg: not a call of its own
         parent = info.metadata.get("parent_call_id")
         if parent:
             # A leg resumed after Dial(): the same call (one record, one CallSid).
@@ -460,7 +471,7 @@ class CallTracker:
     async def _ended(self, call: Call) -> None:
         reason = call.end_reason or "ended"
         record_id = call.info.metadata.get("parent_call_id") or call.call_id
-        if reason == MOVED_END_REASON:
+        if reason == MOVED_END_REASON or CONSULT_METADATA_KEY in call.info.metadata:
             # The gateway handed the call to Dial() (callcontrol.py): it goes on in
             # Asterisk and ends with the channel's Hangup or a resumed leg's end.
             if self._gateway_reasons:

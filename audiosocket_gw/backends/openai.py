@@ -87,7 +87,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from ..agenttools import DTMF_DIGITS_RE, ToolResult, call_webhook, error_output, redact
 from ..config import Config, ConfigError, is_loopback
-from ..dial import TRANSFER_METADATA_KEY, DialRequest, DialTarget
+from ..dial import TRANSFER_METADATA_KEY, TRANSFER_SUMMARY_KEY, DialRequest, DialTarget
 from ..dsp.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from ..dsp.resample import StreamResampler
 from ..dump import CallDump
@@ -793,21 +793,28 @@ class OpenAISession(BackendSession):
                         "unknown_destination",
                         f"Transfer destinations are: {', '.join(dests)}.")))
                 return
+            summary = args.get("summary")
+            note = summary[:400] if isinstance(summary, str) else ""
             self._ending = True
             self._tool_done(name, ev.call_id, args, ok, reply=False)
-            self._when_said(ev.response_id, lambda: self._transfer(dest))
+            self._when_said(ev.response_id, lambda: self._transfer(dest, note))
 
     def _hangup(self, reason: str) -> None:
         self.ended_reason = reason
         self._dump("gateway.hangup", reason=reason)
         self._control.hangup(reason)
 
-    def _transfer(self, dest: TransferDestination) -> None:
-        resume = dest.on_failure == "bot" or dest.fallback is not None
+    def _transfer(self, dest: TransferDestination, summary: str = "") -> None:
+        # An attended transfer always brings the caller back when the person declines
+        # (the caller never met the person); call control runs it (attended.py).
+        resume = dest.on_failure == "bot" or dest.fallback is not None \
+            or dest.mode == "attended"
         self._event("transfer", destination=dest.name, kind=dest.mode, outcome="started",
                     target=dest.kind, resume=resume)
-        self.log.info("blind transfer to %s (%s)", dest.name, dest.kind)
+        self.log.info("%s transfer to %s (%s)", dest.mode, dest.name, dest.kind)
         metadata = {TRANSFER_KEY: dest.name}
+        if dest.mode == "attended":
+            metadata[TRANSFER_SUMMARY_KEY] = summary or dest.summary
         if resume:
             lines = list(self.history)
             while lines and len(json.dumps(lines)) > MAX_HISTORY_CHARS:
@@ -858,6 +865,17 @@ class OpenAISession(BackendSession):
             f"through ({status}). The caller is back with you: tell them, and offer "
             "another way to help.")
         return False
+
+    def on_dial_failed(self, reason: str) -> None:
+        # transfer_call could not start (AMI down, channel unknown): this leg is still
+        # up, so the agent goes on and says so.
+        self._ending = False
+        self._event("transfer_refused", reason=reason[:200])
+        if self._ws is not None:
+            self._send_control(rt.conversation_item_create_text(
+                "system", "The transfer could not be started. Tell the caller, and "
+                "offer another way to help."))
+            self._request_response()
 
     def on_dtmf(self, digit: str) -> None:
         agent = self._agent

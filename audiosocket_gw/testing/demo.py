@@ -17,8 +17,15 @@ No Asterisk and no cloud key: the demo plays every part around the gateway itsel
    the tool call from ``agent_events``), and the gateway's own Prometheus figures
    against the targets Twilio's baseline sets.
 
-Transfers need AMI and are not in this demo: ``tests/test_agent_tools.py`` runs them
-against the PBX simulator.
+5. One attended transfer, with the AMI simulator (``simulator.ami``) playing Asterisk
+   and the demo company's manager: the gateway places an outbound call through AMI
+   ``Originate`` (``POST /v1/calls``), the assistant greets and calls ``transfer_call``
+   to ``manager``; the caller goes on hold, the manager is originated into
+   ``[aigw-consult]``, hears the spoken summary (espeak-ng when installed, else beeps),
+   presses 1, and the AMI ``Bridge`` joins caller and manager: the report shows each
+   step and the call record (``completed``, ``transferred``).
+
+``tests/test_attended.py`` and ``tests/test_agent_tools.py`` run every transfer case.
 
 Exits 0 only if every call went through cleanly.
 """
@@ -44,10 +51,13 @@ from ..agenttools import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from ..config import format_hostport
 from .localbot import LocalRealtimeBot, ScriptStep
 from .proc import GatewayProcess
+from .simulator.ami import AmiSimulator, Outcome
 from .simulator.audio import speech_like
 from .simulator.pbx import CallPlan, format_report, run_simulation
 
 ASSISTANT_DID = "+15550100100"
+TRANSFER_CALLEE = "+15550100300"
+MANAGER = "+15550100900"
 LINE_CHECK_DID = "+15550100200"
 CALL_SECONDS = 9.0
 BARGE_IN_AT = 5.5  # seconds into an assistant call: the caller talks over the answer
@@ -64,7 +74,7 @@ tenant = "demo"
 backend = "openai"
 instructions = "You are the demo company's phone assistant. Be brief."
 greeting = "Thanks for calling the demo company. How can I help?"
-builtin_tools = ["end_call"]
+builtin_tools = ["end_call", "transfer_call"]
 
 [[agents.assistant.tools]]
 name = "opening_hours"
@@ -72,6 +82,13 @@ description = "Today's opening hours of the demo company."
 url = "{{hooks}}/hours"
 timeout_s = 3.0
 secret_env = "AIGW_DEMO_TOOL_SECRET"
+
+[agents.assistant.transfer_destinations.manager]
+number = "{MANAGER}"
+mode = "attended"
+timeout_s = 10
+decide_timeout_s = 10
+description = "The duty manager"
 
 [agents.line-check]
 tenant = "demo"
@@ -207,6 +224,60 @@ class _Hooks:
             await self.runner.cleanup()
 
 
+async def _transfer_call(http: tuple[str, int], sim: AmiSimulator, bot: LocalRealtimeBot
+                         ) -> dict[str, Any]:
+    """One outbound call whose assistant hands the caller to the manager (attended)."""
+    base = f"http://{format_hostport(*http)}"
+    bot.script.append(ScriptStep(
+        say="Let me put you through to our duty manager.", call="transfer_call",
+        arguments={"destination": "manager",
+                   "summary": "A caller asks whether the shop is open this evening."}))
+    body = {"to": TRANSFER_CALLEE, "from": "+15550100000", "tenant": "demo",
+            "agent": "assistant"}
+    call_id = ""
+    for _ in range(50):  # the gateway's AMI connection may still be coming up
+        try:
+            call_id = (await asyncio.to_thread(_http_json, "POST", f"{base}/v1/calls",
+                                               body))["id"]
+            break
+        except OSError:
+            await asyncio.sleep(0.1)
+    rec: dict[str, Any] = {}
+    for _ in range(300):  # 30 s at most
+        await asyncio.sleep(0.1)
+        rec = await asyncio.to_thread(_http_json, "GET", f"{base}/v1/calls/{call_id}")
+        if rec.get("status") in ("completed", "failed", "busy", "no-answer", "canceled"):
+            break
+    return rec
+
+
+def _transfer_report(rec: dict[str, Any], sim: AmiSimulator) -> bool:
+    print(f"\nattended transfer (outbound call {rec.get('id')}, AMI simulator as Asterisk):")
+    steps = [(a.get("Action") or "", a) for a in sim.actions
+             if (a.get("Action") or "").lower() in ("redirect", "originate", "bridge")]
+    for name, a in steps:
+        if name.lower() == "redirect":
+            print(f"  AMI Redirect {a.get('Channel')} -> [{a.get('Context')}]")
+        elif name.lower() == "originate" and a.get("Context") == "aigw-consult":
+            print(f"  AMI Originate {a.get('Channel')} -> [aigw-consult] (the manager)")
+        elif name.lower() == "bridge":
+            print(f"  AMI Bridge {a.get('Channel1')} + {a.get('Channel2')}")
+    consult = next((a.variables().get("AIGW_CONSULT_ID") for n, a in steps
+                    if a.get("Context") == "aigw-consult"), None)
+    leg = next((r for r in sim.legs if r.call_id == consult), None)
+    if leg is not None:
+        audible = sum(1 for _, lvl in leg.heard if lvl >= 256) * 20
+        print(f"  the manager heard {audible} ms of the spoken summary, then pressed 1")
+    events = [e for e in rec.get("agent_events", []) if e.get("event") == "transfer"]
+    for ev in events:
+        print(f"  agent event transfer -> {ev.get('destination')}: {ev.get('kind')} "
+              f"{ev.get('outcome')}")
+    print(f"  call record: {rec.get('status')}, hangup reason {rec.get('hangup_reason')}")
+    return (any(e.get("outcome") == "completed" for e in events)
+            and rec.get("status") == "completed"
+            and rec.get("hangup_reason") == "transferred")
+
+
 async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
     calls = max(2, calls)
     tmp = Path(tempfile.mkdtemp(prefix="aigw-demo-"))
@@ -214,14 +285,22 @@ async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
     secret = secrets.token_hex(16)
     # Every assistant greets as usual; the first answer after that also calls the tool.
     script = [ScriptStep()] * (calls - 1) + [ScriptStep(call="opening_hours")]
+    manager = Outcome("answered", ring_s=0.5, press="1", press_after_s=3.0, talk_s=2.0,
+                      caller_audio=False)
+    sim = AmiSimulator(connect_audiosocket=True, audiosocket_seconds=30.0,
+                       outcomes={TRANSFER_CALLEE: Outcome("answered", caller_audio=False),
+                                 MANAGER: manager})
     async with _Hooks(secret) as hooks, LocalRealtimeBot(reply_ms=2500, silence_ms=500,
-                                                          script=script) as bot:
+                                                          script=script) as bot, sim:
         config.write_text(DEMO_TENANTS.replace("{hooks}", hooks.url))
         env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
         env["AIGW_DEMO_TOOL_SECRET"] = secret
         env["AIGW_OPENAI_URL"] = f"ws://127.0.0.1:{bot.port}/v1/realtime"
         env["AIGW_OPENAI_MODEL"] = "local-bot"
         env.setdefault("AIGW_LOG_LEVEL", "warning")
+        ami_host, ami_port = sim.address
+        env.update({"AIGW_AMI_HOST": ami_host, "AIGW_AMI_PORT": str(ami_port),
+                    "AIGW_AMI_USER": sim.username, "AIGW_AMI_SECRET": sim.secret})
         args = ["--config", str(config), "--data-dir", str(tmp / "data")]
         if not os.environ.get("AIGW_AUDIOSOCKET"):
             args += ["--audiosocket", "127.0.0.1:0"]
@@ -260,6 +339,7 @@ async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
                     f"http://{format_hostport(*gw.http)}/v1/calls/{plan.call_id}")
                 tool_events += [e for e in rec.get("agent_events", [])
                                 if e.get("event") == "tool"]
+            transfer = await _transfer_call(gw.http, sim, bot)
         truncates = sum(len(s.truncates) for s in bot.sessions)
         tool_outputs = [i for s in bot.sessions for i in s.items
                         if i.get("type") == "function_call_output"]
@@ -292,7 +372,10 @@ async def run_demo(calls: int = 3, seconds: float = CALL_SECONDS) -> int:
     late = histogram_quantile(m, "aigw_pacer_lateness_seconds", 0.99)
     underruns = m.get("aigw_playout_underruns_total", 0) + m.get(
         "aigw_pacer_missed_ticks_total", 0)
-    ok = report.ok_calls == len(report.calls) and tools_ok
+    transfer_ok = _transfer_report(transfer, sim)
+    if not transfer_ok:
+        print("  expected the manager to take the call (completed, transferred)")
+    ok = report.ok_calls == len(report.calls) and tools_ok and transfer_ok
     print("\nheadline figures (the gateway's own /metrics; targets from Twilio's baseline):")
     rows = [
         ("call success", f"{report.ok_calls}/{len(report.calls)}", "> 99 %"),

@@ -19,4 +19,8 @@ def test_demo_runs_end_to_end_and_reports() -> None:
     assert out.count(" completed ") >= 2  # call records from the API
     assert "time to greeting" in out and "MOS estimate" in out
     assert "tool call opening_hours: ok" in out and "signature verified" in out
+    # ... and one attended transfer through the AMI simulator
+    assert "AMI Redirect" in out and "-> [aigw-hold]" in out and "AMI Bridge" in out
+    assert "transfer -> manager: attended completed" in out
+    assert "call record: completed, hangup reason transferred" in out
     assert out.rstrip().endswith("demo: OK")

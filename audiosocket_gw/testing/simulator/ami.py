@@ -38,6 +38,16 @@ What it does, as Asterisk does:
   (reply after ``Duration``, only the first digit, no DTMF events; ``Receive: true``:
   DTMFEnd at once and a 0x03 frame to the gateway later), ``Redirect`` and ``Bridge``
   (the AudioSocket leg ends with a plain EOF).
+* Attended transfer (docs/PROTOCOLS.md §4.7): a Redirect to ``[aigw-hold]`` runs
+  ``MusicOnHold(default,${AIGW_HOLD_TIMEOUT})`` (``MusicOnHoldStart``; ``Stop`` when
+  redirected or bridged out), then resumes the caller (``[aigw-resume]``, a new
+  AudioSocket leg with ``AIGW_RESUME_ID``) or hangs up when that is empty. An
+  Originate into ``[aigw-consult]`` opens ``AudioSocket(${AIGW_CONSULT_ID},...)``
+  where the scripted person (``Outcome.press``) presses a digit once they hear the
+  prompt. ``Bridge`` puts both in a bridge (``BridgeCreate``, ``MusicOnHoldStop``,
+  ``BridgeEnter`` x2) that ends when the person hangs up after ``talk_s``
+  (``BridgeLeave`` x2, ``BridgeDestroy``); each survivor goes on after its
+  priority and hangs up (cause 16).
 * After ``AudioSocket()`` returns because the gateway ended the leg, the include's
   logic: with ``AIGW_NEXT=dial`` the ``[aigw-dial]`` continuation (``Dial()`` with
   the ``AIGW_DIAL_*`` variables, each target scripted by ``outcomes`` like
@@ -96,6 +106,11 @@ class Outcome:
     ring_s: float | None = None
     talk_s: float | None = None
     caller_audio: bool = True
+    press: str = ""
+    """A person originated into ``[aigw-consult]`` (attended transfer): the digit they
+    press ``press_after_s`` after the gateway's prompt starts ("": never). Once
+    bridged they talk ``talk_s``, then hang up."""
+    press_after_s: float = 0.2
 
 
 @dataclass
@@ -120,7 +135,13 @@ class SimChannel:
     """A Gosub ran once (Asterisk keeps the stack datastore afterwards)."""
     leg: CallPlan | None = None
     """The AudioSocket leg this channel is running, if any."""
+    talk_s: float | None = None
+    """How long this party talks once bridged (``Outcome.talk_s``)."""
     redirect: tuple[str, str, str] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by Redirect and Bridge: a channel parked in MusicOnHold moves on."""
+    bridge: asyncio.Event | None = None
+    """Set while in an AMI Bridge; the event fires when the bridge ends."""
 
 
 class _Session(asyncio.Protocol):
@@ -544,19 +565,44 @@ class AmiSimulator:
         ch.gosub_depth = 0  # a Redirect drops the Gosub stack's position
         if ch.leg is not None and ch.leg.leave is not None:
             ch.leg.leave.set()
-        self._newexten(ch, "", "")
+        ch.wake.set()
 
     def _bridge_channels(self, a: SimChannel, b: SimChannel) -> None:
         bridge = [("BridgeUniqueid", str(uuid.uuid4())), ("BridgeType", "basic"),
                   ("BridgeTechnology", "simple_bridge"), ("BridgeCreator", "<unknown>"),
                   ("BridgeName", "<unknown>"), ("BridgeNumChannels", "0")]
         self.emit("BridgeCreate", bridge)
+        done = asyncio.Event()
         for ch in (a, b):
+            if ch.application == "MusicOnHold":
+                self.emit("MusicOnHoldStop", self._snapshot(ch))
             if ch.leg is not None and ch.leg.leave is not None:
                 ch.leg.leave.set()
             ch.redirect = ("", "", "")
+            ch.bridge = done
+            ch.application, ch.app_data = "", ""
+            ch.wake.set()
+        for ch in (a, b):
             self.emit("BridgeEnter", [*bridge, *self._snapshot(ch)])
         b.linkedid = a.linkedid or a.uniqueid
+        self._spawn(self._run_bridge(a, b, bridge, done))
+
+    async def _run_bridge(self, a: SimChannel, b: SimChannel,
+                          bridge: list[tuple[str, str]], done: asyncio.Event) -> None:
+        """Until one side hangs up (the second party after its ``talk_s``)."""
+        talk = self.talk_s if b.talk_s is None else b.talk_s
+        waits = [asyncio.ensure_future(a.ended.wait()), asyncio.ensure_future(b.ended.wait())]
+        await asyncio.wait(waits, timeout=talk, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        for ch in (a, b):
+            self.emit("BridgeLeave", [*bridge, *self._snapshot(ch)])
+        if not a.ended.is_set():
+            self.end_channel(b.uniqueid, 16)  # the person hangs up
+        self.emit("BridgeDestroy", bridge)
+        for ch in (a, b):
+            ch.bridge = None
+        done.set()
 
     def _find(self, name: str | None) -> SimChannel | None:
         for ch in self.channels.values():
@@ -641,9 +687,65 @@ class AmiSimulator:
             else:
                 self.varset(ch, "AMDSTATUS", "HUMAN")
                 self.varset(ch, "AMDCAUSE", "HUMAN-800-800")
+        if context == "aigw-consult":
+            await self._consult(ch, outcome)
+            return
         call_id = variables.get("AIGW_CALL_ID", uid)
         target = variables.get("AIGW_AUDIOSOCKET", "")
         await self._bridge(ch, call_id, target, outcome)
+
+    async def _consult(self, ch: SimChannel, outcome: Outcome) -> None:
+        """``[aigw-consult]``: the person's AudioSocket leg, then Hangup(16) (also when
+        a bridge took them out of it and ended)."""
+        ch.talk_s = outcome.talk_s
+        self._newexten(ch, "Answer", "")
+        press = (outcome.press_after_s, outcome.press) if outcome.press else None
+        how = await self._audiosocket(ch, ch.variables.get("AIGW_CONSULT_ID", ""),
+                                      ch.variables.get("AIGW_AUDIOSOCKET", ""), outcome,
+                                      app="TryExec", press=press, seconds=60.0)
+        if how == "moved" and ch.bridge is not None:
+            await ch.bridge.wait()
+        if ch.uniqueid in self.channels:
+            self._newexten(ch, "Hangup", "16")
+            self.end_channel(ch.uniqueid, 16)
+
+    async def _hold(self, ch: SimChannel) -> str:
+        """``[aigw-hold]``: MusicOnHold until redirected, bridged or timed out."""
+        ch.context, ch.exten = "aigw-hold", "s"
+        limit = _float(ch.variables.get("AIGW_HOLD_TIMEOUT"))
+        ch.wake.clear()
+        self._newexten(ch, "MusicOnHold", f"default,{ch.variables.get('AIGW_HOLD_TIMEOUT', '')}")
+        self.emit("MusicOnHoldStart", [*self._snapshot(ch), ("Class", "default")])
+        ended = asyncio.ensure_future(ch.ended.wait())
+        woke = asyncio.ensure_future(ch.wake.wait())
+        await asyncio.wait({ended, woke}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        woke.cancel()
+        if ch.uniqueid not in self.channels:
+            return "ended"
+        if ch.bridge is not None:  # MusicOnHoldStop came with the bridge
+            await ch.bridge.wait()
+        elif ch.redirect is not None:
+            self.emit("MusicOnHoldStop", self._snapshot(ch))
+            return "moved"
+        else:  # the hold timed out
+            self.emit("MusicOnHoldStop", self._snapshot(ch))
+        if ch.uniqueid not in self.channels:
+            return "ended"
+        if not ch.variables.get("AIGW_RESUME_ID"):
+            self._newexten(ch, "Hangup", "16")
+            self.end_channel(ch.uniqueid, 16)
+            return "ended"
+        ch.redirect = ("aigw-resume", "s", "1")  # Goto(aigw-resume,s,1)
+        return "moved"
+
+    async def _resume(self, ch: SimChannel, outcome: Outcome) -> str:
+        """``[aigw-resume]``: back to the gateway on the pre-registered leg."""
+        ch.context, ch.exten = "aigw-resume", "s"
+        self._newexten(ch, "Answer", "")
+        return await self._audiosocket(ch, ch.variables.get("AIGW_RESUME_ID", ""),
+                                       ch.variables.get("AIGW_AUDIOSOCKET", ""), outcome,
+                                       app="TryExec")
 
     async def _bridge(self, ch: SimChannel, call_id: str, target: str, outcome: Outcome) -> None:
         """``Gosub(aigw-bridge)``: ``AudioSocket(call_id,target)`` (a real leg to the
@@ -672,6 +774,19 @@ class AmiSimulator:
                 if context == "aigw-dial":
                     how = await self._dial(ch, outcome)
                     continue
+                if context == "aigw-hold":
+                    how = await self._hold(ch)
+                    continue
+                if context == "aigw-resume":
+                    how = await self._resume(ch, outcome)
+                    continue
+                if ch.bridge is not None:
+                    # Bridged straight out of AudioSocket: when the bridge ends the
+                    # channel goes on after AudioSocket (§4.7), where the include
+                    # hangs up.
+                    await ch.bridge.wait()
+                    how = "gateway"
+                    continue
                 # Parked elsewhere (MusicOnHold, a bridge): up until someone ends it.
                 await ch.ended.wait()
                 return
@@ -683,7 +798,9 @@ class AmiSimulator:
             return
 
     async def _audiosocket(self, ch: SimChannel, call_id: str, target: str, outcome: Outcome,
-                           *, app: str, refused_tries_next: bool = False) -> str:
+                           *, app: str, refused_tries_next: bool = False,
+                           press: tuple[float, str] | None = None,
+                           seconds: float | None = None) -> str:
         """One AudioSocket leg; how it ended: ``gateway`` (00 frame or close: the
         dialplan continues), ``caller`` (the caller hung up: the channel ends),
         ``moved`` (Redirect/Bridge), ``talked`` (no real leg) or ``ended``."""
@@ -700,10 +817,11 @@ class AmiSimulator:
         from .audio import speech_like
 
         host, _, port = target.rpartition(":")
-        seconds = self.audiosocket_seconds or talk_s
+        seconds = seconds or self.audiosocket_seconds or talk_s
         audio = speech_like(seconds + 1.0, seed=1) if outcome.caller_audio else None
         leave = asyncio.Event()
-        plan = CallPlan(seconds=seconds, audio=audio, call_id=call_id, leave=leave)
+        plan = CallPlan(seconds=seconds, audio=audio, call_id=call_id, leave=leave,
+                        press_after_audio=press)
         ch.leg = plan
         sim = asyncio.ensure_future(run_simulation(host.strip("[]"), int(port), plans=[plan]))
         ended = asyncio.ensure_future(ch.ended.wait())
@@ -722,6 +840,11 @@ class AmiSimulator:
         self.legs.append(report)
         if ch.ended.is_set():
             return "ended"
+        if ch.redirect is not None or ch.bridge is not None:
+            # A Redirect/Bridge was applied: the channel moves, whatever the gateway
+            # did to the socket after the action (its async goto wins, §4.5).
+            report.ended_by = "moved"
+            return "moved"
         if report.ended_by in ("gateway-hangup", "gateway-close"):
             return "gateway"
         if report.ended_by == "moved":

@@ -63,6 +63,9 @@ class CallPlan:
     sees a plain EOF, no frame (docs/PROTOCOLS.md §2c.2)."""
     send_dtmf: list[str] = field(default_factory=list)
     """Digits to send as 0x03 frames at the next tick (``PlayDTMF Receive: true``)."""
+    press_after_audio: tuple[float, str] | None = None
+    """(seconds, digit): press ``digit`` that long after the first audible frame from
+    the gateway (a person who listens to a prompt, then answers it)."""
 
 
 @dataclass
@@ -198,6 +201,8 @@ class _SimCall(asyncio.Protocol):
         self.dtmf = sorted(plan.dtmf)
         self.done = False
         self.next_send = 0.0
+        self.heard_at: float | None = None  # first audible frame (press_after_audio)
+        self.live = asp.Decoder(require_uuid_first=False) if plan.press_after_audio else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -217,6 +222,16 @@ class _SimCall(asyncio.Protocol):
         self.rx_times.append(now)
         self.rx_offsets.append(len(self.rx))
         self.rx += data
+        if self.live is not None and self.heard_at is None:
+            with contextlib.suppress(asp.ProtocolError):
+                self.live.feed(data)
+                while (ev := self.live.next_event()) is not None:
+                    if isinstance(ev, asp.Audio) and ev.data and np.abs(
+                            np.frombuffer(ev.data[: len(ev.data) // 2 * 2], dtype="<i2"
+                                          ).astype(np.int32)).mean() >= SILENT_LEVEL:
+                        self.heard_at = now
+                        self.live = None
+                        break
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done:
@@ -280,6 +295,11 @@ class _SimCall(asyncio.Protocol):
             return float("inf")
         while self.dtmf and self.dtmf[0][0] <= elapsed:
             self.transport.write(asp.encode_dtmf(self.dtmf.pop(0)[1]))
+            self.last_activity = now
+        press = self.plan.press_after_audio
+        if press is not None and self.heard_at is not None and now - self.heard_at >= press[0]:
+            self.plan.press_after_audio = None
+            self.transport.write(asp.encode_dtmf(press[1]))
             self.last_activity = now
         while self.plan.send_dtmf:
             self.transport.write(asp.encode_dtmf(self.plan.send_dtmf.pop(0)))
