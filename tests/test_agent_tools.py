@@ -26,15 +26,13 @@ from audiosocket_gw.agenttools import (
     tool_definitions,
     verify,
 )
-from audiosocket_gw.ami.tracker import CallTracker
 from audiosocket_gw.api import CallsApi
 from audiosocket_gw.gateway import Gateway
-from audiosocket_gw.settings import AmiSettings
 from audiosocket_gw.telephony import AsteriskProvider
 from audiosocket_gw.tenants import loads_tenants
 from audiosocket_gw.testing.localbot import BotSession, LocalRealtimeBot, ScriptStep
 from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
-from tests.helpers import MS, make_config
+from tests.helpers import MS, ami_gateway, make_config, until
 
 SECRET = "tool-secret-0123456789abcdef"
 CALLEE = "+15550001111"
@@ -154,42 +152,18 @@ async def stack(monkeypatch: pytest.MonkeyPatch, script: list[ScriptStep], *,
     sim = AmiSimulator(connect_audiosocket=True, audiosocket_seconds=seconds,
                        outcomes={CALLEE: Outcome("answered", caller_audio=False),
                                  **(outcomes or {})})
-    await sim.start()
-    host, port = sim.address
-    for k, v in {"AIGW_AMI_HOST": host, "AIGW_AMI_PORT": str(port), "AIGW_AMI_USER": "aigw",
-                 "AIGW_AMI_SECRET": "secret", "AIGW_T_TOOL_SECRET": SECRET}.items():
-        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AIGW_T_TOOL_SECRET", SECRET)
     cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
     cfg.write_text(TOML.format(hooks=hooks.url, timeout=timeout_s, debounce=debounce_ms,
                                human=HUMAN, fallback=FALLBACK, max_tools=max_tools,
                                decide=decide_s))
-    gw = Gateway(make_config(config=str(cfg), allow_unregistered=False,
-                             openai_url=bot.url))
-    client = gw.component(CallTracker).client
-    assert client is not None
-    client.settings = AmiSettings(host=host, port=port, username="aigw", secret="secret",
-                                  backoff_initial=0.02, backoff_max=0.1, ping_interval=0.5,
-                                  ping_timeout=0.5)
-    await gw.start()
     try:
-        assert await client.wait_connected(5.0)
-        yield Stack(gw, sim, bot, hooks)
+        async with sim, ami_gateway(monkeypatch, sim.address, config=str(cfg),
+                                    allow_unregistered=False, openai_url=bot.url) as gw:
+            yield Stack(gw, sim, bot, hooks)
     finally:
-        await gw.shutdown(grace=0)
-        await sim.stop()
         await bot.stop()
         await hooks.stop()
-
-
-async def until(pred: Any, within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            res = pred()
-            if asyncio.iscoroutine(res):
-                res = await res
-            if res:
-                return
-            await asyncio.sleep(5 * MS)
 
 
 def outputs(session: BotSession) -> list[dict[str, Any]]:

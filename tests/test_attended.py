@@ -14,7 +14,8 @@ import pytest
 from audiosocket_gw.ami.protocol import AmiMessage
 from audiosocket_gw.testing.localbot import ScriptStep
 from audiosocket_gw.testing.simulator.ami import Outcome
-from tests.test_agent_tools import HUMAN, Stack, _count, _status_is, stack, until
+from tests.helpers import until
+from tests.test_agent_tools import HUMAN, Stack, _count, _status_is, stack
 
 SUMMARY = "Alice wants a refund for order 42."
 SCRIPT = [ScriptStep(say="Let me get my manager.", call="transfer_call",
