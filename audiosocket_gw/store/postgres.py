@@ -167,6 +167,48 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         END
         $$""",
     ),
+    # 4: the recordings queue (``store.pg_recordings``): one row per recording, owned by
+    # the node whose disk holds its file, and one per transcription job.
+    (
+        """CREATE TABLE recordings (
+            call_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            source TEXT NOT NULL,
+            path TEXT NOT NULL,
+            key TEXT NOT NULL,
+            recording_sid TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            duration_s DOUBLE PRECISION NOT NULL,
+            channels INTEGER NOT NULL,
+            captured_at DOUBLE PRECISION NOT NULL,
+            next_attempt_at DOUBLE PRECISION NOT NULL,
+            uploaded_at DOUBLE PRECISION,
+            verified_at DOUBLE PRECISION,
+            deleted_at DOUBLE PRECISION,
+            last_error TEXT,
+            callback_url TEXT,
+            node_id TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX recordings_due ON recordings (node_id, state, next_attempt_at)",
+        "CREATE INDEX recordings_tenant ON recordings (tenant, captured_at)",
+        """CREATE TABLE transcripts (
+            call_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_attempt_at DOUBLE PRECISION NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            done_at DOUBLE PRECISION,
+            engine TEXT,
+            text TEXT,
+            speakers TEXT,
+            last_error TEXT
+        )""",
+        "CREATE INDEX transcripts_due ON transcripts (state, next_attempt_at)",
+    ),
 )
 """Migration ``i`` brings the schema from version ``i`` to ``i + 1``. Append only."""
 
