@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..private import secure_sqlite
-from ..store.sqlite import write_tx
+from ..store.sqlite import enable_wal, write_tx
 
 T = TypeVar("T")
 
@@ -191,10 +191,10 @@ class RecordingDB:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_ms / 1000,
                                check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
         self.conn = conn
         try:
+            enable_wal(conn, busy_timeout_ms)
+            conn.execute("PRAGMA synchronous = FULL")
             self._migrate()
         except BaseException:
             conn.close()

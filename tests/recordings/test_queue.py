@@ -4,11 +4,13 @@ the shared PostgreSQL database (a real one per test, see ``tests/pgtest.py``).""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
 import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +168,33 @@ async def test_sqlite_queue_migrates_a_file_from_before_versioning(tmp_path: Pat
     conn.close()
     with pytest.raises(RuntimeError, match="newer"):
         RecordingDB(path)
+
+
+def _open_at_once(path: str, barrier: Any, errors: Any) -> None:
+    barrier.wait()
+    try:
+        RecordingDB(path).close()
+    except Exception as exc:
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_fresh_queue_together_all_succeed(tmp_path: Path) -> None:
+    """Two ``serve --workers`` children opening one new file at the same instant: SQLite
+    refused the second switch to WAL with "database is locked" (no busy handler there),
+    ~1 round in 10 here before ``enable_wal`` retried it."""
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    for i in range(40):
+        path = str(tmp_path / f"r{i}" / "recordings.sqlite")
+        barrier = ctx.Barrier(3)
+        procs = [ctx.Process(target=_open_at_once, args=(path, barrier, errors))
+                 for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
