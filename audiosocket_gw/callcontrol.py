@@ -50,7 +50,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast, get_args
 
 from aiohttp import web
 
@@ -69,6 +69,8 @@ from .dial import (
 from .settings import OutboundSettings
 from .tenants import TransferDestination, normalize_e164
 from .twilio.ids import call_sid_for
+
+DIAL_STATUSES: Final = frozenset(get_args(DialStatus))
 
 if TYPE_CHECKING:
     from .ami.tracker import CallTracker
@@ -347,8 +349,17 @@ class CallController:
             info = dataclasses.replace(call.info, call_id=resume_id, metadata=meta)
             # The caller comes back when Dial() returns, up to the ring timeout plus the
             # time limit later: the registration must outlive both.
-            self.ctx.registry.register(
-                info, ttl=request.timeout_s + request.time_limit_s + 120.0)
+            ttl = request.timeout_s + request.time_limit_s + 120.0
+            self.ctx.registry.register(info, ttl=ttl)
+            # In the store too: the dialplan's failover may take the leg to another
+            # node (a shared store), which finds it there.
+            now = self.ctx.clock.wall()
+            try:
+                await self.ctx.store.register_leg(resume_id, record_id, dict(meta), now,
+                                                  now + ttl)
+            except Exception as exc:  # noqa: BLE001 - this node can still take it
+                log.warning("call %s: resume leg not in the store (%s): only this node "
+                            "can take it", call_id, type(exc).__name__)
         loop = asyncio.get_running_loop()
         watch = _Watch(call_id=record_id, channel=channel, resume_id=resume_id,
                        future=loop.create_future(),
@@ -362,6 +373,7 @@ class CallController:
             self._by_channel.pop(channel, None)
             if resume_id:
                 self.ctx.registry.discard(resume_id)
+                self._spawn(self._discard_leg(resume_id))
             with contextlib.suppress(AmiClientError, ValueError):
                 await client.setvar(channel, "AIGW_NEXT", "")
             raise CallControlUnavailable(f"call {call_id}: Setvar failed: {exc}") from exc
@@ -415,8 +427,37 @@ class CallController:
         """
         watch = self._by_key.get(key)
         if watch is None:
-            raise LookupError(f"no dial for {key}")
+            return await self._stored_outcome(key, timeout)
         return await asyncio.wait_for(asyncio.shield(watch.future), timeout)
+
+    async def _stored_outcome(self, key: str, timeout: float) -> DialOutcome:  # noqa: ASYNC109
+        """A leg resumed here after a Dial that another node started: the outcome that
+        node stored on the leg (polled: its AMI events and this leg race each other)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                leg = await self.ctx.store.get_leg(key, self.ctx.clock.wall())
+                if leg is None:
+                    raise LookupError(f"no dial for {key}")
+                meta = leg[1]
+                status = meta.get("dial_status", "")
+                if status:
+                    duration = meta.get("dial_duration", "0")
+                    return DialOutcome(
+                        status=cast(DialStatus, status if status in DIAL_STATUSES
+                                    else "failed"),
+                        duration_s=int(duration) if duration.isdigit() else 0,
+                        dial_call_sid=meta.get("dial_call_sid", ""))
+                await asyncio.sleep(0.05)
+
+    async def _amend_leg(self, leg_id: str, metadata: dict[str, str]) -> None:
+        try:
+            await self.ctx.store.amend_leg(leg_id, metadata)
+        except Exception as exc:  # noqa: BLE001 - only another node's leg misses it
+            log.warning("resume leg %s: outcome not stored (%s)", leg_id, type(exc).__name__)
+
+    async def _discard_leg(self, leg_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.ctx.store.discard_leg(leg_id)
 
     # -- AMI events ---------------------------------------------------------------
 
@@ -462,12 +503,15 @@ class CallController:
                  outcome.asterisk_status, outcome.duration_s)
         if watch.resume_id and hung_up:
             self.ctx.registry.discard(watch.resume_id)
+            self._spawn(self._discard_leg(watch.resume_id))
         elif watch.resume_id:
             # The resumed leg's CallInfo carries the outcome (AIGW_DIAL_STATUS is set
-            # before the dialplan opens that leg).
-            self.ctx.registry.amend(watch.resume_id, {
-                "dial_status": outcome.status, "dial_duration": str(outcome.duration_s),
-                "dial_call_sid": outcome.dial_call_sid})
+            # before the dialplan opens that leg), here and in the store for the node
+            # the leg may reach instead.
+            amend = {"dial_status": outcome.status, "dial_duration": str(outcome.duration_s),
+                     "dial_call_sid": outcome.dial_call_sid}
+            self.ctx.registry.amend(watch.resume_id, amend)
+            self._spawn(self._amend_leg(watch.resume_id, amend))
         self._spawn(self._log_outcome(watch, outcome))
 
     async def _log_outcome(self, watch: _Watch, outcome: DialOutcome) -> None:

@@ -240,8 +240,16 @@ class Gateway:
     # -- calls and backends --------------------------------------------------------
 
     async def lookup_call(self, call_id: str) -> CallInfo | None:
-        """A live call admitted by another worker or node, from the shared store."""
+        """A live call admitted by another worker or node, from the shared store; or
+        a call's resume leg (after a Dial) registered by another node."""
         rec = await self.store.get_call(call_id)
+        leg_metadata: dict[str, str] | None = None
+        if rec is None:
+            leg = await self.store.get_leg(call_id, self.clock.wall())
+            if leg is None:
+                return None
+            parent_id, leg_metadata = leg
+            rec = await self.store.get_call(parent_id)
         if rec is None or rec.is_terminal:
             return None
         agent = self.tenants.agents.get(rec.agent)
@@ -249,12 +257,14 @@ class Gateway:
             return None
         # Alive here: the node that routed it must not sweep it as never connected.
         task = asyncio.get_running_loop().create_task(
-            self.store.touch_alive([call_id], self.clock.wall()))
+            self.store.touch_alive([rec.id], self.clock.wall()))
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
         info = call_info(agent, call_id, direction=rec.direction, from_=rec.from_, to=rec.to)
-        # The routing extras (Asterisk ids, Twilio custom parameters, REST call options).
-        return dataclasses.replace(info, metadata=call_metadata_of(rec.metadata))
+        # The routing extras (Asterisk ids, Twilio custom parameters, REST call options);
+        # a resume leg's own (its parent_call_id, the Dial's outcome once known).
+        return dataclasses.replace(info, metadata=(
+            call_metadata_of(rec.metadata) if leg_metadata is None else leg_metadata))
 
     def default_call_info(self, call_id: str) -> CallInfo:
         agent = self.tenants.agents[self.tenants.default_agent]

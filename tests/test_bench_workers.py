@@ -33,7 +33,6 @@ async def test_workers_bench_reports_calls_per_host_cpu_and_scaling(
     out.write_text(json.dumps({"levels": [{"calls": 50}], "barge_in": {}}))
     before = await _bench_databases()
     code = await run_workers_bench(workers=[1, 2], levels=[3], seconds=2.0, out=str(out))
-    assert code == 0
     assert await _bench_databases() <= before  # its database is dropped
     doc = json.loads(out.read_text())
     assert doc["levels"] == [{"calls": 50}] and "barge_in" in doc  # make bench's figures kept
@@ -46,6 +45,9 @@ async def test_workers_bench_reports_calls_per_host_cpu_and_scaling(
         assert all(c >= 0 for c in level["worker_cpu_percent"])
         assert r["calls_real_time"] in (0, 3)
     assert runs[0]["scaling"] in (None, 1.0)
+    # Exit 1 says a worker count held no level at real time: on a machine shared with
+    # other load even 3 calls can miss one 20 ms tick, so that is reported, not failed.
+    assert code == (0 if all(r["calls_real_time"] for r in runs) else 1)
     printed = capsys.readouterr().out
     assert workers_table(runs) in printed and "calls/host at real time" in printed
 

@@ -440,11 +440,20 @@ def test_dial_context_reads_only_what_the_gateway_sets():
     assert [s.data.split("=", 1)[0] for s in after[:2]] == [
         "AIGW_DIAL_ANSWERED", "AIGW_DIAL_STATUS"]
     assert "${ANSWEREDTIME}" in after[0].data and "${DIALSTATUS}" in after[1].data
-    resume = next(s for s in dial if s.app == "TryExec")
-    assert resume.data == "AudioSocket(${AIGW_RESUME_ID},${AIGW_AUDIOSOCKET})"
+    # The resume leg goes through the bridge's failover, without a second MixMonitor.
+    resume = next(s for s in dial if s.app == "Gosub")
+    assert resume.data == "aigw-bridge,resume,1"
+    assert dial[dial.index(resume) - 1].app == "Answer"
+    assert '"${AIGW_BRIDGE}" != "done"' in dial[dial.index(resume) + 1].data
+    entry = dp.contexts["aigw-bridge"]["resume"]
+    assert [(s.app, s.data) for s in entry] == [
+        ("Set", "LOCAL(leg)=${AIGW_RESUME_ID}"), ("Goto", "s,connect")]
+    bridge = dp.contexts["aigw-bridge"]["s"]
+    connect = next(i for i, s in enumerate(bridge) if s.label == "connect")
+    assert not any(s.app == "MixMonitor" for s in bridge[connect:])
     assert dial[-1].app == "Hangup" and dial[-1].data == "16"  # HANGUPCAUSE sticks
     read = {v for s in dial for v in re.findall(r"\$\{(AIGW_[A-Z0-9_]+)", s.data)}
-    assert read <= set(DIAL_VARIABLES) | {"AIGW_AUDIOSOCKET"}
+    assert read <= set(DIAL_VARIABLES) | {"AIGW_BRIDGE"}
     assert set(DIAL_VARIABLES) - {"AIGW_NEXT"} <= read
     # Both contexts that run AudioSocket continue there when the gateway asks.
     for ctx, ext in (("aigw-inbound", "_[0-9+]."), ("aigw-outbound", "s")):
@@ -600,6 +609,57 @@ def test_bridge_does_not_reconnect_a_call_whose_gateway_died_mid_call():
                    results={"AudioSocket": _audiosocket(set(NODES), dies_after_s=4)})
     assert run.errors == [] and _tried(run) == [NODES[0]]
     assert run.variables["AIGW_BRIDGE"] == "failed"
+
+
+RESUME_ID = "6f1c2f7e-0d1b-4a53-9a55-1d7d3c3a9b10"
+DIALED = {**CALL, "AIGW_AUDIOSOCKET": NODES[0], "AIGW_AUDIOSOCKET_ALT": "&".join(NODES[1:]),
+          "AIGW_DIAL_TARGETS": "PJSIP/+15550002222@aigw-trunk", "AIGW_DIAL_TIMEOUT": "20",
+          "AIGW_DIAL_OPTIONS": "g", "AIGW_RESUME_ID": RESUME_ID}
+
+
+@pytest.mark.parametrize("connect_s", [0, 3])
+@pytest.mark.parametrize("up,tried", [
+    ({NODES[0]}, NODES[:1]),            # the dialing node takes the caller back
+    ({NODES[1]}, NODES[:2]),            # it is gone: the next node (shared store)
+    (set(), NODES),                     # all down: hung up, bounded
+])
+def test_resume_leg_after_dial_fails_over_like_the_bridge(up, tried, connect_s):
+    dp = parse(CONF.read_text())
+    run = evaluate(dp, "aigw-dial", "s", dict(DIALED), results={
+        "Dial": {"DIALSTATUS": "ANSWER", "ANSWEREDTIME": "12"},
+        "AudioSocket": _audiosocket(up, connect_s=connect_s)})
+    assert run.errors == []
+    assert _tried(run) == list(tried)
+    assert all(a.startswith(f"AudioSocket({RESUME_ID},") for app, a in run.apps
+               if app == "TryExec")
+    assert not any(app == "MixMonitor" for app, _ in run.apps)  # still the first one's
+    assert run.variables["AIGW_BRIDGE"] == ("done" if up else "failed")
+    assert run.variables["AIGW_DIAL_STATUS"] == "ANSWER"
+    assert run.apps[-1] == ("Hangup", "16")
+    assert "leg" not in run.variables and "addr" not in run.variables  # LOCAL, restored
+
+
+def test_resume_leg_is_not_reconnected_when_its_node_dies_mid_call():
+    dp = parse(CONF.read_text())
+    run = evaluate(dp, "aigw-dial", "s", dict(DIALED), results={
+        "Dial": {"DIALSTATUS": "NOANSWER"},
+        "AudioSocket": _audiosocket(set(NODES), dies_after_s=4)})
+    assert run.errors == [] and _tried(run) == [NODES[0]]
+    assert run.apps[-1] == ("Hangup", "16")
+
+
+def test_resume_leg_loops_into_the_next_dial_when_the_gateway_asks():
+    dp = parse(CONF.read_text())
+    calls = {"n": 0}
+
+    def audiosocket(args: str, v: dict[str, str]) -> dict[str, str]:
+        calls["n"] += 1  # the first resumed leg asks for another Dial, the second ends
+        return {"TRYSTATUS": "SUCCESS", "AIGW_NEXT": "dial" if calls["n"] == 1 else ""}
+
+    run = evaluate(dp, "aigw-dial", "s", dict(DIALED), results={
+        "Dial": {"DIALSTATUS": "BUSY"}, "AudioSocket": audiosocket})
+    assert run.errors == []
+    assert [app for app, _ in run.apps].count("Dial") == 2 and calls["n"] == 2
 
 
 def test_inbound_without_alternates_tries_the_one_node_then_falls_back():

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from ..dial import MOVED_END_REASON
 from ..httpapi import api_error
+from ..store.factory import build_recording_queue
 from ..twilio.callopts import CallOptions
 from ..twilio.ids import account_sid_for, auth_token_for, call_sid_for
 from ..twilio.signature import SIGNATURE_HEADER, compute_signature
@@ -66,10 +67,14 @@ class RecordingsComponent:
         self.root = data_path / "recordings"
         self.metrics = RecordingMetrics(ctx.metrics.registry)
         self._unsubscribe: list[Callable[[], None]] = []
+        st = ctx.settings.store
+        # The queue lives beside the call store: shared by every node on PostgreSQL.
         self.pipeline = RecordingPipeline(
             s, data_path, metrics=self.metrics,
             on_verified=self._on_verified, on_failed=self._on_failed,
-            on_transcribed=self._on_transcribed)
+            on_transcribed=self._on_transcribed,
+            queue=build_recording_queue(ctx.store, data_path, node_id=st.node_id),
+            takeover_s=max(0.5, st.lease_s / 3))
         self.writer = WavWriterThread()
         self.watcher = MixMonitorWatcher(
             s.mixmonitor_dir, self._mixmonitor_complete,

@@ -1,8 +1,9 @@
 """The durable pipeline: queue -> upload + verify -> retention -> transcription.
 
 Runs inside the gateway (``component.py``) or alone (``worker.py``, e.g. a child
-process). Everything goes through the persisted queue, so any process that opens
-``recordings.sqlite`` resumes where the last one stopped.
+process). Everything goes through the persisted queue (``queue.RecordingJobs``:
+``recordings.sqlite``, or the shared PostgreSQL store), so the next process on the
+queue resumes where the last one stopped.
 
 Tasks (all bounded, none blocks the event loop: boto3, hashing, file removal and
 channel splitting run in threads):
@@ -13,7 +14,10 @@ channel splitting run in threads):
 - a sweeper: removes the local file of verified rows once ``retention_s`` has passed
   (and their transcription, if any, is finished), marks them ``deleted``;
 - a transcription worker (when configured): claims due jobs, transcribes each speaker,
-  stores the text, retries with backoff; failures are visible on the job row.
+  stores the text, retries with backoff; failures are visible on the job row;
+- on a shared queue (several nodes), a takeover loop every ``takeover_s``: the rows of
+  nodes without a live lease are adopted when their file is readable here (same path,
+  same size), else marked ``stranded`` with the reason.
 """
 
 from __future__ import annotations
@@ -30,7 +34,15 @@ from prometheus_client import CollectorRegistry
 
 from ..twilio.ids import recording_sid_for
 from .metrics import RecordingMetrics
-from .queue import JobState, RecordingDB, RecordingQueue, RecordingRow, RecState, TranscriptRow
+from .queue import (
+    JobState,
+    RecordingJobs,
+    RecordingRow,
+    RecState,
+    SqliteRecordingQueue,
+    TranscriptRow,
+    file_reachable,
+)
 from .s3 import S3Uploader, UploadError, file_sha256
 from .settings import RecordingSettings, backoff_delay
 from .transcribe import (
@@ -62,10 +74,15 @@ class RecordingPipeline:
         on_transcribed: JobHook | None = None,
         transcriber: Transcriber | None = None,
         clock: Callable[[], float] = time.time,
+        queue: RecordingJobs | None = None,
+        takeover_s: float = 5.0,
     ) -> None:
         self.settings = settings
         self.data_dir = Path(data_dir)
-        self.queue = RecordingQueue(self.data_dir / "recordings.sqlite")
+        self.queue: RecordingJobs = (
+            queue if queue is not None
+            else SqliteRecordingQueue(self.data_dir / "recordings.sqlite"))
+        self.takeover_s = takeover_s
         self.metrics = metrics or RecordingMetrics(CollectorRegistry())
         self.uploader = None if settings.local_only else S3Uploader(settings)
         self.transcriber = transcriber
@@ -83,7 +100,7 @@ class RecordingPipeline:
 
     async def start(self) -> None:
         await self.queue.open()
-        fixed = await self.queue.call(RecordingDB.recover)
+        fixed = await self.queue.recover()
         if any(fixed):
             log.info("recording queue: resumed %d uploads and %d transcriptions", *fixed)
         if self.transcriber is None and self.settings.transcription_enabled:
@@ -96,6 +113,8 @@ class RecordingPipeline:
             for i in range(self.settings.upload_concurrency):
                 self._tasks.append(loop.create_task(self._upload_loop(), name=f"rec-upload-{i}"))
             self._tasks.append(loop.create_task(self._sweep_loop(), name="rec-sweep"))
+            if self.queue.shared:
+                self._tasks.append(loop.create_task(self._takeover_loop(), name="rec-takeover"))
         if self.transcriber is not None:
             self._tasks.append(loop.create_task(self._job_loop(), name="rec-transcribe"))
 
@@ -144,24 +163,24 @@ class RecordingPipeline:
             size=size, duration_s=duration_s, channels=channels, captured_at=now,
             next_attempt_at=now, callback_url=callback_url,
         )
-        added = await self.queue.call(RecordingDB.add, row)
+        added = await self.queue.add(row)
         if not added:
             return None
         self.metrics.captured.labels(tenant, source).inc()
         if self.uploader is None and self.transcriber is not None:
-            await self.queue.call(RecordingDB.add_job, call_id, now)
+            await self.queue.add_job(call_id, now)
         await self._update_depth()
         self.wake()
         return row
 
     async def get(self, call_id: str) -> RecordingRow | None:
-        return await self.queue.call(RecordingDB.get, call_id)
+        return await self.queue.get(call_id)
 
     async def page(self, *, tenant: str | None = None, call_id: str | None = None,
                    limit: int = 50, offset: int = 0) -> list[RecordingRow]:
         """Recordings newest first (the Twilio REST ``Recordings`` lists)."""
-        return await self.queue.call(RecordingDB.page, tenant=tenant, call_id=call_id,
-                                     limit=limit, offset=offset)
+        return await self.queue.page(tenant=tenant, call_id=call_id, limit=limit,
+                                     offset=offset)
 
     async def delete(self, row: RecordingRow) -> bool:
         """Forget ``row`` and remove its local file and its object (REST ``DELETE``).
@@ -170,7 +189,7 @@ class RecordingPipeline:
         object is removed here only if it was already stored: a recording deleted
         mid-upload can leave one orphan object (logged by the uploader's key).
         """
-        removed = await self.queue.call(RecordingDB.remove, row.call_id)
+        removed = await self.queue.remove(row.call_id)
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.remove, row.path)
         if self.uploader is not None and row.state in ("uploaded", "verified", "deleted"):
@@ -183,17 +202,10 @@ class RecordingPipeline:
         return bool(removed)
 
     async def get_job(self, call_id: str) -> TranscriptRow | None:
-        return await self.queue.call(RecordingDB.get_job, call_id)
+        return await self.queue.get_job(call_id)
 
     async def _update_depth(self) -> None:
-        def depth(db: RecordingDB) -> tuple[int, int]:
-            up = db.conn.execute("SELECT COUNT(*) FROM recordings WHERE state IN "
-                                 "('pending', 'uploading', 'uploaded')").fetchone()[0]
-            jobs = db.conn.execute("SELECT COUNT(*) FROM transcripts WHERE state IN "
-                                   "('pending', 'running')").fetchone()[0]
-            return int(up), int(jobs)
-
-        up, jobs = await self.queue.call(depth)
+        up, jobs = await self.queue.depth()
         self.metrics.queue_depth.labels("upload").set(up)
         self.metrics.queue_depth.labels("transcribe").set(jobs)
 
@@ -208,9 +220,9 @@ class RecordingPipeline:
     async def _upload_loop(self) -> None:
         while not self._stopping:
             try:
-                row = await self.queue.call(RecordingDB.claim_upload, self.clock())
+                row = await self.queue.claim_upload(self.clock())
                 if row is None:
-                    due = await self.queue.call(RecordingDB.next_due)
+                    due = await self.queue.next_due()
                     await self._idle(self._wake_upload, due, 1.0)
                     continue
                 await self._upload_one(row)
@@ -227,25 +239,30 @@ class RecordingPipeline:
         try:
             await asyncio.to_thread(up.upload, row.path, row.key, row.sha256, row.size,
                                     verify=False)
-            await q.call(RecordingDB.set_state, row.call_id, RecState.UPLOADED,
-                         uploaded_at=self.clock())
+            if not await q.set_state(row.call_id, RecState.UPLOADED, uploaded_at=self.clock()):
+                log.warning("call %s: recording no longer ours (deleted or taken over by "
+                            "another node); upload attempt dropped", row.call_id)
+                return
             await asyncio.to_thread(up.verify, row.key, row.sha256, row.size)
         except UploadError as exc:
             await self._upload_failed(row, exc)
             return
         now = self.clock()
-        await q.call(RecordingDB.set_state, row.call_id, RecState.VERIFIED,
-                     verified_at=now, last_error=None)
+        if not await q.set_state(row.call_id, RecState.VERIFIED, verified_at=now,
+                                 last_error=None):
+            log.warning("call %s: recording no longer ours after its upload; "
+                        "no callback from this node", row.call_id)
+            return
         self.metrics.verified.labels(row.tenant).inc()
         self.metrics.upload_seconds.observe(max(0.0, now - row.captured_at))
         log.info("call %s: recording uploaded and verified (%d bytes, attempt %d)",
                  row.call_id, row.size, row.attempts)
         if self.transcriber is not None:
-            await q.call(RecordingDB.add_job, row.call_id, now)
+            await q.add_job(row.call_id, now)
             self._wake_jobs.set()
         await self._update_depth()
         self._wake_sweep.set()
-        verified = await q.call(RecordingDB.get, row.call_id)
+        verified = await q.get(row.call_id)
         if self.on_verified is not None and verified is not None:
             try:
                 await self.on_verified(verified)
@@ -258,19 +275,20 @@ class RecordingPipeline:
         if exc.permanent or row.attempts >= self.settings.max_attempts:
             log.error("call %s: recording upload failed for good after %d attempts: %s",
                       row.call_id, row.attempts, exc)
-            await self.queue.call(RecordingDB.set_state, row.call_id, RecState.FAILED,
-                                  last_error=str(exc)[:500])
+            if not await self.queue.set_state(row.call_id, RecState.FAILED,
+                                              last_error=str(exc)[:500]):
+                return
             await self._update_depth()
             if self.on_failed is not None:
-                failed = await self.queue.call(RecordingDB.get, row.call_id)
+                failed = await self.queue.get(row.call_id)
                 if failed is not None:
                     await self.on_failed(failed)
             return
         delay = backoff_delay(row.attempts, self.settings.backoff_s, self.settings.backoff_max_s)
         log.warning("call %s: recording upload attempt %d failed (%s); retry in %.1f s",
                     row.call_id, row.attempts, exc, delay)
-        await self.queue.call(RecordingDB.set_state, row.call_id, RecState.PENDING,
-                              next_attempt_at=now + delay, last_error=str(exc)[:500])
+        await self.queue.set_state(row.call_id, RecState.PENDING,
+                                   next_attempt_at=now + delay, last_error=str(exc)[:500])
 
     # -- retention -------------------------------------------------------------------
 
@@ -286,23 +304,56 @@ class RecordingPipeline:
 
     async def sweep_once(self) -> int:
         """Delete local files of verified recordings past retention; returns how many."""
-        rows = await self.queue.call(RecordingDB.due_for_deletion, self.clock(),
-                                     self.settings.retention_s)
+        rows = await self.queue.due_for_deletion(self.clock(), self.settings.retention_s)
         for row in rows:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.remove, row.path)
-            await self.queue.call(RecordingDB.set_state, row.call_id, RecState.DELETED,
-                                  deleted_at=self.clock())
+            await self.queue.set_state(row.call_id, RecState.DELETED, deleted_at=self.clock())
         return len(rows)
+
+    # -- a dead node's recordings ------------------------------------------------------
+
+    async def _takeover_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.take_over_orphans()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recording takeover failed")
+            await self._idle(self._wake_sweep, None, self.takeover_s)
+
+    async def take_over_orphans(self) -> tuple[int, int]:
+        """Adopt the rows of nodes without a live lease whose file is readable here;
+        mark the others ``stranded``. Returns (adopted, stranded)."""
+        adopted = stranded = 0
+        me = self.queue.node_id
+        for row in await self.queue.orphans():
+            if await asyncio.to_thread(file_reachable, row.path, row.size):
+                if await self.queue.adopt(row, self.clock()):
+                    adopted += 1
+                    log.warning("call %s: recording of lost node %s taken over (%s)",
+                                row.call_id, row.node_id, row.state)
+            elif await self.queue.strand(
+                    row, f"node {row.node_id} lost; its file is not readable from {me} "
+                         "(share the recordings directory to let survivors upload it)"):
+                stranded += 1
+                self.metrics.failures.labels("upload", "stranded").inc()
+                log.error("call %s: recording of lost node %s stranded: file not readable "
+                          "here", row.call_id, row.node_id)
+        if adopted:
+            await self._update_depth()
+            self._wake_upload.set()
+        return adopted, stranded
 
     # -- transcription ---------------------------------------------------------------
 
     async def _job_loop(self) -> None:
         while not self._stopping:
             try:
-                job = await self.queue.call(RecordingDB.claim_job, self.clock())
+                job = await self.queue.claim_job(self.clock())
                 if job is None:
-                    due = await self.queue.call(RecordingDB.next_job_due)
+                    due = await self.queue.next_job_due()
                     await self._idle(self._wake_jobs, due, 1.0)
                     continue
                 await self._transcribe_one(job)
@@ -315,7 +366,7 @@ class RecordingPipeline:
     async def _transcribe_one(self, job: TranscriptRow) -> None:
         assert self.transcriber is not None
         tr = self.transcriber
-        row = await self.queue.call(RecordingDB.get, job.call_id)
+        row = await self.queue.get(job.call_id)
         try:
             if row is None or not await asyncio.to_thread(os.path.exists, row.path):
                 raise TranscriptionError("missing_file", "recording file is gone")
@@ -334,12 +385,12 @@ class RecordingPipeline:
             return
         now = self.clock()
         text = "\n".join(f"{k}: {v}" for k, v in speakers.items() if v)
-        await self.queue.call(RecordingDB.set_job, job.call_id, JobState.DONE, done_at=now,
-                              engine=tr.engine, text=text, speakers=speakers, last_error=None)
+        await self.queue.set_job(job.call_id, JobState.DONE, done_at=now, engine=tr.engine,
+                                 text=text, speakers=speakers, last_error=None)
         self.metrics.transcription_seconds.observe(max(0.0, now - job.created_at))
         await self._update_depth()
         self._wake_sweep.set()
-        done = await self.queue.call(RecordingDB.get_job, job.call_id)
+        done = await self.queue.get_job(job.call_id)
         if self.on_transcribed is not None and done is not None:
             try:
                 await self.on_transcribed(done)
@@ -351,12 +402,11 @@ class RecordingPipeline:
         self.metrics.failures.labels("transcribe", reason).inc()
         if permanent or job.attempts >= self.settings.max_attempts:
             log.error("call %s: transcription failed for good: %s", job.call_id, msg)
-            await self.queue.call(RecordingDB.set_job, job.call_id, JobState.FAILED,
-                                  last_error=msg[:500])
+            await self.queue.set_job(job.call_id, JobState.FAILED, last_error=msg[:500])
             await self._update_depth()
             return
         delay = backoff_delay(job.attempts, self.settings.backoff_s, self.settings.backoff_max_s)
         log.warning("call %s: transcription attempt %d failed (%s); retry in %.1f s",
                     job.call_id, job.attempts, msg, delay)
-        await self.queue.call(RecordingDB.set_job, job.call_id, JobState.PENDING,
-                              next_attempt_at=self.clock() + delay, last_error=msg[:500])
+        await self.queue.set_job(job.call_id, JobState.PENDING,
+                                 next_attempt_at=self.clock() + delay, last_error=msg[:500])

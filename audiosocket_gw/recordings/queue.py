@@ -1,12 +1,30 @@
 """The persisted recording queue: one row per recording, one per transcription job.
 
-Why SQLite of its own (``<data_dir>/recordings.sqlite``, WAL, ``synchronous=FULL``):
-a recording must survive a crash between "Asterisk closed the file" and "S3 has a
-verified copy", and the call store's schema is not ours. Each state change is one
-committed transaction, so after a ``kill -9`` the queue is exactly as the last
-commit left it; ``recover()`` puts rows caught in ``uploading`` (and transcription
-jobs caught in ``running``) back to pending. Uploads use a deterministic object key,
-so redoing an interrupted upload overwrites the same object: nothing is duplicated.
+One async interface, ``RecordingJobs``, with two implementations built by
+``store.factory.build_recording_queue``:
+
+- ``SqliteRecordingQueue`` (embedded default, one process): its own SQLite file
+  ``<data_dir>/recordings.sqlite`` (WAL, ``synchronous=FULL``), versioned by
+  ``PRAGMA user_version`` (``MIGRATIONS``);
+- ``store.pg_recordings.PostgresRecordingQueue`` (``AIGW_DATABASE_URL``): tables in the
+  shared PostgreSQL database (the call store's migrations), shared by every node.
+
+A recording must survive a crash between "Asterisk closed the file" and "S3 has a
+verified copy": each state change is one committed transaction, so after a ``kill -9``
+the queue is exactly as the last commit left it; ``recover()`` puts this node's rows
+caught in ``uploading`` (and transcription jobs caught in ``running``) back to pending.
+Uploads use a deterministic object key, so redoing an interrupted upload overwrites the
+same object: nothing is duplicated.
+
+Several nodes (PostgreSQL): each row records the node that owns its local file
+(``node_id``); a node claims only its own rows, atomically (``FOR UPDATE SKIP LOCKED``),
+so no job is uploaded by two workers or nodes. The rows of a node without a live lease
+(``cluster.py``: crashed, or stopped with uploads pending) are ``orphans()``: a survivor
+that can read the file (same size at the same path: MixMonitor files on a shared
+spool) takes the row (``adopt()``), compare-and-set on (owner, state), so exactly one does;
+one that cannot marks it ``stranded`` with the reason in ``last_error`` (another
+survivor that can read it, or the node restarted under the same ``AIGW_NODE_ID``,
+still picks it up).
 
 Recording states::
 
@@ -17,12 +35,14 @@ Recording states::
     verified   HEAD + read-back sha256 match the local file
     deleted    verified, retention elapsed, local file removed
     failed     gave up (attempts exhausted or a permanent error), last_error says why
+    stranded   the owning node is gone and the file is not readable from the node that
+               looked (last_error says which); resumed by a node that can read it
 
 Transcription states: pending, running, done, failed.
 
-``RecordingDB`` is the synchronous core (one connection; use it from one thread);
-``RecordingQueue`` runs it on a single worker thread for asyncio callers. Times are
-epoch floats passed in by the caller (no clock reads in the core).
+``RecordingDB`` is the synchronous SQLite core (one connection; use it from one
+thread); ``SqliteRecordingQueue`` runs it on a single worker thread for asyncio callers.
+Times are epoch floats passed in by the caller (no clock reads in the core).
 """
 
 from __future__ import annotations
@@ -30,19 +50,22 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..private import secure_sqlite
-from ..store.sqlite import write_tx
+from ..store.sqlite import enable_wal, write_tx
 
 T = TypeVar("T")
 
-__all__ = ["RecState", "RecordingDB", "RecordingQueue", "RecordingRow", "TranscriptRow"]
+__all__ = ["MIGRATIONS", "TAKEOVER_STATES", "JobState", "RecState", "RecordingDB",
+           "RecordingJobs", "RecordingRow", "SqliteRecordingQueue",
+           "TranscriptRow", "file_reachable"]
 
 
 class RecState(StrEnum):
@@ -53,6 +76,12 @@ class RecState(StrEnum):
     VERIFIED = "verified"
     DELETED = "deleted"
     FAILED = "failed"
+    STRANDED = "stranded"
+
+
+TAKEOVER_STATES = ("pending", "uploading", "uploaded", "stranded")
+"""States of a dead node's row that a survivor takes over (the rest are final, local-only
+or only wait for the owner's retention sweep)."""
 
 
 class JobState(StrEnum):
@@ -86,6 +115,8 @@ class RecordingRow:
     deleted_at: float | None = None
     last_error: str | None = None
     callback_url: str | None = None
+    node_id: str = ""
+    """The node whose disk holds ``path`` (the only one that uploads it, unless adopted)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +136,8 @@ class TranscriptRow:
 _REC_COLS = [f.name for f in fields(RecordingRow)]
 _TR_COLS = [f.name for f in fields(TranscriptRow)]
 
-SCHEMA = (
+MIGRATIONS: tuple[tuple[str, ...], ...] = ((
+    # 1: the first schema (created IF NOT EXISTS: files from before versioning are v0)
     """CREATE TABLE IF NOT EXISTS recordings (
         call_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, agent TEXT NOT NULL,
         source TEXT NOT NULL, path TEXT NOT NULL, key TEXT NOT NULL,
@@ -120,7 +152,21 @@ SCHEMA = (
         next_attempt_at REAL NOT NULL, created_at REAL NOT NULL, done_at REAL,
         engine TEXT, text TEXT, speakers TEXT, last_error TEXT)""",
     "CREATE INDEX IF NOT EXISTS transcripts_due ON transcripts (state, next_attempt_at)",
-)
+), (
+    # 2: the node that owns each recording's file
+    "ALTER TABLE recordings ADD COLUMN node_id TEXT NOT NULL DEFAULT ''",
+))
+"""Migration ``i`` brings ``recordings.sqlite`` from ``user_version`` ``i`` to ``i + 1``."""
+
+
+def file_reachable(path: str, size: int) -> bool:
+    """True if ``path`` is a regular file of ``size`` bytes here (a survivor's check
+    before it adopts a dead node's recording; the upload verifies the sha256)."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
 def _rec(row: sqlite3.Row | tuple[Any, ...] | None) -> RecordingRow | None:
@@ -145,11 +191,30 @@ class RecordingDB:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_ms / 1000,
                                check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        for statement in SCHEMA:
-            conn.execute(statement)
         self.conn = conn
+        try:
+            enable_wal(conn, busy_timeout_ms)
+            conn.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _migrate(self) -> None:
+        def up(conn: sqlite3.Connection) -> None:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise RuntimeError(f"{self.path}: queue schema {version} is newer than this "
+                                   f"gateway ({len(MIGRATIONS)}): upgrade the gateway")
+            for migration in MIGRATIONS[version:]:
+                for statement in migration:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+        self._tx(up)
+
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         self.conn.close()
@@ -241,7 +306,7 @@ class RecordingDB:
             "SELECT MIN(next_attempt_at) FROM recordings WHERE state = 'pending'").fetchone()
         return None if row[0] is None else float(row[0])
 
-    def set_state(self, call_id: str, state: RecState, **values: Any) -> None:
+    def set_state(self, call_id: str, state: RecState, **values: Any) -> bool:
         allowed = set(_REC_COLS) - {"call_id"}
         sets = ["state = ?"]
         args: list[Any] = [state.value]
@@ -251,7 +316,8 @@ class RecordingDB:
             sets.append(f"{name} = ?")
             args.append(value)
         args.append(call_id)
-        self.conn.execute(f"UPDATE recordings SET {', '.join(sets)} WHERE call_id = ?", args)
+        return self.conn.execute(
+            f"UPDATE recordings SET {', '.join(sets)} WHERE call_id = ?", args).rowcount > 0
 
     def due_for_deletion(self, now: float, retention_s: float) -> list[RecordingRow]:
         """Verified recordings past retention whose transcription is not still to run."""
@@ -266,6 +332,14 @@ class RecordingDB:
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT state, COUNT(*) FROM recordings GROUP BY state")
         return {str(s): int(n) for s, n in rows}
+
+    def depth(self) -> tuple[int, int]:
+        """Recordings not yet verified, transcription jobs not yet done."""
+        up = self.conn.execute("SELECT COUNT(*) FROM recordings WHERE state IN "
+                               "('pending', 'uploading', 'uploaded')").fetchone()[0]
+        jobs = self.conn.execute("SELECT COUNT(*) FROM transcripts WHERE state IN "
+                                 "('pending', 'running')").fetchone()[0]
+        return int(up), int(jobs)
 
     # -- transcription jobs ---------------------------------------------------------
 
@@ -313,17 +387,89 @@ class RecordingDB:
         self.conn.execute(f"UPDATE transcripts SET {', '.join(sets)} WHERE call_id = ?", args)
 
 
-class RecordingQueue:
-    """``RecordingDB`` on one worker thread, for asyncio code.
+@runtime_checkable
+class RecordingJobs(Protocol):
+    """The recording queue as the pipeline uses it. All methods are coroutines.
 
-    ``call(fn, *args, **kw)`` runs ``fn(db, *args, **kw)`` on the thread; the helpers below are the
-    operations the pipeline uses.
+    ``shared`` is True when several nodes use the queue (PostgreSQL): claims, the
+    retention sweep, ``recover`` and ``depth`` then cover this node's rows only, and
+    ``orphans``/``adopt``/``strand`` move a dead node's rows. With SQLite (one process)
+    every row is this process's and ``orphans`` is empty.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    node_id: str
+
+    @property
+    def shared(self) -> bool: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def recover(self) -> tuple[int, int]:
+        """This node's interrupted uploads and transcriptions (and its stranded rows)
+        back to pending; returns (recordings, jobs)."""
+
+    async def add(self, row: RecordingRow) -> bool:
+        """Insert (``row.node_id`` replaced by this node); False if the call has one."""
+
+    async def get(self, call_id: str) -> RecordingRow | None: ...
+
+    async def all(self) -> list[RecordingRow]: ...
+
+    async def page(self, *, tenant: str | None = None, call_id: str | None = None,
+                   limit: int = 50, offset: int = 0) -> list[RecordingRow]: ...
+
+    async def remove(self, call_id: str) -> bool: ...
+
+    async def claim_upload(self, now: float) -> RecordingRow | None:
+        """Atomically take this node's oldest due pending row (state ``uploading``)."""
+
+    async def next_due(self) -> float | None: ...
+
+    async def set_state(self, call_id: str, state: RecState, **values: Any) -> bool:
+        """Change a row this node owns; False if it is gone or another node adopted it."""
+
+    async def due_for_deletion(self, now: float, retention_s: float) -> list[RecordingRow]: ...
+
+    async def depth(self) -> tuple[int, int]: ...
+
+    async def add_job(self, call_id: str, now: float) -> bool: ...
+
+    async def get_job(self, call_id: str) -> TranscriptRow | None: ...
+
+    async def claim_job(self, now: float) -> TranscriptRow | None: ...
+
+    async def next_job_due(self) -> float | None: ...
+
+    async def set_job(self, call_id: str, state: JobState, **values: Any) -> None: ...
+
+    async def orphans(self, limit: int = 100) -> list[RecordingRow]:
+        """Rows in ``TAKEOVER_STATES`` whose node holds no live lease, oldest first."""
+
+    async def adopt(self, row: RecordingRow, now: float) -> bool:
+        """Make an orphan this node's and due now, if still owned by ``row.node_id`` in
+        ``row.state`` (one adopter wins)."""
+
+    async def strand(self, row: RecordingRow, reason: str) -> bool:
+        """Mark an orphan this node cannot read ``stranded`` (same compare-and-set)."""
+
+
+class SqliteRecordingQueue:
+    """``RecordingJobs`` over ``RecordingDB`` on one worker thread (one process).
+
+    ``call(fn, *args, **kw)`` runs ``fn(db, *args, **kw)`` on the thread.
+    """
+
+    def __init__(self, path: str | Path, *, node_id: str = "") -> None:
         self.path = Path(path)
+        self.node_id = node_id
         self._executor: ThreadPoolExecutor | None = None
         self._db: RecordingDB | None = None
+
+    @property
+    def shared(self) -> bool:
+        return False
 
     async def open(self) -> None:
         if self._executor is not None:
@@ -353,3 +499,62 @@ class RecordingQueue:
         db = self._db
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, lambda: fn(db, *args, **kwargs))
+
+    async def recover(self) -> tuple[int, int]:
+        return await self.call(RecordingDB.recover)
+
+    async def add(self, row: RecordingRow) -> bool:
+        return await self.call(RecordingDB.add, replace(row, node_id=self.node_id))
+
+    async def get(self, call_id: str) -> RecordingRow | None:
+        return await self.call(RecordingDB.get, call_id)
+
+    async def all(self) -> list[RecordingRow]:
+        return await self.call(RecordingDB.all)
+
+    async def page(self, *, tenant: str | None = None, call_id: str | None = None,
+                   limit: int = 50, offset: int = 0) -> list[RecordingRow]:
+        return await self.call(RecordingDB.page, tenant=tenant, call_id=call_id, limit=limit,
+                               offset=offset)
+
+    async def remove(self, call_id: str) -> bool:
+        return await self.call(RecordingDB.remove, call_id)
+
+    async def claim_upload(self, now: float) -> RecordingRow | None:
+        return await self.call(RecordingDB.claim_upload, now)
+
+    async def next_due(self) -> float | None:
+        return await self.call(RecordingDB.next_due)
+
+    async def set_state(self, call_id: str, state: RecState, **values: Any) -> bool:
+        return await self.call(RecordingDB.set_state, call_id, state, **values)
+
+    async def due_for_deletion(self, now: float, retention_s: float) -> list[RecordingRow]:
+        return await self.call(RecordingDB.due_for_deletion, now, retention_s)
+
+    async def depth(self) -> tuple[int, int]:
+        return await self.call(RecordingDB.depth)
+
+    async def add_job(self, call_id: str, now: float) -> bool:
+        return await self.call(RecordingDB.add_job, call_id, now)
+
+    async def get_job(self, call_id: str) -> TranscriptRow | None:
+        return await self.call(RecordingDB.get_job, call_id)
+
+    async def claim_job(self, now: float) -> TranscriptRow | None:
+        return await self.call(RecordingDB.claim_job, now)
+
+    async def next_job_due(self) -> float | None:
+        return await self.call(RecordingDB.next_job_due)
+
+    async def set_job(self, call_id: str, state: JobState, **values: Any) -> None:
+        await self.call(RecordingDB.set_job, call_id, state, **values)
+
+    async def orphans(self, limit: int = 100) -> list[RecordingRow]:
+        return []  # one process: every row is ours
+
+    async def adopt(self, row: RecordingRow, now: float) -> bool:
+        return False
+
+    async def strand(self, row: RecordingRow, reason: str) -> bool:
+        return False

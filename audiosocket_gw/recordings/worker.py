@@ -1,7 +1,7 @@
 """Run the upload/transcription pipeline on its own: ``python -m audiosocket_gw.recordings.worker``.
 
-For a separate uploader process (or a test's child process): it opens
-``<data-dir>/recordings.sqlite``, resumes whatever a previous process left (rows stuck in
+For a separate uploader process (or a test's child process) of the embedded queue: it
+opens ``<data-dir>/recordings.sqlite``, resumes whatever a previous process left (rows stuck in
 ``uploading`` go back to pending), and uploads, verifies, sweeps and transcribes until
 SIGTERM/SIGINT. Settings come from the environment (``settings.py``).
 """
@@ -29,10 +29,7 @@ async def run(data_dir: str, *, exit_when_idle: bool = False) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
-            if exit_when_idle and not await pipeline.queue.call(
-                    lambda db: db.conn.execute(
-                        "SELECT COUNT(*) FROM recordings WHERE state IN "
-                        "('pending','uploading','uploaded')").fetchone()[0]):
+            if exit_when_idle and not (await pipeline.queue.depth())[0]:
                 break
     finally:
         await pipeline.stop()

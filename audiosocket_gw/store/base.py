@@ -368,6 +368,23 @@ class CallStore(Protocol):
     async def release_idempotency_key(self, tenant: str, key: str) -> None:
         """Drop a claim whose call was not placed (a retry may place it)."""
 
+    # AudioSocket legs that come back to a call (the resume leg after a Dial)
+
+    async def register_leg(self, leg_id: str, call_id: str, metadata: dict[str, str],
+                           now: float, expires_at: float) -> None:
+        """Expect ``leg_id`` as a new AudioSocket leg of ``call_id`` until ``expires_at``,
+        visible to every node sharing the store (whichever the leg reaches serves it);
+        legs expired at ``now`` are pruned."""
+
+    async def get_leg(self, leg_id: str, now: float) -> tuple[str, dict[str, str]] | None:
+        """``(call id, metadata)`` of the unexpired leg ``leg_id``, or None."""
+
+    async def amend_leg(self, leg_id: str, metadata: dict[str, str]) -> bool:
+        """Merge ``metadata`` into the leg's (a Dial's outcome); False if unknown."""
+
+    async def discard_leg(self, leg_id: str) -> None:
+        """Forget ``leg_id`` (the caller will not come back). Idempotent."""
+
     # Migration rollout (the share of calls that takes the Asterisk path)
 
     async def rollout_rules(self) -> list[RolloutRule]:

@@ -167,6 +167,59 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         END
         $$""",
     ),
+    # 4: the recordings queue (``store.pg_recordings``): one row per recording, owned by
+    # the node whose disk holds its file, and one per transcription job.
+    (
+        """CREATE TABLE recordings (
+            call_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            source TEXT NOT NULL,
+            path TEXT NOT NULL,
+            key TEXT NOT NULL,
+            recording_sid TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            duration_s DOUBLE PRECISION NOT NULL,
+            channels INTEGER NOT NULL,
+            captured_at DOUBLE PRECISION NOT NULL,
+            next_attempt_at DOUBLE PRECISION NOT NULL,
+            uploaded_at DOUBLE PRECISION,
+            verified_at DOUBLE PRECISION,
+            deleted_at DOUBLE PRECISION,
+            last_error TEXT,
+            callback_url TEXT,
+            node_id TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX recordings_due ON recordings (node_id, state, next_attempt_at)",
+        "CREATE INDEX recordings_tenant ON recordings (tenant, captured_at)",
+        """CREATE TABLE transcripts (
+            call_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_attempt_at DOUBLE PRECISION NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            done_at DOUBLE PRECISION,
+            engine TEXT,
+            text TEXT,
+            speakers TEXT,
+            last_error TEXT
+        )""",
+        "CREATE INDEX transcripts_due ON transcripts (state, next_attempt_at)",
+    ),
+    # 5: AudioSocket legs expected back for a call (a Dial's resume leg), so the node
+    # the leg reaches (dialplan failover) finds it.
+    (
+        """CREATE TABLE call_legs (
+            leg_id TEXT PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX call_legs_expires ON call_legs (expires_at)",
+    ),
 )
 """Migration ``i`` brings the schema from version ``i`` to ``i + 1``. Append only."""
 
@@ -559,6 +612,41 @@ class PostgresCallStore:
         await self._with(lambda c: c.execute(
             "DELETE FROM idempotency_keys WHERE tenant = $1 AND key = $2 AND call_id IS NULL",
             tenant, key))
+
+    # ------------------------------------------------------------------ call legs
+
+    async def register_leg(self, leg_id: str, call_id: str, metadata: dict[str, str],
+                           now: float, expires_at: float) -> None:
+        """Expect ``leg_id`` back for ``call_id`` until ``expires_at`` (prunes expired)."""
+
+        async def register(c: asyncpg.Connection) -> None:
+            await c.execute("DELETE FROM call_legs WHERE expires_at < $1", now)
+            await c.execute(
+                "INSERT INTO call_legs (leg_id, call_id, metadata, expires_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (leg_id) DO UPDATE SET"
+                " call_id = excluded.call_id, metadata = excluded.metadata,"
+                " expires_at = excluded.expires_at",
+                leg_id, call_id, _dumps(dict(metadata)), expires_at)
+
+        await self._with(register, tx=True)
+
+    async def get_leg(self, leg_id: str, now: float) -> tuple[str, dict[str, str]] | None:
+        """``(call id, metadata)`` of an unexpired leg, or None."""
+        row = await self._with(lambda c: c.fetchrow(
+            "SELECT call_id, metadata FROM call_legs WHERE leg_id = $1 AND expires_at >= $2",
+            leg_id, now))
+        return None if row is None else (str(row[0]), dict(json.loads(row[1])))
+
+    async def amend_leg(self, leg_id: str, metadata: dict[str, str]) -> bool:
+        """Merge ``metadata`` into the leg's (one statement: jsonb concatenation)."""
+        status = await self._with(lambda c: c.execute(
+            "UPDATE call_legs SET metadata = (metadata::jsonb || $2::jsonb)::text"
+            " WHERE leg_id = $1", leg_id, _dumps(dict(metadata))))
+        return str(status).endswith(" 1")
+
+    async def discard_leg(self, leg_id: str) -> None:
+        """Forget ``leg_id``."""
+        await self._with(lambda c: c.execute("DELETE FROM call_legs WHERE leg_id = $1", leg_id))
 
     # -------------------------------------------------------------------- rollout
 

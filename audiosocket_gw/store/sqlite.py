@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -123,6 +124,16 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     ),
     # 4: the node that handles each call (several gateways on one store).
     ("ALTER TABLE calls ADD COLUMN node_id TEXT",),
+    # 5: AudioSocket legs expected back for a call (a Dial's resume leg).
+    (
+        """CREATE TABLE call_legs (
+            leg_id TEXT PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX call_legs_expires ON call_legs (expires_at)",
+    ),
 )
 """Migration ``i`` brings the schema from version ``i`` to ``i + 1``. Append only."""
 
@@ -154,6 +165,27 @@ def write_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) ->
             conn.execute("ROLLBACK")
         raise
     return result
+
+
+def enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> str:
+    """``PRAGMA journal_mode = WAL``, retried while another process holds the file.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is
+    locked" at once (no busy handler) when another connection is doing the same: two
+    processes opening one fresh file together (two ``serve --workers`` children on one
+    ``recordings.sqlite`` failed at start this way, ~1 start in 10 when synchronised).
+    Retries for ``busy_timeout_ms``; returns the journal mode.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(0.1, delay * 2)
 
 
 def _dumps(data: dict[str, Any]) -> str:
@@ -218,8 +250,8 @@ class SqliteCallStore:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
+            mode = enable_wal(conn, self.busy_timeout_ms)
+            if mode != "wal":
                 raise StoreError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -610,6 +642,55 @@ class SqliteCallStore:
         await self._run(self._write, lambda conn: conn.execute(
             "DELETE FROM idempotency_keys WHERE tenant = ? AND key = ? AND call_id IS NULL",
             (tenant, key)))
+
+    # ------------------------------------------------------------------ call legs
+
+    async def register_leg(self, leg_id: str, call_id: str, metadata: dict[str, str],
+                           now: float, expires_at: float) -> None:
+        """Expect ``leg_id`` back for ``call_id`` until ``expires_at`` (prunes expired)."""
+
+        def register(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM call_legs WHERE expires_at < ?", (now,))
+            conn.execute(
+                "INSERT INTO call_legs (leg_id, call_id, metadata, expires_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (leg_id) DO UPDATE SET"
+                " call_id = excluded.call_id, metadata = excluded.metadata,"
+                " expires_at = excluded.expires_at",
+                (leg_id, call_id, _dumps(dict(metadata)), expires_at))
+
+        await self._run(self._write, register)
+
+    async def get_leg(self, leg_id: str, now: float) -> tuple[str, dict[str, str]] | None:
+        """``(call id, metadata)`` of an unexpired leg, or None."""
+
+        def q() -> tuple[str, dict[str, str]] | None:
+            assert self._conn is not None
+            row = self._conn.execute(
+                "SELECT call_id, metadata FROM call_legs WHERE leg_id = ? AND expires_at >= ?",
+                (leg_id, now)).fetchone()
+            return None if row is None else (str(row[0]), dict(json.loads(row[1])))
+
+        return await self._run(q)
+
+    async def amend_leg(self, leg_id: str, metadata: dict[str, str]) -> bool:
+        """Merge ``metadata`` into the leg's; False if unknown."""
+
+        def amend(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT metadata FROM call_legs WHERE leg_id = ?",
+                               (leg_id,)).fetchone()
+            if row is None:
+                return False
+            merged = {**json.loads(row[0]), **metadata}
+            conn.execute("UPDATE call_legs SET metadata = ? WHERE leg_id = ?",
+                         (_dumps(merged), leg_id))
+            return True
+
+        return await self._run(self._write, amend)
+
+    async def discard_leg(self, leg_id: str) -> None:
+        """Forget ``leg_id``."""
+        await self._run(self._write, lambda conn: conn.execute(
+            "DELETE FROM call_legs WHERE leg_id = ?", (leg_id,)))
 
     # -------------------------------------------------------------------- rollout
 

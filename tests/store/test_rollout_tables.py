@@ -76,5 +76,5 @@ async def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     async with SqliteCallStore(path) as s:
-        assert await s.schema_version() == SCHEMA_VERSION == 4
+        assert await s.schema_version() == SCHEMA_VERSION == 5
         assert await s.claim_idempotency_key("acme", "k", T0, DAY) == (True, None)

@@ -620,3 +620,19 @@ async def test_postgres_an_input_changes_a_call_once_across_nodes() -> None:
         finally:
             await a.close()
             await b.close()
+
+
+async def test_resume_legs_are_shared_amended_and_expire(store: AnyStore) -> None:
+    meta = {"parent_call_id": "c1", "action": "https://app/after"}
+    await store.register_leg("leg-1", "c1", meta, T0, T0 + 60)
+    assert await store.get_leg("leg-1", T0 + 1) == ("c1", meta)
+    assert await store.amend_leg("leg-1", {"dial_status": "completed"})
+    assert not await store.amend_leg("nope", {"dial_status": "busy"})
+    got = await store.get_leg("leg-1", T0 + 2)
+    assert got == ("c1", {**meta, "dial_status": "completed"})
+    assert await store.get_leg("leg-1", T0 + 61) is None  # expired
+    await store.register_leg("leg-2", "c2", {}, T0 + 100, T0 + 160)  # prunes leg-1
+    assert not await store.amend_leg("leg-1", {"x": "y"})
+    await store.discard_leg("leg-2")
+    await store.discard_leg("leg-2")  # idempotent
+    assert await store.get_leg("leg-2", T0 + 101) is None

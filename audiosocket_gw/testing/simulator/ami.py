@@ -751,20 +751,27 @@ class AmiSimulator:
         """``Gosub(aigw-bridge)``: ``AudioSocket(call_id,target)`` (a real leg to the
         gateway, or a timed talk), then what the include does once it returns: the
         ``[aigw-dial]`` continuation while ``AIGW_NEXT`` = dial, else ``Hangup()``."""
+        how = await self._connect(ch, call_id, target, outcome, app="AudioSocket")
+        await self._after_audiosocket(ch, how, outcome)
+
+    async def _connect(self, ch: SimChannel, call_id: str, target: str, outcome: Outcome,
+                       *, app: str) -> str:
+        """The Gosub's connect loop (``[aigw-bridge]``, also entered at ``resume``):
+        TryExec over AIGW_AUDIOSOCKET, then each AIGW_AUDIOSOCKET_ALT address while the
+        connection is refused (TRYSTATUS=FAILED at once, docs/PROTOCOLS.md §1.3)."""
         ch.gosub_depth += 1
         ch.gosub_seen = True
-        # TryExec over AIGW_AUDIOSOCKET, then each AIGW_AUDIOSOCKET_ALT address while
-        # the connection is refused (TRYSTATUS=FAILED at once, docs/PROTOCOLS.md §1.3).
         alternates = [a for a in ch.variables.get("AIGW_AUDIOSOCKET_ALT", "").split("&") if a]
         targets = [target, *alternates] if target else [target]
+        how = "ended"
         for i, addr in enumerate(targets):
             self.bridge_attempts.append((call_id, addr))
-            how = await self._audiosocket(ch, call_id, addr, outcome, app="AudioSocket",
+            how = await self._audiosocket(ch, call_id, addr, outcome, app=app,
                                           refused_tries_next=i + 1 < len(targets))
             if how != "refused":
                 break
         ch.gosub_depth = max(0, ch.gosub_depth - 1)
-        await self._after_audiosocket(ch, how, outcome)
+        return how
 
     async def _after_audiosocket(self, ch: SimChannel, how: str, outcome: Outcome) -> None:
         while ch.uniqueid in self.channels:
@@ -893,8 +900,9 @@ class AmiSimulator:
             self.end_channel(ch.uniqueid, 16)
             return "ended"
         self._newexten(ch, "Answer", "")
-        return await self._audiosocket(ch, resume, ch.variables.get("AIGW_AUDIOSOCKET", ""),
-                                       outcome, app="TryExec")
+        # Gosub(aigw-bridge,resume,1): the same failover as the first leg.
+        return await self._connect(ch, resume, ch.variables.get("AIGW_AUDIOSOCKET", ""),
+                                   outcome, app="TryExec")
 
     async def _ring(self, ch: SimChannel, targets: str, dial_timeout: float | None,
                     options: str) -> tuple[str, str]:

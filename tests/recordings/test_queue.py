@@ -1,0 +1,200 @@
+"""The recordings queue (``RecordingJobs``) on both stores: the embedded SQLite file and
+the shared PostgreSQL database (a real one per test, see ``tests/pgtest.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audiosocket_gw.recordings.queue import (
+    MIGRATIONS,
+    JobState,
+    RecordingDB,
+    RecordingJobs,
+    RecordingRow,
+    RecState,
+)
+from audiosocket_gw.store.factory import build_recording_queue
+from audiosocket_gw.store.pg_recordings import PostgresRecordingQueue
+from audiosocket_gw.store.postgres import PostgresCallStore
+from audiosocket_gw.store.sqlite import SqliteCallStore
+from tests.pgtest import temp_database
+
+
+def row(call_id: str, path: str = "/nowhere.wav", size: int = 1, **kw: object) -> RecordingRow:
+    base = RecordingRow(call_id, "acme", "support", "gateway", path, f"rec/{call_id}.wav",
+                        "RE" + "0" * 32, "pending", 0, "sha", size, 1.0, 2, time.time(), 0.0)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RecordingJobs]:
+    if request.param == "sqlite":
+        async with SqliteCallStore(tmp_path / "aigw.sqlite") as store:
+            q = build_recording_queue(store, tmp_path, node_id="n1")
+            await q.open()
+            try:
+                yield q
+            finally:
+                await q.close()
+    else:
+        async with temp_database() as url, PostgresCallStore(url, node_id="n1") as pg:
+            await pg.node_heartbeat("n1", 30.0)
+            q = build_recording_queue(pg, tmp_path, node_id="n1")
+            await q.open()
+            yield q
+
+
+async def test_one_row_per_call_claim_recover_and_ownership(queue: RecordingJobs) -> None:
+    assert isinstance(queue, RecordingJobs)
+    r = row("c1", node_id="someone-else")
+    assert await queue.add(r) and not await queue.add(r)
+    stored = await queue.get("c1")
+    assert stored is not None and stored.node_id == "n1"  # the adding node owns the file
+    claimed = await queue.claim_upload(time.time())
+    assert claimed is not None and claimed.state == "uploading" and claimed.attempts == 1
+    assert await queue.claim_upload(time.time()) is None
+    assert await queue.depth() == (1, 0)
+    assert await queue.recover() == (1, 0)  # "after a crash": the attempt did not finish
+    again = await queue.claim_upload(time.time())
+    assert again is not None and again.attempts == 2
+    assert await queue.set_state("c1", RecState.VERIFIED, verified_at=10.0)
+    assert await queue.depth() == (0, 0)
+    assert [x.call_id for x in await queue.due_for_deletion(20.0, 5.0)] == ["c1"]
+    assert await queue.add_job("c1", 1.0) and not await queue.add_job("c1", 1.0)
+    assert await queue.due_for_deletion(20.0, 5.0) == []  # its transcription is due
+    job = await queue.claim_job(2.0)
+    assert job is not None and job.state == "running" and await queue.claim_job(2.0) is None
+    await queue.set_job("c1", JobState.DONE, text="hi", speakers={"caller": "hi"})
+    done = await queue.get_job("c1")
+    assert done is not None and done.speakers == {"caller": "hi"}
+    assert [x.call_id for x in await queue.page(tenant="acme")] == ["c1"]
+    assert await queue.remove("c1") and await queue.get_job("c1") is None
+    with pytest.raises(TypeError):
+        await queue.set_state("c1", RecState.FAILED, bogus=1)
+
+
+async def test_concurrent_claims_hand_out_each_row_once(queue: RecordingJobs) -> None:
+    for i in range(30):
+        assert await queue.add(row(f"c{i:02d}"))
+    now = time.time()
+
+    async def worker() -> list[str]:
+        got = []
+        while (r := await queue.claim_upload(now)) is not None:
+            got.append(r.call_id)
+            await asyncio.sleep(0)
+        return got
+
+    results = await asyncio.gather(*(worker() for _ in range(6)))
+    claimed = [c for got in results for c in got]
+    assert sorted(claimed) == sorted(f"c{i:02d}" for i in range(30))  # each exactly once
+
+
+async def test_two_nodes_upload_only_their_own_and_survivors_take_over_once(
+        tmp_path: Path) -> None:
+    here = tmp_path / "spool" / "a.wav"
+    here.parent.mkdir()
+    here.write_bytes(b"x" * 100)
+    async with temp_database() as url, PostgresCallStore(url, node_id="a") as pg_a, \
+            PostgresCallStore(url, node_id="b") as pg_b, PostgresCallStore(url) as pg_c:
+        a = PostgresRecordingQueue(pg_a, "a")
+        b = PostgresRecordingQueue(pg_b, "b")
+        c = PostgresRecordingQueue(pg_c, "c")
+        for node, store in (("a", pg_a), ("b", pg_b), ("c", pg_c)):
+            await store.node_heartbeat(node, 30.0)
+        assert await a.add(row("r1", str(here), 100))
+        assert await a.add(row("r2", str(tmp_path / "only-on-a.wav"), 100))
+        assert await b.claim_upload(time.time()) is None  # a's file, a's job
+        assert await b.orphans() == []  # a is alive
+        claimed = await a.claim_upload(time.time())
+        assert claimed is not None
+        assert not await b.set_state(claimed.call_id, RecState.VERIFIED)  # not b's row
+        # a dies (its lease ends): b and c both see its rows
+        await pg_a.node_stopped("a")
+        seen_b, seen_c = await b.orphans(), await c.orphans()
+        assert {r.call_id for r in seen_b} == {r.call_id for r in seen_c} == {"r1", "r2"}
+        r1_b = next(r for r in seen_b if r.call_id == "r1")
+        r1_c = next(r for r in seen_c if r.call_id == "r1")
+        won = await asyncio.gather(b.adopt(r1_b, 5.0), c.adopt(r1_c, 5.0))
+        assert sorted(won) == [False, True]  # exactly one survivor takes it
+        winner = b if won[0] else c
+        adopted = await winner.get("r1")
+        assert adopted is not None and adopted.node_id == winner.node_id
+        assert adopted.state == "pending" and "node a lost" in (adopted.last_error or "")
+        # a, frozen and back, cannot write over its former row
+        assert not await a.set_state("r1", RecState.VERIFIED)
+        # r2's file is not readable anywhere but a: stranded, with the reason
+        r2 = next(r for r in seen_b if r.call_id == "r2")
+        assert await b.strand(r2, "node a lost; not readable from b")
+        assert not await c.strand(r2, "again")  # compare-and-set: already moved
+        stranded = await b.get("r2")
+        assert stranded is not None and stranded.state == "stranded"
+        assert stranded.node_id == "a" and "not readable" in (stranded.last_error or "")
+        assert [r.call_id for r in await c.orphans()] == ["r2"]  # still visible to others
+        # a restarted under the same AIGW_NODE_ID resumes it
+        await pg_a.node_heartbeat("a", 30.0)
+        assert await a.recover() == (1, 0)
+        resumed = await a.get("r2")
+        assert resumed is not None and resumed.state == "pending"
+
+
+async def test_sqlite_queue_migrates_a_file_from_before_versioning(tmp_path: Path) -> None:
+    path = tmp_path / "recordings.sqlite"
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:  # the old schema, user_version 0
+        conn.execute(statement)
+    conn.execute("INSERT INTO recordings VALUES ('old', 't', 'a', 'gateway', '/x', 'k', 'RE',"
+                 " 'pending', 0, 's', 1, 1.0, 2, 1.0, 0.0, NULL, NULL, NULL, NULL, NULL)")
+    conn.commit()
+    conn.close()
+    db = RecordingDB(path)
+    try:
+        assert db.schema_version() == len(MIGRATIONS)
+        old = db.get("old")
+        assert old is not None and old.node_id == "" and old.state == "pending"
+    finally:
+        db.close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        RecordingDB(path)
+
+
+def _open_at_once(path: str, barrier: Any, errors: Any) -> None:
+    barrier.wait()
+    try:
+        RecordingDB(path).close()
+    except Exception as exc:
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_fresh_queue_together_all_succeed(tmp_path: Path) -> None:
+    """Two ``serve --workers`` children opening one new file at the same instant: SQLite
+    refused the second switch to WAL with "database is locked" (no busy handler there),
+    ~1 round in 10 here before ``enable_wal`` retried it."""
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    for i in range(40):
+        path = str(tmp_path / f"r{i}" / "recordings.sqlite")
+        barrier = ctx.Barrier(3)
+        procs = [ctx.Process(target=_open_at_once, args=(path, barrier, errors))
+                 for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
