@@ -45,11 +45,14 @@ async def test_workers_bench_reports_calls_per_host_cpu_and_scaling(
         assert all(c >= 0 for c in level["worker_cpu_percent"])
         assert r["calls_real_time"] in (0, 3)
     assert runs[0]["scaling"] in (None, 1.0)
-    # Exit 1 says a worker count held no level at real time: on a machine shared with
-    # other load even 3 calls can miss one 20 ms tick, so that is reported, not failed.
-    assert code == (0 if all(r["calls_real_time"] for r in runs) else 1)
+    # Exit 0 whenever the bench ran: on a machine shared with other load even 3 calls
+    # can miss one 20 ms tick; that is a figure in the table, said in a line, not an error.
+    assert code == 0
     printed = capsys.readouterr().out
     assert workers_table(runs) in printed and "calls/host at real time" in printed
+    for r in runs:
+        said = f"{r['workers']} worker(s) carried no level in real time" in printed
+        assert said == (r["calls_real_time"] == 0)
 
 
 async def test_workers_bench_skips_clearly_without_postgresql(
