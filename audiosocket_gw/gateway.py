@@ -35,6 +35,7 @@ from .ami.tracker import CallTracker
 from .ami_metrics import CallMetrics
 from .api import CallsApi
 from .backends.base import Backend, CallInfo
+from .call import Call
 from .callcontrol import CallController
 from .cluster import NodeLease
 from .config import Config, ConfigError, format_hostport
@@ -169,7 +170,7 @@ class Gateway:
         self.pacer = Pacer(on_tick_stats=self._tick_stats, spin=config.pacer_spin_ms / 1000.0)
         self.audiosocket = AudioSocketServer(
             config, self.backend_for, self.metrics, self.registry, self.pacer,
-            on_call_start=self.events.started.emit, on_call_end=self.events.ended.emit,
+            on_call_start=self._leg_started, on_call_end=self._leg_ended,
             clock=self.clock,
         )
         self.audiosocket.reuse_port = settings.store.workers > 1
@@ -265,6 +266,17 @@ class Gateway:
         # a resume leg's own (its parent_call_id, the Dial's outcome once known).
         return dataclasses.replace(info, metadata=(
             call_metadata_of(rec.metadata) if leg_metadata is None else leg_metadata))
+
+    # An attended transfer's consult leg (the person hearing the summary) is not a call:
+    # no record, no status callbacks, watchdogs, MOS, recording or console row. Its
+    # backend (attended.ConsultBackend) and the transfer flow follow it themselves.
+    def _leg_started(self, call: Call) -> None:
+        if CONSULT_METADATA_KEY not in call.info.metadata:
+            self.events.started.emit(call)
+
+    def _leg_ended(self, call: Call) -> None:
+        if CONSULT_METADATA_KEY not in call.info.metadata:
+            self.events.ended.emit(call)
 
     def default_call_info(self, call_id: str) -> CallInfo:
         agent = self.tenants.agents[self.tenants.default_agent]

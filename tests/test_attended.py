@@ -43,6 +43,9 @@ async def test_attended_transfer_accepted_bridges_caller_and_person(
         monkeypatch: pytest.MonkeyPatch) -> None:
     person = Outcome("answered", ring_s=0.05, press="1", talk_s=0.6, caller_audio=False)
     async with stack(monkeypatch, SCRIPT, outcomes={HUMAN: person}) as st:
+        legs: list[str] = []  # what the components (watchdogs, MOS, callbacks...) see
+        st.gw.events.started.connect(lambda call: legs.append(call.call_id))
+        st.gw.events.ended.connect(lambda call: legs.append(call.call_id))
         cid = await st.call()
         await until(lambda: actions(st, "Bridge"), within=10.0)
         caller = st.sim.legs[0]
@@ -83,6 +86,9 @@ async def test_attended_transfer_accepted_bridges_caller_and_person(
         assert metric(st, "started") == 1 and metric(st, "completed") == 1
         # the tool call declared the summary argument, the person's leg is no call record
         assert await st.gw.store.get_call(consult_id) is None
+        # nor a call for the components: no silence watchdog cuts the person's decision,
+        # no status callback, MOS, recording or console row for it
+        assert cid in legs and consult_id not in legs
 
 
 async def _back_with_the_bot(st: Stack, cid: str, outcome: str) -> None:
