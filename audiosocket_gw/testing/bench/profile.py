@@ -36,6 +36,7 @@ import numpy as np
 from ..proc import GatewayProcess, cpu_seconds
 from ..simulator.audio import speech_like
 from ..simulator.pbx import CallPlan, run_simulation
+from .bargein import _fetch_metrics
 
 _AGENT_TOML = """\
 default_agent = "bench"
@@ -141,9 +142,11 @@ async def profile(backend: str, calls: int, seconds: float, warm: float, *,
                     stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             c0, t0, s0 = cpu_seconds(gw.pid) or 0.0, time.monotonic(), time.process_time()
             p0 = cpu_seconds(peer.pid) if peer else None
+            missed0 = (await _fetch_metrics(*gw.http)).get("aigw_pacer_missed_ticks_total", 0)
             await asyncio.sleep(seconds)
             c1, t1, s1 = cpu_seconds(gw.pid) or 0.0, time.monotonic(), time.process_time()
             p1 = cpu_seconds(peer.pid) if peer else None
+            missed1 = (await _fetch_metrics(*gw.http)).get("aigw_pacer_missed_ticks_total", 0)
             if spy is not None:
                 await spy.wait()
             reports = (await sim).calls
@@ -164,6 +167,9 @@ async def profile(backend: str, calls: int, seconds: float, warm: float, *,
     result["sim_cpu_percent"] = round(100 * (s1 - s0) / dt, 1)
     if p0 is not None and p1 is not None:
         result["peer_cpu_percent"] = round(100 * (p1 - p0) / dt, 1)
+    # Ticks the gateway's pacer skipped in the window (starved of CPU): then it also
+    # did less work, and the CPU figure is not comparable.
+    result["missed_ticks"] = int(missed1 - missed0)
     result["ok"] = sum(1 for r in reports if r.ended_by == "simulator")
     result.update(_jitter(reports, ramp + warm, ramp + warm + seconds - ramp))
     return result
