@@ -145,8 +145,12 @@ class AudioSocketProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._bytes += len(data)
         dec = self.decoder
-        dec.feed(data)
         call = self.call
+        if call is not None and (pcm := dec.whole_slin_frame(data)) is not None:
+            call.on_caller_audio(pcm)  # one whole frame, the usual case: no buffering
+            self._server.pacer.poll()
+            return
+        dec.feed(data)
         try:
             while (ev := dec.next_event()) is not None:
                 if call is not None and type(ev) is asp.Audio and ev.kind == _SLIN:

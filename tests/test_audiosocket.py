@@ -183,3 +183,60 @@ def test_fuzz_parse_or_documented_error(data: bytes, step: int, uuid_first: bool
 def test_fuzz_audio_round_trip(payloads: list[bytes], step: int) -> None:
     stream = asp.encode_uuid(CALL) + b"".join(asp.encode_audio(p) for p in payloads)
     assert decode_all(stream, step) == [asp.CallUUID(CALL)] + [asp.Audio(0x10, p) for p in payloads]
+
+
+def _fast_then_slow(dec: asp.Decoder, chunks: list[bytes]) -> list[object]:
+    """What the server does: the whole-frame fast path, else feed + next_event."""
+    out: list[object] = []
+    for chunk in chunks:
+        pcm = dec.whole_slin_frame(chunk)
+        if pcm is not None:
+            out.append(asp.Audio(asp.Kind.SLIN, pcm))
+            continue
+        dec.feed(chunk)
+        while (ev := dec.next_event()) is not None:
+            out.append(ev)
+    return out
+
+
+def test_whole_slin_frame_only_for_one_whole_slin_frame() -> None:
+    u = uuid.uuid4()
+    dec = asp.Decoder()
+    frame = asp.encode_audio(b"\x01\x02" * 160)
+    assert dec.whole_slin_frame(frame) is None  # before the UUID
+    dec.feed(asp.encode_uuid(u))
+    assert isinstance(dec.next_event(), asp.CallUUID)
+    assert dec.whole_slin_frame(frame) == b"\x01\x02" * 160
+    assert dec.whole_slin_frame(frame + frame) is None  # two frames: the slow path
+    assert dec.whole_slin_frame(frame[:100]) is None  # partial
+    assert dec.whole_slin_frame(asp.encode_audio(bytes(640), asp.Kind.SLIN16)) is None
+    assert dec.whole_slin_frame(b"\x10\x00\x00") is None  # zero-length: the decoder's error
+    assert dec.whole_slin_frame(asp.encode_dtmf("5")) is None
+    dec.feed(frame[:1])  # something buffered: order demands the slow path
+    assert dec.whole_slin_frame(frame) is None
+    small = asp.Decoder(max_payload=100, require_uuid_first=False)
+    assert small.whole_slin_frame(frame) is None  # over the limit: the decoder's error
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=12),
+       st.lists(st.integers(min_value=1, max_value=400), max_size=30))
+def test_fast_path_and_decoder_give_the_same_events(sizes: list[int], cuts: list[int]) -> None:
+    stream = asp.encode_uuid(uuid.uuid4())
+    stream += b"".join(asp.encode_audio(bytes([i % 256]) * n) for i, n in enumerate(sizes))
+    stream += asp.encode_dtmf("7")
+    chunks, pos = [], 0
+    for c in cuts:
+        if pos >= len(stream):
+            break
+        chunks.append(stream[pos:pos + c])
+        pos += c
+    chunks.append(stream[pos:])
+    # Also whole frames, as Asterisk writes them: the fast path then takes them.
+    whole = [stream[:19]] + [asp.encode_audio(bytes([i % 256]) * n)
+                             for i, n in enumerate(sizes)] + [asp.encode_dtmf("7")]
+    reference = asp.Decoder()
+    reference.feed(stream)
+    expected = reference.events()
+    assert _fast_then_slow(asp.Decoder(), [c for c in chunks if c]) == expected
+    assert _fast_then_slow(asp.Decoder(), whole) == expected

@@ -9,8 +9,9 @@ What it does, per call (``OpenAISession``):
   24 kHz through :class:`~audiosocket_gw.dsp.resample.StreamResampler` in both
   directions, filter state carried across chunks). Every message is built and parsed by
   :mod:`audiosocket_gw.realtime.protocol`; no JSON is written by hand here.
-* Caller audio is batched into ``input_audio_buffer.append`` of ``append_ms`` (40 ms)
-  and queued on a bounded send path: ``on_audio`` never blocks or awaits; when the
+* Caller audio is batched into ``input_audio_buffer.append`` of ``append_ms`` (40 ms),
+  written at once when nothing is queued (:func:`~audiosocket_gw.wssend.send_now`), else
+  queued on a bounded send path: ``on_audio`` never blocks or awaits; when the
   socket cannot keep up the oldest queued append is dropped and counted. Control
   messages (truncate, cancel, context replay) jump queued audio.
 * Bot audio deltas go to ``control.play(pcm, item_id)``; ``response.output_audio.done``
@@ -93,6 +94,7 @@ from ..dsp.resample import StreamResampler
 from ..dump import CallDump
 from ..realtime import protocol as rt
 from ..tenants import Agent, ToolSpec, TransferDestination
+from ..wssend import send_now
 from .base import Backend, BackendSession, CallControl, CallInfo, CallLog
 from .openai_policy import (
     ContextHistory,
@@ -319,7 +321,8 @@ class OpenAISession(BackendSession):
         self._runner = loop.create_task(self._run(), name=f"{self.info.call_id}:openai")
 
     def on_audio(self, pcm: bytes) -> None:
-        if self._ws is None:
+        ws = self._ws
+        if ws is None:
             self.stats["audio_dropped_disconnected"] += 1
             return
         buf = self._pending_in
@@ -331,12 +334,15 @@ class OpenAISession(BackendSession):
         wire = self._encode(chunk)
         if not wire:
             return
+        message = rt.input_audio_append(wire)
         q = self._audio_q
+        if not q and not self._control_q and send_now(ws, message):
+            return  # nothing waits for the writer task: sent now, no task switch
         if len(q) >= self._audio_q_max:
             q.popleft()
             self.stats["appends_dropped"] += 1
             self.counters["appends_dropped"] += 1
-        q.append(rt.input_audio_append(wire))
+        q.append(message)
         self._wake.set()
 
     def on_barge_in(self) -> None:

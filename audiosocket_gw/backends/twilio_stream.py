@@ -103,6 +103,7 @@ from ..twilio.twiml_exec import (
 from ..twilio.urlpolicy import PolicyResolver, UrlRefused, check_ws_url
 from ..twilio.urls import recording_media_url
 from ..twilio.webhook import WebhookError, announcement_pcm, voice_params
+from ..wssend import send_now
 from .base import (
     Backend,
     BackendError,
@@ -770,9 +771,15 @@ class TwilioStreamSession(BackendSession):
 
     def _enqueue(self, text: str) -> None:
         if self._room():
-            self._queue.put_nowait(text)
+            self._put(text)
         else:
             self.media_dropped += 1
+
+    def _put(self, text: str) -> None:
+        """Send now when nothing waits in the queue (no task switch), else queue it."""
+        queue, ws = self._queue, self.ws
+        if ws is None or not queue.empty() or not send_now(ws, text):
+            queue.put_nowait(text)
 
     def _send_chunk(self, chunk: bytes) -> None:
         enc = self.encoder
@@ -781,7 +788,7 @@ class TwilioStreamSession(BackendSession):
             self.media_dropped += 1
             self.backend.metrics.media_dropped.inc()
             return
-        self._queue.put_nowait(enc.media(chunk))
+        self._put(enc.media(chunk))
 
     def on_audio(self, pcm: bytes) -> None:
         runner = self.runner

@@ -51,8 +51,16 @@ def frame_levels(frames: Sequence[bytes]) -> npt.NDArray[np.float64]:
 
     numpy's fixed cost per call (microseconds) dwarfs the work on 160 samples, so the
     gateway measures every call's caller audio of one pacer tick together: one join,
-    one conversion, one ``reduceat``. Empty frames give 0.0.
+    one conversion, one ``reduceat``. Empty frames give 0.0. When every frame has the
+    same even length (the usual tick: 20 ms frames from every call) it is one 2-D sum,
+    three times faster still (the sums are exact integers either way).
     """
+    n = len(frames)
+    size = len(frames[0]) if n else 0
+    if size and not size & 1 and all(len(f) == size for f in frames):
+        x = np.frombuffer(b"".join(frames), dtype="<i2").reshape(n, size // 2)
+        sums: npt.NDArray[np.int64] = np.abs(x.astype(np.int32)).sum(axis=1, dtype=np.int64)
+        return sums / (size // 2)
     counts = np.fromiter((len(f) // 2 for f in frames), dtype=np.int64, count=len(frames))
     total = int(counts.sum())
     if total == 0:
@@ -62,10 +70,10 @@ def frame_levels(frames: Sequence[bytes]) -> npt.NDArray[np.float64]:
     starts = np.zeros(len(frames), dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     nonempty = counts > 0
-    sums = np.zeros(len(frames))
+    totals = np.zeros(len(frames))
     # reduceat needs strictly valid start indices: only for the non-empty frames.
-    sums[nonempty] = np.add.reduceat(x, starts[nonempty])
-    return np.divide(sums, counts, out=np.zeros(len(frames)), where=nonempty)
+    totals[nonempty] = np.add.reduceat(x, starts[nonempty])
+    return np.divide(totals, counts, out=np.zeros(len(frames)), where=nonempty)
 
 
 @dataclass(frozen=True)

@@ -189,11 +189,16 @@ def session_update(cfg: SessionConfig) -> str:
 # --------------------------------------------------------------------- client events
 
 
+_APPEND_HEAD = '{"type":"input_audio_buffer.append","audio":"'
+
+
 def input_audio_append(audio: bytes) -> str:
-    """``input_audio_buffer.append`` carrying ``audio`` (already in the input format)."""
-    return _dump(
-        {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")}
-    )
+    """``input_audio_buffer.append`` carrying ``audio`` (already in the input format).
+
+    Built on the audio path 25 times a second per call: the same text as ``_dump`` of
+    the dict (tested), without the encoder's per-call cost.
+    """
+    return f'{_APPEND_HEAD}{binascii.b2a_base64(audio, newline=False).decode("ascii")}"}}'
 
 
 def input_audio_commit() -> str:

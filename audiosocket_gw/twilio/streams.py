@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from binascii import b2a_base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -119,6 +120,10 @@ def _dumps(obj: Mapping[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+def _dumps_value(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
 class TwilioStreamEncoder:
     """Builds the JSON text frames Twilio sends to a Media Streams app, for one stream.
 
@@ -153,6 +158,9 @@ class TwilioStreamEncoder:
         self._sequence = 0
         self._chunk = 0
         self._samples = 0
+        # ``media`` is built 50 times a second per call: its constant tail is encoded
+        # once (the same bytes ``_dumps`` gives the whole dict; tested).
+        self._media_tail = '"},"streamSid":' + _dumps_value(stream_sid) + "}"
 
     # -- state ---------------------------------------------------------------------------
 
@@ -238,21 +246,15 @@ class TwilioStreamEncoder:
         if not ulaw:
             raise ValueError("media payload must not be empty")
         self._chunk += 1
+        self._sequence += 1
         timestamp = self._samples // SAMPLES_PER_MS
         self._samples += len(ulaw)
-        return _dumps(
-            {
-                "event": "media",
-                "sequenceNumber": self._next_sequence(),
-                "media": {
-                    "track": "inbound",
-                    "chunk": str(self._chunk),
-                    "timestamp": str(timestamp),
-                    "payload": base64.b64encode(ulaw).decode("ascii"),
-                },
-                "streamSid": self.stream_sid,
-            }
-        )
+        # == _dumps({"event": "media", "sequenceNumber": ..., "media": {"track":
+        # "inbound", "chunk", "timestamp", "payload"}, "streamSid": ...}), built faster.
+        return (f'{{"event":"media","sequenceNumber":"{self._sequence}","media":'
+                f'{{"track":"inbound","chunk":"{self._chunk}","timestamp":"{timestamp}",'
+                f'"payload":"{b2a_base64(ulaw, newline=False).decode("ascii")}'
+                f"{self._media_tail}")
 
     def dtmf(self, digit: str) -> str:
         """Return a ``dtmf`` event for one ``digit`` (``0-9``, ``*``, ``#``, ``A-D``)."""

@@ -206,3 +206,23 @@ def test_reset() -> None:
     _run(vad, [LOUD] * 3)
     vad.reset()
     assert vad.process(LOUD) is None  # the onset count was cleared too
+
+
+def test_frame_levels_equals_frame_level_per_frame() -> None:
+    """The batched levels (both the equal-size 2-D path and the mixed-size path) are
+    exactly the one-frame levels."""
+    from audiosocket_gw.dsp.vad import frame_level, frame_levels
+
+    rng = np.random.default_rng(7)
+
+    def frames(sizes: list[int]) -> list[bytes]:
+        return [rng.integers(-32768, 32768, n // 2, dtype=np.int16).tobytes()
+                + (b"\x7f" if n & 1 else b"") for n in sizes]
+
+    for batch in (frames([320] * 400), frames([480] * 7), frames([320, 480, 0, 321, 2]),
+                  frames([2] * 3), frames([320] * 399 + [322]), [b""], []):
+        got = frame_levels(batch)
+        assert got.tolist() == [frame_level(f) for f in batch]
+    # loudest possible frames: the sums stay exact
+    loud = [bytes.fromhex("0080") * 240] * 5
+    assert frame_levels(loud).tolist() == [32768.0] * 5

@@ -132,6 +132,14 @@ def test_input_audio_append_is_base64() -> None:
     assert base64.b64decode(event["audio"]) == audio
 
 
+@given(st.binary(max_size=2000))
+def test_input_audio_append_template_matches_the_dict_dump(audio: bytes) -> None:
+    expected = json.dumps({"type": "input_audio_buffer.append",
+                           "audio": base64.b64encode(audio).decode()},
+                          separators=(",", ":"), ensure_ascii=False)
+    assert p.input_audio_append(audio) == expected
+
+
 def test_simple_client_events() -> None:
     assert json.loads(p.input_audio_commit()) == {"type": "input_audio_buffer.commit"}
     assert json.loads(p.input_audio_clear()) == {"type": "input_audio_buffer.clear"}

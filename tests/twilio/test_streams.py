@@ -338,3 +338,23 @@ def test_encoder_media_parses_back_as_app_media():
     # The app-side shape is a subset of Twilio's media event: our own frames parse.
     enc = started()
     assert parse_app_message(enc.media(b"\x01\x02\x03")) == AppMedia(b"\x01\x02\x03", MZ)
+
+
+@given(st.text(max_size=40), st.lists(st.binary(min_size=1, max_size=400), max_size=4))
+def test_media_template_is_byte_identical_to_the_dict_dump(sid, payloads):
+    """``media`` is built from a template (hot path): the same text ``json.dumps`` of the
+    dict gives, whatever the streamSid holds (quotes, backslashes, non-ASCII)."""
+    enc = TwilioStreamEncoder(stream_sid=sid, call_sid=CA, account_sid=AC)
+    enc.connected()
+    enc.start()
+    samples = 0
+    for n, payload in enumerate(payloads, start=1):
+        expected = json.dumps({
+            "event": "media", "sequenceNumber": str(n + 1),
+            "media": {"track": "inbound", "chunk": str(n), "timestamp": str(samples // 8),
+                      "payload": base64.b64encode(payload).decode()},
+            "streamSid": sid,
+        }, separators=(",", ":"), ensure_ascii=False)
+        assert enc.media(payload) == expected
+        samples += len(payload)
+    assert enc.sequence_number == len(payloads) + 1
