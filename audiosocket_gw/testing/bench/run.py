@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,10 @@ async def run_bench(levels: list[int], seconds: float, out: str, *,
                         try:
                             r = await run_steady(backend, n, seconds, chunk_ms=chunk_ms,
                                                  lead_ms=lead_ms, bounds=bounds)
-                        except (OSError, RuntimeError, TimeoutError) as exc:
-                            r = {"backend": backend, "calls": n, "error": repr(exc)[:300]}
+                        except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
+                            where = traceback.extract_tb(exc.__traceback__)[-1]
+                            r = {"backend": backend, "calls": n, "error": f"{exc!r} at "
+                                 f"{Path(where.filename).name}:{where.lineno}"[:300]}
                         rows.append(r)
                         print("  " + _brief(r), flush=True)
                         reporter.advance()

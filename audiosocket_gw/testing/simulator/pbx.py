@@ -57,6 +57,8 @@ class CallPlan:
     """What one simulated caller does."""
 
     seconds: float
+    """How long the caller stays; may be changed while the call runs (shortened, the
+    caller hangs up at its next tick)."""
     audio: npt.NDArray[np.int16] | None = None  # None: a silent caller (sends no frames)
     call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     index: int = 0

@@ -97,10 +97,10 @@ def test_aggregate_and_table_show_median_spread_and_peer_limited_levels() -> Non
 def test_estimate_covers_every_run() -> None:
     one = estimate_seconds(["echo"], [100], 1, 30.0)
     assert 30.0 + SETTLE_S < one < 60.0
-    full = estimate_seconds(["echo", "openai", "twilio-stream"], [100, 200, 400], 3, 30.0)
-    assert full == pytest.approx(9 * (estimate_seconds(["echo"], [100], 1, 30.0)
-                                      + estimate_seconds(["echo"], [200], 1, 30.0)
-                                      + estimate_seconds(["echo"], [400], 1, 30.0)))
+    backends, levels = ["echo", "openai", "twilio-stream"], [100, 200, 400]
+    full = estimate_seconds(backends, levels, 3, 30.0)
+    assert full == pytest.approx(3 * sum(estimate_seconds([b], [n], 1, 30.0)
+                                         for b in backends for n in levels))
     assert full < 30 * 60  # `make bench` stays within about half an hour
 
 
