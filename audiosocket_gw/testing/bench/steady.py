@@ -45,9 +45,9 @@ Figures per run (all over the window unless said otherwise):
   ``/proc/stat`` (other processes included: on a shared machine they count too).
 
 A run is **peer-limited** (:func:`classify`) when the peers' core was busier than
-``PeerBounds.core_busy_pct`` or a peer's or the simulator's lateness exceeded the
-bounds: its figures then describe the tools as much as the gateway, and the tables say
-so instead of presenting them as the gateway's.
+``PeerBounds.core_busy_pct`` or the simulator's lateness (or, with wider bounds, the
+bot's or app's) exceeded the bounds: its figures then describe the tools as much as the
+gateway, and the tables say so instead of presenting them as the gateway's.
 """
 
 from __future__ import annotations
@@ -104,9 +104,15 @@ class PeerBounds:
     core_busy_pct: float = 85.0
     """The peers' core(s), busy percent over the window (every process on them)."""
     late_p99_ms: float = 4.0
-    """A peer's or the simulator's own lateness, p99."""
+    """The simulator's own lateness (send loop, event loop), p99: it time-stamps what
+    the callers hear and sends what the gateway gets, so it must be near on time."""
     late_max_ms: float = 40.0
     """... and its maximum (a stall this long is a gap the gateway did not cause)."""
+    peer_late_p99_ms: float = 50.0
+    """The bot's or app's event loop, p99: it runs ``lead_ms`` (300 ms) ahead of the
+    caller, so it may be late by much more than the simulator before anyone hears it."""
+    peer_late_max_ms: float = 150.0
+    """... and its maximum (half the lead)."""
 
 
 def machine() -> dict[str, Any]:
@@ -131,18 +137,23 @@ def classify(core_busy_pct: float | None, lateness: dict[str, dict[str, Any]],
     """Why a run is peer-limited (empty: the peers were not the bottleneck).
 
     ``core_busy_pct``: the peers' core(s) over the window; ``lateness``: per tool
-    (``"simulator send"``, ``"bot"`` ...) its ``p99_ms`` and ``max_ms`` (None: unknown).
+    (``"simulator send"``, ``"simulator loop"``, ``"bot"``, ``"app"``) its ``p99_ms`` and
+    ``max_ms`` (None: unknown); names starting with ``simulator`` get the simulator's
+    bounds, the others the peers'.
     """
     reasons = []
     if core_busy_pct is not None and core_busy_pct > bounds.core_busy_pct:
         reasons.append(f"peers' core {core_busy_pct:.0f} % busy "
                        f"(> {bounds.core_busy_pct:.0f} %)")
     for name, late in lateness.items():
+        sim = name.startswith("simulator")
+        b99 = bounds.late_p99_ms if sim else bounds.peer_late_p99_ms
+        bmax = bounds.late_max_ms if sim else bounds.peer_late_max_ms
         p99, mx = late.get("p99_ms"), late.get("max_ms")
-        if p99 is not None and p99 > bounds.late_p99_ms:
-            reasons.append(f"{name} late p99 {p99:.1f} ms (> {bounds.late_p99_ms:g} ms)")
-        if mx is not None and mx > bounds.late_max_ms:
-            reasons.append(f"{name} late max {mx:.1f} ms (> {bounds.late_max_ms:g} ms)")
+        if p99 is not None and p99 > b99:
+            reasons.append(f"{name} late p99 {p99:.1f} ms (> {b99:g} ms)")
+        if mx is not None and mx > bmax:
+            reasons.append(f"{name} late max {mx:.1f} ms (> {bmax:g} ms)")
     return reasons
 
 

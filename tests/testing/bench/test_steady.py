@@ -27,20 +27,24 @@ from audiosocket_gw.testing.bench.steady import (
 
 
 def test_classify_flags_a_busy_peer_core_and_late_tools() -> None:
-    bounds = PeerBounds(core_busy_pct=85.0, late_p99_ms=4.0, late_max_ms=40.0)
-    calm = {"simulator send": {"p99_ms": 1.0, "max_ms": 9.0}, "bot": {"p99_ms": 0.5,
-                                                                      "max_ms": 3.0}}
+    bounds = PeerBounds(core_busy_pct=85.0, late_p99_ms=4.0, late_max_ms=40.0,
+                        peer_late_p99_ms=50.0, peer_late_max_ms=150.0)
+    calm = {"simulator send": {"p99_ms": 1.0, "max_ms": 9.0},
+            "bot": {"p99_ms": 20.0, "max_ms": 100.0}}  # the bot runs 300 ms ahead
     assert classify(60.0, calm, bounds) == []
     assert classify(None, calm, bounds) == []  # unknown core load alone flags nothing
     busy = classify(92.0, calm, bounds)
     assert len(busy) == 1 and "92 % busy" in busy[0]
     late = classify(50.0, {"simulator loop": {"p99_ms": 6.5, "max_ms": 12.0},
-                           "app": {"p99_ms": 1.0, "max_ms": 55.0},
+                           "app": {"p99_ms": 1.0, "max_ms": 155.0},
                            "bot": {"p99_ms": None, "max_ms": None}}, bounds)
     assert late == ["simulator loop late p99 6.5 ms (> 4 ms)",
-                    "app late max 55.0 ms (> 40 ms)"]
+                    "app late max 155.0 ms (> 150 ms)"]
+    assert classify(50.0, {"simulator send": {"p99_ms": 1.0, "max_ms": 41.0}}, bounds) \
+        == ["simulator send late max 41.0 ms (> 40 ms)"]
     # At the bound is not over it.
-    assert classify(85.0, {"x": {"p99_ms": 4.0, "max_ms": 40.0}}, bounds) == []
+    assert classify(85.0, {"simulator send": {"p99_ms": 4.0, "max_ms": 40.0},
+                           "app": {"p99_ms": 50.0, "max_ms": 150.0}}, bounds) == []
 
 
 def test_window_jitter_counts_only_intervals_inside_the_window() -> None:
