@@ -44,7 +44,9 @@ Figures per run (all over the window unless said otherwise):
   loop (p50/p99/max ms); ``cores``: each core's total busy percent from
   ``/proc/stat`` (other processes included: on a shared machine they count too).
 
-A run is **peer-limited** (:func:`classify`) when the peers' core was busier than
+A run is **contended** when other processes took more than
+``PeerBounds.gateway_core_others_pct`` of the gateway's core (a shared machine), and
+**peer-limited** (:func:`classify`) when the peers' core was busier than
 ``PeerBounds.core_busy_pct`` or the simulator's lateness (or, with wider bounds, the
 bot's or app's) exceeded the bounds: its figures then describe the tools as much as the
 gateway, and the tables say so instead of presenting them as the gateway's.
@@ -113,6 +115,9 @@ class PeerBounds:
     caller, so it may be late by much more than the simulator before anyone hears it."""
     peer_late_max_ms: float = 150.0
     """... and its maximum (half the lead)."""
+    gateway_core_others_pct: float = 10.0
+    """Other processes' share of the gateway's core: above it the run is ``contended``
+    (a shared machine took the gateway's time; not a figure of the gateway either)."""
 
 
 def machine() -> dict[str, Any]:
@@ -427,6 +432,7 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
     busiest = max(v for v in (core_busy, round(own, 1)) if v is not None)
     reasons = classify(busiest, checks, bounds)
     gw_pct = 100 * (cpu1 - cpu0) / span
+    others = None if gw_core_busy is None else round(max(0.0, gw_core_busy - gw_pct), 1)
     through = jit["calls_through"]
     row = {
         "backend": backend,
@@ -463,10 +469,10 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
         "peer_cores_busy_percent": core_busy,
         "peer_processes_percent_of_their_cores": round(own, 1),
         "gateway_core_busy_percent": gw_core_busy,
-        "gateway_core_others_percent": None if gw_core_busy is None
-        else round(max(0.0, gw_core_busy - gw_pct), 1),
+        "gateway_core_others_percent": others,
         "peer_limited": bool(reasons),
         "peer_limited_reasons": reasons,
+        "contended": others is not None and others > bounds.gateway_core_others_pct,
         "gateway_pinned_to_cpu": gw_cpu,
         "peer_cpus": peer_cpus,
         "peer_chunk_ms": chunk_ms if backend != "echo" else None,
@@ -507,6 +513,7 @@ def aggregate(backend: str, calls: int, runs: list[dict[str, Any]]) -> dict[str,
         "real_time_runs": sum(1 for r in good if r["real_time"]),
         "peer_limited_runs": sum(1 for r in good if r["peer_limited"]),
         "peer_limited": any(r["peer_limited"] for r in good),
+        "contended_runs": sum(1 for r in good if r.get("contended")),
         "summary": summary,
     }
 
@@ -543,12 +550,15 @@ def steady_table(doc: dict[str, Any]) -> str:
     for lv in doc.get("steady", []):
         s = lv.get("summary", {})
         n = lv.get("runs_ok", 0)
+        verdicts = []
         if lv.get("peer_limited"):
             why = sorted({x for r in lv["runs"] for x in r.get("peer_limited_reasons", [])})
-            verdict = (f"**peer-limited** ({lv['peer_limited_runs']}/{n} runs: "
-                       f"{'; '.join(why[:2])})")
-        else:
-            verdict = "gateway"
+            verdicts.append(f"**peer-limited** ({lv['peer_limited_runs']}/{n} runs: "
+                            f"{'; '.join(why[:2])})")
+        if lv.get("contended_runs"):
+            verdicts.append(f"**gateway core shared** ({lv['contended_runs']}/{n} runs: "
+                            f"other processes {_cell(s, 'gateway_core_others_percent', 0)} %)")
+        verdict = "; ".join(verdicts) or "gateway"
         lines.append(
             f"| {lv['backend']} | {lv['calls']} | {_cell(s, 'cpu_ms_per_call_s')} "
             f"| {_cell(s, 'calls_per_core', 0)} | {_cell(s, 'setup_cpu_ms_per_call')} "

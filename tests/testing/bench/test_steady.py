@@ -71,7 +71,8 @@ def _run(cpu: float, jitter99: float, limited: bool) -> dict[str, Any]:
             "setup_cpu_ms_per_call": 5.0, "jitter_p50_ms": 0.1, "jitter_p99_ms": jitter99,
             "gaps_over_40ms": 0, "max_gap_ms": 21.0, "underruns": 0, "missed_ticks": 0,
             "rss_per_call_kib": 30.0, "peer_cores_busy_percent": 95.0 if limited else 40.0,
-            "real_time": not limited, "peer_limited": limited,
+            "real_time": not limited, "peer_limited": limited, "contended": False,
+            "gateway_core_others_percent": 2.0,
             "peer_limited_reasons": ["peers' core 95 % busy (> 85 %)"] if limited else [],
             "peers": {"simulator": {"send_late_p99_ms": 1.0, "loop_late_p99_ms": 2.0}}}
 
@@ -84,18 +85,20 @@ def test_aggregate_and_table_show_median_spread_and_peer_limited_levels() -> Non
     twilio = aggregate("twilio-stream", 400, [_run(4.0, 9.0, True), _run(4.2, 8.0, False),
                                               {"backend": "twilio-stream", "calls": 400,
                                                "error": "RuntimeError('x')"}])
+    busy = aggregate("openai", 100, [{**_run(5.0, 1.0, False), "contended": True,
+                                      "gateway_core_others_percent": 60.0}])
     assert twilio["runs_ok"] == 2 and twilio["peer_limited_runs"] == 1
     doc = {"machine": {"cpu": "Test CPU", "cores": 2, "python": "3.11", "platform": "Linux",
                        "gateway_cpu": 0, "peer_cpus": [1]},
            "date": "2026-12-04", "config": {"seconds": 30, "runs": 3},
-           "steady": [echo, twilio]}
+           "steady": [echo, twilio, busy]}
     table = steady_table(doc).splitlines()
     assert table[0].startswith("Machine: Test CPU, 2 cores") and "3 runs" in table[0]
-    rows = [line for line in table if line.startswith("| echo") or
-            line.startswith("| twilio")]
+    rows = [line for line in table if line.startswith(("| echo", "| twilio", "| openai"))]
     assert rows[0].startswith("| echo | 200 | 2.40 (2.00-2.60) | 417 (385-500) |")
     assert rows[0].endswith("| 3/3 | 40 | gateway |")
     assert "**peer-limited** (1/2 runs: peers' core 95 % busy (> 85 %))" in rows[1]
+    assert rows[2].endswith("| **gateway core shared** (1/1 runs: other processes 60 %) |")
 
 
 def test_estimate_covers_every_run() -> None:
