@@ -58,6 +58,7 @@ gateway, and the tables say so instead of presenting them as the gateway's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import statistics
@@ -347,29 +348,35 @@ async def _measure(backend: str, calls: int, seconds: float, ramp: float,
         transit_offset_ms=ECHO_DELAY_MS if backend == "echo" else 0.0,
         on_progress=progress, lateness=lateness, connect_timeout=10.0))
     try:
-        await asyncio.wait_for(all_up.wait(), ramp + RAMP_GRACE_S)
-    except TimeoutError:
-        up_at.append(time.monotonic())  # some never connected: the report says so
-    await asyncio.sleep(SETTLE_S)
-    m0 = await _metrics(gw)
-    for p in peers.values():
-        await p.ask("lateness")  # starts the peers' lateness window
-    pids = {name: p.pid for name, p in peers.items()}
-    cores0 = _core_times()
-    sim0 = time.process_time()
-    peer0 = {k: cpu_seconds(pid) or 0.0 for k, pid in pids.items()}
-    cpu0, t0 = cpu_seconds(gw.pid) or 0.0, time.monotonic()
-    await asyncio.sleep(seconds / 2)
-    rss_load = rss_kib(gw.pid)
-    await asyncio.sleep(seconds / 2)
-    cpu1, t1 = cpu_seconds(gw.pid) or 0.0, time.monotonic()
-    peer1 = {k: cpu_seconds(pid) or 0.0 for k, pid in pids.items()}
-    sim1 = time.process_time()
-    cores1 = _core_times()
-    peer_late = {name: await p.ask("lateness") for name, p in peers.items()}
-    m1 = await _metrics(gw)
-    for plan in plans:
-        plan.seconds = 0.0  # every caller hangs up at its next tick
+        try:
+            await asyncio.wait_for(all_up.wait(), ramp + RAMP_GRACE_S)
+        except TimeoutError:
+            up_at.append(time.monotonic())  # some never connected: the report says so
+        await asyncio.sleep(SETTLE_S)
+        m0 = await _metrics(gw)
+        for p in peers.values():
+            await p.ask("lateness")  # starts the peers' lateness window
+        pids = {name: p.pid for name, p in peers.items()}
+        cores0 = _core_times()
+        sim0 = time.process_time()
+        peer0 = {k: cpu_seconds(pid) or 0.0 for k, pid in pids.items()}
+        cpu0, t0 = cpu_seconds(gw.pid) or 0.0, time.monotonic()
+        await asyncio.sleep(seconds / 2)
+        rss_load = rss_kib(gw.pid)
+        await asyncio.sleep(seconds / 2)
+        cpu1, t1 = cpu_seconds(gw.pid) or 0.0, time.monotonic()
+        peer1 = {k: cpu_seconds(pid) or 0.0 for k, pid in pids.items()}
+        sim1 = time.process_time()
+        cores1 = _core_times()
+        peer_late = {name: await p.ask("lateness") for name, p in peers.items()}
+        m1 = await _metrics(gw)
+        for plan in plans:
+            plan.seconds = 0.0  # every caller hangs up at its next tick
+    except BaseException:
+        sim.cancel()  # the gateway's exit closes the calls
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sim
+        raise
     report: SimulationReport = await sim
     return _figures(backend, calls, seconds, report, lateness, t_start, cpu_start, t0, t1,
                     cpu0, cpu1, sim0, sim1, peer0, peer1, peer_late, cores0, cores1, m0, m1,
