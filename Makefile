@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/mypy audiosocket_gw
 
 ## bench: each backend (echo, openai, twilio-stream) at 100, 200 and 400 calls, 30 s of
-## steady state, 3 runs, gateway pinned to core 0 (~23 min; the estimate is printed at
+## steady state, 3 runs, gateway pinned to core 0 (~24 min; the estimate is printed at
 ## start), barge-in and mark echoes; then echo against `serve --workers 1` and
 ## `--workers 2` on PostgreSQL (~2 min; skipped with a message when PostgreSQL is
 ## unreachable). Quick: ARGS="--backends echo --calls 100 --seconds 10 --runs 1".

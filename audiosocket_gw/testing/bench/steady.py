@@ -98,7 +98,7 @@ RAMP_GRACE_S: Final = 30.0
 WS_RAMP_PER_S: Final = 40.0
 FRAME_MS: Final = 20.0
 GAP_MS: Final = 40.0
-START_COST_S: Final = 6.0
+START_COST_S: Final = 8.0
 """Per run, besides ramp, settle, window and tail: gateway and peer start and stop, the
 analysis (for the run-time estimate printed at start)."""
 
