@@ -86,6 +86,9 @@ GREETING_MARK: Final = f"{GREETING_ITEM}-end"
 """Name of the mark the fake app sends after its greeting audio (``{item}-end``)."""
 
 _RATE: Final = 8000
+_MEDIA_PREFIXES: Final = ('{"event": "media"', '{"event":"media"')
+"""How the gateway's ``media`` events start (``record=False``, neither echoing nor
+listening: counted without parsing)."""
 _HANGUP_TASK: Final = "fakeapp-hangup"
 
 
@@ -602,8 +605,12 @@ class FakeTwilioApp:
         self._live[ws] = session
         self._notify()
         tasks: set[asyncio.Task[None]] = set()
+        lean = not self.record and not self.echo and not self.listens
         try:
             async for frame in ws:
+                if lean and isinstance(frame, str) and frame.startswith(_MEDIA_PREFIXES):
+                    session.received += 1  # a media event: nothing to do with it here
+                    continue
                 await self._on_frame(ws, session, frame, tasks)
                 self._notify()
         except ConnectionClosed:
