@@ -37,9 +37,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check audiosocket_gw tests
 	$(BIN)/mypy audiosocket_gw
 
-## bench: concurrent simulated calls against a separate gateway process, then the same
-## echo levels against `serve --workers 1` and `--workers 2` on PostgreSQL (skipped with a
-## message when PostgreSQL is unreachable; WORKERS_ARGS="--calls 100 200 400")
+## bench: each backend (echo, openai, twilio-stream) at 100, 200 and 400 calls, 30 s of
+## steady state, 3 runs, gateway pinned to core 0 (~24 min; the estimate is printed at
+## start), barge-in and mark echoes; then echo against `serve --workers 1` and
+## `--workers 2` on PostgreSQL (~2 min; skipped with a message when PostgreSQL is
+## unreachable). Quick: ARGS="--backends echo --calls 100 --seconds 10 --runs 1".
+## README's table: audiosocket-gw bench --table bench/results.json
+WORKERS_ARGS ?= --calls 100 200 400 --seconds 10
 bench: $(STAMP)
 	$(BIN)/audiosocket-gw bench --out bench/results.json $(ARGS)
 	$(BIN)/audiosocket-gw bench --workers 1 2 --out bench/results.json $(WORKERS_ARGS)

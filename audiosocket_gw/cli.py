@@ -100,10 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start a gateway, place simulated calls, print a report")
     d.add_argument("--calls", type=int, default=3)
     d.add_argument("--seconds", type=float, default=9.0)
-    b = sub.add_parser("bench", help="benchmark the gateway with simulated calls")
-    b.add_argument("--calls", type=int, nargs="+", default=[50, 100, 200],
-                   help="concurrency levels to run")
-    b.add_argument("--seconds", type=float, default=15.0)
+    b = sub.add_parser("bench", help="benchmark the gateway with simulated calls",
+                       description="Each backend's steady state on one pinned core (echo, "
+                                   "openai against the local bot, twilio-stream against the "
+                                   "fake app, peers in processes of their own), then "
+                                   "barge-in and mark echoes; or --workers; or --table.")
+    b.add_argument("--calls", type=int, nargs="+", default=[100, 200, 400],
+                   help="concurrency levels to run (default 100 200 400)")
+    b.add_argument("--seconds", type=float, default=30.0,
+                   help="steady-state window per run, after every call is up (default 30)")
+    b.add_argument("--runs", type=int, default=3, help="runs per level (default 3)")
+    b.add_argument("--backends", nargs="+", choices=["echo", "openai", "twilio-stream"],
+                   default=None, help="backends to run (default all three)")
+    b.add_argument("--no-extras", action="store_true",
+                   help="skip the barge-in and mark-echo measurements")
+    b.add_argument("--table", metavar="JSON",
+                   help="instead: print the README's performance table from this file")
     b.add_argument("--out", default="bench/results.json", help="JSON file for the figures")
     b.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
                    help="instead: run `serve --workers N` for each N on a PostgreSQL database "
@@ -255,9 +267,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(run_workers_bench(workers=args.workers, levels=args.calls,
                                                  seconds=args.seconds, out=args.out))
-        from .testing.bench.run import run_bench
+        from .testing.bench.run import print_table, run_bench
 
-        return asyncio.run(run_bench(levels=args.calls, seconds=args.seconds, out=args.out))
+        if args.table:
+            return print_table(args.table)
+        if args.runs < 1 or args.seconds <= 0 or min(args.calls) < 1:
+            print("audiosocket-gw bench: need --runs >= 1, --seconds > 0 and --calls >= 1",
+                  file=sys.stderr)
+            return 2
+        return asyncio.run(run_bench(levels=args.calls, seconds=args.seconds, out=args.out,
+                                     backends=args.backends, runs=args.runs,
+                                     extras=not args.no_extras))
     if args.command == "soak":
         from .testing.bench.soak import main_async
 

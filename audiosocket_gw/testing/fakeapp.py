@@ -44,6 +44,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import heapq
+import itertools
 import json
 import math
 import time
@@ -83,6 +86,9 @@ GREETING_MARK: Final = f"{GREETING_ITEM}-end"
 """Name of the mark the fake app sends after its greeting audio (``{item}-end``)."""
 
 _RATE: Final = 8000
+_MEDIA_PREFIXES: Final = ('{"event": "media"', '{"event":"media"')
+"""How the gateway's ``media`` events start (``record=False``, neither echoing nor
+listening: counted without parsing)."""
 _HANGUP_TASK: Final = "fakeapp-hangup"
 
 
@@ -366,6 +372,10 @@ class AppSession:
     """(arrival, media timestamp) of each detected caller speech start."""
     interruptions: list[Interruption] = field(default_factory=list)
     """Every barge-in (``barge_in``), in order."""
+    received: int = 0
+    """Events received (JSON objects), kept also with ``record=False``."""
+    streamed: int = 0
+    """``media`` messages sent by the ``stream_chunk_ms`` tone."""
     _mark_audio: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
     _played_bytes: dict[str, int] = field(default_factory=dict, repr=False)
     _loud_run: int = field(default=0, repr=False)
@@ -425,7 +435,15 @@ class FakeTwilioApp:
       ones that end it), which runs only with ``barge_in`` or ``reply_ms``;
     * ``hangup_after_ms``: close the socket that long after ``start``;
     * ``extra_on_start``: raw frames (``str``) or messages (dicts, ``streamSid`` added if
-      absent) sent after the greeting, e.g. to test the gateway with odd input.
+      absent) sent after the greeting, e.g. to test the gateway with odd input;
+    * ``stream_chunk_ms``: from ``start`` until the connection closes, stream a tone
+      without end in ``media`` messages of that much audio each, paced at real time after
+      a first ``stream_lead_ms`` sent at once (an app talking for the whole call, as
+      ``make bench`` needs); one task paces every session, the messages bypass
+      :attr:`AppSession.sent`;
+    * ``record=False``: keep counts only (:attr:`AppSession.received`), not the events,
+      the inbound audio or the sent messages, and skip the validator (a cheap peer for
+      long, large benchmarks; memory stays flat).
     """
 
     def __init__(
@@ -446,10 +464,21 @@ class FakeTwilioApp:
         hangup_after_ms: int | None = None,
         extra_on_start: Iterable[str | Mapping[str, Any]] = (),
         path: str = "/stream",
+        stream_chunk_ms: int = 0,
+        stream_lead_ms: int = 0,
+        record: bool = True,
     ) -> None:
         """Configure the behaviour; nothing listens until :meth:`start`."""
         if greeting_chunk_bytes <= 0:
             raise ValueError("greeting_chunk_bytes must be positive")
+        if stream_chunk_ms < 0 or stream_lead_ms < 0:
+            raise ValueError("stream_chunk_ms and stream_lead_ms must not be negative")
+        self.stream_chunk_ms = stream_chunk_ms
+        self.stream_lead_ms = stream_lead_ms
+        self.record = record
+        self._streams: list[tuple[float, int, ServerConnection, AppSession, int]] = []
+        self._stream_seq = itertools.count()
+        self._streamer: asyncio.Task[None] | None = None
         self.greeting_ms = greeting_ms
         self.greeting_chunk_bytes = greeting_chunk_bytes
         self.greeting_freq_hz = greeting_freq_hz
@@ -483,12 +512,19 @@ class FakeTwilioApp:
         self._server = await serve(self._handle, host, port)
         sockname = self._server.sockets[0].getsockname()
         self._host, self._port = host, int(sockname[1])
+        if self.stream_chunk_ms > 0:
+            self._streamer = asyncio.get_running_loop().create_task(self._stream_loop())
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
         if self._server is None:
             return
         server, self._server = self._server, None
+        if self._streamer is not None:
+            self._streamer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._streamer
+            self._streamer = None
         server.close()
         await server.wait_closed()
 
@@ -569,8 +605,12 @@ class FakeTwilioApp:
         self._live[ws] = session
         self._notify()
         tasks: set[asyncio.Task[None]] = set()
+        lean = not self.record and not self.echo and not self.listens
         try:
             async for frame in ws:
+                if lean and isinstance(frame, str) and frame.startswith(_MEDIA_PREFIXES):
+                    session.received += 1  # a media event: nothing to do with it here
+                    continue
                 await self._on_frame(ws, session, frame, tasks)
                 self._notify()
         except ConnectionClosed:
@@ -604,8 +644,10 @@ class FakeTwilioApp:
         if not isinstance(msg, dict):
             session.violations.append(f"received JSON that is not an object: {frame[:80]!r}")
             return
-        session.events.append(ReceivedEvent(arrival, msg))
-        session.violations.extend(session.validator.feed(msg))
+        session.received += 1
+        if self.record:
+            session.events.append(ReceivedEvent(arrival, msg))
+            session.violations.extend(session.validator.feed(msg))
         event = msg.get("event")
         if event == "start":
             self._on_start(ws, session, msg, tasks)
@@ -644,6 +686,9 @@ class FakeTwilioApp:
             session.custom_parameters = {str(k): str(v) for k, v in params.items()}
         if self.greeting_ms > 0 or self.extra_on_start:
             self._spawn(tasks, self._greet(ws, session))
+        if self.stream_chunk_ms > 0:
+            due = time.monotonic() - self.stream_lead_ms / 1000
+            heapq.heappush(self._streams, (due, next(self._stream_seq), ws, session, 0))
         if self.hangup_after_ms is not None:
             hangup = self._hangup_later(ws, session, self.hangup_after_ms)
             self._spawn(tasks, hangup, name=_HANGUP_TASK)
@@ -673,11 +718,17 @@ class FakeTwilioApp:
         payload = body.get("payload")
         if not isinstance(payload, str):
             return
+        if self.echo and not self.record and not self.listens:
+            await self._send(ws, session, {"event": "media", "media": {"payload": payload}})
+            return
+        if not self.record and not self.listens:
+            return
         try:
             audio = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             return
-        session.inbound_audio += audio
+        if self.record:
+            session.inbound_audio += audio
         if self.echo:
             await self._send(ws, session, {"event": "media", "media": {"payload": payload}})
         if self.listens:
@@ -747,8 +798,9 @@ class FakeTwilioApp:
         full.setdefault("streamSid", session.stream_sid)
         if full.get("event") == "mark":
             session.validator.expect_mark(str(full["mark"]["name"]))
-        session.sent.append(full)
-        session.sent_at.append(at)
+        if self.record:
+            session.sent.append(full)
+            session.sent_at.append(at)
         await ws.send(json.dumps(full))
         return at
 
@@ -799,6 +851,41 @@ class FakeTwilioApp:
         except ConnectionClosed:
             pass
         self._notify()
+
+    async def _stream_loop(self) -> None:
+        """Pace every streaming session's tone (``stream_chunk_ms``): one task for all."""
+        chunk_s = self.stream_chunk_ms / 1000
+        step = self.stream_chunk_ms * _RATE // 1000
+        period = tone_ulaw(1000)  # 440 Hz: a whole number of cycles, so it loops cleanly
+        payloads: dict[int, str] = {}
+
+        def payload(offset: int) -> str:
+            if offset not in payloads:
+                data = (period + period)[offset:offset + step]
+                payloads[offset] = base64.b64encode(data).decode("ascii")
+            return payloads[offset]
+
+        heap = self._streams
+        while True:
+            now = time.monotonic()
+            if not heap or heap[0][0] > now:
+                wait = 0.005 if not heap else min(0.005, heap[0][0] - now)
+                await asyncio.sleep(wait)
+                continue
+            due, seq, ws, session, offset = heapq.heappop(heap)
+            if session.closed.is_set():
+                continue
+            try:
+                while due <= now:
+                    sid = json.dumps(session.stream_sid)
+                    await ws.send('{"event":"media","streamSid":' + sid
+                                  + ',"media":{"payload":"' + payload(offset) + '"}}')
+                    session.streamed += 1
+                    offset = (offset + step) % len(period)
+                    due += chunk_s
+            except ConnectionClosed:
+                continue
+            heapq.heappush(heap, (due, seq, ws, session, offset))
 
     async def _hangup_later(self, ws: ServerConnection, session: AppSession, ms: int) -> None:
         await asyncio.sleep(ms / 1000)

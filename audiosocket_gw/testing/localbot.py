@@ -30,7 +30,10 @@ What it does, per WebSocket connection on ``/v1/realtime?model=...``:
   in ``chunk_ms`` ``response.output_audio.delta`` events in the session's output format,
   transcript deltas, then ``.done`` events and ``response.done`` status ``completed``.
   Deltas go out as fast as possible (OpenAI also sends faster than real time) unless
-  ``send_realtime`` is set, in which case they are paced at real time.
+  ``send_realtime`` is set, in which case they are paced at real time (after a first
+  ``realtime_lead_ms`` sent at once). A long ``reply_ms`` so paced is a bot talking for
+  the whole call (``make bench``'s steady state); ``listen=False`` then skips decoding
+  and the VAD of appended audio, to keep the bot cheap.
 * ``response.create`` speaks ``response.instructions`` if given, else ``greeting_text``;
   ``response.cancel`` stops the active response (reason ``client_cancelled``) or answers
   ``response_cancel_not_active``; ``conversation.item.truncate`` fails for an unknown
@@ -324,25 +327,42 @@ def _encode(fmt: str, pcm: bytes) -> bytes:
     return pcm
 
 
-class _Tone:
-    """Speech-like test signal: 300 Hz + 2 harmonics, amplitude-modulated at 4 Hz."""
+_TONE_PERIODS: dict[tuple[int, float], bytes] = {}
 
-    def __init__(self, rate: int, peak: float = 9000.0) -> None:
-        self._rate = rate
-        self._peak = peak
-        self._n = 0
 
-    def next(self, samples: int) -> bytes:
-        """The next ``samples`` samples as slin16 LE, phase-continuous across calls."""
-        t = (self._n + np.arange(samples, dtype=np.float64)) / self._rate
-        self._n += samples
+def _tone_period(rate: int, peak: float) -> bytes:
+    """One second of the tone (it repeats every second: every component is a whole
+    number of hertz), computed once per rate and peak."""
+    key = (rate, peak)
+    if key not in _TONE_PERIODS:
+        t = np.arange(rate, dtype=np.float64) / rate
         carrier = (
             np.sin(2 * math.pi * 300 * t)
             + 0.5 * np.sin(2 * math.pi * 600 * t)
             + 0.25 * np.sin(2 * math.pi * 900 * t)
         ) / 1.75
         envelope = 0.6 + 0.4 * np.sin(2 * math.pi * 4 * t)
-        return np.round(self._peak * carrier * envelope).astype("<i2").tobytes()
+        _TONE_PERIODS[key] = np.round(peak * carrier * envelope).astype("<i2").tobytes()
+    return _TONE_PERIODS[key]
+
+
+class _Tone:
+    """Speech-like test signal: 300 Hz + 2 harmonics, amplitude-modulated at 4 Hz."""
+
+    def __init__(self, rate: int, peak: float = 9000.0) -> None:
+        self._period = _tone_period(rate, peak)
+        self._n = 0  # byte offset into the period
+
+    def next(self, samples: int) -> bytes:
+        """The next ``samples`` samples as slin16 LE, phase-continuous across calls
+        (sliced from the cached one-second period: a long stream costs no maths)."""
+        want = 2 * samples
+        out = bytearray()
+        while len(out) < want:
+            take = min(want - len(out), len(self._period) - self._n)
+            out += self._period[self._n : self._n + take]
+            self._n = (self._n + take) % len(self._period)
+        return bytes(out)
 
 
 class _Stopped(Exception):
@@ -611,6 +631,12 @@ class _Connection:
             return
         fmt = self._settings.input_format
         rate = _rate(fmt)
+        if not self._bot.listen:  # counted, not decoded nor run through the VAD
+            added_ms = len(audio) * 1000 / rate / (2 if fmt == "audio/pcm" else 1)
+            self._appended_ms += added_ms
+            self._buffered_ms += added_ms
+            self._record.audio_in_ms = self._appended_ms
+            return
         pcm = _decode(fmt, audio)
         added_ms = (len(pcm) // 2) * 1000 / rate
         self._appended_ms += added_ms
@@ -1104,8 +1130,8 @@ class _Connection:
         start = loop.time()
         offset_ms = 0
         for index, chunk_ms in enumerate(chunks):
-            if self._bot.send_realtime and offset_ms:
-                delay = start + offset_ms / 1000 - loop.time()
+            if self._bot.send_realtime and offset_ms > self._bot.realtime_lead_ms:
+                delay = start + (offset_ms - self._bot.realtime_lead_ms) / 1000 - loop.time()
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(resp.stop.wait(), delay)
@@ -1190,6 +1216,8 @@ class LocalRealtimeBot:
         silence_ms: int = 500,
         chunk_ms: int = 100,
         send_realtime: bool = False,
+        realtime_lead_ms: int = 0,
+        listen: bool = True,
         drop_after_ms: int | None = None,
         expire_after_ms: int | None = None,
         max_recorded_events: int = 10_000,
@@ -1214,6 +1242,12 @@ class LocalRealtimeBot:
         self.silence_ms = silence_ms
         self.chunk_ms = chunk_ms
         self.send_realtime = send_realtime
+        self.realtime_lead_ms = max(0, realtime_lead_ms)
+        """With ``send_realtime``: this much audio goes out at once, the rest at real time
+        (the stream stays that far ahead of the listener, as a real bot does)."""
+        self.listen = listen
+        """False: appended audio is counted, not decoded or run through the VAD (a cheap
+        peer for benchmarks with silent callers; no turn ever ends)."""
         self.drop_after_ms = drop_after_ms
         self.expire_after_ms = expire_after_ms
         self.max_recorded_events = max_recorded_events

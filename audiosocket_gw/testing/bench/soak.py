@@ -62,7 +62,6 @@ import json
 import os
 import random
 import socket
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -78,6 +77,7 @@ from ..proc import GatewayProcess, cpu_seconds, rss_kib
 from ..simulator.ami import AmiSimulator
 from ..simulator.audio import speech_like
 from .run import machine
+from .soak_peers import PeerProcess as _Peer
 
 __all__ = ["Bounds", "SoakConfig", "evaluate", "main_async", "run_soak", "slope_per_minute"]
 
@@ -248,62 +248,6 @@ class _Ticker:
                 nxt = caller.tick(now)
                 if nxt != float("inf"):
                     heapq.heappush(heap, (nxt, seq, caller))
-
-
-class _Peer:
-    """One soak peer process (:mod:`.soak_peers`), commands over its stdin/stdout."""
-
-    def __init__(self, kind: str, log_path: Path) -> None:
-        self.kind = kind
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-        self._lock = asyncio.Lock()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def start(self) -> None:
-        log = await asyncio.to_thread(open, self.log_path, "ab")
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "audiosocket_gw.testing.bench.soak_peers", self.kind,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log)
-        finally:
-            log.close()
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 30.0)
-        if not line:
-            raise RuntimeError(f"soak peer {self.kind} did not start (see {self.log_path})")
-        self.url = json.loads(line)["url"]
-
-    async def ask(self, cmd: str, **args: Any) -> dict[str, Any]:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return {"error": "peer not running"}
-        assert proc.stdin is not None and proc.stdout is not None
-        async with self._lock:
-            proc.stdin.write((json.dumps({"cmd": cmd, **args}) + "\n").encode())
-            await proc.stdin.drain()
-            line = await asyncio.wait_for(proc.stdout.readline(), 20.0)
-        if not line:
-            return {"error": "peer exited"}
-        out: dict[str, Any] = json.loads(line)
-        return out
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ask("stop"), 5.0)
-        try:
-            await asyncio.wait_for(proc.wait(), 10.0)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 def slope_per_minute(points: list[tuple[float, float]]) -> float | None:

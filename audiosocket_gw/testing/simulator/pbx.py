@@ -10,6 +10,12 @@ DTMF as one 0x03 frame per digit, and at the end close the socket without any fr
 One ticker task sends for every call (as Asterisk's channel threads would, but
 without a task per call); each call keeps its own schedule from its own start, so the
 gateway sees arrivals spread across its 20 ms tick, as with real independent channels.
+
+For long, large runs (``make bench``) a plan can set ``keep_audio=False``: received
+frames are then parsed as they arrive and only their arrival times (and, tagged, their
+transit) are kept, not the audio (400 calls for a minute would otherwise hold ~400 MB),
+and ``run_simulation(lateness=SimLateness())`` records how late the simulator's own send
+loop and event loop ran, so a figure can be checked against the tool's own limits.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import os
+import struct
 import time
 import uuid
 from array import array
@@ -33,6 +41,7 @@ from ...dsp.vad import frame_levels
 from .audio import (
     FRAME_SAMPLES,
     RATE,
+    TAG_MAGIC,
     read_tag,
     speech_like,
     tag_frames,
@@ -49,6 +58,8 @@ class CallPlan:
     """What one simulated caller does."""
 
     seconds: float
+    """How long the caller stays; may be changed while the call runs (shortened, the
+    caller hangs up at its next tick)."""
     audio: npt.NDArray[np.int16] | None = None  # None: a silent caller (sends no frames)
     call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     index: int = 0
@@ -66,6 +77,9 @@ class CallPlan:
     press_after_audio: tuple[float, str] | None = None
     """(seconds, digit): press ``digit`` that long after the first audible frame from
     the gateway (a person who listens to a prompt, then answers it)."""
+    keep_audio: bool = True
+    """False: keep only the arrival time of each received frame (and its transit when
+    tagged), parsed as it arrives; no WAV, levels or ``heard`` (long, large runs)."""
 
 
 @dataclass
@@ -88,6 +102,13 @@ class CallReport:
     jitter_ms: list[float] = field(default_factory=list, repr=False)
     heard: list[tuple[float, float]] = field(default_factory=list, repr=False)
     """(arrival in seconds since the call connected, mean |sample|) of every frame."""
+    arrivals: array[float] = field(default_factory=lambda: array("d"), repr=False)
+    """``time.monotonic()`` arrival of every audio frame received, in order."""
+    connected_at: float | None = None
+    """``time.monotonic()`` when the AudioSocket connection was made."""
+    nonzero_frames: int = 0
+    """Received audio frames that were not all zero samples (``keep_audio=False`` only):
+    whether the bot's audio, not just the gateway's silence, reached the caller."""
 
     def cut_after(
         self, onset_s: float, *, silent: float = 256.0, hold_s: float = 0.2
@@ -120,6 +141,7 @@ class CallReport:
         d.pop("transit_ms")
         d.pop("jitter_ms")
         d.pop("heard")
+        d.pop("arrivals")
         d["ok"] = self.ok
         return d
 
@@ -176,16 +198,46 @@ def _pct(values: list[float], p: float) -> float | None:
     return float(np.percentile(np.asarray(values), p))
 
 
+@dataclass
+class SimLateness:
+    """How late the simulator itself ran: ``send`` holds (when, seconds late) of each
+    send-loop wake-up that had frames due (now minus the earliest frame's schedule);
+    ``loop`` the same for a timer re-armed every ``LOOP_PROBE_S``: any socket that became
+    readable waited about that long for its data to be read and time-stamped."""
+
+    send: array[float] = field(default_factory=lambda: array("d"))
+    loop: array[float] = field(default_factory=lambda: array("d"))
+
+    @staticmethod
+    def _window(pairs: array[float], t0: float, t1: float) -> list[float]:
+        return [pairs[i + 1] for i in range(0, len(pairs), 2) if t0 <= pairs[i] <= t1]
+
+    def summary(self, t0: float = 0.0, t1: float = float("inf")) -> dict[str, float | None]:
+        """p50/p99/max in ms of both, over wake-ups between ``t0`` and ``t1``."""
+        out: dict[str, float | None] = {}
+        for name, pairs in (("send", self.send), ("loop", self.loop)):
+            late = [max(0.0, v) * 1000.0 for v in self._window(pairs, t0, t1)]
+            out[f"{name}_late_p50_ms"] = _pct(late, 50)
+            out[f"{name}_late_p99_ms"] = _pct(late, 99)
+            out[f"{name}_late_max_ms"] = max(late, default=None)
+        return out
+
+
+LOOP_PROBE_S: Final = 0.005
+_ZERO_FRAME: Final = bytes(320)
+
+
 class _SimCall(asyncio.Protocol):
     """The Asterisk end of one AudioSocket connection."""
 
-    def __init__(self, plan: CallPlan, report: CallReport) -> None:
+    def __init__(self, plan: CallPlan, report: CallReport, transit_offset_s: float = 0.0
+                 ) -> None:
         self.plan = plan
         self.report = report
         self.decoder = asp.Decoder(require_uuid_first=False)
         self.transport: asyncio.Transport | None = None
         self.closed = asyncio.get_running_loop().create_future()
-        self.arrivals: list[float] = []
+        self.arrivals: array[float] = array("d")
         self.rx = bytearray()
         self.rx_times = array("d")
         self.rx_offsets = array("q")
@@ -203,13 +255,30 @@ class _SimCall(asyncio.Protocol):
         self.next_send = 0.0
         self.heard_at: float | None = None  # first audible frame (press_after_audio)
         self.live = asp.Decoder(require_uuid_first=False) if plan.press_after_audio else None
+        self.lean = not plan.keep_audio
+        self.tag_index = plan.index & 0x7FFF
+        self.transit_offset_s = transit_offset_s
+        # keep_audio=False: the looped audio encoded once; frames written straight to
+        # the socket while the transport has nothing queued (no per-frame encode or
+        # transport bookkeeping: the simulator must stay cheap at hundreds of calls).
+        self.encoded: list[bytes] = []
+        self.frame_i = 0
+        self.fd = -1
+        if self.lean and len(self.pcm) >= self.frame_bytes:
+            fb = self.frame_bytes
+            self.encoded = [asp.encode_audio(self.pcm[i : i + fb])
+                            for i in range(0, len(self.pcm) - fb + 1, fb)]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.started = self.last_activity = self.next_send = time.monotonic()
         self.report.connected = True
+        self.report.connected_at = self.started
         transport.write(asp.encode_uuid(self.plan.call_id))
+        if self.encoded:
+            sock = transport.get_extra_info("socket")
+            self.fd = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
         # Only stamp and keep the bytes here: decoding later keeps this callback short,
@@ -219,6 +288,9 @@ class _SimCall(asyncio.Protocol):
         # milliseconds of "jitter" to the stamps).
         now = time.monotonic()
         self.last_activity = now
+        if self.lean:
+            self._parse_lean(data, now)
+            return
         self.rx_times.append(now)
         self.rx_offsets.append(len(self.rx))
         self.rx += data
@@ -232,6 +304,53 @@ class _SimCall(asyncio.Protocol):
                         self.heard_at = now
                         self.live = None
                         break
+
+    def _parse_lean(self, data: bytes, now: float) -> None:
+        """``keep_audio=False``: frames parsed as they come, only arrivals kept (the
+        common case, one whole audio frame per read, takes the first branch)."""
+        if self.done:
+            return
+        rx = self.rx
+        if not rx and len(data) == 323 and data[0] == 0x10 and data[1:3] == b"\x01\x40":
+            self.arrivals.append(now)
+            if data[3:] != _ZERO_FRAME:
+                self.report.nonzero_frames += 1
+            if self.plan.tagged:
+                self._transit(data, 3, now)
+            return
+        rx += data
+        off = 0
+        n = len(rx)
+        while n - off >= 3:
+            kind = rx[off]
+            size = (rx[off + 1] << 8) | rx[off + 2]
+            if n - off - 3 < size:
+                break
+            if kind == 0x10:
+                self.arrivals.append(now)
+                if rx[off + 3 : off + 3 + size].count(0) != size:
+                    self.report.nonzero_frames += 1
+                if self.plan.tagged:
+                    self._transit(rx, off + 3, now)
+            elif kind == 0x00:
+                if self.report.ended_by == "pending":
+                    self.report.ended_by = "gateway-hangup"
+                self._finish(self.report.ended_by)
+                return
+            else:
+                self._finish("error", f"gateway sent a frame of kind {kind:#04x}")
+                return
+            off += 3 + size
+        del rx[:off]
+
+    def _transit(self, buf: bytes | bytearray, at: int, now: float) -> None:
+        if len(buf) < at + 8:
+            return
+        magic, index, hi, lo = struct.unpack_from("<4h", buf, at)
+        if magic == TAG_MAGIC and index == self.tag_index:
+            sent = self.send_times.pop((hi << 15) | lo, None)
+            if sent is not None:
+                self.report.transit_ms.append((now - sent - self.transit_offset_s) * 1000.0)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done:
@@ -247,6 +366,8 @@ class _SimCall(asyncio.Protocol):
         if self.decoded:
             return
         self.decoded = True
+        if self.lean:
+            return
         dec = self.decoder
         if not self.rx_times:
             return
@@ -308,6 +429,8 @@ class _SimCall(asyncio.Protocol):
         if not self.pcm:
             self.next_send = now + period
             return self.next_send
+        if self.encoded:
+            return self._tick_lean(now, horizon, period)
         while self.next_send <= horizon:
             if self.plan.pauses and self._paused(self.next_send - self.started):
                 self.next_send += period
@@ -328,12 +451,57 @@ class _SimCall(asyncio.Protocol):
                 self.next_send = now + period
         return self.next_send
 
+    def _tick_lean(self, now: float, horizon: float, period: float) -> float:
+        """:meth:`tick`'s sending for ``keep_audio=False`` (pre-encoded looped frames;
+        a tagged frame's send time is keyed by its place in the loop, as its tag is)."""
+        transport = self.transport
+        assert transport is not None
+        while self.next_send <= horizon:
+            i = self.frame_i
+            frame = self.encoded[i]
+            self.frame_i = (i + 1) % len(self.encoded)
+            if self.fd >= 0 and not transport.get_write_buffer_size():
+                try:
+                    n = os.write(self.fd, frame)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:  # the transport reports the broken connection
+                    n = 0
+                if n < len(frame):
+                    transport.write(frame[n:])
+            else:
+                transport.write(frame)
+            if self.plan.tagged:
+                self.send_times[i] = now
+            self.report.frames_sent += 1
+            self.last_activity = now
+            self.next_send += period
+            if now - self.next_send > 2 * period:  # stalled: do not burst, skip ahead
+                self.next_send = now + period
+        return self.next_send
+
+    def _gaps(self, r: CallReport) -> None:
+        gaps = np.diff(np.asarray(self.arrivals)) * 1000.0
+        if len(gaps):
+            jitter = np.abs(gaps - 20.0)
+            r.jitter_ms = jitter.tolist()
+            r.jitter_p50_ms = float(np.percentile(jitter, 50))
+            r.jitter_p99_ms = float(np.percentile(jitter, 99))
+            r.max_gap_ms = float(gaps.max())
+            r.gaps_over_40ms = int((gaps > 40.0).sum())
+
     def _paused(self, at: float) -> bool:
         return any(start <= at < end for start, end in self.plan.pauses)
 
     def analyse(self, out_dir: Path | None, transit_offset_s: float) -> None:
         self._decode()
         r = self.report
+        if self.lean:
+            r.arrivals = array("d", self.arrivals)
+            r.frames_received = len(self.arrivals)
+            r.bytes_received = 320 * len(self.arrivals)
+            self._gaps(r)
+            return
         r.frames_received = len(self.frames)
         r.bytes_received = sum(len(f) for f in self.frames)
         if not self.arrivals:
@@ -345,14 +513,8 @@ class _SimCall(asyncio.Protocol):
             if lvl >= SILENT_LEVEL:
                 r.first_audio_s = t
                 break
-        gaps = np.diff(np.asarray(self.arrivals)) * 1000.0
-        if len(gaps):
-            jitter = np.abs(gaps - 20.0)
-            r.jitter_ms = jitter.tolist()
-            r.jitter_p50_ms = float(np.percentile(jitter, 50))
-            r.jitter_p99_ms = float(np.percentile(jitter, 99))
-            r.max_gap_ms = float(gaps.max())
-            r.gaps_over_40ms = int((gaps > 40.0).sum())
+        r.arrivals = array("d", self.arrivals)
+        self._gaps(r)
         if self.plan.tagged:
             for t, f in zip(self.arrivals, self.frames, strict=True):
                 seq = read_tag(f, self.plan.index)
@@ -378,12 +540,15 @@ async def run_simulation(
     transit_offset_ms: float = 0.0,
     connect_timeout: float = 2.0,
     on_progress: Callable[[int, int, int], None] | None = None,
+    lateness: SimLateness | None = None,
 ) -> SimulationReport:
     """Place ``calls`` concurrent calls (or the given ``plans``) and report on each.
 
     ``ramp_s`` spreads the call starts; ``transit_offset_ms`` is subtracted from
     measured transit (for example the echo backend's configured delay).
     ``on_progress(connected, ended, total)`` is called as calls connect and end.
+    ``lateness`` (optional) receives the simulator's own send-loop and event-loop
+    lateness (see :class:`SimLateness`).
     """
     if plans is None:
         plans = []
@@ -401,6 +566,8 @@ async def run_simulation(
     heap: list[tuple[float, int, _SimCall]] = []
     wake = asyncio.Event()
     counts = [0, 0]  # connected, ended
+    offset_s = transit_offset_ms / 1000.0
+    sends = lateness.send if lateness is not None else None
 
     def progress(connected: int = 0, ended: int = 0) -> None:
         counts[0] += connected
@@ -413,7 +580,8 @@ async def run_simulation(
             await asyncio.sleep(ramp_s * i / (len(plans) - 1))
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _SimCall(plan, reports[i]), host, port),
+                loop.create_connection(lambda: _SimCall(plan, reports[i], offset_s), host,
+                                       port),
                 connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
@@ -445,6 +613,9 @@ async def run_simulation(
                     await asyncio.wait_for(wake.wait(), delay)
                 continue
             now = time.monotonic()
+            if sends is not None:
+                sends.append(now)
+                sends.append(now - heap[0][0])
             while heap and heap[0][0] <= now + BATCH_S:
                 _, i, sim = heapq.heappop(heap)
                 nxt = sim.tick(now, now + BATCH_S)
@@ -452,6 +623,18 @@ async def run_simulation(
                     heapq.heappush(heap, (nxt, i, sim))
 
     tick_task = loop.create_task(ticker())
+    probe: list[asyncio.TimerHandle] = []
+    if lateness is not None:
+        probes = lateness.loop
+
+        def probe_loop(due: float) -> None:
+            now = loop.time()
+            probes.append(time.monotonic())
+            probes.append(now - due)
+            probe[:] = [loop.call_at(now + LOOP_PROBE_S, probe_loop, now + LOOP_PROBE_S)]
+
+        first = loop.time() + LOOP_PROBE_S
+        probe.append(loop.call_at(first, probe_loop, first))
     try:
         await asyncio.gather(*connecting)
         live = [s for s in sims if s is not None]
@@ -460,6 +643,8 @@ async def run_simulation(
         if live:
             await asyncio.wait([s.closed for s in live], timeout=limit)
     finally:
+        for handle in probe:
+            handle.cancel()
         tick_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await tick_task
@@ -510,5 +695,5 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-__all__ = ["FRAME_SAMPLES", "RATE", "CallPlan", "CallReport", "SimulationReport",
-           "format_report", "run_simulation", "speech_like"]
+__all__ = ["FRAME_SAMPLES", "RATE", "CallPlan", "CallReport", "SimLateness",
+           "SimulationReport", "format_report", "run_simulation", "speech_like"]
