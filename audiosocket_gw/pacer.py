@@ -117,6 +117,8 @@ class Pacer:
         self._on_tick_stats = on_tick_stats
         self.schedule: Schedule | None = None
         self.errors = 0
+        self.spin_seconds = 0.0
+        """Time spent waiting out deadlines on the clock (the ``spin`` before each tick)."""
         self.before_tick: list[Callable[[], None]] = []
         """Run once per tick before any stream writes (batched per-tick work)."""
         self._every: tuple[Every, ...] = ()
@@ -219,12 +221,18 @@ class Pacer:
             # epoll timeouts have millisecond granularity (asyncio rounds them up), so
             # wake up to ``spin`` early and wait out the rest on the clock itself.
             early = spin if self._snapshot else 0.0  # an idle gateway does not spin
-            handle = loop.call_at(sched.next_deadline - early, _wake, fut)
+            deadline = sched.next_deadline
+            handle = loop.call_at(deadline - early, _wake, fut)
             try:
                 await fut
             finally:
                 handle.cancel()
-            deadline = sched.next_deadline
+            if sched.next_deadline != deadline:
+                # poll() ran this tick meanwhile (a batch of socket callbacks spanned
+                # the deadline): wait for the next one on a timer, never on the clock.
+                continue
+            t0 = time.monotonic()
             while time.monotonic() < deadline:
                 pass
+            self.spin_seconds += time.monotonic() - t0
             self._run_due(sched)

@@ -104,3 +104,37 @@ async def test_every_runs_on_the_pacer_clock_and_can_be_cancelled() -> None:
     assert n3 >= 3 and len(third) == n3
     assert all(b > a for a, b in zip(each, each[1:], strict=False))
     assert pacer.errors >= 3  # the failing callback is counted, and kept
+
+
+async def test_a_tick_run_by_poll_is_not_waited_for_again() -> None:
+    """The server's ``poll()`` may run a tick between the pacer's early wake-up timer
+    firing and its task resuming (a long batch of socket callbacks spanning the
+    deadline). The task must then not wait out the *next* deadline on the clock: that
+    busy-wait held the event loop for up to a whole tick (~20 % of the gateway's CPU
+    samples in a 150-call Twilio-streams profile)."""
+    import time
+
+    loop = asyncio.get_running_loop()
+    pacer = Pacer(period=20 * MS, spin=1 * MS)
+    stream = Recorder(loop)
+    pacer.add(stream)
+    pacer.start()
+    await asyncio.sleep(0)
+    for _ in range(5):
+        sched = pacer.schedule
+        assert sched is not None
+        deadline = sched.next_deadline
+
+        def busy_batch(deadline: float = deadline) -> None:
+            # callbacks that start before the pacer's wake-up (deadline - spin) and run
+            # past the deadline, then the server's poll() as after data_received
+            while time.monotonic() < deadline + 0.2 * MS:
+                pass
+            pacer.poll()
+
+        loop.call_at(deadline - 2 * MS, busy_batch)
+        await asyncio.sleep(max(0.0, deadline - loop.time()) + 6 * MS)
+    await pacer.stop()
+    assert len(stream.times) >= 5  # the polled ticks ran
+    # at most the ordinary spin (< 1 ms) per tick; the bug spun ~19.8 ms after each poll
+    assert pacer.spin_seconds < len(stream.times) * 1 * MS + 5 * MS, pacer.spin_seconds
