@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, help="backends to run (default all three)")
     b.add_argument("--no-extras", action="store_true",
                    help="skip the barge-in and mark-echo measurements")
+    b.add_argument("--py-spy", metavar="DIR", dest="py_spy",
+                   help="also profile the gateway over each run's window with py-spy "
+                        "(speedscope JSON per run in DIR, top functions printed)")
     b.add_argument("--table", metavar="JSON",
                    help="instead: print the README's performance table from this file")
     b.add_argument("--out", default="bench/results.json", help="JSON file for the figures")
@@ -277,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return asyncio.run(run_bench(levels=args.calls, seconds=args.seconds, out=args.out,
                                      backends=args.backends, runs=args.runs,
-                                     extras=not args.no_extras))
+                                     extras=not args.no_extras, py_spy=args.py_spy))
     if args.command == "soak":
         from .testing.bench.soak import main_async
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -29,6 +30,8 @@ from .steady import (
     config_dict,
     estimate_seconds,
     machine,
+    profile_summary,
+    py_spy_exe,
     run_steady,
     steady_table,
 )
@@ -63,6 +66,18 @@ def print_table(path: str) -> int:
     return 0
 
 
+def _print_profile(path: str) -> None:
+    """The profile's top functions by self share, under the run's line."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"  py-spy: no profile at {path} ({exc})", flush=True)
+        return
+    print(f"  py-spy profile {path}: self % / inclusive % / function", flush=True)
+    for own, incl, name in profile_summary(doc):
+        print(f"    {own:5.1f} {incl:5.1f}  {name}", flush=True)
+
+
 def _brief(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"error: {r['error']}"
@@ -85,10 +100,15 @@ def _brief(r: dict[str, Any]) -> str:
 
 async def run_bench(levels: list[int], seconds: float, out: str, *,
                     backends: list[str] | None = None, runs: int = 3, extras: bool = True,
-                    chunk_ms: int = 100, lead_ms: int = 300) -> int:
+                    chunk_ms: int = 100, lead_ms: int = 300, py_spy: str | None = None
+                    ) -> int:
     """Run the benchmark (see the module docstring); 0 when every call of every run was
     ok (peer-limited levels included: they are reported as such, not failed)."""
     backends = list(backends or BACKENDS)
+    if py_spy and py_spy_exe() is None:
+        print("audiosocket-gw bench: --py-spy needs py-spy (pip install py-spy)",
+              file=sys.stderr, flush=True)
+        return 2
     bounds = PeerBounds()
     est = estimate_seconds(backends, levels, runs, seconds) + (EXTRAS_S if extras else 0)
     print(f"bench: {len(backends)} backend(s) x {len(levels)} level(s) x {runs} run(s), "
@@ -115,15 +135,19 @@ async def run_bench(levels: list[int], seconds: float, out: str, *,
                                      t0=time.monotonic())
                         print(f"bench: {backend}, {n} calls, run {k + 1}/{runs} ...",
                               flush=True)
+                        spy = (str(Path(py_spy) / f"{backend}-{n}-run{k + 1}.json")
+                               if py_spy else None)
                         try:
                             r = await run_steady(backend, n, seconds, chunk_ms=chunk_ms,
-                                                 lead_ms=lead_ms, bounds=bounds)
+                                                 lead_ms=lead_ms, bounds=bounds, py_spy=spy)
                         except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
                             where = traceback.extract_tb(exc.__traceback__)[-1]
                             r = {"backend": backend, "calls": n, "error": f"{exc!r} at "
                                  f"{Path(where.filename).name}:{where.lineno}"[:300]}
                         rows.append(r)
                         print("  " + _brief(r), flush=True)
+                        if spy and "error" not in r:
+                            _print_profile(spy)
                         reporter.advance()
                     steady.append(aggregate(backend, n, rows))
             if extras:

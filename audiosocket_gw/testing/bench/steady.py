@@ -61,7 +61,9 @@ import asyncio
 import contextlib
 import os
 import platform
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -268,8 +270,10 @@ def estimate_seconds(backends: list[str], levels: list[int], runs: int,
 
 async def run_steady(backend: str, calls: int, seconds: float, *, chunk_ms: int = 100,
                      lead_ms: int = 300, bounds: PeerBounds = PeerBounds(),
-                     log_dir: str | None = None) -> dict[str, Any]:
-    """One run of one backend at one level (see the module docstring)."""
+                     log_dir: str | None = None, py_spy: str | None = None
+                     ) -> dict[str, Any]:
+    """One run of one backend at one level (see the module docstring). ``py_spy``: a
+    path for a py-spy profile of the gateway over the window (speedscope JSON)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
     if calls < 1 or seconds <= 0:
@@ -284,7 +288,7 @@ async def run_steady(backend: str, calls: int, seconds: float, *, chunk_ms: int 
             os.sched_setaffinity(0, set(peer_cpus))  # the peers inherit the other core(s)
         try:
             return await _run(backend, calls, seconds, chunk_ms, lead_ms, bounds, Path(tmp),
-                              logs, gw_cpu, peer_cpus)
+                              logs, gw_cpu, peer_cpus, py_spy)
         finally:
             if pin:
                 os.sched_setaffinity(0, set(cpus))
@@ -292,7 +296,7 @@ async def run_steady(backend: str, calls: int, seconds: float, *, chunk_ms: int 
 
 async def _run(backend: str, calls: int, seconds: float, chunk_ms: int, lead_ms: int,
                bounds: PeerBounds, tmp: Path, logs: Path, gw_cpu: int | None,
-               peer_cpus: list[int]) -> dict[str, Any]:
+               peer_cpus: list[int], py_spy: str | None = None) -> dict[str, Any]:
     ramp = ramp_for(backend, calls)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("AIGW_") and k != "OPENAI_API_KEY"}
@@ -320,7 +324,7 @@ async def _run(backend: str, calls: int, seconds: float, chunk_ms: int, lead_ms:
             log_path=str(logs / "bench-gateway.log") if logs != tmp else None,
         ) as gw:
             return await _measure(backend, calls, seconds, ramp, gw, peers, bounds,
-                                  gw_cpu, peer_cpus, chunk_ms, lead_ms)
+                                  gw_cpu, peer_cpus, chunk_ms, lead_ms, py_spy)
     finally:
         for p in peers.values():
             await p.stop()
@@ -328,8 +332,8 @@ async def _run(backend: str, calls: int, seconds: float, chunk_ms: int, lead_ms:
 
 async def _measure(backend: str, calls: int, seconds: float, ramp: float,
                    gw: GatewayProcess, peers: dict[str, PeerProcess], bounds: PeerBounds,
-                   gw_cpu: int | None, peer_cpus: list[int], chunk_ms: int, lead_ms: int
-                   ) -> dict[str, Any]:
+                   gw_cpu: int | None, peer_cpus: list[int], chunk_ms: int, lead_ms: int,
+                   py_spy: str | None = None) -> dict[str, Any]:
     await asyncio.sleep(0.5)
     rss_idle = rss_kib(gw.pid)
     all_up = asyncio.Event()
@@ -360,11 +364,18 @@ async def _measure(backend: str, calls: int, seconds: float, ramp: float,
         cores0 = _core_times()
         sim0 = time.process_time()
         peer0 = {k: cpu_seconds(pid) or 0.0 for k, pid in pids.items()}
+        spy = await start_py_spy(gw.pid, seconds, py_spy) if py_spy else None
         cpu0, t0 = cpu_seconds(gw.pid) or 0.0, time.monotonic()
         await asyncio.sleep(seconds / 2)
         rss_load = rss_kib(gw.pid)
         await asyncio.sleep(seconds / 2)
         cpu1, t1 = cpu_seconds(gw.pid) or 0.0, time.monotonic()
+        if spy is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(spy.wait(), 10.0)
+            if spy.returncode is None:
+                spy.kill()
+                await spy.wait()
         peer1 = {k: cpu_seconds(pid) or 0.0 for k, pid in pids.items()}
         sim1 = time.process_time()
         cores1 = _core_times()
@@ -381,6 +392,51 @@ async def _measure(backend: str, calls: int, seconds: float, ramp: float,
     return _figures(backend, calls, seconds, report, lateness, t_start, cpu_start, t0, t1,
                     cpu0, cpu1, sim0, sim1, peer0, peer1, peer_late, cores0, cores1, m0, m1,
                     rss_idle, rss_load, gw_cpu, peer_cpus, bounds, chunk_ms, lead_ms)
+
+
+def py_spy_exe() -> str | None:
+    """py-spy beside this Python (a venv's bin) or on PATH; None when not installed."""
+    near = Path(sys.executable).parent / "py-spy"
+    return str(near) if near.exists() else shutil.which("py-spy")
+
+
+async def start_py_spy(pid: int, seconds: float, out: str) -> asyncio.subprocess.Process:
+    """py-spy recording ``pid`` for ``seconds`` (100 Hz, speedscope JSON to ``out``)."""
+    exe = py_spy_exe()
+    if exe is None:
+        raise RuntimeError("--py-spy needs py-spy (pip install py-spy)")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return await asyncio.create_subprocess_exec(
+        exe, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "100",
+        "-f", "speedscope", "-o", out, "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+
+def profile_summary(doc: dict[str, Any], top: int = 15) -> list[tuple[float, float, str]]:
+    """(self %, inclusive %, function (file:line)) of a py-spy speedscope profile, by self
+    share: where the gateway's CPU went in the window."""
+    frames = doc.get("shared", {}).get("frames", [])
+    own: dict[int, float] = {}
+    incl: dict[int, float] = {}
+    total = 0.0
+    for prof in doc.get("profiles", []):
+        for stack, weight in zip(prof.get("samples", []), prof.get("weights", []),
+                                 strict=False):
+            total += weight
+            if stack:
+                own[stack[-1]] = own.get(stack[-1], 0.0) + weight
+            for f in set(stack):
+                incl[f] = incl.get(f, 0.0) + weight
+    if not total:
+        return []
+
+    def name(i: int) -> str:
+        f = frames[i] if 0 <= i < len(frames) else {}
+        return f"{f.get('name', '?')} ({Path(str(f.get('file', '?'))).name}:{f.get('line')})"
+
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+    return [(round(100 * w / total, 1), round(100 * incl.get(i, 0.0) / total, 1), name(i))
+            for i, w in ranked]
 
 
 async def _metrics(gw: GatewayProcess) -> dict[str, float]:

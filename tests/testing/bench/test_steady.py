@@ -18,6 +18,8 @@ from audiosocket_gw.testing.bench.steady import (
     aggregate,
     classify,
     estimate_seconds,
+    profile_summary,
+    py_spy_exe,
     run_steady,
     steady_table,
     window_jitter,
@@ -162,3 +164,27 @@ async def test_streaming_peers_run_in_their_own_processes(backend: str, peer: st
     stats = r["peers"][peer]
     assert stats["cpu_percent"] > 0  # its own process, read from /proc
     assert stats["late_p99_ms"] is not None and stats["late_max_ms"] is not None
+
+
+def test_profile_summary_ranks_functions_by_self_share() -> None:
+    doc = {"shared": {"frames": [{"name": "run", "file": "/x/loop.py", "line": 1},
+                                 {"name": "write", "file": "/x/sock.py", "line": 9},
+                                 {"name": "tick", "file": "/x/pacer.py", "line": 5}]},
+           "profiles": [{"samples": [[0, 1], [0, 1], [0, 2], [0], []],
+                         "weights": [1.0, 1.0, 1.0, 1.0, 1.0]}]}
+    rows = profile_summary(doc)
+    assert rows[0] == (40.0, 40.0, "write (sock.py:9)")
+    assert (20.0, 100.0 * 4 / 5, "run (loop.py:1)") in rows
+    assert (20.0, 20.0, "tick (pacer.py:5)") in rows
+    assert profile_summary({}) == []
+
+
+async def test_py_spy_option_without_py_spy_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if py_spy_exe() is not None:
+        pytest.skip("py-spy is installed here: the error path cannot be shown")
+    code = await run_bench([5], 3.0, str(tmp_path / "r.json"), backends=["echo"], runs=1,
+                           extras=False, py_spy=str(tmp_path / "prof"))
+    assert code == 2
+    assert "--py-spy needs py-spy (pip install py-spy)" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
