@@ -30,9 +30,10 @@ docs/PROTOCOLS.md §4.5 and §4.7:
    to the agent on the same call record; the backend session is told as after a
    failed blind transfer (``OpenAISession._after_transfer``).
 
-Bounded: the person rings at most ``timeout_s``, decides within ``decide_timeout_s``;
-the whole flow is cut at their sum plus ``FLOW_MARGIN_S`` (then the caller comes
-back), and ``[aigw-hold]`` itself gives up after ``AIGW_HOLD_TIMEOUT`` seconds (the
+Bounded: the person rings at most ``timeout_s``, decides within ``decide_timeout_s``
+counted from the end of the spoken summary and prompt (at most ``PROMPT_CAP_S`` of
+speech is added); the whole flow is cut at their sum plus ``FLOW_MARGIN_S`` (then the
+caller comes back), and ``[aigw-hold]`` itself gives up after ``AIGW_HOLD_TIMEOUT`` seconds (the
 gateway's deadline plus a margin) and resumes the caller on its own, so a caller is
 never left on hold, even when the gateway or AMI is gone. A caller who hangs up on
 hold ends the flow (the person is hung up).
@@ -80,6 +81,11 @@ ATTENDED_VARIABLES: Final = ("AIGW_RESUME_ID", "AIGW_HOLD_TIMEOUT", "AIGW_CONSUL
 """What the gateway sets for ``[aigw-hold]``/``[aigw-resume]`` (Setvar on the caller)
 and ``[aigw-consult]`` (Originate variable, with ``AIGW_AUDIOSOCKET``)."""
 FLOW_MARGIN_S: Final = 10.0
+STOP_BOUND_S: Final = 3.0
+"""At shutdown, how long a flow may take to hang up the person and resume the caller."""
+PROMPT_CAP_S: Final = 40.0
+"""At most this much of the spoken summary and prompt is added to ``decide_timeout_s``
+(a 400-character summary speaks in ~25-30 s)."""
 """The gateway's deadline past ring + decide time (AMI replies, TTS)."""
 HOLD_MARGIN_S: Final = 20.0
 """``AIGW_HOLD_TIMEOUT`` past the gateway's deadline: the dialplan's own safety net."""
@@ -115,6 +121,9 @@ class _Consult:
     digit: asyncio.Future[str]
     """The digit pressed, or "" when the leg ended without one."""
     heard: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the summary and prompt are queued on the person's leg."""
+    speech_s: float = 0.0
+    """How long they play (8 kHz slin)."""
 
 
 class ConsultSession(BackendSession):
@@ -140,6 +149,7 @@ class ConsultSession(BackendSession):
         self.control.play(pcm)
         self.control.end_of_audio()
         if self.consult is not None:
+            self.consult.speech_s = len(pcm) / 16000
             self.consult.heard.set()
 
     def on_audio(self, pcm: bytes) -> None:
@@ -244,7 +254,11 @@ class AttendedTransfers:
             return
         ev = (msg.event or "").lower()
         if ev == "originateresponse":
-            flow = self._flows.get(msg.get("Uniqueid") or "")
+            # By the Originate's ActionID (as the tracker does), else by Uniqueid (= our
+            # ChannelId): a failed Originate names the dial string as its Channel.
+            client = self.tracker.client
+            by_action = client.originate_channel_id(msg.action_id) if client else None
+            flow = self._flows.get(by_action or msg.get("Uniqueid") or "")
             if flow is not None and not flow.originated.done():
                 try:
                     reason = int((msg.get("Reason") or "0").strip())
@@ -271,7 +285,7 @@ class AttendedTransfers:
             raise AttendedError(f"Getvar AIGW_AUDIOSOCKET failed: {exc}") from exc
         if not gateway_addr:
             raise AttendedError("the caller's channel has no AIGW_AUDIOSOCKET")
-        deadline = dest.timeout_s + dest.decide_timeout_s + FLOW_MARGIN_S
+        deadline = dest.timeout_s + dest.decide_timeout_s + PROMPT_CAP_S + FLOW_MARGIN_S
         hold_s = int(deadline + HOLD_MARGIN_S)
         loop = asyncio.get_running_loop()
         flow = _Flow(record_id=record_id, call_id=call.call_id, caller=channel, dest=dest,
@@ -279,6 +293,16 @@ class AttendedTransfers:
                      resume_id=resume_info.call_id, originated=loop.create_future())
         registry = self.ctx.registry
         registry.register(resume_info, ttl=hold_s + 60.0)
+        # In the store too, as for a blind transfer's resume leg: [aigw-resume]'s
+        # failover may take the caller back through another worker or node.
+        now = self.ctx.clock.wall()
+        try:
+            await self.ctx.store.register_leg(resume_info.call_id, record_id,
+                                              dict(resume_info.metadata), now,
+                                              now + hold_s + 60.0)
+        except Exception as exc:  # noqa: BLE001 - this node can still take it
+            log.warning("call %s: resume leg not in the store (%s): only this node can "
+                        "take it", call.call_id, type(exc).__name__)
         text = " ".join(x for x in (summary or DEFAULT_SUMMARY, PROMPT) if x)
         self.consult.waiting[flow.consult_id] = _Consult(text, loop.create_future())
         registry.register(CallInfo(call_id=flow.consult_id, tenant=call.info.tenant,
@@ -292,7 +316,7 @@ class AttendedTransfers:
             await client.redirect(channel, HOLD_CONTEXT)
         except (AmiClientError, ValueError) as exc:
             call.moved_on_eof = False
-            registry.discard(flow.resume_id)
+            await self._discard_resume(flow)
             registry.discard(flow.consult_id)
             self.consult.waiting.pop(flow.consult_id, None)
             with contextlib.suppress(AmiClientError, ValueError):
@@ -312,11 +336,19 @@ class AttendedTransfers:
                    info: CallInfo, deadline: float) -> None:
         outcome = "failed"
         person = ""
+        stopping = False
         try:
             async with asyncio.timeout(deadline):
                 outcome, person = await self._ask(flow, client, target, gateway_addr, info)
         except TimeoutError:
             outcome = "timeout"
+        except asyncio.CancelledError:
+            # The gateway is stopping: still hang up the person and bring the caller
+            # back (below, bounded), rather than leave them on hold until the dialplan's
+            # own timeout; with peers in AIGW_AUDIOSOCKET_ALT another node takes them.
+            log.warning("call %s: gateway stopping during an attended transfer: the "
+                        "caller goes back to the agent", flow.call_id)
+            outcome, stopping = "failed", True
         except Exception:  # noqa: BLE001 - the caller must never stay on hold
             log.exception("call %s: attended transfer failed", flow.call_id)
         finally:
@@ -327,15 +359,18 @@ class AttendedTransfers:
             if leg is not None and outcome != "completed":
                 leg.hangup("consult-ended")  # never left talking to nobody
         try:
-            if outcome == "completed":
-                pass
-            elif flow.caller_gone.is_set():
-                outcome = "canceled"
-                await self._hangup(client, person or flow.person_id)
-                self.ctx.registry.discard(flow.resume_id)
-            else:
-                await self._hangup(client, person or flow.person_id)
-                await self._resume(flow, client, outcome)
+            async with asyncio.timeout(STOP_BOUND_S if stopping else None):
+                if outcome == "completed":
+                    pass
+                elif flow.caller_gone.is_set():
+                    outcome = "canceled"
+                    await self._hangup(client, person or flow.person_id)
+                    await self._discard_resume(flow)
+                else:
+                    await self._hangup(client, person or flow.person_id)
+                    await self._resume(flow, client, outcome)
+        except TimeoutError:
+            log.warning("call %s: attended transfer clean-up cut at shutdown", flow.call_id)
         finally:
             self._by_caller.pop(flow.caller, None)
             await self._log(flow, outcome)
@@ -367,8 +402,20 @@ class AttendedTransfers:
             # Answered: the consult leg may already be talking (it can connect before
             # the OriginateResponse, docs/PROTOCOLS.md §2.7); the person has
             # decide_timeout_s from here.
+            # The person's decide_timeout_s counts from the end of the summary and the
+            # prompt (a long summary must not eat it), up to PROMPT_CAP_S of speech.
+            heard: asyncio.Future[Any] = asyncio.ensure_future(consult.heard.wait())
             try:
-                async with asyncio.timeout(flow.dest.decide_timeout_s):
+                async with asyncio.timeout(TTS_TIMEOUT_S + 2.0):
+                    await asyncio.wait({heard, consult.digit, gone},
+                                       return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                pass
+            finally:
+                heard.cancel()
+            try:
+                async with asyncio.timeout(
+                        flow.dest.decide_timeout_s + min(consult.speech_s, PROMPT_CAP_S)):
                     second: set[asyncio.Future[Any]] = {consult.digit, gone}
                     done, _ = await asyncio.wait(second,
                                                  return_when=asyncio.FIRST_COMPLETED)
@@ -382,17 +429,23 @@ class AttendedTransfers:
             # Accepted: after the bridge the caller's [aigw-hold] hangs up, not resume.
             try:
                 await client.setvar(flow.caller, "AIGW_RESUME_ID", "")
-                self.tracker.set_end_reason(flow.record_id, "transferred")
                 await client.bridge(flow.caller, person or flow.person_id)
             except (AmiClientError, ValueError) as exc:
                 log.warning("call %s: Bridge failed: %s", flow.call_id, exc)
                 with contextlib.suppress(AmiClientError, ValueError):
                     await client.setvar(flow.caller, "AIGW_RESUME_ID", flow.resume_id)
                 return "failed", person
-            self.ctx.registry.discard(flow.resume_id)
+            # Only now: a refused Bridge leaves the call with the agent, not "transferred".
+            self.tracker.set_end_reason(flow.record_id, "transferred")
+            await self._discard_resume(flow)
             return "completed", person
         finally:
             gone.cancel()
+
+    async def _discard_resume(self, flow: _Flow) -> None:
+        self.ctx.registry.discard(flow.resume_id)
+        with contextlib.suppress(Exception):
+            await self.ctx.store.discard_leg(flow.resume_id)
 
     async def _hangup(self, client: AmiClient, channel: str) -> None:
         with contextlib.suppress(AmiClientError, ValueError):
@@ -402,6 +455,8 @@ class AttendedTransfers:
         registry = self.ctx.registry
         if not registry.amend(flow.resume_id, {"dial_status": outcome}):
             return  # already claimed ([aigw-hold] gave up on its own) or expired
+        with contextlib.suppress(Exception):  # for a node the failover may reach
+            await self.ctx.store.amend_leg(flow.resume_id, {"dial_status": outcome})
         try:
             await client.redirect(flow.caller, RESUME_CONTEXT)
         except (AmiClientError, ValueError) as exc:

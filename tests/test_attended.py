@@ -12,6 +12,7 @@ import json
 import pytest
 
 from audiosocket_gw.ami.protocol import AmiMessage
+from audiosocket_gw.callcontrol import CallController
 from audiosocket_gw.testing.localbot import ScriptStep
 from audiosocket_gw.testing.simulator.ami import Outcome
 from tests.helpers import until
@@ -157,3 +158,38 @@ async def test_the_caller_never_stays_on_hold_when_the_gateway_goes_quiet(
         second = st.bot.sessions[1]
         await until(lambda: any("did not go through" in json.dumps(i) for i in second.items))
         assert not actions(st, "Bridge")
+
+
+async def test_decision_time_counts_from_the_end_of_the_summary(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """decide_timeout_s (here 1 s) starts once the summary and prompt have played: a
+    person who presses 1.8 s after the first audible frame (the spoken summary, or the
+    beeps without a TTS engine, last longer than 1 s) is accepted, not timed out."""
+    person = Outcome("answered", ring_s=0.05, press="1", press_after_s=1.8, talk_s=0.3,
+                     caller_audio=False)
+    async with stack(monkeypatch, SCRIPT, outcomes={HUMAN: person}, decide_s=1.0) as st:
+        cid = await st.call()
+        await until(lambda: actions(st, "Bridge"), within=10.0)
+        await until(lambda: _count(st, cid, "transfer", 2))
+        assert await transfers(st, cid) == [("boss", "started"), ("boss", "completed")]
+
+
+async def test_shutdown_mid_transfer_hangs_up_the_person_and_resumes_the_caller(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway stopping while the person rings does not leave the caller on hold until
+    [aigw-hold]'s own timeout: the person is hung up and the caller Redirected back."""
+    person = Outcome("answered", ring_s=30.0)  # still ringing when the gateway stops
+    async with stack(monkeypatch, SCRIPT, outcomes={HUMAN: person}, seconds=8.0) as st:
+        await st.call()
+        await until(lambda: originate(st) is not None, within=10.0)
+        await until(lambda: any(c.application == "MusicOnHold"
+                                for c in st.sim.channels.values()))
+        await st.gw.component(CallController).attended.stop()
+        assert [a.get("Context") for a in actions(st, "Redirect")] == [
+            "aigw-hold", "aigw-resume"]
+        orig = originate(st)
+        assert orig is not None
+        assert any(a.get("Channel") in (orig.get("ChannelId"), orig.get("Channel"))
+                   or (a.get("Channel") or "").startswith("PJSIP/")
+                   for a in actions(st, "Hangup"))
+        assert metric(st, "failed") == 1

@@ -532,6 +532,14 @@ def test_attended_transfer_contexts_run_cleanly(resume_id, after):
                    results={"AudioSocket": {"TRYSTATUS": "SUCCESS"}})
     assert run.errors == [] and run.apps[-1] == ("Hangup", "16")
     assert ("TryExec", f"AudioSocket({CALL['AIGW_CALL_ID']},127.0.0.1:9092)") in run.apps
+    # [aigw-resume] goes through the bridge's resume path: the alternates too.
+    run = evaluate(dp, "aigw-resume", "s",
+                   {"AIGW_RESUME_ID": "r-1", "AIGW_AUDIOSOCKET": "127.0.0.1:9092",
+                    "AIGW_AUDIOSOCKET_ALT": "127.0.0.1:9093"},
+                   results={"AudioSocket": {"TRYSTATUS": "FAILED"}})
+    assert run.errors == [] and run.apps[-1] == ("Hangup", "16")
+    tried = [d for a, d in run.apps if a == "TryExec"]
+    assert tried == ["AudioSocket(r-1,127.0.0.1:9092)", "AudioSocket(r-1,127.0.0.1:9093)"]
 
 
 @pytest.mark.parametrize("status", ["ok", "busy", "unknown", "unavailable", ""])
