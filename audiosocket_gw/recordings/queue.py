@@ -445,7 +445,9 @@ class RecordingJobs(Protocol):
     async def set_job(self, call_id: str, state: JobState, **values: Any) -> None: ...
 
     async def orphans(self, limit: int = 100) -> list[RecordingRow]:
-        """Rows in ``TAKEOVER_STATES`` whose node holds no live lease, oldest first."""
+        """Rows in ``TAKEOVER_STATES`` whose node holds no live lease, oldest first,
+        ``stranded`` rows last (already looked at: they must not hide newer rows that a
+        survivor can adopt behind ``limit``)."""
 
     async def adopt(self, row: RecordingRow, now: float) -> bool:
         """Make an orphan this node's and due now, if still owned by ``row.node_id`` in

@@ -234,7 +234,8 @@ class PostgresRecordingQueue:
         cols = ", ".join("r." + c for c in _REC_COLS)
         rows = await self.store._with(lambda c: c.fetch(
             f"SELECT {cols} FROM recordings r WHERE r.state = ANY($1::text[])"
-            f" AND r.node_id <> $2 AND {_NOT_LIVE} ORDER BY r.captured_at LIMIT $3",
+            f" AND r.node_id <> $2 AND {_NOT_LIVE}"
+            " ORDER BY (r.state = 'stranded'), r.captured_at LIMIT $3",
             _TAKEOVER, self.node_id, max(1, int(limit))))
         return [RecordingRow(*tuple(r)) for r in rows]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from audiosocket_gw.recordings.pipeline import RecordingPipeline
 from audiosocket_gw.recordings.queue import (
     MIGRATIONS,
     JobState,
@@ -22,6 +23,7 @@ from audiosocket_gw.recordings.queue import (
     RecordingRow,
     RecState,
 )
+from audiosocket_gw.recordings.settings import RecordingSettings
 from audiosocket_gw.store.factory import build_recording_queue
 from audiosocket_gw.store.pg_recordings import PostgresRecordingQueue
 from audiosocket_gw.store.postgres import PostgresCallStore
@@ -145,6 +147,27 @@ async def test_two_nodes_upload_only_their_own_and_survivors_take_over_once(
         assert await a.recover() == (1, 0)
         resumed = await a.get("r2")
         assert resumed is not None and resumed.state == "pending"
+
+
+async def test_stranded_rows_do_not_hide_a_newer_readable_orphan(tmp_path: Path) -> None:
+    """``orphans()`` returns at most 100 rows and ``strand()`` skips stranded ones: with
+    the oldest 100 rows stranded, a newer row whose file is readable here must still be
+    adopted in one takeover pass (it was listed after them, past the limit)."""
+    readable = tmp_path / "spool" / "new.wav"
+    readable.parent.mkdir()
+    readable.write_bytes(b"x" * 10)
+    async with temp_database() as url, PostgresCallStore(url, node_id="dead") as pg_dead, \
+            PostgresCallStore(url, node_id="b") as pg_b:
+        dead = PostgresRecordingQueue(pg_dead, "dead")  # never holds a lease
+        for i in range(100):
+            assert await dead.add(row(f"s{i:03d}", state="stranded", captured_at=1000.0 + i))
+        assert await dead.add(row("fresh", str(readable), 10, captured_at=5000.0))
+        await pg_b.node_heartbeat("b", 30.0)
+        b = PostgresRecordingQueue(pg_b, "b")
+        pipeline = RecordingPipeline(RecordingSettings.from_env(env={}), tmp_path, queue=b)
+        assert await pipeline.take_over_orphans() == (1, 0)
+        adopted = await b.get("fresh")
+        assert adopted is not None and adopted.node_id == "b" and adopted.state == "pending"
 
 
 async def test_sqlite_queue_migrates_a_file_from_before_versioning(tmp_path: Path) -> None:
