@@ -451,7 +451,8 @@ class RecordingJobs(Protocol):
 
     async def adopt(self, row: RecordingRow, now: float) -> bool:
         """Make an orphan this node's and due now, if still owned by ``row.node_id`` in
-        ``row.state`` (one adopter wins)."""
+        ``row.state`` and that node still has no live lease (one adopter wins; a node
+        back under the same id keeps its row)."""
 
     async def strand(self, row: RecordingRow, reason: str) -> bool:
         """Mark an orphan this node cannot read ``stranded`` (same compare-and-set)."""

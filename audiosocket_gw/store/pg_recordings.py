@@ -11,7 +11,9 @@ one pool. Every node shares the queue; what keeps an upload to exactly one node:
   frozen past its lease and whose rows a survivor adopted writes nothing over them;
 - ``orphans`` are rows of nodes with no live lease (the ``nodes`` table of
   ``cluster.py``, by the database's clock); ``adopt`` and ``strand`` are compare-and-set
-  on (owner, state): of several survivors, one moves the row.
+  on (owner, state) and recheck that the owner still has no live lease (a node that
+  restarted under the same id since ``orphans`` keeps its row): of several survivors,
+  one moves the row.
 
 Times are the caller's epoch floats, as in the SQLite queue.
 """
@@ -241,8 +243,9 @@ class PostgresRecordingQueue:
 
     async def adopt(self, row: RecordingRow, now: float) -> bool:
         status = await self.store._with(lambda c: c.execute(
-            "UPDATE recordings SET node_id = $1, state = 'pending', next_attempt_at = $2,"
-            " last_error = $3 WHERE call_id = $4 AND node_id = $5 AND state = $6",
+            "UPDATE recordings r SET node_id = $1, state = 'pending', next_attempt_at = $2,"
+            " last_error = $3 WHERE r.call_id = $4 AND r.node_id = $5 AND r.state = $6"
+            f" AND {_NOT_LIVE}",
             self.node_id, now, f"node {row.node_id} lost: taken over by {self.node_id}",
             row.call_id, row.node_id, row.state))
         return _count(status) == 1
@@ -251,7 +254,7 @@ class PostgresRecordingQueue:
         if row.state == RecState.STRANDED.value:
             return False
         status = await self.store._with(lambda c: c.execute(
-            "UPDATE recordings SET state = 'stranded', last_error = $1"
-            " WHERE call_id = $2 AND node_id = $3 AND state = $4",
+            "UPDATE recordings r SET state = 'stranded', last_error = $1"
+            f" WHERE r.call_id = $2 AND r.node_id = $3 AND r.state = $4 AND {_NOT_LIVE}",
             reason[:500], row.call_id, row.node_id, row.state))
         return _count(status) == 1

@@ -170,6 +170,28 @@ async def test_stranded_rows_do_not_hide_a_newer_readable_orphan(tmp_path: Path)
         assert adopted is not None and adopted.node_id == "b" and adopted.state == "pending"
 
 
+async def test_adopt_and_strand_leave_a_row_whose_node_has_a_live_lease(
+        tmp_path: Path) -> None:
+    """Between ``orphans()`` and ``adopt()``/``strand()`` the owner may come back under
+    the same node id (lease renewed): it keeps its row, whatever the survivor listed."""
+    async with temp_database() as url, PostgresCallStore(url, node_id="a") as pg_a, \
+            PostgresCallStore(url, node_id="b") as pg_b:
+        a = PostgresRecordingQueue(pg_a, "a")
+        b = PostgresRecordingQueue(pg_b, "b")
+        await pg_b.node_heartbeat("b", 30.0)
+        assert await a.add(row("r1")) and await a.add(row("r2"))
+        listed = {r.call_id: r for r in await b.orphans()}  # a holds no lease yet
+        assert set(listed) == {"r1", "r2"}
+        await pg_a.node_heartbeat("a", 30.0)  # a restarted under the same id
+        assert not await b.adopt(listed["r1"], 5.0)
+        assert not await b.strand(listed["r2"], "not readable from b")
+        for cid in ("r1", "r2"):
+            kept = await a.get(cid)
+            assert kept is not None and kept.node_id == "a" and kept.state == "pending"
+        await pg_a.node_stopped("a")
+        assert await b.adopt(listed["r1"], 5.0)  # gone again: now it is taken over
+
+
 async def test_sqlite_queue_migrates_a_file_from_before_versioning(tmp_path: Path) -> None:
     path = tmp_path / "recordings.sqlite"
     conn = sqlite3.connect(path)
