@@ -242,19 +242,40 @@ class PostgresRecordingQueue:
         return [RecordingRow(*tuple(r)) for r in rows]
 
     async def adopt(self, row: RecordingRow, now: float) -> bool:
-        status = await self.store._with(lambda c: c.execute(
-            "UPDATE recordings r SET node_id = $1, state = 'pending', next_attempt_at = $2,"
-            " last_error = $3 WHERE r.call_id = $4 AND r.node_id = $5 AND r.state = $6"
-            f" AND {_NOT_LIVE}",
-            self.node_id, now, f"node {row.node_id} lost: taken over by {self.node_id}",
-            row.call_id, row.node_id, row.state))
-        return _count(status) == 1
+        async def take(c: asyncpg.Connection) -> bool:
+            status = await c.execute(
+                "UPDATE recordings r SET node_id = $1, next_attempt_at = $2, last_error = $3,"
+                " state = CASE WHEN r.state = 'verified' THEN 'verified' ELSE 'pending' END"
+                " WHERE r.call_id = $4 AND r.node_id = $5 AND r.state = $6"
+                f" AND {_NOT_LIVE}",
+                self.node_id, now, f"node {row.node_id} lost: taken over by {self.node_id}",
+                row.call_id, row.node_id, row.state)
+            if _count(status) != 1:
+                return False
+            await c.execute(  # the lost node's attempt did not finish (as in recover)
+                "UPDATE transcripts SET state = 'pending', next_attempt_at = $2"
+                " WHERE call_id = $1 AND state = 'running'", row.call_id, now)
+            return True
+
+        return await self.store._with(take, tx=True)
 
     async def strand(self, row: RecordingRow, reason: str) -> bool:
         if row.state == RecState.STRANDED.value:
             return False
-        status = await self.store._with(lambda c: c.execute(
-            "UPDATE recordings r SET state = 'stranded', last_error = $1"
-            f" WHERE r.call_id = $2 AND r.node_id = $3 AND r.state = $4 AND {_NOT_LIVE}",
-            reason[:500], row.call_id, row.node_id, row.state))
-        return _count(status) == 1
+
+        async def move(c: asyncpg.Connection) -> bool:
+            status = await c.execute(
+                "UPDATE recordings r SET last_error = $1,"
+                " state = CASE WHEN r.state = 'verified' THEN 'deleted' ELSE 'stranded' END"
+                f" WHERE r.call_id = $2 AND r.node_id = $3 AND r.state = $4 AND {_NOT_LIVE}",
+                reason[:500], row.call_id, row.node_id, row.state)
+            if _count(status) != 1:
+                return False
+            if row.state == RecState.VERIFIED.value:  # its file is not readable here
+                await c.execute(
+                    "UPDATE transcripts SET state = 'failed', last_error = $2"
+                    " WHERE call_id = $1 AND state IN ('pending', 'running')",
+                    row.call_id, reason[:500])
+            return True
+
+        return await self.store._with(move, tx=True)
