@@ -67,6 +67,7 @@ from .dial import (
     DialTarget,
 )
 from .settings import OutboundSettings
+from .store.base import StoreError
 from .tenants import TransferDestination, normalize_e164
 from .twilio.ids import call_sid_for
 
@@ -423,7 +424,8 @@ class CallController:
     async def outcome(self, key: str, timeout: float) -> DialOutcome:  # noqa: ASYNC109
         """The outcome of the Dial started for ``key`` (resume id or call id).
 
-        ``LookupError`` if no Dial is known for it, ``TimeoutError`` after ``timeout`` s.
+        ``LookupError`` if no Dial is known for it (or the store that would know it
+        fails: logged once), ``TimeoutError`` after ``timeout`` s.
         """
         watch = self._by_key.get(key)
         if watch is None:
@@ -435,7 +437,12 @@ class CallController:
         node stored on the leg (polled: its AMI events and this leg race each other)."""
         async with asyncio.timeout(timeout):
             while True:
-                leg = await self.ctx.store.get_leg(key, self.ctx.clock.wall())
+                try:
+                    leg = await self.ctx.store.get_leg(key, self.ctx.clock.wall())
+                except StoreError as exc:
+                    log.warning("dial %s: outcome not readable from the store (%s)", key,
+                                exc)
+                    raise LookupError(f"no dial outcome for {key}: store error") from exc
                 if leg is None:
                     raise LookupError(f"no dial for {key}")
                 meta = leg[1]

@@ -10,6 +10,8 @@ resume leg (docs/PROTOCOLS.md §4.3, §4.4).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +39,7 @@ from audiosocket_gw.dial import DialRequest, DialTarget
 from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.recordings.component import RecordingsComponent
 from audiosocket_gw.settings import AmiSettings
+from audiosocket_gw.store.sqlite import SqliteCallStore
 from audiosocket_gw.telephony import AsteriskProvider
 from audiosocket_gw.testing.fakeapp import FakeTwilioApp
 from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
@@ -422,6 +425,30 @@ async def test_dial_refused_without_a_live_call(monkeypatch: pytest.MonkeyPatch)
         assert cid in gw.audiosocket.calls  # and the call goes on
         with pytest.raises(LookupError):
             await ctl.outcome(cid, 0.1)
+
+
+async def test_dial_outcome_is_none_when_the_store_fails(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A resumed leg asks the store for the outcome another node stored; a store error
+    there (database gone) means "unknown" for the voice backend, not an exception."""
+    async with SqliteCallStore(tmp_path / "gone.sqlite") as broken:
+        pass  # closed: every call raises StoreError("store is not open")
+    async with stack(monkeypatch, ring_s=30 * MS, audiosocket_seconds=3.0) as (gw, _sim):
+        ctl = gw.component(CallController)
+        cid = await live_call(gw)
+        call = gw.audiosocket.calls[cid]
+        with monkeypatch.context() as m:
+            m.setattr(ctl, "ctx", dataclasses.replace(ctl.ctx, store=broken))
+            with caplog.at_level(logging.WARNING, "audiosocket_gw.callcontrol"):
+                assert await call.dial_outcome(1.0) is None
+                with pytest.raises(LookupError):
+                    await ctl.outcome("no-such-resume-id", 1.0)
+        assert [r.getMessage() for r in caplog.records
+                if "not readable from the store" in r.getMessage()] == [
+            f"dial {cid}: outcome not readable from the store (store is not open)",
+            "dial no-such-resume-id: outcome not readable from the store (store is not open)"]
+        assert cid in gw.audiosocket.calls  # and the call goes on
 
 
 async def test_resumed_leg_streams_with_the_parent_call_sid() -> None:

@@ -17,7 +17,9 @@ channel splitting run in threads):
   stores the text, retries with backoff; failures are visible on the job row;
 - on a shared queue (several nodes), a takeover loop every ``takeover_s``: the rows of
   nodes without a live lease are adopted when their file is readable here (same path,
-  same size), else marked ``stranded`` with the reason.
+  same size; verified ones stay verified, for this node's sweep and transcription),
+  else marked ``stranded`` with the reason (verified ones ``deleted``: uploaded, their
+  local copy out of reach).
 """
 
 from __future__ import annotations
@@ -325,7 +327,8 @@ class RecordingPipeline:
 
     async def take_over_orphans(self) -> tuple[int, int]:
         """Adopt the rows of nodes without a live lease whose file is readable here;
-        mark the others ``stranded``. Returns (adopted, stranded)."""
+        mark the others ``stranded`` (a verified one, already uploaded: ``deleted``,
+        its local copy left on the lost node). Returns (adopted, stranded)."""
         adopted = stranded = 0
         me = self.queue.node_id
         for row in await self.queue.orphans():
@@ -334,6 +337,13 @@ class RecordingPipeline:
                     adopted += 1
                     log.warning("call %s: recording of lost node %s taken over (%s)",
                                 row.call_id, row.node_id, row.state)
+            elif row.state == RecState.VERIFIED.value:
+                if await self.queue.strand(
+                        row, f"local copy on lost node {row.node_id} not reachable from "
+                             f"{me}; not deleted here (the stored copy is complete)"):
+                    log.warning("call %s: verified recording of lost node %s: its local "
+                                "file is not readable here; left in place", row.call_id,
+                                row.node_id)
             elif await self.queue.strand(
                     row, f"node {row.node_id} lost; its file is not readable from {me} "
                          "(share the recordings directory to let survivors upload it)"):
@@ -343,7 +353,8 @@ class RecordingPipeline:
                           "here", row.call_id, row.node_id)
         if adopted:
             await self._update_depth()
-            self._wake_upload.set()
+            for ev in (self._wake_upload, self._wake_jobs, self._wake_sweep):
+                ev.set()
         return adopted, stranded
 
     # -- transcription ---------------------------------------------------------------

@@ -24,7 +24,10 @@ that can read the file (same size at the same path: MixMonitor files on a shared
 spool) takes the row (``adopt()``), compare-and-set on (owner, state), so exactly one does;
 one that cannot marks it ``stranded`` with the reason in ``last_error`` (another
 survivor that can read it, or the node restarted under the same ``AIGW_NODE_ID``,
-still picks it up).
+still picks it up). A ``verified`` row (uploaded, waiting for retention or its
+transcription) stays ``verified`` when adopted; one whose file is out of reach becomes
+``deleted`` with the reason (its S3 copy is complete), and its unfinished transcription
+job ``failed``.
 
 Recording states::
 
@@ -33,7 +36,9 @@ Recording states::
     uploading  an attempt is running (reset to pending at start-up)
     uploaded   the store accepted the bytes; checksum not yet verified
     verified   HEAD + read-back sha256 match the local file
-    deleted    verified, retention elapsed, local file removed
+    deleted    verified, retention elapsed, local file removed; or verified and its node
+               lost with the local file out of reach of the survivor (``last_error``
+               says so: that copy was not deleted). The S3 copy stays in both cases
     failed     gave up (attempts exhausted or a permanent error), last_error says why
     stranded   the owning node is gone and the file is not readable from the node that
                looked (last_error says which); resumed by a node that can read it
@@ -79,9 +84,10 @@ class RecState(StrEnum):
     STRANDED = "stranded"
 
 
-TAKEOVER_STATES = ("pending", "uploading", "uploaded", "stranded")
-"""States of a dead node's row that a survivor takes over (the rest are final, local-only
-or only wait for the owner's retention sweep)."""
+TAKEOVER_STATES = ("pending", "uploading", "uploaded", "stranded", "verified")
+"""States of a dead node's row that a survivor takes over (the rest are final or
+local-only). ``verified`` rows only wait for the retention sweep and the transcription,
+both of the owning node: a survivor adopts them still ``verified`` (never re-uploaded)."""
 
 
 class JobState(StrEnum):
@@ -445,14 +451,20 @@ class RecordingJobs(Protocol):
     async def set_job(self, call_id: str, state: JobState, **values: Any) -> None: ...
 
     async def orphans(self, limit: int = 100) -> list[RecordingRow]:
-        """Rows in ``TAKEOVER_STATES`` whose node holds no live lease, oldest first."""
+        """Rows in ``TAKEOVER_STATES`` whose node holds no live lease, oldest first,
+        ``stranded`` rows last (already looked at: they must not hide newer rows that a
+        survivor can adopt behind ``limit``)."""
 
     async def adopt(self, row: RecordingRow, now: float) -> bool:
         """Make an orphan this node's and due now, if still owned by ``row.node_id`` in
-        ``row.state`` (one adopter wins)."""
+        ``row.state`` and that node still has no live lease (one adopter wins; a node
+        back under the same id keeps its row). ``pending``, except a ``verified`` row
+        (stays verified; its transcription job, if it was running, pending again)."""
 
     async def strand(self, row: RecordingRow, reason: str) -> bool:
-        """Mark an orphan this node cannot read ``stranded`` (same compare-and-set)."""
+        """Mark an orphan this node cannot read ``stranded`` (same compare-and-set); a
+        ``verified`` one ``deleted`` instead (uploaded: only its local copy is out of
+        reach, not deleted here), its unfinished transcription job ``failed``."""
 
 
 class SqliteRecordingQueue:

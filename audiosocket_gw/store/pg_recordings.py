@@ -11,7 +11,9 @@ one pool. Every node shares the queue; what keeps an upload to exactly one node:
   frozen past its lease and whose rows a survivor adopted writes nothing over them;
 - ``orphans`` are rows of nodes with no live lease (the ``nodes`` table of
   ``cluster.py``, by the database's clock); ``adopt`` and ``strand`` are compare-and-set
-  on (owner, state): of several survivors, one moves the row.
+  on (owner, state) and recheck that the owner still has no live lease (a node that
+  restarted under the same id since ``orphans`` keeps its row): of several survivors,
+  one moves the row.
 
 Times are the caller's epoch floats, as in the SQLite queue.
 """
@@ -234,23 +236,46 @@ class PostgresRecordingQueue:
         cols = ", ".join("r." + c for c in _REC_COLS)
         rows = await self.store._with(lambda c: c.fetch(
             f"SELECT {cols} FROM recordings r WHERE r.state = ANY($1::text[])"
-            f" AND r.node_id <> $2 AND {_NOT_LIVE} ORDER BY r.captured_at LIMIT $3",
+            f" AND r.node_id <> $2 AND {_NOT_LIVE}"
+            " ORDER BY (r.state = 'stranded'), r.captured_at LIMIT $3",
             _TAKEOVER, self.node_id, max(1, int(limit))))
         return [RecordingRow(*tuple(r)) for r in rows]
 
     async def adopt(self, row: RecordingRow, now: float) -> bool:
-        status = await self.store._with(lambda c: c.execute(
-            "UPDATE recordings SET node_id = $1, state = 'pending', next_attempt_at = $2,"
-            " last_error = $3 WHERE call_id = $4 AND node_id = $5 AND state = $6",
-            self.node_id, now, f"node {row.node_id} lost: taken over by {self.node_id}",
-            row.call_id, row.node_id, row.state))
-        return _count(status) == 1
+        async def take(c: asyncpg.Connection) -> bool:
+            status = await c.execute(
+                "UPDATE recordings r SET node_id = $1, next_attempt_at = $2, last_error = $3,"
+                " state = CASE WHEN r.state = 'verified' THEN 'verified' ELSE 'pending' END"
+                " WHERE r.call_id = $4 AND r.node_id = $5 AND r.state = $6"
+                f" AND {_NOT_LIVE}",
+                self.node_id, now, f"node {row.node_id} lost: taken over by {self.node_id}",
+                row.call_id, row.node_id, row.state)
+            if _count(status) != 1:
+                return False
+            await c.execute(  # the lost node's attempt did not finish (as in recover)
+                "UPDATE transcripts SET state = 'pending', next_attempt_at = $2"
+                " WHERE call_id = $1 AND state = 'running'", row.call_id, now)
+            return True
+
+        return await self.store._with(take, tx=True)
 
     async def strand(self, row: RecordingRow, reason: str) -> bool:
         if row.state == RecState.STRANDED.value:
             return False
-        status = await self.store._with(lambda c: c.execute(
-            "UPDATE recordings SET state = 'stranded', last_error = $1"
-            " WHERE call_id = $2 AND node_id = $3 AND state = $4",
-            reason[:500], row.call_id, row.node_id, row.state))
-        return _count(status) == 1
+
+        async def move(c: asyncpg.Connection) -> bool:
+            status = await c.execute(
+                "UPDATE recordings r SET last_error = $1,"
+                " state = CASE WHEN r.state = 'verified' THEN 'deleted' ELSE 'stranded' END"
+                f" WHERE r.call_id = $2 AND r.node_id = $3 AND r.state = $4 AND {_NOT_LIVE}",
+                reason[:500], row.call_id, row.node_id, row.state)
+            if _count(status) != 1:
+                return False
+            if row.state == RecState.VERIFIED.value:  # its file is not readable here
+                await c.execute(
+                    "UPDATE transcripts SET state = 'failed', last_error = $2"
+                    " WHERE call_id = $1 AND state IN ('pending', 'running')",
+                    row.call_id, reason[:500])
+            return True
+
+        return await self.store._with(move, tx=True)

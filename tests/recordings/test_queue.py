@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from audiosocket_gw.recordings.pipeline import RecordingPipeline
 from audiosocket_gw.recordings.queue import (
     MIGRATIONS,
     JobState,
@@ -22,6 +23,7 @@ from audiosocket_gw.recordings.queue import (
     RecordingRow,
     RecState,
 )
+from audiosocket_gw.recordings.settings import RecordingSettings
 from audiosocket_gw.store.factory import build_recording_queue
 from audiosocket_gw.store.pg_recordings import PostgresRecordingQueue
 from audiosocket_gw.store.postgres import PostgresCallStore
@@ -145,6 +147,90 @@ async def test_two_nodes_upload_only_their_own_and_survivors_take_over_once(
         assert await a.recover() == (1, 0)
         resumed = await a.get("r2")
         assert resumed is not None and resumed.state == "pending"
+
+
+async def test_stranded_rows_do_not_hide_a_newer_readable_orphan(tmp_path: Path) -> None:
+    """``orphans()`` returns at most 100 rows and ``strand()`` skips stranded ones: with
+    the oldest 100 rows stranded, a newer row whose file is readable here must still be
+    adopted in one takeover pass (it was listed after them, past the limit)."""
+    readable = tmp_path / "spool" / "new.wav"
+    readable.parent.mkdir()
+    readable.write_bytes(b"x" * 10)
+    async with temp_database() as url, PostgresCallStore(url, node_id="dead") as pg_dead, \
+            PostgresCallStore(url, node_id="b") as pg_b:
+        dead = PostgresRecordingQueue(pg_dead, "dead")  # never holds a lease
+        for i in range(100):
+            assert await dead.add(row(f"s{i:03d}", state="stranded", captured_at=1000.0 + i))
+        assert await dead.add(row("fresh", str(readable), 10, captured_at=5000.0))
+        await pg_b.node_heartbeat("b", 30.0)
+        b = PostgresRecordingQueue(pg_b, "b")
+        pipeline = RecordingPipeline(RecordingSettings.from_env(env={}), tmp_path, queue=b)
+        assert await pipeline.take_over_orphans() == (1, 0)
+        adopted = await b.get("fresh")
+        assert adopted is not None and adopted.node_id == "b" and adopted.state == "pending"
+
+
+async def test_adopt_and_strand_leave_a_row_whose_node_has_a_live_lease(
+        tmp_path: Path) -> None:
+    """Between ``orphans()`` and ``adopt()``/``strand()`` the owner may come back under
+    the same node id (lease renewed): it keeps its row, whatever the survivor listed."""
+    async with temp_database() as url, PostgresCallStore(url, node_id="a") as pg_a, \
+            PostgresCallStore(url, node_id="b") as pg_b:
+        a = PostgresRecordingQueue(pg_a, "a")
+        b = PostgresRecordingQueue(pg_b, "b")
+        await pg_b.node_heartbeat("b", 30.0)
+        assert await a.add(row("r1")) and await a.add(row("r2"))
+        listed = {r.call_id: r for r in await b.orphans()}  # a holds no lease yet
+        assert set(listed) == {"r1", "r2"}
+        await pg_a.node_heartbeat("a", 30.0)  # a restarted under the same id
+        assert not await b.adopt(listed["r1"], 5.0)
+        assert not await b.strand(listed["r2"], "not readable from b")
+        for cid in ("r1", "r2"):
+            kept = await a.get(cid)
+            assert kept is not None and kept.node_id == "a" and kept.state == "pending"
+        await pg_a.node_stopped("a")
+        assert await b.adopt(listed["r1"], 5.0)  # gone again: now it is taken over
+
+
+async def test_a_lost_nodes_verified_rows_are_adopted_verified_or_closed(
+        tmp_path: Path) -> None:
+    """A node gone (e.g. restarted as another ``hostname:pid``) leaves verified rows that
+    only its own retention sweep and transcriber would handle. A survivor that can read
+    the file adopts the row still ``verified`` (no second upload) and takes over the
+    sweep and the interrupted transcription; one that cannot marks it ``deleted`` with
+    the reason (the S3 copy stays) and fails its transcription job: it is not listed
+    again."""
+    readable = tmp_path / "spool" / "shared.wav"
+    readable.parent.mkdir()
+    readable.write_bytes(b"x" * 10)
+    async with temp_database() as url, PostgresCallStore(url, node_id="gone") as pg_gone, \
+            PostgresCallStore(url, node_id="b") as pg_b:
+        gone = PostgresRecordingQueue(pg_gone, "gone")  # holds no lease
+        assert await gone.add(row("shared", str(readable), 10, state="verified",
+                                  attempts=1, verified_at=100.0))
+        assert await gone.add(row("lost", str(tmp_path / "only-on-gone.wav"), 10,
+                                  state="verified", attempts=1, verified_at=100.0))
+        for cid in ("shared", "lost"):
+            assert await gone.add_job(cid, 100.0)
+            assert await gone.claim_job(200.0) is not None  # running when the node died
+        await pg_b.node_heartbeat("b", 30.0)
+        b = PostgresRecordingQueue(pg_b, "b")
+        pipeline = RecordingPipeline(RecordingSettings.from_env(env={}), tmp_path, queue=b)
+        assert await pipeline.take_over_orphans() == (1, 0)
+        shared = await b.get("shared")
+        assert shared is not None and shared.node_id == "b" and shared.state == "verified"
+        assert shared.attempts == 1 and shared.verified_at == 100.0  # never re-uploaded
+        job = await b.claim_job(time.time())  # b's transcriber resumes it
+        assert job is not None and job.call_id == "shared" and job.attempts == 2
+        await b.set_job("shared", JobState.DONE, text="")
+        assert [r.call_id for r in await b.due_for_deletion(time.time(), 60.0)] == ["shared"]
+        lost = await b.get("lost")
+        assert lost is not None and lost.state == "deleted" and lost.node_id == "gone"
+        assert "not deleted here" in (lost.last_error or "") and lost.deleted_at is None
+        lost_job = await b.get_job("lost")
+        assert lost_job is not None and lost_job.state == "failed"
+        assert await b.orphans() == []  # handled once
+        assert await pipeline.take_over_orphans() == (0, 0)
 
 
 async def test_sqlite_queue_migrates_a_file_from_before_versioning(tmp_path: Path) -> None:
