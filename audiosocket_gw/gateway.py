@@ -305,6 +305,16 @@ class Gateway:
                     backend.check_agent(agent)
             except ConfigError as exc:
                 raise ConfigError(f"{source}: agent {agent.name!r}: {exc}") from None
+        attended = sorted(a.name for a in self.tenants.agents.values()
+                          if any(d.mode == "attended"
+                                 for d in a.transfer_destinations.values()))
+        if attended and self.settings.store.workers > 1 and not self.settings.store.worker:
+            # docs/DEPLOY.md §7: the consult leg must reach the worker that started the
+            # transfer; SO_REUSEPORT spreads it over all of them.
+            log.warning("agents %s have attended transfer destinations, which need one "
+                        "worker per AudioSocket address (with %d workers most consult "
+                        "legs reach another worker and the transfer times out)",
+                        ", ".join(attended), self.settings.store.workers)
 
     def _tick_stats(self, lateness: float, frames: int) -> None:
         self.metrics.pacer_lateness.observe(lateness)
