@@ -70,7 +70,7 @@ T = TypeVar("T")
 
 __all__ = ["MIGRATIONS", "TAKEOVER_STATES", "JobState", "RecState", "RecordingDB",
            "RecordingJobs", "RecordingRow", "SqliteRecordingQueue",
-           "TranscriptRow", "file_reachable"]
+           "TranscriptRow", "file_reachable", "update_columns"]
 
 
 class RecState(StrEnum):
@@ -141,6 +141,22 @@ class TranscriptRow:
 
 _REC_COLS = [f.name for f in fields(RecordingRow)]
 _TR_COLS = [f.name for f in fields(TranscriptRow)]
+_UPDATABLE = {"recording": frozenset(_REC_COLS) - {"call_id", "node_id"},
+              "transcript": frozenset(_TR_COLS) - {"call_id"}}
+
+
+def update_columns(kind: str, values: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The checked ``(column, value)`` pairs of an UPDATE of a ``recording`` or
+    ``transcript`` row, for both stores: known columns only (never the key, nor the
+    owning node: that changes by adoption alone), ``speakers`` as JSON."""
+    out: list[tuple[str, Any]] = []
+    for name, value in values.items():
+        if name not in _UPDATABLE[kind]:
+            raise TypeError(f"unknown {kind} column {name!r}")
+        if name == "speakers" and value is not None:
+            value = json.dumps(value, sort_keys=True)
+        out.append((name, value))
+    return out
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = ((
     # 1: the first schema (created IF NOT EXISTS: files from before versioning are v0)
@@ -313,15 +329,9 @@ class RecordingDB:
         return None if row[0] is None else float(row[0])
 
     def set_state(self, call_id: str, state: RecState, **values: Any) -> bool:
-        allowed = set(_REC_COLS) - {"call_id"}
-        sets = ["state = ?"]
-        args: list[Any] = [state.value]
-        for name, value in values.items():
-            if name not in allowed:
-                raise TypeError(f"unknown recording column {name!r}")
-            sets.append(f"{name} = ?")
-            args.append(value)
-        args.append(call_id)
+        cols = update_columns("recording", values)
+        sets = ["state = ?", *(f"{name} = ?" for name, _ in cols)]
+        args: list[Any] = [state.value, *(v for _, v in cols), call_id]
         return self.conn.execute(
             f"UPDATE recordings SET {', '.join(sets)} WHERE call_id = ?", args).rowcount > 0
 
@@ -379,17 +389,9 @@ class RecordingDB:
         return None if row[0] is None else float(row[0])
 
     def set_job(self, call_id: str, state: JobState, **values: Any) -> None:
-        allowed = set(_TR_COLS) - {"call_id"}
-        sets = ["state = ?"]
-        args: list[Any] = [state.value]
-        for name, value in values.items():
-            if name not in allowed:
-                raise TypeError(f"unknown transcript column {name!r}")
-            if name == "speakers" and value is not None:
-                value = json.dumps(value, sort_keys=True)
-            sets.append(f"{name} = ?")
-            args.append(value)
-        args.append(call_id)
+        cols = update_columns("transcript", values)
+        sets = ["state = ?", *(f"{name} = ?" for name, _ in cols)]
+        args: list[Any] = [state.value, *(v for _, v in cols), call_id]
         self.conn.execute(f"UPDATE transcripts SET {', '.join(sets)} WHERE call_id = ?", args)
 
 

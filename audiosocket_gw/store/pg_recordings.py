@@ -30,6 +30,7 @@ from ..recordings.queue import (
     RecordingRow,
     RecState,
     TranscriptRow,
+    update_columns,
 )
 
 if TYPE_CHECKING:
@@ -155,15 +156,9 @@ class PostgresRecordingQueue:
         return None if v is None else float(v)
 
     async def set_state(self, call_id: str, state: RecState, **values: Any) -> bool:
-        allowed = set(_REC_COLS) - {"call_id", "node_id"}
-        sets = ["state = $1"]
-        args: list[Any] = [state.value]
-        for name, value in values.items():
-            if name not in allowed:
-                raise TypeError(f"unknown recording column {name!r}")
-            args.append(value)
-            sets.append(f"{name} = ${len(args)}")
-        args += [call_id, self.node_id]
+        cols = update_columns("recording", values)
+        sets = ["state = $1", *(f"{name} = ${i}" for i, (name, _) in enumerate(cols, 2))]
+        args: list[Any] = [state.value, *(v for _, v in cols), call_id, self.node_id]
         status = await self.store._with(lambda c: c.execute(
             f"UPDATE recordings SET {', '.join(sets)} WHERE call_id = ${len(args) - 1}"
             f" AND node_id = ${len(args)}", *args))
@@ -218,17 +213,9 @@ class PostgresRecordingQueue:
         return None if v is None else float(v)
 
     async def set_job(self, call_id: str, state: JobState, **values: Any) -> None:
-        allowed = set(_TR_COLS) - {"call_id"}
-        sets = ["state = $1"]
-        args: list[Any] = [state.value]
-        for name, value in values.items():
-            if name not in allowed:
-                raise TypeError(f"unknown transcript column {name!r}")
-            if name == "speakers" and value is not None:
-                value = json.dumps(value, sort_keys=True)
-            args.append(value)
-            sets.append(f"{name} = ${len(args)}")
-        args.append(call_id)
+        cols = update_columns("transcript", values)
+        sets = ["state = $1", *(f"{name} = ${i}" for i, (name, _) in enumerate(cols, 2))]
+        args: list[Any] = [state.value, *(v for _, v in cols), call_id]
         await self.store._with(lambda c: c.execute(
             f"UPDATE transcripts SET {', '.join(sets)} WHERE call_id = ${len(args)}", *args))
 

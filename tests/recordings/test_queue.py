@@ -284,3 +284,15 @@ def test_processes_opening_a_fresh_queue_together_all_succeed(tmp_path: Path) ->
     while not errors.empty():
         found.append(errors.get())
     assert found == []
+
+
+def test_update_columns_are_checked_the_same_for_both_stores() -> None:
+    from audiosocket_gw.recordings.queue import update_columns
+
+    assert update_columns("transcript", {"speakers": {"b": "2", "a": "1"}}) == [
+        ("speakers", '{"a": "1", "b": "2"}')]
+    assert update_columns("recording", {"attempts": 2}) == [("attempts", 2)]
+    for kind, col in (("recording", "node_id"), ("recording", "call_id"),
+                      ("transcript", "call_id"), ("recording", "bogus; DROP")):
+        with pytest.raises(TypeError, match=f"unknown {kind} column"):
+            update_columns(kind, {col: "x"})
