@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.settings import AmiSettings, Settings
 from audiosocket_gw.telephony import AsteriskProvider
 from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
-from tests.helpers import MS, make_config
+from tests.helpers import MS, ami_gateway, make_config, until
 from tests.pgtest import temp_database
 
 TOML = """
@@ -46,35 +48,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@asynccontextmanager
+async def _gateway(monkeypatch: pytest.MonkeyPatch, sim: AmiSimulator, live: int,
+                   advertise: int, peers: list[int]) -> AsyncIterator[Gateway]:
+    """A gateway listening on ``live`` that advertises ``advertise`` and lists ``peers``."""
+    monkeypatch.setenv("AIGW_ADVERTISE_AUDIOSOCKET", f"127.0.0.1:{advertise}")
+    monkeypatch.setenv("AIGW_PEER_AUDIOSOCKETS", ",".join(f"127.0.0.1:{p}" for p in peers))
+    cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
+    cfg.write_text(TOML)
+    async with ami_gateway(monkeypatch, sim.address, config=str(cfg),
+                           allow_unregistered=False, audiosocket=f"127.0.0.1:{live}") as gw:
+        yield gw
+
+
+async def _outbound(gw: Gateway) -> str:
+    provider = gw.component(CallsApi).provider
+    assert isinstance(provider, AsteriskProvider)
+    return await provider.start_outbound_call("acme", "+15550001111", "+15559990000")
+
+
 async def test_outbound_call_fails_over_to_the_peer_address(
         monkeypatch: pytest.MonkeyPatch) -> None:
     dead, live = _free_port(), _free_port()
-    sim = AmiSimulator(connect_audiosocket=True, audiosocket_seconds=0.3)
-    await sim.start()
-    host, port = sim.address
-    for k, v in {"AIGW_AMI_HOST": host, "AIGW_AMI_PORT": str(port), "AIGW_AMI_USER": "aigw",
-                 "AIGW_AMI_SECRET": "secret",
-                 "AIGW_ADVERTISE_AUDIOSOCKET": f"127.0.0.1:{dead}",
-                 "AIGW_PEER_AUDIOSOCKETS": f"127.0.0.1:{dead},127.0.0.1:{live}"}.items():
-        monkeypatch.setenv(k, v)
-    cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
-    cfg.write_text(TOML)
-    gw = Gateway(make_config(config=str(cfg), allow_unregistered=False,
-                             audiosocket=f"127.0.0.1:{live}"))
-    client = gw.component(CallTracker).client
-    assert client is not None
-    client.settings = AmiSettings(host=host, port=port, username="aigw", secret="secret",
-                                  backoff_initial=0.02, backoff_max=0.1, ping_interval=0.5,
-                                  ping_timeout=0.5)
-    await gw.start()
-    try:
-        assert await client.wait_connected(5.0)
-        provider = gw.component(CallsApi).provider
-        assert isinstance(provider, AsteriskProvider)
-        cid = await provider.start_outbound_call("acme", "+15550001111", "+15559990000")
-        async with asyncio.timeout(5.0):
-            while len(sim.legs) < 2 or sim.legs[1].ended_by == "pending":
-                await asyncio.sleep(5 * MS)
+    async with AmiSimulator(connect_audiosocket=True, audiosocket_seconds=0.3) as sim, \
+            _gateway(monkeypatch, sim, live, dead, [dead, live]) as gw:
+        cid = await _outbound(gw)
+        await until(lambda: len(sim.legs) >= 2 and sim.legs[1].ended_by != "pending")
         # Tried the advertised (dead) address, then the live peer; its own address in
         # the shared peer list was left out of AIGW_AUDIOSOCKET_ALT.
         assert sim.bridge_attempts == [(cid, f"127.0.0.1:{dead}"), (cid, f"127.0.0.1:{live}")]
@@ -82,45 +81,17 @@ async def test_outbound_call_fails_over_to_the_peer_address(
         assert refused.ended_by == "error" and "Refused" in (refused.error or "")
         assert leg.call_id == cid and leg.connected and leg.ended_by != "error", leg
         assert leg.frames_received > 0  # the echo bot answered on the peer address
-    finally:
-        await gw.shutdown(grace=0)
-        await sim.stop()
 
 
 async def test_all_addresses_refused_ends_the_call_without_a_leg(
         monkeypatch: pytest.MonkeyPatch) -> None:
     dead1, dead2, live = _free_port(), _free_port(), _free_port()
-    sim = AmiSimulator(connect_audiosocket=True, audiosocket_seconds=0.3)
-    await sim.start()
-    host, port = sim.address
-    for k, v in {"AIGW_AMI_HOST": host, "AIGW_AMI_PORT": str(port), "AIGW_AMI_USER": "aigw",
-                 "AIGW_AMI_SECRET": "secret",
-                 "AIGW_ADVERTISE_AUDIOSOCKET": f"127.0.0.1:{dead1}",
-                 "AIGW_PEER_AUDIOSOCKETS": f"127.0.0.1:{dead2}"}.items():
-        monkeypatch.setenv(k, v)
-    cfg = Path(tempfile.mkdtemp(prefix="aigw-t-")) / "t.toml"
-    cfg.write_text(TOML)
-    gw = Gateway(make_config(config=str(cfg), allow_unregistered=False,
-                             audiosocket=f"127.0.0.1:{live}"))
-    client = gw.component(CallTracker).client
-    assert client is not None
-    client.settings = AmiSettings(host=host, port=port, username="aigw", secret="secret",
-                                  backoff_initial=0.02, backoff_max=0.1, ping_interval=0.5,
-                                  ping_timeout=0.5)
-    await gw.start()
-    try:
-        assert await client.wait_connected(5.0)
-        provider = gw.component(CallsApi).provider
-        assert isinstance(provider, AsteriskProvider)
-        cid = await provider.start_outbound_call("acme", "+15550001111", "+15559990000")
-        async with asyncio.timeout(5.0):
-            while len(sim.bridge_attempts) < 2 or sim.channels:
-                await asyncio.sleep(5 * MS)
+    async with AmiSimulator(connect_audiosocket=True, audiosocket_seconds=0.3) as sim, \
+            _gateway(monkeypatch, sim, live, dead1, [dead2]) as gw:
+        cid = await _outbound(gw)
+        await until(lambda: len(sim.bridge_attempts) >= 2 and not sim.channels)
         assert sim.bridge_attempts == [(cid, f"127.0.0.1:{dead1}"), (cid, f"127.0.0.1:{dead2}")]
         assert cid not in gw.audiosocket.calls
-    finally:
-        await gw.shutdown(grace=0)
-        await sim.stop()
 
 
 HUMAN = "+15550002222"
