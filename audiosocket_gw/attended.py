@@ -48,8 +48,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,10 +58,12 @@ from typing import TYPE_CHECKING, Any, Final
 from .ami.client import AmiClient, AmiClientError
 from .ami.protocol import AmiMessage
 from .backends.base import Backend, BackendSession, CallControl, CallInfo
+from .callstate import CallInput, status_from_originate_reason
 from .dial import CONSULT_METADATA_KEY, MOVED_END_REASON, TRANSFER_SUMMARY_KEY
 from .settings import TtsSettings
 from .tenants import TransferDestination, normalize_e164
 from .tts import CachedTts, TtsError, build_tts
+from .twilio.twiml_exec import beep_pcm
 
 if TYPE_CHECKING:
     from .ami.tracker import CallTracker
@@ -91,8 +93,10 @@ HOLD_MARGIN_S: Final = 20.0
 """``AIGW_HOLD_TIMEOUT`` past the gateway's deadline: the dialplan's own safety net."""
 OUTCOMES: Final = ("completed", "declined", "timeout", "busy", "no-answer", "failed",
                    "canceled")
-_REASONS: Final = {5: "busy", 3: "no-answer", 8: "failed", 0: "failed", 1: "no-answer"}
-"""``OriginateResponse`` Reason (docs/PROTOCOLS.md §2.7) -> outcome; 4 = answered."""
+_OUTCOMES: Final = {CallInput.ORIGINATE_FAILED_BUSY: "busy",
+                    CallInput.ORIGINATE_NO_ANSWER: "no-answer"}
+"""A failed ``OriginateResponse`` (docs/PROTOCOLS.md §2.7), read as the outbound calls
+read it (``callstate.status_from_originate_reason``) -> outcome; anything else "failed"."""
 PROMPT: Final = "Press 1 to take the call, or 2 to decline."
 DEFAULT_SUMMARY: Final = "You have a call transferred by the virtual agent."
 TTS_TIMEOUT_S: Final = 5.0
@@ -105,14 +109,11 @@ class AttendedError(Exception):
 # ---------------------------------------------------------------------------- consult leg
 
 
+@functools.cache
 def beeps(count: int = 3) -> bytes:
-    """Short 880 Hz beeps (8 kHz slin): the prompt when no TTS engine is installed."""
-    tone = bytearray()
-    for n in range(1600):  # 200 ms
-        v = int(8000 * math.sin(2 * math.pi * 880 * n / 8000))
-        tone += v.to_bytes(2, "little", signed=True)
-    gap = bytes(2400)  # 150 ms
-    return (bytes(tone) + gap) * count
+    """Short 880 Hz beeps (8 kHz slin): the prompt when no TTS engine is installed (the
+    ``<Record>`` beep's generator, 200 ms on, 150 ms off)."""
+    return (beep_pcm(200, 880.0) + bytes(2400)) * count
 
 
 @dataclass
@@ -398,7 +399,7 @@ class AttendedTransfers:
                 return "canceled", ""
             reason, person = flow.originated.result()
             if reason != 4:
-                return _REASONS.get(reason, "failed"), ""
+                return _OUTCOMES.get(status_from_originate_reason(reason), "failed"), ""
             # Answered: the consult leg may already be talking (it can connect before
             # the OriginateResponse, docs/PROTOCOLS.md §2.7); the person has
             # decide_timeout_s from here.
