@@ -21,15 +21,19 @@ wrong type) raises ``TypeError``/``ValueError``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from ..callstate import CallInput, CallStatus, hangup_cause_text, next_status
 
 __all__ = [
+    "CALL_COLUMNS",
+    "CALL_SELECT",
     "UPDATABLE_FIELDS",
     "CallEvent",
     "CallRecord",
@@ -41,6 +45,8 @@ __all__ = [
     "RolloutStat",
     "StoreError",
     "UnknownCall",
+    "call_from_row",
+    "dump_json",
 ]
 
 Direction = Literal["inbound", "outbound"]
@@ -135,6 +141,27 @@ UPDATABLE_FIELDS: dict[str, tuple[type, ...]] = {
 """Fields ``update_call`` accepts, with their allowed types. Status, timestamps and
 durations change only through ``apply_input``; id, tenant, direction and numbers
 never change."""
+
+
+# One row shape for every store: CallRecord field -> column, in CallRecord order.
+CALL_COLUMNS: dict[str, str] = {
+    f.name: {"from_": "from_number", "to": "to_number"}.get(f.name, f.name)
+    for f in dataclass_fields(CallRecord)
+}
+CALL_SELECT = "SELECT " + ", ".join(CALL_COLUMNS.values()) + " FROM calls"
+
+
+def dump_json(data: dict[str, Any]) -> str:
+    """A JSON column's text (compact, sorted, no NaN): metadata, event data."""
+    return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+def call_from_row(row: Sequence[Any]) -> CallRecord:
+    """A ``CallRecord`` from a row selected by ``CALL_SELECT``."""
+    values = dict(zip(CALL_COLUMNS, tuple(row), strict=True))
+    values["status"] = CallStatus(values["status"])
+    values["metadata"] = json.loads(values["metadata"])
+    return CallRecord(**values)
 
 
 def check_update_fields(fields: dict[str, object]) -> None:

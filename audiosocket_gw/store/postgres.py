@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import fields
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from ..callstate import ACTIVE, CallInput, CallStatus
 from .base import (
+    CALL_COLUMNS,
+    CALL_SELECT,
     CallEvent,
     CallRecord,
     DuplicateCall,
@@ -38,7 +39,9 @@ from .base import (
     RolloutStat,
     StoreError,
     UnknownCall,
+    call_from_row,
     check_update_fields,
+    dump_json,
     transition,
 )
 
@@ -227,23 +230,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _MIGRATE_LOCK = 0x41494757  # "AIGW": one migrating node at a time
 
-_COLUMNS: dict[str, str] = {
-    f.name: {"from_": "from_number", "to": "to_number"}.get(f.name, f.name)
-    for f in fields(CallRecord)
-}
-_SELECT = "SELECT " + ", ".join(_COLUMNS.values()) + " FROM calls"
 _ACTIVE_VALUES = sorted(s.value for s in ACTIVE)
-
-
-def _dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)
-
-
-def _row_to_call(row: Any) -> CallRecord:
-    values = dict(zip(_COLUMNS, tuple(row), strict=True))
-    values["status"] = CallStatus(values["status"])
-    values["metadata"] = json.loads(values["metadata"])
-    return CallRecord(**values)
 
 
 class PostgresCallStore:
@@ -361,11 +348,11 @@ class PostgresCallStore:
 
         if call.direction not in ("inbound", "outbound"):
             raise ValueError(f"direction must be inbound or outbound, got {call.direction!r}")
-        values = [getattr(call, name) for name in _COLUMNS]
-        values[list(_COLUMNS).index("status")] = CallStatus(call.status).value
-        values[list(_COLUMNS).index("metadata")] = _dumps(call.metadata)
-        sql = (f"INSERT INTO calls ({', '.join(_COLUMNS.values())}) VALUES "
-               f"({', '.join(f'${i + 1}' for i in range(len(_COLUMNS)))})")
+        values = [getattr(call, name) for name in CALL_COLUMNS]
+        values[list(CALL_COLUMNS).index("status")] = CallStatus(call.status).value
+        values[list(CALL_COLUMNS).index("metadata")] = dump_json(call.metadata)
+        sql = (f"INSERT INTO calls ({', '.join(CALL_COLUMNS.values())}) VALUES "
+               f"({', '.join(f'${i + 1}' for i in range(len(CALL_COLUMNS)))})")
 
         async def insert(conn: asyncpg.Connection) -> None:
             try:
@@ -377,8 +364,8 @@ class PostgresCallStore:
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         """The call, or None."""
-        row = await self._with(lambda c: c.fetchrow(_SELECT + " WHERE id = $1", call_id))
-        return None if row is None else _row_to_call(row)
+        row = await self._with(lambda c: c.fetchrow(CALL_SELECT + " WHERE id = $1", call_id))
+        return None if row is None else call_from_row(row)
 
     async def list_calls(
         self,
@@ -409,11 +396,11 @@ class PostgresCallStore:
             where.append(f"created_at >= {arg(float(created_from))}")
         if created_until is not None:
             where.append(f"created_at <= {arg(float(created_until))}")
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql = CALL_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += (f" ORDER BY created_at DESC, id LIMIT {arg(max(0, int(limit)))}"
                 f" OFFSET {arg(max(0, int(offset)))}")
         rows = await self._with(lambda c: c.fetch(sql, *args))
-        return [_row_to_call(r) for r in rows]
+        return [call_from_row(r) for r in rows]
 
     async def delete_call(self, call_id: str) -> bool:
         """Remove a call, its events and its released slot row; True if it existed."""
@@ -430,13 +417,13 @@ class PostgresCallStore:
         """Calls in queued / ringing / in-progress, oldest first (of one node if given)."""
         if node_id is None:
             rows = await self._with(lambda c: c.fetch(
-                _SELECT + " WHERE status = ANY($1::text[]) ORDER BY created_at, id",
+                CALL_SELECT + " WHERE status = ANY($1::text[]) ORDER BY created_at, id",
                 _ACTIVE_VALUES))
         else:
             rows = await self._with(lambda c: c.fetch(
-                _SELECT + " WHERE status = ANY($1::text[]) AND node_id = $2"
+                CALL_SELECT + " WHERE status = ANY($1::text[]) AND node_id = $2"
                 " ORDER BY created_at, id", _ACTIVE_VALUES, node_id))
-        return [_row_to_call(r) for r in rows]
+        return [call_from_row(r) for r in rows]
 
     async def update_call(self, call_id: str, **fields: object) -> CallRecord | None:
         """Set ``UPDATABLE_FIELDS``; returns the updated call, None if unknown."""
@@ -444,15 +431,15 @@ class PostgresCallStore:
         if not fields:
             return await self.get_call(call_id)
         values = [
-            _dumps(cast(dict[str, Any], v)) if name == "metadata"
+            dump_json(cast(dict[str, Any], v)) if name == "metadata"
             else float(v) if name.startswith("mos_") and isinstance(v, int) else v
             for name, v in fields.items()
         ]
-        sets = ", ".join(f"{_COLUMNS[name]} = ${i + 1}" for i, name in enumerate(fields))
+        sets = ", ".join(f"{CALL_COLUMNS[name]} = ${i + 1}" for i, name in enumerate(fields))
         sql = (f"UPDATE calls SET {sets} WHERE id = ${len(values) + 1} RETURNING "
-               + ", ".join(_COLUMNS.values()))
+               + ", ".join(CALL_COLUMNS.values()))
         row = await self._with(lambda c: c.fetchrow(sql, *values, call_id), tx=True)
-        return None if row is None else _row_to_call(row)
+        return None if row is None else call_from_row(row)
 
     async def apply_input(
         self,
@@ -476,12 +463,12 @@ class PostgresCallStore:
         (under the row lock: of two nodes applying the same input, one sees the change)."""
 
         async def apply(conn: asyncpg.Connection) -> tuple[CallRecord, CallRecord] | None:
-            row = await conn.fetchrow(_SELECT + " WHERE id = $1 FOR UPDATE", call_id)
+            row = await conn.fetchrow(CALL_SELECT + " WHERE id = $1 FOR UPDATE", call_id)
             if row is None:
                 return None
-            call = _row_to_call(row)
+            call = call_from_row(row)
             updated, event = transition(call, inp, at, detail)
-            await self._append(conn, call_id, "input", at, _dumps(event))
+            await self._append(conn, call_id, "input", at, dump_json(event))
             if updated != call:
                 await conn.execute(
                     "UPDATE calls SET status = $1, answered_at = $2, ended_at = $3,"
@@ -526,7 +513,7 @@ class PostgresCallStore:
         self, call_id: str, kind: str, at: float, data: dict[str, Any] | None = None
     ) -> int:
         """Append an event; ``UnknownCall`` if the call does not exist."""
-        payload = _dumps(data or {})  # fail on bad data before touching the database
+        payload = dump_json(data or {})  # fail on bad data before touching the database
         return await self._with(lambda c: self._append(c, call_id, kind, at, payload))
 
     async def events(self, call_id: str) -> list[CallEvent]:
@@ -626,7 +613,7 @@ class PostgresCallStore:
                 " VALUES ($1, $2, $3, $4) ON CONFLICT (leg_id) DO UPDATE SET"
                 " call_id = excluded.call_id, metadata = excluded.metadata,"
                 " expires_at = excluded.expires_at",
-                leg_id, call_id, _dumps(dict(metadata)), expires_at)
+                leg_id, call_id, dump_json(dict(metadata)), expires_at)
 
         await self._with(register, tx=True)
 
@@ -641,7 +628,7 @@ class PostgresCallStore:
         """Merge ``metadata`` into the leg's (one statement: jsonb concatenation)."""
         status = await self._with(lambda c: c.execute(
             "UPDATE call_legs SET metadata = (metadata::jsonb || $2::jsonb)::text"
-            " WHERE leg_id = $1", leg_id, _dumps(dict(metadata))))
+            " WHERE leg_id = $1", leg_id, dump_json(dict(metadata))))
         return str(status).endswith(" 1")
 
     async def discard_leg(self, leg_id: str) -> None:

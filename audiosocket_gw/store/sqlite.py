@@ -22,7 +22,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -30,6 +29,8 @@ from typing import Any, Self, TypeVar, cast
 from ..callstate import ACTIVE, CallInput, CallStatus
 from ..private import secure_sqlite
 from .base import (
+    CALL_COLUMNS,
+    CALL_SELECT,
     CallEvent,
     CallRecord,
     DuplicateCall,
@@ -37,7 +38,9 @@ from .base import (
     RolloutStat,
     StoreError,
     UnknownCall,
+    call_from_row,
     check_update_fields,
+    dump_json,
     transition,
 )
 
@@ -139,12 +142,6 @@ MIGRATIONS: Sequence[Sequence[str]] = (
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# CallRecord field -> column, in CallRecord order.
-_COLUMNS: dict[str, str] = {
-    f.name: {"from_": "from_number", "to": "to_number"}.get(f.name, f.name)
-    for f in fields(CallRecord)
-}
-_SELECT = "SELECT " + ", ".join(_COLUMNS.values()) + " FROM calls"
 _ACTIVE_VALUES = tuple(sorted(s.value for s in ACTIVE))
 _ACTIVE_SQL = "(" + ", ".join("?" * len(_ACTIVE_VALUES)) + ")"
 
@@ -186,17 +183,6 @@ def enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> str:
                 raise
         time.sleep(delay)
         delay = min(0.1, delay * 2)
-
-
-def _dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)
-
-
-def _row_to_call(row: Sequence[Any]) -> CallRecord:
-    values = dict(zip(_COLUMNS, row, strict=True))
-    values["status"] = CallStatus(values["status"])
-    values["metadata"] = json.loads(values["metadata"])
-    return CallRecord(**values)
 
 
 class SqliteCallStore:
@@ -328,12 +314,12 @@ class SqliteCallStore:
         """Insert ``call``; ``DuplicateCall`` if its id exists."""
         if call.direction not in ("inbound", "outbound"):
             raise ValueError(f"direction must be inbound or outbound, got {call.direction!r}")
-        values = [getattr(call, name) for name in _COLUMNS]
-        values[list(_COLUMNS).index("status")] = CallStatus(call.status).value
-        values[list(_COLUMNS).index("metadata")] = _dumps(call.metadata)
+        values = [getattr(call, name) for name in CALL_COLUMNS]
+        values[list(CALL_COLUMNS).index("status")] = CallStatus(call.status).value
+        values[list(CALL_COLUMNS).index("metadata")] = dump_json(call.metadata)
         sql = (
-            f"INSERT INTO calls ({', '.join(_COLUMNS.values())}) "
-            f"VALUES ({', '.join('?' * len(_COLUMNS))})"
+            f"INSERT INTO calls ({', '.join(CALL_COLUMNS.values())}) "
+            f"VALUES ({', '.join('?' * len(CALL_COLUMNS))})"
         )
 
         def insert(conn: sqlite3.Connection) -> None:
@@ -345,8 +331,8 @@ class SqliteCallStore:
         await self._run(self._write, insert)
 
     def _get_sync(self, call_id: str) -> CallRecord | None:
-        row = self._c().execute(_SELECT + " WHERE id = ?", (call_id,)).fetchone()
-        return None if row is None else _row_to_call(row)
+        row = self._c().execute(CALL_SELECT + " WHERE id = ?", (call_id,)).fetchone()
+        return None if row is None else call_from_row(row)
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         """The call, or None."""
@@ -381,12 +367,12 @@ class SqliteCallStore:
         if created_until is not None:
             where.append("created_at <= ?")
             args.append(float(created_until))
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql = CALL_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
         args += [max(0, int(limit)), max(0, int(offset))]
 
         def q() -> list[CallRecord]:
-            return [_row_to_call(r) for r in self._c().execute(sql, args).fetchall()]
+            return [call_from_row(r) for r in self._c().execute(sql, args).fetchall()]
 
         return await self._run(q)
 
@@ -403,7 +389,7 @@ class SqliteCallStore:
 
     async def active_calls(self, node_id: str | None = None) -> list[CallRecord]:
         """Calls in queued / ringing / in-progress, oldest first (of one node if given)."""
-        sql = _SELECT + f" WHERE status IN {_ACTIVE_SQL}"
+        sql = CALL_SELECT + f" WHERE status IN {_ACTIVE_SQL}"
         args: tuple[Any, ...] = _ACTIVE_VALUES
         if node_id is not None:
             sql += " AND node_id = ?"
@@ -411,7 +397,7 @@ class SqliteCallStore:
         sql += " ORDER BY created_at, id"
 
         def q() -> list[CallRecord]:
-            return [_row_to_call(r) for r in self._c().execute(sql, args).fetchall()]
+            return [call_from_row(r) for r in self._c().execute(sql, args).fetchall()]
 
         return await self._run(q)
 
@@ -420,9 +406,9 @@ class SqliteCallStore:
         check_update_fields(fields)
         if not fields:
             return await self.get_call(call_id)
-        cols = [_COLUMNS[name] for name in fields]
+        cols = [CALL_COLUMNS[name] for name in fields]
         values = [
-            _dumps(cast(dict[str, Any], v)) if name == "metadata" else v
+            dump_json(cast(dict[str, Any], v)) if name == "metadata" else v
             for name, v in fields.items()
         ]
         sql = f"UPDATE calls SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?"
@@ -511,7 +497,7 @@ class SqliteCallStore:
         try:
             cur = conn.execute(
                 "INSERT INTO call_events (call_id, kind, at, data) VALUES (?, ?, ?, ?)",
-                (call_id, kind, float(at), _dumps(data)),
+                (call_id, kind, float(at), dump_json(data)),
             )
         except sqlite3.IntegrityError as exc:
             raise UnknownCall(f"no call {call_id!r}") from exc
@@ -521,7 +507,7 @@ class SqliteCallStore:
         self, call_id: str, kind: str, at: float, data: dict[str, Any] | None = None
     ) -> int:
         """Append an event; ``UnknownCall`` if the call does not exist."""
-        payload = _dumps(data or {})  # fail on bad data before touching the database
+        payload = dump_json(data or {})  # fail on bad data before touching the database
         payload_obj: dict[str, Any] = json.loads(payload)
         return await self._run(
             self._write, lambda conn: self._append_sync(conn, call_id, kind, at, payload_obj)
@@ -656,7 +642,7 @@ class SqliteCallStore:
                 " VALUES (?, ?, ?, ?) ON CONFLICT (leg_id) DO UPDATE SET"
                 " call_id = excluded.call_id, metadata = excluded.metadata,"
                 " expires_at = excluded.expires_at",
-                (leg_id, call_id, _dumps(dict(metadata)), expires_at))
+                (leg_id, call_id, dump_json(dict(metadata)), expires_at))
 
         await self._run(self._write, register)
 
@@ -682,7 +668,7 @@ class SqliteCallStore:
                 return False
             merged = {**json.loads(row[0]), **metadata}
             conn.execute("UPDATE call_legs SET metadata = ? WHERE leg_id = ?",
-                         (_dumps(merged), leg_id))
+                         (dump_json(merged), leg_id))
             return True
 
         return await self._run(self._write, amend)
