@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from .dial import DTMF_DIGITS_RE
 from .tenants import Agent, ToolSpec
 
 __all__ = [
@@ -60,7 +61,6 @@ MAX_OUTPUT: Final = 8000
 """Characters of a webhook's answer handed to the model (the rest is cut)."""
 OUTCOMES: Final = ("ok", "http_error", "timeout", "error", "invalid_arguments",
                    "unknown_tool", "busy")
-DTMF_DIGITS_RE: Final = re.compile(r"[0-9*#A-Dw]{1,64}")
 _SECRET_KEYS: Final = re.compile(r"pass|secret|token|pin|card|cvv|ssn|iban|account",
                                  re.IGNORECASE)
 _USER_AGENT: Final = "audiosocket-gw-tools/1"

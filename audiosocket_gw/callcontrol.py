@@ -58,6 +58,7 @@ from .ami.client import AmiClient, AmiClientError, check_dialplan_value
 from .ami.protocol import AmiMessage, c_unescape
 from .attended import AttendedError, AttendedTransfers, ConsultBackend, resume_call_info
 from .dial import (
+    DTMF_DIGITS_RE,
     MOVED_END_REASON,
     TRANSFER_METADATA_KEY,
     TRANSFER_SUMMARY_KEY,
@@ -113,7 +114,6 @@ _STATUS: Final[dict[str, DialStatus]] = {
 }
 _SIP_RE: Final = re.compile(r"(?:sips?:)?([A-Za-z0-9._+-]{1,64}@[A-Za-z0-9.-]{1,253}(?::\d{1,5})?)")
 _EXTENSION_RE: Final = re.compile(r"[0-9A-Za-z*#+_-]{1,32}@[A-Za-z0-9_-]{1,64}")
-_DIGITS_RE: Final = re.compile(r"[0-9*#A-Dw]{1,64}")
 _MAX_OUTCOMES: Final = 1000
 
 
@@ -180,7 +180,7 @@ def dial_options(request: DialRequest) -> str:
         raise DialError("targets with different sendDigits cannot ring together")
     if digits:
         d = digits.pop()
-        if not _DIGITS_RE.fullmatch(d):
+        if not DTMF_DIGITS_RE.fullmatch(d):
             raise DialError("sendDigits takes 0-9 * # A-D and w (0.5 s pause)")
         opts.append(f"D({d})")
     return "".join(opts)
@@ -542,7 +542,7 @@ class CallController:
     async def send_dtmf(self, call_id: str, digits: str) -> int:
         """Play ``digits`` to the caller's peer (``w`` = 0.5 s pause) with ``PlayDTMF``,
         one digit per action, each after the previous reply. Returns the digits sent."""
-        if not _DIGITS_RE.fullmatch(digits):
+        if not DTMF_DIGITS_RE.fullmatch(digits):
             raise ValueError("digits: 0-9 * # A-D and w (0.5 s pause), at most 64")
         _, channel, client = self._live(call_id)
         try:

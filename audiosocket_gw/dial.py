@@ -15,11 +15,22 @@ emulation, agent tools (``transfer_call``) and the AMI call controller
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-__all__ = ["CONSULT_METADATA_KEY", "MOVED_END_REASON", "TRANSFER_METADATA_KEY",
-           "TRANSFER_SUMMARY_KEY", "DialOutcome", "DialRequest", "DialStatus", "DialTarget"]
+__all__ = ["CONSULT_METADATA_KEY", "DIAL_OUTCOME_WAIT_S", "DTMF_DIGITS_RE", "DTMF_PAUSE_S",
+           "MOVED_END_REASON", "TRANSFER_METADATA_KEY", "TRANSFER_SUMMARY_KEY",
+           "DialOutcome", "DialRequest", "DialStatus", "DialTarget"]
+
+DTMF_DIGITS_RE: Final = re.compile(r"[0-9*#A-Dw]{1,64}")
+"""Digits the gateway sends over AMI ``PlayDTMF`` (Twilio ``sendDigits``, ``<Play
+digits>``, the agents' ``send_dtmf``): ``w`` is a pause of ``DTMF_PAUSE_S``."""
+DTMF_PAUSE_S: Final = 0.5
+"""A ``w`` in a digit string waits this long, as at Twilio."""
+DIAL_OUTCOME_WAIT_S: Final = 5.0
+"""Longest wait on a resumed leg for AMI to report how its Dial() ended (normally there
+already, or a few ms behind the new AudioSocket connection)."""
 
 MOVED_END_REASON: Final = "dial"
 """``Call.end_reason`` of an AudioSocket leg the gateway ended because the call moved

@@ -47,6 +47,7 @@ from panoramisk import actions as pk_actions
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.manager import Manager
 
+from ..dial import DTMF_PAUSE_S
 from ..settings import AmiSettings
 from .protocol import AmiMessage, audiosocket_call_id
 
@@ -72,8 +73,6 @@ separator), quote, backslash, ``$``/``{``/``^`` (expansion), ``;``, ``|`` or whi
 _CONTEXT_RE = re.compile(r"[A-Za-z0-9_-]{1,79}")
 _EXTEN_RE = re.compile(r"[A-Za-z0-9_+*#.-]{1,80}")
 _DTMF_RE = re.compile(r"[0-9*#A-Da-dwW]*")
-DTMF_PAUSE_S = 0.5
-"""A ``w`` in a digit string (Twilio ``sendDigits``) waits this long."""
 
 
 def check_dialplan_value(value: str) -> str:

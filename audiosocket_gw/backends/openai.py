@@ -88,7 +88,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from ..agenttools import DTMF_DIGITS_RE, ToolResult, call_webhook, error_output, redact
 from ..config import Config, ConfigError, is_loopback
-from ..dial import TRANSFER_METADATA_KEY, TRANSFER_SUMMARY_KEY, DialRequest, DialTarget
+from ..dial import (
+    DIAL_OUTCOME_WAIT_S,
+    TRANSFER_METADATA_KEY,
+    TRANSFER_SUMMARY_KEY,
+    DialRequest,
+    DialTarget,
+)
 from ..dsp.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from ..dsp.resample import StreamResampler
 from ..dump import CallDump
@@ -116,8 +122,6 @@ TRANSFER_KEY: Final = TRANSFER_METADATA_KEY
 """Metadata key of a resumed leg: the transfer destination the caller comes back from."""
 END_CALL_MAX_WAIT_S: Final = 30.0
 """Longest wait for the bot's last words before ``end_call``/``transfer_call`` act."""
-DIAL_OUTCOME_WAIT_S: Final = 2.0
-"""Longest wait on a resumed leg for AMI to report how the transfer's Dial() ended."""
 HISTORY_KEY: Final = "aigw_history"
 """Metadata key carrying the conversation (JSON ``[[role, text], ...]``) to the leg the
 caller comes back on after a transfer, so the agent remembers it."""
@@ -722,7 +726,9 @@ class OpenAISession(BackendSession):
         except ValueError:
             parsed = None
         if not isinstance(parsed, dict):
-            self._tool_done(ev.name, ev.call_id, {}, ToolResult(
+            # The name is the model's: only a declared tool's becomes a metric label.
+            known = ev.name in self._builtins or ev.name in self._webhooks
+            self._tool_done(ev.name if known else "unknown", ev.call_id, {}, ToolResult(
                 "invalid_arguments", error_output(
                     "invalid_arguments", "The arguments must be a JSON object.")))
             return

@@ -68,7 +68,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from ..config import Config, ConfigError, format_hostport, parse_hostport
-from ..dial import DialRequest
+from ..dial import DIAL_OUTCOME_WAIT_S, DTMF_PAUSE_S, DialRequest
 from ..dsp.g711 import ulaw_decode, ulaw_encode
 from ..recordings.settings import RecordingSettings
 from ..recordings.transcribe import HttpTranscriber, Transcriber
@@ -120,14 +120,9 @@ CHUNK: Final = 160
 """mu-law bytes in one 20 ms media event."""
 SILENCE_ULAW: Final = b"\xff" * CHUNK
 GAP_S: Final = 0.040
-DIAL_OUTCOME_WAIT_S: Final = 5.0
-"""How long a resumed leg waits for its Dial's outcome over AMI (it is normally there
-already, or a few ms behind the AudioSocket connection)."""
+"""No caller audio for longer than this: stream silence in its place."""
 PLAY_DIGIT_S: Final = 0.3
 """About how long one ``<Play digits>`` tone takes (PlayDTMF's 250 ms and the reply)."""
-DTMF_PAUSE_S: Final = 0.5
-"""A ``w`` in ``<Play digits>``: half a second, as at Twilio."""
-"""No caller audio for longer than this: stream silence in its place."""
 APP_IDLE_S: Final = 0.060
 """No app media for this long: the app's utterance is over, play its partial tail."""
 MAX_FILL_PER_TICK: Final = 5
