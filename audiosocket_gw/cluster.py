@@ -107,8 +107,7 @@ class NodeLease:
                     log.warning("call %s of node %s is still live in Asterisk: adopted",
                                 rec.id, dead)
                     continue
-                last = max(t for t in (rec.created_at, rec.answered_at, rec.last_alive_at)
-                           if t is not None)
+                last = rec.last_known_alive
                 await self.ctx.status.apply(
                     rec.id, CallInput.VANISHED,
                     {"reason": "node-lost", "node": dead, "last_alive_at": last},

@@ -182,9 +182,8 @@ class CallTracker:
         scope = self._scope()
         for rec in await self.store.active_calls(scope):
             # The call died with the previous process: it ended when it was last known
-            # alive (heartbeat, answer or creation), not now; the downtime is not billed.
-            last = max(t for t in (rec.created_at, rec.answered_at, rec.last_alive_at)
-                       if t is not None)
+            # alive, not now; the downtime is not billed.
+            last = rec.last_known_alive
             await self.apply(rec.id, CallInput.VANISHED,
                              {"reason": "gateway-restart", "last_alive_at": last},
                              at=min(last, self.clock()))

@@ -70,7 +70,8 @@ T = TypeVar("T")
 
 __all__ = ["MIGRATIONS", "TAKEOVER_STATES", "JobState", "RecState", "RecordingDB",
            "RecordingJobs", "RecordingRow", "SqliteRecordingQueue",
-           "TranscriptRow", "file_reachable", "update_columns"]
+           "TranscriptRow", "REC_COLUMNS", "TR_COLUMNS", "file_reachable",
+           "recording_from_row", "transcript_from_row", "update_columns"]
 
 
 class RecState(StrEnum):
@@ -139,10 +140,10 @@ class TranscriptRow:
     last_error: str | None = None
 
 
-_REC_COLS = [f.name for f in fields(RecordingRow)]
-_TR_COLS = [f.name for f in fields(TranscriptRow)]
-_UPDATABLE = {"recording": frozenset(_REC_COLS) - {"call_id", "node_id"},
-              "transcript": frozenset(_TR_COLS) - {"call_id"}}
+REC_COLUMNS = [f.name for f in fields(RecordingRow)]
+TR_COLUMNS = [f.name for f in fields(TranscriptRow)]
+_UPDATABLE = {"recording": frozenset(REC_COLUMNS) - {"call_id", "node_id"},
+              "transcript": frozenset(TR_COLUMNS) - {"call_id"}}
 
 
 def update_columns(kind: str, values: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -191,14 +192,16 @@ def file_reachable(path: str, size: int) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
-def _rec(row: sqlite3.Row | tuple[Any, ...] | None) -> RecordingRow | None:
-    return None if row is None else RecordingRow(*row)
+def recording_from_row(row: Any) -> RecordingRow | None:
+    """A ``RecordingRow`` from a row of ``REC_COLUMNS`` (either store), or None."""
+    return None if row is None else RecordingRow(*tuple(row))
 
 
-def _tr(row: tuple[Any, ...] | None) -> TranscriptRow | None:
+def transcript_from_row(row: Any) -> TranscriptRow | None:
+    """A ``TranscriptRow`` from a row of ``TR_COLUMNS`` (either store), or None."""
     if row is None:
         return None
-    values = dict(zip(_TR_COLS, row, strict=True))
+    values = dict(zip(TR_COLUMNS, tuple(row), strict=True))
     if values["speakers"] is not None:
         values["speakers"] = json.loads(values["speakers"])
     return TranscriptRow(**values)
@@ -248,28 +251,28 @@ class RecordingDB:
 
     def add(self, row: RecordingRow) -> bool:
         """Insert a recording; False (and no change) if the call already has one."""
-        cols = ", ".join(_REC_COLS)
-        marks = ", ".join("?" * len(_REC_COLS))
-        values = [getattr(row, c) for c in _REC_COLS]
+        cols = ", ".join(REC_COLUMNS)
+        marks = ", ".join("?" * len(REC_COLUMNS))
+        values = [getattr(row, c) for c in REC_COLUMNS]
         cur = self.conn.execute(
             f"INSERT OR IGNORE INTO recordings ({cols}) VALUES ({marks})", values
         )
         return cur.rowcount == 1
 
     def get(self, call_id: str) -> RecordingRow | None:
-        cols = ", ".join(_REC_COLS)
-        return _rec(self.conn.execute(
+        cols = ", ".join(REC_COLUMNS)
+        return recording_from_row(self.conn.execute(
             f"SELECT {cols} FROM recordings WHERE call_id = ?", (call_id,)).fetchone())
 
     def all(self) -> list[RecordingRow]:
-        cols = ", ".join(_REC_COLS)
+        cols = ", ".join(REC_COLUMNS)
         rows = self.conn.execute(f"SELECT {cols} FROM recordings ORDER BY captured_at")
         return [RecordingRow(*r) for r in rows]
 
     def page(self, *, tenant: str | None = None, call_id: str | None = None,
              limit: int = 50, offset: int = 0) -> list[RecordingRow]:
         """Recordings newest first, optionally of one tenant or one call (REST lists)."""
-        cols = ", ".join(_REC_COLS)
+        cols = ", ".join(REC_COLUMNS)
         where: list[str] = []
         args: list[Any] = []
         for column, value in (("tenant", tenant), ("call_id", call_id)):
@@ -337,7 +340,7 @@ class RecordingDB:
 
     def due_for_deletion(self, now: float, retention_s: float) -> list[RecordingRow]:
         """Verified recordings past retention whose transcription is not still to run."""
-        cols = ", ".join("r." + c for c in _REC_COLS)
+        cols = ", ".join("r." + c for c in REC_COLUMNS)
         rows = self.conn.execute(
             f"SELECT {cols} FROM recordings r LEFT JOIN transcripts t ON t.call_id = r.call_id "
             "WHERE r.state = 'verified' AND r.verified_at + ? <= ? "
@@ -366,8 +369,8 @@ class RecordingDB:
         return cur.rowcount == 1
 
     def get_job(self, call_id: str) -> TranscriptRow | None:
-        cols = ", ".join(_TR_COLS)
-        return _tr(self.conn.execute(
+        cols = ", ".join(TR_COLUMNS)
+        return transcript_from_row(self.conn.execute(
             f"SELECT {cols} FROM transcripts WHERE call_id = ?", (call_id,)).fetchone())
 
     def claim_job(self, now: float) -> TranscriptRow | None:

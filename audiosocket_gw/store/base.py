@@ -108,6 +108,13 @@ class CallRecord:
     the takeover of a dead node's calls touch only that node's calls."""
 
     @property
+    def last_known_alive(self) -> float:
+        """When the call was last known alive (heartbeat, answer or creation): a call
+        that died with its process ends then, so the downtime is never billed."""
+        return max(t for t in (self.created_at, self.answered_at, self.last_alive_at)
+                   if t is not None)
+
+    @property
     def is_terminal(self) -> bool:
         """True once the call has ended (any final status)."""
         return self.status.is_terminal

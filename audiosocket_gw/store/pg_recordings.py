@@ -20,16 +20,18 @@ Times are the caller's epoch floats, as in the SQLite queue.
 
 from __future__ import annotations
 
-import json
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from ..recordings.queue import (
+    REC_COLUMNS,
     TAKEOVER_STATES,
+    TR_COLUMNS,
     JobState,
     RecordingRow,
     RecState,
     TranscriptRow,
+    recording_from_row,
+    transcript_from_row,
     update_columns,
 )
 
@@ -40,26 +42,11 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresRecordingQueue"]
 
-_REC_COLS = [f.name for f in fields(RecordingRow)]
-_TR_COLS = [f.name for f in fields(TranscriptRow)]
-_REC_SELECT = ", ".join(_REC_COLS)
-_TR_SELECT = ", ".join(_TR_COLS)
+_REC_SELECT = ", ".join(REC_COLUMNS)
+_TR_SELECT = ", ".join(TR_COLUMNS)
 _TAKEOVER = list(TAKEOVER_STATES)
 _NOT_LIVE = ("NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = r.node_id AND n.stopped = 0"
              " AND n.heartbeat_at + n.lease_s >= extract(epoch FROM clock_timestamp()))")
-
-
-def _rec(row: Any) -> RecordingRow | None:
-    return None if row is None else RecordingRow(*tuple(row))
-
-
-def _tr(row: Any) -> TranscriptRow | None:
-    if row is None:
-        return None
-    values = dict(zip(_TR_COLS, tuple(row), strict=True))
-    if values["speakers"] is not None:
-        values["speakers"] = json.loads(values["speakers"])
-    return TranscriptRow(**values)
 
 
 def _count(status: str) -> int:
@@ -101,15 +88,15 @@ class PostgresRecordingQueue:
         return await self.store._with(fix, tx=True)
 
     async def add(self, row: RecordingRow) -> bool:
-        values = [self.node_id if c == "node_id" else getattr(row, c) for c in _REC_COLS]
-        marks = ", ".join(f"${i}" for i in range(1, len(_REC_COLS) + 1))
+        values = [self.node_id if c == "node_id" else getattr(row, c) for c in REC_COLUMNS]
+        marks = ", ".join(f"${i}" for i in range(1, len(REC_COLUMNS) + 1))
         status = await self.store._with(lambda c: c.execute(
             f"INSERT INTO recordings ({_REC_SELECT}) VALUES ({marks})"
             " ON CONFLICT (call_id) DO NOTHING", *values))
         return _count(status) == 1
 
     async def get(self, call_id: str) -> RecordingRow | None:
-        return _rec(await self.store._with(lambda c: c.fetchrow(
+        return recording_from_row(await self.store._with(lambda c: c.fetchrow(
             f"SELECT {_REC_SELECT} FROM recordings WHERE call_id = $1", call_id)))
 
     async def all(self) -> list[RecordingRow]:
@@ -142,7 +129,7 @@ class PostgresRecordingQueue:
         return await self.store._with(delete, tx=True)
 
     async def claim_upload(self, now: float) -> RecordingRow | None:
-        return _rec(await self.store._with(lambda c: c.fetchrow(
+        return recording_from_row(await self.store._with(lambda c: c.fetchrow(
             "UPDATE recordings SET state = 'uploading', attempts = attempts + 1"
             " WHERE call_id = (SELECT call_id FROM recordings WHERE node_id = $1"
             " AND state = 'pending' AND next_attempt_at <= $2"
@@ -165,7 +152,7 @@ class PostgresRecordingQueue:
         return _count(status) > 0
 
     async def due_for_deletion(self, now: float, retention_s: float) -> list[RecordingRow]:
-        cols = ", ".join("r." + c for c in _REC_COLS)
+        cols = ", ".join("r." + c for c in REC_COLUMNS)
         rows = await self.store._with(lambda c: c.fetch(
             f"SELECT {cols} FROM recordings r LEFT JOIN transcripts t ON t.call_id = r.call_id"
             " WHERE r.node_id = $1 AND r.state = 'verified' AND r.verified_at + $2 <= $3"
@@ -193,12 +180,12 @@ class PostgresRecordingQueue:
         return _count(status) == 1
 
     async def get_job(self, call_id: str) -> TranscriptRow | None:
-        return _tr(await self.store._with(lambda c: c.fetchrow(
+        return transcript_from_row(await self.store._with(lambda c: c.fetchrow(
             f"SELECT {_TR_SELECT} FROM transcripts WHERE call_id = $1", call_id)))
 
     async def claim_job(self, now: float) -> TranscriptRow | None:
         """This node's due job (the transcriber reads the recording's local file)."""
-        return _tr(await self.store._with(lambda c: c.fetchrow(
+        return transcript_from_row(await self.store._with(lambda c: c.fetchrow(
             "UPDATE transcripts SET state = 'running', attempts = attempts + 1"
             " WHERE call_id = (SELECT t.call_id FROM transcripts t JOIN recordings r"
             " USING (call_id) WHERE r.node_id = $1 AND t.state = 'pending'"
@@ -220,7 +207,7 @@ class PostgresRecordingQueue:
             f"UPDATE transcripts SET {', '.join(sets)} WHERE call_id = ${len(args)}", *args))
 
     async def orphans(self, limit: int = 100) -> list[RecordingRow]:
-        cols = ", ".join("r." + c for c in _REC_COLS)
+        cols = ", ".join("r." + c for c in REC_COLUMNS)
         rows = await self.store._with(lambda c: c.fetch(
             f"SELECT {cols} FROM recordings r WHERE r.state = ANY($1::text[])"
             f" AND r.node_id <> $2 AND {_NOT_LIVE}"
