@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +36,13 @@ async def until(pred: Callable[[], Any], within: float = 5.0, step: float = 5 * 
             if res:
                 return
             await asyncio.sleep(step)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, then closed: connects are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def make_config(**overrides: Any) -> Config:

@@ -15,18 +15,19 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 
 from audiosocket_gw import audiosocket as asp
+from audiosocket_gw.ami.tracker import CallTracker
 from audiosocket_gw.callstate import CallStatus
 from audiosocket_gw.store.postgres import PostgresCallStore
 from audiosocket_gw.testing.proc import GatewayProcess
 from audiosocket_gw.testing.simulator.pbx import run_simulation
-from tests.helpers import GAP_MS, MS, RawPeer
+from tests.helpers import GAP_MS, MS, RawPeer, until
 from tests.pgtest import temp_database
 
 TOML = """
@@ -42,6 +43,7 @@ agent = "bot"
 """
 
 LEASE_S = 3.0
+ALIVE_INTERVAL_S = CallTracker.alive_interval_s
 
 
 @asynccontextmanager
@@ -70,13 +72,6 @@ async def route(s: aiohttp.ClientSession, gw: GatewayProcess, caller: str) -> di
         return variables
 
 
-async def wait_for(cond: Callable[[], Awaitable[bool]], within: float) -> None:
-    """Poll the database (another process changes it: there is no event to await)."""
-    async with asyncio.timeout(within):
-        while not await cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-
 async def test_three_nodes_limit_exactly_and_release_every_slot() -> None:
     async with temp_database() as url, cluster(url) as nodes, \
             PostgresCallStore(url) as store, aiohttp.ClientSession() as s:
@@ -101,7 +96,7 @@ async def test_three_nodes_limit_exactly_and_release_every_slot() -> None:
         async def all_answered() -> bool:
             return len(await store.list_calls(CallStatus.IN_PROGRESS, limit=1000)) == 50
 
-        await wait_for(all_answered, 20_000 * MS)
+        await until(all_answered, within=20.0, step=50 * MS)
         for peer in peers:
             peer.send(asp.HANGUP_FRAME)
         for peer in peers:
@@ -110,7 +105,7 @@ async def test_three_nodes_limit_exactly_and_release_every_slot() -> None:
         async def all_free() -> bool:
             return await store.active_slots("acme") == 0
 
-        await wait_for(all_free, 20_000 * MS)
+        await until(all_free, within=20.0, step=50 * MS)
         again = await asyncio.gather(
             *(route(s, nodes[i % 3], f"+1555100{i:04d}") for i in range(60)))
         assert sum(a["AIGW_STATUS"] == "ok" for a in again) == 50
@@ -135,7 +130,7 @@ async def test_kill9_node_calls_closed_by_a_survivor() -> None:
             calls = await store.active_calls("node-0")
             return len(calls) == 5 and all(c.status is CallStatus.IN_PROGRESS for c in calls)
 
-        await wait_for(answered, 20_000 * MS)
+        await until(answered, within=20.0, step=50 * MS)
         # Two calls on the survivor run through the kill and the takeover.
         on_survivor = asyncio.create_task(
             run_simulation(*survivor.audiosocket, calls=2, seconds=LEASE_S * 2 + 2))
@@ -148,13 +143,16 @@ async def test_kill9_node_calls_closed_by_a_survivor() -> None:
         async def taken_over() -> bool:
             return await store.active_calls("node-0") == []
 
-        await wait_for(taken_over, LEASE_S * 4 + 20_000 * MS)
-        assert time.time() - killed_at < LEASE_S * 4 + 20_000 * MS
+        await until(taken_over, within=LEASE_S * 4 + 20.0, step=50 * MS)
         for cid in ids:
             rec = await store.get_call(cid)
             assert rec is not None and rec.status is CallStatus.COMPLETED
             assert rec.hangup_reason == "node-lost"
-            assert rec.ended_at is not None and rec.ended_at <= killed_at
+            # Ended when last known alive: never after the kill, never before the answer,
+            # and at most one heartbeat batch (alive_interval_s) before the kill.
+            assert rec.ended_at is not None and rec.answered_at is not None
+            assert rec.answered_at <= rec.ended_at <= killed_at
+            assert killed_at - rec.ended_at <= ALIVE_INTERVAL_S + 1.0, (killed_at, rec)
             assert rec.duration_s is not None and rec.duration_s <= killed_at - rec.created_at
         assert await store.active_slots("acme") == 1  # only the survivor's call
         rec = await store.get_call(mine["AIGW_CALL_ID"])

@@ -11,7 +11,6 @@ port as the peer: the call must reach the gateway through the alternate.
 from __future__ import annotations
 
 import asyncio
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ from audiosocket_gw.gateway import Gateway
 from audiosocket_gw.settings import AmiSettings, Settings
 from audiosocket_gw.telephony import AsteriskProvider
 from audiosocket_gw.testing.simulator.ami import AmiSimulator, Outcome
-from tests.helpers import MS, ami_gateway, make_config, until
+from tests.helpers import MS, ami_gateway, free_port, make_config, until
 from tests.pgtest import temp_database
 
 TOML = """
@@ -39,13 +38,6 @@ tenant = "acme"
 backend = "echo"
 silence_timeout_s = 30.0
 """
-
-
-def _free_port() -> int:
-    """A loopback port nobody listens on (bound, then closed: connects are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
@@ -69,7 +61,7 @@ async def _outbound(gw: Gateway) -> str:
 
 async def test_outbound_call_fails_over_to_the_peer_address(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    dead, live = _free_port(), _free_port()
+    dead, live = free_port(), free_port()
     async with AmiSimulator(connect_audiosocket=True, audiosocket_seconds=0.3) as sim, \
             _gateway(monkeypatch, sim, live, dead, [dead, live]) as gw:
         cid = await _outbound(gw)
@@ -85,7 +77,7 @@ async def test_outbound_call_fails_over_to_the_peer_address(
 
 async def test_all_addresses_refused_ends_the_call_without_a_leg(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    dead1, dead2, live = _free_port(), _free_port(), _free_port()
+    dead1, dead2, live = free_port(), free_port(), free_port()
     async with AmiSimulator(connect_audiosocket=True, audiosocket_seconds=0.3) as sim, \
             _gateway(monkeypatch, sim, live, dead1, [dead2]) as gw:
         cid = await _outbound(gw)
@@ -110,7 +102,7 @@ async def test_resume_leg_after_dial_fails_over_to_a_node_that_finds_it_in_the_s
     host, port = sim.address
     cfg = tmp_path / "t.toml"
     cfg.write_text(TOML)
-    ports = {"a": _free_port(), "b": _free_port()}
+    ports = {"a": free_port(), "b": free_port()}
     peers = ",".join(f"127.0.0.1:{p}" for p in ports.values())
     async with temp_database() as url:
         gws: dict[str, Gateway] = {}
@@ -161,7 +153,8 @@ async def test_resume_leg_after_dial_fails_over_to_a_node_that_finds_it_in_the_s
             assert leg.info.tenant == "acme" and leg.info.agent == "bot"
             # B did not start the Dial: the outcome is the one A stored on the leg.
             out = await b.component(CallController).outcome(resume_id, 3.0)
-            assert out.status == "completed" and out.duration_s == int(talk)
+            # the simulator measures the talk on its clock: within a second of the plan
+            assert out.status == "completed" and int(talk) <= out.duration_s <= int(talk) + 1
             assert out.dial_call_sid.startswith("CA")
             assert await b.store.get_call(resume_id) is None  # one call, one record
             # The caller hangs up on the resumed leg: the one call completes, once.

@@ -136,5 +136,6 @@ async def test_a_tick_run_by_poll_is_not_waited_for_again() -> None:
         await asyncio.sleep(max(0.0, deadline - loop.time()) + 6 * MS)
     await pacer.stop()
     assert len(stream.times) >= 5  # the polled ticks ran
-    # at most the ordinary spin (< 1 ms) per tick; the bug spun ~19.8 ms after each poll
-    assert pacer.spin_seconds < len(stream.times) * 1 * MS + 5 * MS, pacer.spin_seconds
+    # the ordinary spin is < 1 ms per tick (room for a busy machine's preemptions); the
+    # bug spun ~19.8 ms after each polled tick
+    assert pacer.spin_seconds < len(stream.times) * 8 * MS, pacer.spin_seconds

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -35,7 +34,7 @@ from audiosocket_gw.gateway import Gateway, call_info
 from audiosocket_gw.quality.mos import MosMonitor
 from audiosocket_gw.testing.localbot import LocalRealtimeBot
 from audiosocket_gw.testing.simulator.pbx import run_simulation
-from tests.helpers import MS, RawPeer, running_gateway
+from tests.helpers import MS, RawPeer, free_port, running_gateway
 from tests.quality.test_mos_component import (
     CALL_ID,
     fixture_messages,
@@ -51,12 +50,6 @@ pytestmark = pytest.mark.skipif(
     reason="prometheus/promtool not installed (apt-get install -y prometheus; .ci/run does): "
     "the real-Prometheus dashboard check cannot run",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

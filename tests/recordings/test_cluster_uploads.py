@@ -15,7 +15,7 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from audiosocket_gw.recordings.queue import RecordingRow
 from audiosocket_gw.store.pg_recordings import PostgresRecordingQueue
 from audiosocket_gw.store.postgres import PostgresCallStore
 from audiosocket_gw.testing.proc import GatewayProcess
-from tests.helpers import MS, RawPeer
+from tests.helpers import MS, RawPeer, until
 from tests.pgtest import temp_database
 
 from .conftest import s3_client
@@ -78,18 +78,11 @@ async def wait_row(q: PostgresRecordingQueue, cid: str,
         return last is not None and ok(last)
 
     try:
-        await wait_for(check, within)
+        await until(check, within=within / (MS * 1000), step=50 * MS)
     except TimeoutError:
         raise AssertionError(f"{cid}: {last}") from None
     assert last is not None
     return last
-
-
-async def wait_for(cond: Callable[[], Awaitable[bool]], within: float) -> None:
-    """Poll the database (another process changes it: there is no event to await)."""
-    async with asyncio.timeout(within):
-        while not await cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
