@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 from collections import Counter, deque
@@ -304,8 +305,10 @@ class OpenAISession(BackendSession):
         self._want_response = False  # a response.create waits for the active one to end
         self._create_sent = False  # response.create sent, response.created not yet seen
         self._ending = False  # end_call / transfer_call: the bot says nothing more
-        self._after_response: Callable[[], None] | None = None
+        self._after_response: list[Callable[[], None]] = []
         self._after_marks: dict[str, Callable[[], None]] = {}
+        self._after_timers: dict[str, asyncio.TimerHandle] = {}
+        self._mark_seq = itertools.count()
         self._resume_note: str | None = None
         self._load_history(call.metadata.get(HISTORY_KEY, ""))
         self._dtmf: list[str] = []
@@ -372,6 +375,9 @@ class OpenAISession(BackendSession):
 
     async def close(self, reason: str) -> None:
         self._closing = True
+        for timer in self._after_timers.values():
+            timer.cancel()
+        self._after_timers.clear()
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
         for task in list(self._tool_tasks):
@@ -677,8 +683,8 @@ class OpenAISession(BackendSession):
             self._want_response = True
 
     def _response_ended(self) -> None:
-        action, self._after_response = self._after_response, None
-        if action is not None:
+        actions, self._after_response = self._after_response, []
+        for action in actions:  # e.g. end_call and transfer_call in one response
             self._after_audio(action)
         if self._want_response and self.tracker.active_response is None:
             self._want_response = False
@@ -687,17 +693,20 @@ class OpenAISession(BackendSession):
     def _after_audio(self, action: Callable[[], None]) -> None:
         """Run ``action`` once the bot audio queued so far was played (or at the latest
         after ``END_CALL_MAX_WAIT_S``)."""
-        done = False
+        name = f"{_END_MARK}-{next(self._mark_seq)}"
 
-        def once() -> None:
-            nonlocal done
-            if not done and not self._closing:
-                done = True
+        def once() -> None:  # from the mark or the timer, whichever comes first
+            self._after_marks.pop(name, None)
+            timer = self._after_timers.pop(name, None)
+            if timer is None:
+                return  # already ran
+            timer.cancel()
+            if not self._closing:
                 action()
 
-        name = f"{_END_MARK}-{len(self._after_marks)}"
         self._after_marks[name] = once
-        asyncio.get_running_loop().call_later(END_CALL_MAX_WAIT_S, once)
+        self._after_timers[name] = asyncio.get_running_loop().call_later(
+            END_CALL_MAX_WAIT_S, once)
         self._control.mark(name)
 
     def on_marks(self, names: list[str]) -> None:
@@ -709,7 +718,7 @@ class OpenAISession(BackendSession):
     def _when_said(self, response_id: str, action: Callable[[], None]) -> None:
         """``action`` after this response's audio: at its ``response.done``, then a mark."""
         if self.tracker.active_response == response_id:
-            self._after_response = action
+            self._after_response.append(action)
         else:
             self._after_audio(action)
 
