@@ -5,7 +5,8 @@ connect, send the 16-byte UUID frame first, then one audio frame per packetisati
 interval (320 bytes every 20 ms by default, 480 every 30 ms for a 30 ms SIP caller),
 DTMF as one 0x03 frame per digit, and at the end close the socket without any frame
 (caller hangup). It applies Asterisk's 2 s rule: if neither side sent anything for
-2 s, the call drops. It records every frame the gateway sends with its arrival time.
+2 s, the call drops. It records every frame the gateway sends with its arrival time
+(the kernel's receive time, `stamped.py`: not when the simulator got round to it).
 
 One ticker task sends for every call (as Asterisk's channel threads would, but
 without a task per call); each call keeps its own schedule from its own start, so the
@@ -47,6 +48,7 @@ from .audio import (
     tag_frames,
     write_wav,
 )
+from .stamped import StampedSocket, connect_stamped
 
 INACTIVITY_S: Final = 2.0
 BATCH_S: Final = 0.001
@@ -230,9 +232,10 @@ _ZERO_FRAME: Final = bytes(320)
 class _SimCall(asyncio.Protocol):
     """The Asterisk end of one AudioSocket connection."""
 
-    def __init__(self, plan: CallPlan, report: CallReport, transit_offset_s: float = 0.0
-                 ) -> None:
+    def __init__(self, plan: CallPlan, report: CallReport, transit_offset_s: float = 0.0,
+                 sock: StampedSocket | None = None) -> None:
         self.plan = plan
+        self.sock = sock  # arrival times from the kernel (stamped.py)
         self.report = report
         self.decoder = asp.Decoder(require_uuid_first=False)
         self.transport: asyncio.Transport | None = None
@@ -285,8 +288,9 @@ class _SimCall(asyncio.Protocol):
         # so a burst of 200 calls' frames is time-stamped close to when it arrived.
         # Plain arrays and one bytearray: no per-chunk Python objects for the garbage
         # collector to walk (a full collection over 100k tuples would itself add
-        # milliseconds of "jitter" to the stamps).
-        now = time.monotonic()
+        # milliseconds of "jitter" to the stamps). The stamp is the kernel's receive
+        # time where available: the simulator's own lateness is not the gateway's.
+        now = self.sock.stamp if self.sock is not None else time.monotonic()
         self.last_activity = now
         if self.lean:
             self._parse_lean(data, now)
@@ -575,15 +579,21 @@ async def run_simulation(
         if on_progress is not None:
             on_progress(counts[0], counts[1], len(plans))
 
+    async def _connect(plan: CallPlan, report: CallReport) -> _SimCall:
+        sock = await connect_stamped(host, port)
+        try:
+            _, proto = await loop.create_connection(
+                lambda: _SimCall(plan, report, offset_s, sock), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return proto
+
     async def connect(i: int, plan: CallPlan) -> None:
         if ramp_s and len(plans) > 1:
             await asyncio.sleep(ramp_s * i / (len(plans) - 1))
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _SimCall(plan, reports[i], offset_s), host,
-                                       port),
-                connect_timeout,
-            )
+            proto = await asyncio.wait_for(_connect(plan, reports[i]), connect_timeout)
         except (OSError, TimeoutError) as exc:
             reports[i].ended_by = "error"
             reports[i].error = f"connect failed: {exc!r}"
