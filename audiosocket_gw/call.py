@@ -182,6 +182,8 @@ class Call:
         self.last_bot_audio = self.started_at
         self.bot_level = 0.0  # level of the bot frame written last (the echo allowance)
         self._bot_at = self.started_at  # when that frame was written
+        self._wrote = False  # on_tick wrote ``_written`` (None: silence) for after_tick
+        self._written: bytes | None = None
         self._level_listeners: list[Callable[[float, int], None]] = []
         self._levels = levels if levels is not None else LevelBatch(immediate=True)
         self._cut_onset: float | None = None  # speech onset of a pending barge-in cut
@@ -393,6 +395,16 @@ class Call:
             transport.write(SILENCE_FRAME)  # (an underrun is judged by the playout)
         else:
             transport.write(FRAME_HEADER + frame)
+        self._wrote = True
+        self._written = frame
+
+    def after_tick(self) -> None:
+        """The tick's bookkeeping, once every call has written (see ``PacedStream``)."""
+        if not self._wrote:  # nothing written this tick (Asterisk is not reading)
+            return
+        self._wrote = False
+        frame, self._written = self._written, None
+        if frame is not None:
             self._bot_at = now = self._now()
             self._levels.add_bot(self, frame)  # audible? (sets last_bot_audio)
             if self._turn_end is not None:
@@ -410,7 +422,7 @@ class Call:
                 tap.bot(frame)
         self.frames_out += 1
         self.stats.frames_out += 1
-        marks = playout.reached_marks()
+        marks = self.playout.reached_marks()
         if marks and self.session is not None:
             self.session.on_marks(marks)
 

@@ -316,8 +316,9 @@ class Gateway:
                         "legs reach another worker and the transfer times out)",
                         ", ".join(attended), self.settings.store.workers)
 
-    def _tick_stats(self, lateness: float, frames: int) -> None:
+    def _tick_stats(self, lateness: float, frames: int, writes: float) -> None:
         self.metrics.pacer_lateness.observe(lateness)
+        self.metrics.pacer_writes.observe(writes)
         sched = self.pacer.schedule
         if sched is not None:
             self.metrics.stats.missed_ticks = sched.missed

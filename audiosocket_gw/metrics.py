@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
+WRITES_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.02)
 SECONDS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -128,6 +129,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.pacer_writes = Histogram(
+            "aigw_pacer_writes_seconds",
+            "How long each pacer tick took to write every call's frame, back to back: "
+            "the last call's frame leaves this long after the first one's, so its "
+            "variation from tick to tick is the jitter the pacer adds.",
+            buckets=WRITES_BUCKETS,
+            registry=r,
+        )
         self.time_to_first_audio = Histogram(
             "aigw_time_to_first_audio_seconds",
             "From the AudioSocket UUID to the first bot audio frame written (time to greeting).",
@@ -183,5 +192,3 @@ class Metrics:
             ["kind", "outcome"], registry=r,
         )
 
-    def observe_tick(self, lateness: float, frames: int) -> None:
-        self.pacer_lateness.observe(lateness)

@@ -14,6 +14,7 @@ is the thin asyncio shell.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -96,7 +97,13 @@ def ticks_for(seconds: float, period: float = PERIOD) -> int:
 
 class PacedStream(Protocol):
     def on_tick(self) -> None:
-        """Write the next frame. Must not block and should not raise."""
+        """Write the next frame. Must not block and should not raise.
+
+        Only the write: the pacer writes every stream's frame back to back, so the
+        frames leave at the same offsets within every tick. Bookkeeping belongs in an
+        optional ``after_tick()`` method, which the pacer runs once every stream of
+        the tick has written.
+        """
 
 
 class Pacer:
@@ -106,21 +113,33 @@ class Pacer:
         self,
         *,
         period: float = PERIOD,
-        on_tick_stats: Callable[[float, int], None] | None = None,
+        on_tick_stats: Callable[[float, int, float], None] | None = None,
         spin: float = 0.001,
+        ahead: float = 0.003,
     ) -> None:
         self.period = period
         self.spin = spin
+        self.ahead = ahead
         self._streams: dict[PacedStream, None] = {}
         self._snapshot: tuple[PacedStream, ...] = ()
+        self._after: tuple[tuple[PacedStream, Callable[[], None]], ...] = ()
         self._task: asyncio.Task[None] | None = None
         self._on_tick_stats = on_tick_stats
         self.schedule: Schedule | None = None
         self.errors = 0
         self.spin_seconds = 0.0
-        """Time spent waiting out deadlines on the clock (the ``spin`` before each tick)."""
+        """Time spent waiting out deadlines on the clock (the ``spin`` before each tick).
+        Sleeping it instead (the kernel's timers are finer than epoll's) made the ticks
+        slower and no steadier on a virtual machine: an idle virtual CPU is descheduled
+        and comes back with cold caches."""
         self.before_tick: list[Callable[[], None]] = []
-        """Run once per tick before any stream writes (batched per-tick work)."""
+        """Batched per-tick work that must see everything that arrived before the tick's
+        writes (the caller frames' levels: a barge-in decided there is cut by that
+        tick). Run twice per tick: ``ahead`` seconds before the deadline, while the
+        loop would only be waiting, and again just before the writes for what came in
+        since. So its cost, and how that cost varies from tick to tick, is not paid
+        between the deadline and the writes (it was the largest part of the frames'
+        jitter at the caller). A hook must therefore handle being run with nothing new."""
         self._every: tuple[Every, ...] = ()
 
     def every(self, n_ticks: int, fn: Callable[[float], None]) -> Every:
@@ -141,11 +160,16 @@ class Pacer:
 
     def add(self, stream: PacedStream) -> None:
         self._streams[stream] = None
-        self._snapshot = tuple(self._streams)
+        self._rebuild()
 
     def remove(self, stream: PacedStream) -> None:
         if self._streams.pop(stream, 0) is None:
-            self._snapshot = tuple(self._streams)
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._snapshot = tuple(self._streams)
+        self._after = tuple((s, after) for s in self._snapshot
+                            if (after := getattr(s, "after_tick", None)) is not None)
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -178,24 +202,39 @@ class Pacer:
 
     def _run_due(self, sched: Schedule) -> None:
         n, lateness = sched.due(time.monotonic())
+        writes = 0.0
         for _ in range(n):
-            for hook in self.before_tick:
+            self._run_hooks()
+            # The writes back to back: no collection of the garbage collector in the
+            # middle of them (it runs at the next allocation after).
+            gc_on = gc.isenabled()
+            if gc_on:
+                gc.disable()
+            t0 = time.monotonic()
+            try:
+                for stream in self._snapshot:
+                    try:
+                        stream.on_tick()
+                    except Exception:
+                        self.errors += 1
+                        log.exception("pacer: stream %r failed on tick; removing it", stream)
+                        self.remove(stream)
+            finally:
+                writes = time.monotonic() - t0
+                if gc_on:
+                    gc.enable()
+            for stream, after in self._after:
                 try:
-                    hook()
+                    after()
                 except Exception:
                     self.errors += 1
-                    log.exception("pacer: before-tick hook %r failed", hook)
-            for stream in self._snapshot:
-                try:
-                    stream.on_tick()
-                except Exception:
-                    self.errors += 1
-                    log.exception("pacer: stream %r failed on tick; removing it", stream)
+                    log.exception("pacer: stream %r failed after its tick; removing it",
+                                  stream)
                     self.remove(stream)
             if self._every:
                 self._run_every()
         if n and self._on_tick_stats is not None:
-            self._on_tick_stats(lateness, len(self._snapshot) * n)
+            self._on_tick_stats(lateness, len(self._snapshot) * n, writes)
 
     def _run_every(self) -> None:
         now = 0.0
@@ -212,27 +251,52 @@ class Pacer:
                 self.errors += 1
                 log.exception("pacer: periodic callback %r failed", sub)
 
+    def _run_hooks(self) -> None:
+        for hook in self.before_tick:
+            try:
+                hook()
+            except Exception:
+                self.errors += 1
+                log.exception("pacer: before-tick hook %r failed", hook)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         sched = self.schedule = Schedule(time.monotonic(), self.period)
-        spin = self.spin
         while True:
-            fut = loop.create_future()
-            # epoll timeouts have millisecond granularity (asyncio rounds them up), so
-            # wake up to ``spin`` early and wait out the rest on the clock itself.
-            early = spin if self._snapshot else 0.0  # an idle gateway does not spin
             deadline = sched.next_deadline
-            handle = loop.call_at(deadline - early, _wake, fut)
-            try:
-                await fut
-            finally:
-                handle.cancel()
-            if sched.next_deadline != deadline:
-                # poll() ran this tick meanwhile (a batch of socket callbacks spanned
-                # the deadline): wait for the next one on a timer, never on the clock.
+            if not self._snapshot:  # an idle gateway neither runs ahead nor spins
+                await _until(loop, deadline)
+                if sched.next_deadline == deadline:
+                    self._run_due(sched)
                 continue
-            t0 = time.monotonic()
-            while time.monotonic() < deadline:
-                pass
-            self.spin_seconds += time.monotonic() - t0
+            # epoll timeouts have millisecond granularity (asyncio rounds them up), so
+            # the timers wake up to a millisecond late: ``ahead`` and ``spin`` early.
+            if self.before_tick and self.ahead > self.spin:
+                await _until(loop, deadline - self.ahead)
+                if sched.next_deadline != deadline:
+                    # poll() ran this tick meanwhile (a batch of socket callbacks spanned
+                    # the deadline): wait for the next one on a timer, never on the clock.
+                    continue
+                if time.monotonic() < deadline - self.spin:
+                    self._run_hooks()
+            await _until(loop, deadline - self.spin)
+            if sched.next_deadline != deadline:
+                continue
+            self._wait_out(deadline)
             self._run_due(sched)
+
+    def _wait_out(self, deadline: float) -> None:
+        t0 = time.monotonic()
+        while time.monotonic() < deadline:
+            pass
+        self.spin_seconds += time.monotonic() - t0
+
+
+async def _until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """Sleep on the event loop until ``when`` (``time.monotonic()``, as ``loop.time()``)."""
+    fut = loop.create_future()
+    handle = loop.call_at(when, _wake, fut)
+    try:
+        await fut
+    finally:
+        handle.cancel()

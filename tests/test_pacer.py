@@ -139,3 +139,89 @@ async def test_a_tick_run_by_poll_is_not_waited_for_again() -> None:
     # the ordinary spin is < 1 ms per tick (room for a busy machine's preemptions); the
     # bug spun ~19.8 ms after each polled tick
     assert pacer.spin_seconds < len(stream.times) * 8 * MS, pacer.spin_seconds
+
+
+class Ordered:
+    """A stream that logs its on_tick and after_tick, and whether the collector ran."""
+
+    def __init__(self, name: str, log: list[tuple[str, str, bool]]) -> None:
+        self.name = name
+        self.log = log
+
+    def on_tick(self) -> None:
+        import gc
+
+        self.log.append((self.name, "write", gc.isenabled()))
+
+    def after_tick(self) -> None:
+        import gc
+
+        self.log.append((self.name, "after", gc.isenabled()))
+
+
+async def test_every_stream_writes_before_any_bookkeeping_and_without_gc() -> None:
+    """The frames leave back to back (the same offsets within every tick): each
+    stream's ``after_tick`` runs once all have written, and no collection of the
+    garbage collector can land between two writes."""
+    import gc
+
+    log: list[tuple[str, str, bool]] = []
+    pacer = Pacer(period=20 * MS)
+    pacer.add(Ordered("a", log))
+    pacer.add(Ordered("b", log))
+    pacer.add(Recorder(asyncio.get_running_loop()))  # no after_tick: fine
+    assert gc.isenabled()
+    pacer.start()
+    await asyncio.sleep(110 * MS)
+    await pacer.stop()
+    assert gc.isenabled()
+    ticks = [log[i : i + 4] for i in range(0, len(log) - len(log) % 4, 4)]
+    assert len(ticks) >= 3
+    for tick in ticks:
+        assert tick == [("a", "write", False), ("b", "write", False),
+                        ("a", "after", True), ("b", "after", True)]
+
+
+async def test_before_tick_work_is_done_ahead_of_the_deadline() -> None:
+    """Batched work (the levels of the tick's caller frames) runs ``ahead`` of the
+    deadline, while the loop would only wait, and again at the tick for what came in
+    since: the writes start on time however long that work takes. Before, the work ran
+    at the deadline and every write of the tick waited for it."""
+    import time
+
+    loop = asyncio.get_running_loop()
+    busy = 4 * MS
+    pacer = Pacer(period=20 * MS, spin=1 * MS, ahead=8 * MS)
+    stream = Recorder(loop)
+    pending = [True]
+    hook_runs: list[float] = []
+
+    def batch() -> None:  # as LevelBatch.run: costly with frames waiting, else nothing
+        hook_runs.append(time.monotonic())
+        if pending[0]:
+            pending[0] = False
+            end = time.monotonic() + busy
+            while time.monotonic() < end:
+                pass
+
+    class Feeds(Recorder):
+        def on_tick(self) -> None:
+            pending[0] = True  # frames arrive after every tick's writes
+
+    feeder = Feeds(loop)
+    pacer.before_tick.append(batch)
+    pacer.add(stream)
+    pacer.add(feeder)
+    pacer.start()
+    await asyncio.sleep(0)
+    sched = pacer.schedule
+    assert sched is not None
+    start = sched.start
+    await asyncio.sleep(300 * MS)
+    await pacer.stop()
+    late = sorted(t - (start + round((t - start) / (20 * MS)) * 20 * MS)
+                  for t in stream.times[1:])
+    assert len(late) >= 8
+    median = late[len(late) // 2]
+    assert median < busy / 2, late  # was >= busy: the work sat between deadline and writes
+    assert len(hook_runs) >= 2 * len(late)  # ahead, and again at the tick

@@ -87,6 +87,7 @@ async def test_gateway_recording_of_a_real_call(served: Served) -> None:
     for _ in range(25):
         call.on_caller_audio(caller)
         call.on_tick()
+        call.after_tick()  # as the pacer does, once every call of the tick has written
     call.end("caller-hangup", outcome="completed", send_hangup=False)
 
     async def referenced() -> bool:

@@ -476,6 +476,10 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
     lat_keys = {k for k in m1 if k.startswith("aigw_pacer_lateness_seconds_bucket{")}
     lat99 = histogram_quantile({k: m1[k] - m0.get(k, 0.0) for k in lat_keys},
                                "aigw_pacer_lateness_seconds", 0.99)
+    wr_keys = {k for k in m1 if k.startswith("aigw_pacer_writes_seconds_bucket{")}
+    wr_delta = {k: m1[k] - m0.get(k, 0.0) for k in wr_keys}
+    wr50 = histogram_quantile(wr_delta, "aigw_pacer_writes_seconds", 0.50)
+    wr99 = histogram_quantile(wr_delta, "aigw_pacer_writes_seconds", 0.99)
     sim_late = lateness.summary(t0, t1)
     peers: dict[str, Any] = {"simulator": {
         "cpu_percent": round(100 * (sim1 - sim0) / span, 1),
@@ -526,6 +530,8 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
         "metrics_ok": bool(m0) and bool(m1),
         "media_dropped": dropped,
         "pacer_lateness_p99_le_ms": None if lat99 is None else round(lat99 * 1000, 3),
+        "pacer_writes_p50_le_ms": None if wr50 is None else round(wr50 * 1000, 3),
+        "pacer_writes_p99_le_ms": None if wr99 is None else round(wr99 * 1000, 3),
         "transit_p50_ms": _r(s["transit_p50_ms"]),
         "transit_p99_ms": _r(s["transit_p99_ms"]),
         "rss_idle_mib": round(rss_idle / 1024, 1),
@@ -553,7 +559,7 @@ SUMMARY_KEYS: Final = (
     "cpu_ms_per_call_s", "calls_per_core", "setup_cpu_ms_per_call", "jitter_p50_ms",
     "jitter_p99_ms", "gaps_over_40ms", "max_gap_ms", "underruns", "missed_ticks",
     "rss_per_call_kib", "transit_p50_ms", "transit_p99_ms", "peer_cores_busy_percent",
-    "gateway_core_others_percent",
+    "gateway_core_others_percent", "pacer_writes_p50_le_ms", "pacer_writes_p99_le_ms",
 )
 
 
