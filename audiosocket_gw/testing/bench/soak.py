@@ -424,9 +424,11 @@ class Soak:
         if name == "ai-drop":
             n_bot = max(1, len(self._live_of("openai")) // 10)
             n_app = max(1, len(self._live_of("twilio-stream")) // 10)
+            # Mapped before the drop: the gateway hangs the app's victim up (app-closed)
+            # and its caller may leave ``live`` before the app's answer arrives here.
+            by_sid = {call_sid_for(c.rec.call_id): c for c in self.live.values()}
             bot = await self.bot.ask("drop", count=n_bot)
             app = await self.app.ask("drop", count=n_app)
-            by_sid = {call_sid_for(c.rec.call_id): c for c in self.live.values()}
             targets = []
             for sid in app.get("call_sids", []):
                 c = by_sid.get(sid)
