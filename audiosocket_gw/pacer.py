@@ -5,7 +5,10 @@ writes goes out as RTP at once. So the gateway must write exactly one 20 ms fram
 call every 20 ms, bot audio or silence (silence also keeps Asterisk's 2 s inactivity
 timer from hanging up). Per-call sleeping tasks do not scale to hundreds of calls, so a
 single task ticks on an absolute monotonic schedule (frame ``n`` is due at
-``start + n * period``: no drift) and writes the next frame of every active stream.
+``start + n * period``: no drift) and writes the next frame of every active stream,
+in groups that each start at a fixed offset from the tick (``WriteSlots``), so every
+call's frame leaves at the same point of every tick; per-tick bookkeeping is kept
+out of the writes (``before_tick`` runs ahead of the deadline, ``after_tick`` after).
 
 ``Schedule`` is the sans-I/O bookkeeping (testable with an injected clock); ``Pacer``
 is the thin asyncio shell.
@@ -68,6 +71,55 @@ class Schedule:
         self._n += behind
         self.ticks += behind
         return behind, lateness
+
+
+class WriteSlots:
+    """Where each group of streams starts writing within a tick (sans-I/O).
+
+    Written back to back, call ``k``'s frame leaves after the ``k`` writes before it, so
+    one slow write (an interrupt, a preempted virtual CPU, a long system call) moves
+    every later call's frame of that tick, and the interval the callers measure moves
+    with it. Written in groups of ``group`` streams, each group starting at its own
+    offset from the tick's start (``step`` apart, on the clock), a slow write moves at
+    most the rest of its group: the next group starts on time again if the delay fits
+    in the ``slack``. ``step`` is ``group`` writes at their running mean cost plus the
+    slack, and follows that cost only when it has moved by more than ``hysteresis``:
+    moving the offsets moves every later group's frames (one tick of jitter for them),
+    so it must not happen on every fluctuation. When the groups would spread the writes
+    over more than ``max_share`` of the period, they are written back to back (the
+    offsets would cost more time than a tick can spare).
+    """
+
+    __slots__ = ("alpha", "cost", "group", "hysteresis", "max_share", "slack", "step")
+
+    def __init__(self, group: int = 25, slack: float = 0.3, hysteresis: float = 0.25,
+                 alpha: float = 0.02, max_share: float = 0.4) -> None:
+        self.group = group
+        self.slack = slack
+        self.hysteresis = hysteresis
+        self.alpha = alpha
+        self.max_share = max_share
+        self.cost = 0.0
+        """Running mean of one stream's write, in seconds (0: not measured yet)."""
+        self.step = 0.0
+        """Seconds from one group's start to the next one's (0: back to back)."""
+
+    def observe(self, seconds: float, writes: int) -> None:
+        """A tick wrote ``writes`` streams in ``seconds`` (time spent waiting excluded)."""
+        if writes <= 0 or seconds <= 0:
+            return
+        c = seconds / writes
+        self.cost = c if not self.cost else self.cost + self.alpha * (c - self.cost)
+        want = self.group * self.cost * (1.0 + self.slack)
+        if not self.step or abs(want - self.step) > self.hysteresis * self.step:
+            self.step = want
+
+    def offsets(self, streams: int, period: float) -> float:
+        """The ``step`` to use for a tick of ``streams`` streams (0: back to back)."""
+        groups = -(-streams // self.group)
+        if groups < 2 or not self.step or (groups - 1) * self.step > self.max_share * period:
+            return 0.0
+        return self.step
 
 
 class Every:
@@ -141,6 +193,8 @@ class Pacer:
         between the deadline and the writes (it was the largest part of the frames'
         jitter at the caller). A hook must therefore handle being run with nothing new."""
         self._every: tuple[Every, ...] = ()
+        self.slots = WriteSlots()
+        """Where each group of streams starts writing within a tick."""
 
     def every(self, n_ticks: int, fn: Callable[[float], None]) -> Every:
         """Run ``fn(now)`` every ``n_ticks`` ticks, after the streams have written.
@@ -205,22 +259,14 @@ class Pacer:
         writes = 0.0
         for _ in range(n):
             self._run_hooks()
-            # The writes back to back: no collection of the garbage collector in the
-            # middle of them (it runs at the next allocation after).
+            # No collection of the garbage collector in the middle of the writes (it
+            # runs at the next allocation after).
             gc_on = gc.isenabled()
             if gc_on:
                 gc.disable()
-            t0 = time.monotonic()
             try:
-                for stream in self._snapshot:
-                    try:
-                        stream.on_tick()
-                    except Exception:
-                        self.errors += 1
-                        log.exception("pacer: stream %r failed on tick; removing it", stream)
-                        self.remove(stream)
+                writes = self._write_all()
             finally:
-                writes = time.monotonic() - t0
                 if gc_on:
                     gc.enable()
             for stream, after in self._after:
@@ -235,6 +281,36 @@ class Pacer:
                 self._run_every()
         if n and self._on_tick_stats is not None:
             self._on_tick_stats(lateness, len(self._snapshot) * n, writes)
+
+    def _write_all(self) -> float:
+        """Every stream's frame, in groups anchored on the clock (``WriteSlots``);
+        returns how long the writes took from the first to the last."""
+        streams = self._snapshot
+        slots = self.slots
+        group = slots.group
+        step = slots.offsets(len(streams), self.period)
+        chunks = ([streams[i : i + group] for i in range(0, len(streams), group)] if step
+                  else (streams,))
+        t0 = time.monotonic()
+        waited = 0.0
+        for g, chunk in enumerate(chunks):
+            if g:
+                target = t0 + g * step
+                now = start = time.monotonic()
+                while now < target:
+                    now = time.monotonic()
+                waited += now - start
+            for stream in chunk:
+                try:
+                    stream.on_tick()
+                except Exception:
+                    self.errors += 1
+                    log.exception("pacer: stream %r failed on tick; removing it", stream)
+                    self.remove(stream)
+        total = time.monotonic() - t0
+        slots.observe(total - waited, len(streams))
+        self.spin_seconds += waited
+        return total
 
     def _run_every(self) -> None:
         now = 0.0

@@ -225,3 +225,75 @@ async def test_before_tick_work_is_done_ahead_of_the_deadline() -> None:
     median = late[len(late) // 2]
     assert median < busy / 2, late  # was >= busy: the work sat between deadline and writes
     assert len(hook_runs) >= 2 * len(late)  # ahead, and again at the tick
+
+
+def test_write_slots_follow_the_write_cost_but_not_its_fluctuations() -> None:
+    from audiosocket_gw.pacer import WriteSlots
+
+    slots = WriteSlots(group=25, slack=0.3, hysteresis=0.25, alpha=0.02)
+    assert slots.offsets(200, 0.02) == 0.0  # nothing measured yet: back to back
+    slots.observe(200 * 6e-6, 200)
+    assert slots.step == pytest.approx(25 * 6e-6 * 1.3)
+    first = slots.step
+    # ticks a little faster or slower, and one slow tick 10 times the cost: the offsets
+    # stay put (moving them moves every later group's frames)
+    for cost in (5e-6, 7e-6, 6.5e-6, 60e-6, 5.5e-6, 6e-6):
+        slots.observe(200 * cost, 200)
+    assert slots.step == first
+    # a lasting change of the cost is followed
+    for _ in range(200):
+        slots.observe(200 * 12e-6, 200)
+    assert slots.step == pytest.approx(25 * 12e-6 * 1.3, rel=0.3) and slots.step > first
+    assert slots.offsets(200, 0.02) == slots.step
+    assert slots.offsets(25, 0.02) == 0.0  # one group: nothing to anchor
+    assert slots.offsets(4000, 0.02) == 0.0  # would spread over too much of the tick
+    slots.observe(0.0, 0)  # an empty tick changes nothing
+    assert slots.step > first
+
+
+class Timed:
+    """A stream whose write takes ``cost`` seconds (``extra`` more on odd ticks)."""
+
+    def __init__(self, times: list[float], cost: float, extra: float = 0.0) -> None:
+        self.times = times
+        self.cost = cost
+        self.extra = extra
+        self.n = 0
+
+    def on_tick(self) -> None:
+        import time
+
+        self.times.append(time.monotonic())
+        end = time.monotonic() + self.cost + (self.extra if self.n % 2 else 0.0)
+        self.n += 1
+        while time.monotonic() < end:
+            pass
+
+
+@pytest.mark.parametrize("anchored", [True, False])
+async def test_a_slow_write_moves_only_the_rest_of_its_group(anchored: bool) -> None:
+    """Groups of streams start at fixed offsets from the tick's start: a write that
+    is slower on every other tick no longer moves the frames of the later groups (it
+    moved every later call's frame by as much, tick after tick)."""
+    from audiosocket_gw.pacer import WriteSlots
+
+    pacer = Pacer(period=20 * MS)
+    pacer.slots = WriteSlots(group=10, slack=1.0, max_share=0.6 if anchored else 0.0)
+    first: list[float] = []
+    last: list[float] = []
+    cost = 50e-6
+    streams = [Timed(first if i == 0 else last if i == 95 else [], cost,
+                     extra=400e-6 if i == 3 else 0.0) for i in range(100)]
+    for s in streams:
+        pacer.add(s)
+    pacer.start()
+    await asyncio.sleep(600 * MS)
+    await pacer.stop()
+    offsets = [b - a for a, b in zip(first, last, strict=False)][5:]  # after the estimate
+    assert len(offsets) >= 10
+    moves = sorted(abs(b - a) for a, b in zip(offsets, offsets[1:], strict=False))
+    median = moves[len(moves) // 2]
+    if anchored:
+        assert median < 200e-6, moves
+    else:  # back to back: every tick moves the last streams by the slow write's 400 us
+        assert median > 300e-6, moves
