@@ -28,11 +28,6 @@ log = logging.getLogger(__name__)
 PERIOD: Final = 0.020
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 class Schedule:
     """Absolute tick schedule with bounded catch-up.
 
@@ -180,7 +175,8 @@ class Pacer:
         self.schedule: Schedule | None = None
         self.errors = 0
         self.spin_seconds = 0.0
-        """Time spent waiting out deadlines on the clock (the ``spin`` before each tick).
+        """Time spent waiting on the clock itself (the ``spin`` before each tick's
+        deadline, and between its write groups).
         Sleeping it instead (the kernel's timers are finer than epoll's) made the ticks
         slower and no steadier on a virtual machine: an idle virtual CPU is descheduled
         and comes back with cold caches."""
@@ -295,11 +291,7 @@ class Pacer:
         waited = 0.0
         for g, chunk in enumerate(chunks):
             if g:
-                target = t0 + g * step
-                now = start = time.monotonic()
-                while now < target:
-                    now = time.monotonic()
-                waited += now - start
+                waited += _spin_until(t0 + g * step)
             for stream in chunk:
                 try:
                     stream.on_tick()
@@ -358,21 +350,18 @@ class Pacer:
             await _until(loop, deadline - self.spin)
             if sched.next_deadline != deadline:
                 continue
-            self._wait_out(deadline)
+            self.spin_seconds += _spin_until(deadline)
             self._run_due(sched)
-
-    def _wait_out(self, deadline: float) -> None:
-        t0 = time.monotonic()
-        while time.monotonic() < deadline:
-            pass
-        self.spin_seconds += time.monotonic() - t0
 
 
 async def _until(loop: asyncio.AbstractEventLoop, when: float) -> None:
     """Sleep on the event loop until ``when`` (``time.monotonic()``, as ``loop.time()``)."""
-    fut = loop.create_future()
-    handle = loop.call_at(when, _wake, fut)
-    try:
-        await fut
-    finally:
-        handle.cancel()
+    await asyncio.sleep(max(0.0, when - loop.time()))
+
+
+def _spin_until(when: float) -> float:
+    """Wait on the clock itself until ``when``; return the seconds spent."""
+    now = start = time.monotonic()
+    while now < when:
+        now = time.monotonic()
+    return now - start
