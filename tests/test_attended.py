@@ -14,7 +14,7 @@ import pytest
 from audiosocket_gw.ami.protocol import AmiMessage
 from audiosocket_gw.callcontrol import CallController
 from audiosocket_gw.testing.localbot import ScriptStep
-from audiosocket_gw.testing.simulator.ami import Outcome
+from audiosocket_gw.testing.simulator.ami import Outcome, SimChannel
 from tests.helpers import until
 from tests.test_agent_tools import HUMAN, Stack, _count, _status_is, stack
 
@@ -141,17 +141,22 @@ async def test_attended_transfer_unanswered_or_undecided_comes_back(
         await _back_with_the_bot(st, cid, outcome)
 
 
+async def _caller_on_hold(st: Stack) -> SimChannel:
+    """Place the call, let the model ask for the transfer; the caller's channel once
+    Redirected to [aigw-hold] and the person's Originate sent."""
+    await st.call()
+    await until(lambda: originate(st) is not None, within=10.0)
+    await until(lambda: any(c.application == "MusicOnHold" for c in st.sim.channels.values()))
+    return next(c for c in st.sim.channels.values() if c.application == "MusicOnHold")
+
+
 async def test_the_caller_never_stays_on_hold_when_the_gateway_goes_quiet(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """[aigw-hold] resumes the caller by itself after AIGW_HOLD_TIMEOUT (here the
     simulator shortens it): the dialplan's safety net when the gateway or AMI is gone."""
     person = Outcome("answered", ring_s=30.0)  # rings for longer than the test
     async with stack(monkeypatch, SCRIPT, outcomes={HUMAN: person}, seconds=8.0) as st:
-        await st.call()
-        await until(lambda: originate(st) is not None, within=10.0)
-        await until(lambda: any(c.application == "MusicOnHold"
-                                for c in st.sim.channels.values()))
-        ch = next(c for c in st.sim.channels.values() if c.application == "MusicOnHold")
+        ch = await _caller_on_hold(st)
         assert int(ch.variables["AIGW_HOLD_TIMEOUT"]) >= 5 + 5 + 10  # ring + decide + margin
         ch.wake.set()  # MusicOnHold's duration is up (simulated: no 40 s wait)
         await until(lambda: len(st.bot.sessions) >= 2, within=10.0)
@@ -180,10 +185,7 @@ async def test_shutdown_mid_transfer_hangs_up_the_person_and_resumes_the_caller(
     [aigw-hold]'s own timeout: the person is hung up and the caller Redirected back."""
     person = Outcome("answered", ring_s=30.0)  # still ringing when the gateway stops
     async with stack(monkeypatch, SCRIPT, outcomes={HUMAN: person}, seconds=8.0) as st:
-        await st.call()
-        await until(lambda: originate(st) is not None, within=10.0)
-        await until(lambda: any(c.application == "MusicOnHold"
-                                for c in st.sim.channels.values()))
+        await _caller_on_hold(st)
         await st.gw.component(CallController).attended.stop()
         assert [a.get("Context") for a in actions(st, "Redirect")] == [
             "aigw-hold", "aigw-resume"]

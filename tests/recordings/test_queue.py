@@ -149,22 +149,34 @@ async def test_two_nodes_upload_only_their_own_and_survivors_take_over_once(
         assert resumed is not None and resumed.state == "pending"
 
 
+def spool_file(tmp_path: Path, name: str) -> Path:
+    """A 10-byte recording in ``tmp_path/spool``: readable by the survivor."""
+    path = tmp_path / "spool" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"x" * 10)
+    return path
+
+
+async def survivor(pg_b: PostgresCallStore, tmp_path: Path
+                   ) -> tuple[PostgresRecordingQueue, RecordingPipeline]:
+    """Node ``b`` alive (a lease) with its queue and the pipeline that takes over."""
+    await pg_b.node_heartbeat("b", 30.0)
+    b = PostgresRecordingQueue(pg_b, "b")
+    return b, RecordingPipeline(RecordingSettings.from_env(env={}), tmp_path, queue=b)
+
+
 async def test_stranded_rows_do_not_hide_a_newer_readable_orphan(tmp_path: Path) -> None:
     """``orphans()`` returns at most 100 rows and ``strand()`` skips stranded ones: with
     the oldest 100 rows stranded, a newer row whose file is readable here must still be
     adopted in one takeover pass (it was listed after them, past the limit)."""
-    readable = tmp_path / "spool" / "new.wav"
-    readable.parent.mkdir()
-    readable.write_bytes(b"x" * 10)
+    readable = spool_file(tmp_path, "new.wav")
     async with temp_database() as url, PostgresCallStore(url, node_id="dead") as pg_dead, \
             PostgresCallStore(url, node_id="b") as pg_b:
         dead = PostgresRecordingQueue(pg_dead, "dead")  # never holds a lease
         for i in range(100):
             assert await dead.add(row(f"s{i:03d}", state="stranded", captured_at=1000.0 + i))
         assert await dead.add(row("fresh", str(readable), 10, captured_at=5000.0))
-        await pg_b.node_heartbeat("b", 30.0)
-        b = PostgresRecordingQueue(pg_b, "b")
-        pipeline = RecordingPipeline(RecordingSettings.from_env(env={}), tmp_path, queue=b)
+        b, pipeline = await survivor(pg_b, tmp_path)
         assert await pipeline.take_over_orphans() == (1, 0)
         adopted = await b.get("fresh")
         assert adopted is not None and adopted.node_id == "b" and adopted.state == "pending"
@@ -200,9 +212,7 @@ async def test_a_lost_nodes_verified_rows_are_adopted_verified_or_closed(
     sweep and the interrupted transcription; one that cannot marks it ``deleted`` with
     the reason (the S3 copy stays) and fails its transcription job: it is not listed
     again."""
-    readable = tmp_path / "spool" / "shared.wav"
-    readable.parent.mkdir()
-    readable.write_bytes(b"x" * 10)
+    readable = spool_file(tmp_path, "shared.wav")
     async with temp_database() as url, PostgresCallStore(url, node_id="gone") as pg_gone, \
             PostgresCallStore(url, node_id="b") as pg_b:
         gone = PostgresRecordingQueue(pg_gone, "gone")  # holds no lease
@@ -213,9 +223,7 @@ async def test_a_lost_nodes_verified_rows_are_adopted_verified_or_closed(
         for cid in ("shared", "lost"):
             assert await gone.add_job(cid, 100.0)
             assert await gone.claim_job(200.0) is not None  # running when the node died
-        await pg_b.node_heartbeat("b", 30.0)
-        b = PostgresRecordingQueue(pg_b, "b")
-        pipeline = RecordingPipeline(RecordingSettings.from_env(env={}), tmp_path, queue=b)
+        b, pipeline = await survivor(pg_b, tmp_path)
         assert await pipeline.take_over_orphans() == (1, 0)
         shared = await b.get("shared")
         assert shared is not None and shared.node_id == "b" and shared.state == "verified"

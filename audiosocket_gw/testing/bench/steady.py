@@ -394,6 +394,16 @@ async def _measure(backend: str, calls: int, seconds: float, ramp: float,
                     rss_idle, rss_load, gw_cpu, peer_cpus, bounds, chunk_ms, lead_ms)
 
 
+def _window_quantile_ms(m0: dict[str, float], m1: dict[str, float], name: str,
+                        q: float) -> float | None:
+    """Upper bound (ms) of the bucket holding quantile ``q`` of histogram ``name`` over
+    the window: the bucket counts' deltas between two ``/metrics`` scrapes."""
+    prefix = f"{name}_bucket{{"
+    le = histogram_quantile({k: v - m0.get(k, 0.0) for k, v in m1.items()
+                             if k.startswith(prefix)}, name, q)
+    return None if le is None else round(le * 1000, 3)
+
+
 def py_spy_exe() -> str | None:
     """py-spy beside this Python (a venv's bin) or on PATH; None when not installed."""
     near = Path(sys.executable).parent / "py-spy"
@@ -473,13 +483,9 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
     underruns = int(_delta(m0, m1, "aigw_playout_underruns_total"))
     missed = int(_delta(m0, m1, "aigw_pacer_missed_ticks_total"))
     dropped = int(_delta(m0, m1, "aigw_twilio_media_dropped_total"))
-    lat_keys = {k for k in m1 if k.startswith("aigw_pacer_lateness_seconds_bucket{")}
-    lat99 = histogram_quantile({k: m1[k] - m0.get(k, 0.0) for k in lat_keys},
-                               "aigw_pacer_lateness_seconds", 0.99)
-    wr_keys = {k for k in m1 if k.startswith("aigw_pacer_writes_seconds_bucket{")}
-    wr_delta = {k: m1[k] - m0.get(k, 0.0) for k in wr_keys}
-    wr50 = histogram_quantile(wr_delta, "aigw_pacer_writes_seconds", 0.50)
-    wr99 = histogram_quantile(wr_delta, "aigw_pacer_writes_seconds", 0.99)
+    lat99 = _window_quantile_ms(m0, m1, "aigw_pacer_lateness_seconds", 0.99)
+    wr50 = _window_quantile_ms(m0, m1, "aigw_pacer_writes_seconds", 0.50)
+    wr99 = _window_quantile_ms(m0, m1, "aigw_pacer_writes_seconds", 0.99)
     sim_late = lateness.summary(t0, t1)
     peers: dict[str, Any] = {"simulator": {
         "cpu_percent": round(100 * (sim1 - sim0) / span, 1),
@@ -529,9 +535,9 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
         "missed_ticks": missed,
         "metrics_ok": bool(m0) and bool(m1),
         "media_dropped": dropped,
-        "pacer_lateness_p99_le_ms": None if lat99 is None else round(lat99 * 1000, 3),
-        "pacer_writes_p50_le_ms": None if wr50 is None else round(wr50 * 1000, 3),
-        "pacer_writes_p99_le_ms": None if wr99 is None else round(wr99 * 1000, 3),
+        "pacer_lateness_p99_le_ms": lat99,
+        "pacer_writes_p50_le_ms": wr50,
+        "pacer_writes_p99_le_ms": wr99,
         "transit_p50_ms": _r(s["transit_p50_ms"]),
         "transit_p99_ms": _r(s["transit_p99_ms"]),
         "rss_idle_mib": round(rss_idle / 1024, 1),
