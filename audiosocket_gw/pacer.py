@@ -8,7 +8,8 @@ single task ticks on an absolute monotonic schedule (frame ``n`` is due at
 ``start + n * period``: no drift) and writes the next frame of every active stream,
 in groups that each start at a fixed offset from the tick (``WriteSlots``), so every
 call's frame leaves at the same point of every tick; per-tick bookkeeping is kept
-out of the writes (``before_tick`` runs ahead of the deadline, ``after_tick`` after).
+out of the writes (``before_tick`` runs ahead of the deadline, ``after_tick`` after,
+in the waits between the groups as far as it fits there).
 
 ``Schedule`` is the sans-I/O bookkeeping (testable with an injected clock); ``Pacer``
 is the thin asyncio shell.
@@ -146,11 +147,14 @@ class PacedStream(Protocol):
     def on_tick(self) -> None:
         """Write the next frame. Must not block and should not raise.
 
-        Only the write: the pacer writes every stream's frame back to back, so the
-        frames leave at the same offsets within every tick. Bookkeeping belongs in an
-        optional ``after_tick()`` method, which the pacer runs once every stream of
-        the tick has written.
+        Only the write: the pacer writes the streams' frames at fixed offsets within
+        every tick. Bookkeeping belongs in an optional ``after_tick()`` method, which
+        the pacer runs after this stream's write of the tick, outside the writes: in
+        the wait before a later group of streams, or once every stream has written.
         """
+
+
+_Afters = tuple[tuple[PacedStream, Callable[[], None] | None], ...]
 
 
 class Pacer:
@@ -169,7 +173,9 @@ class Pacer:
         self.ahead = ahead
         self._streams: dict[PacedStream, None] = {}
         self._snapshot: tuple[PacedStream, ...] = ()
-        self._after: tuple[tuple[PacedStream, Callable[[], None]], ...] = ()
+        self._after_at: _Afters = ()
+        """Each snapshot stream with its ``after_tick`` (None: it has none), in order."""
+        self._after_cost = 0.0
         self._task: asyncio.Task[None] | None = None
         self._on_tick_stats = on_tick_stats
         self.schedule: Schedule | None = None
@@ -218,8 +224,7 @@ class Pacer:
 
     def _rebuild(self) -> None:
         self._snapshot = tuple(self._streams)
-        self._after = tuple((s, after) for s in self._snapshot
-                            if (after := getattr(s, "after_tick", None)) is not None)
+        self._after_at = tuple((s, getattr(s, "after_tick", None)) for s in self._snapshot)
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -260,27 +265,26 @@ class Pacer:
             gc_on = gc.isenabled()
             if gc_on:
                 gc.disable()
+            afters = self._after_at
             try:
-                writes = self._write_all()
+                writes, done = self._write_all(afters)
             finally:
                 if gc_on:
                     gc.enable()
-            for stream, after in self._after:
-                try:
-                    after()
-                except Exception:
-                    self.errors += 1
-                    log.exception("pacer: stream %r failed after its tick; removing it",
-                                  stream)
-                    self.remove(stream)
+            self._after_from(afters, done)
             if self._every:
                 self._run_every()
         if n and self._on_tick_stats is not None:
             self._on_tick_stats(lateness, len(self._snapshot) * n, writes)
 
-    def _write_all(self) -> float:
-        """Every stream's frame, in groups anchored on the clock (``WriteSlots``);
-        returns how long the writes took from the first to the last."""
+    def _write_all(self, afters: _Afters) -> tuple[float, int]:
+        """Every stream's frame, in groups anchored on the clock (``WriteSlots``).
+
+        While a group waits for its start, the ``after_tick`` of streams already
+        written runs in the wait, as far as it fits (the wait is spent on work due
+        anyway instead of on the clock). Returns how long the writes took from the
+        first to the last, and how many streams' ``after_tick`` ran.
+        """
         streams = self._snapshot
         slots = self.slots
         group = slots.group
@@ -288,10 +292,15 @@ class Pacer:
         chunks = ([streams[i : i + group] for i in range(0, len(streams), group)] if step
                   else (streams,))
         t0 = time.monotonic()
-        waited = 0.0
+        waited = spun = 0.0
+        done = written = 0
         for g, chunk in enumerate(chunks):
             if g:
-                waited += _spin_until(t0 + g * step)
+                start = t0 + g * step
+                w0 = time.monotonic()
+                done = self._after_until(afters, done, written, start)
+                spun += _spin_until(start)
+                waited += time.monotonic() - w0
             for stream in chunk:
                 try:
                     stream.on_tick()
@@ -299,10 +308,46 @@ class Pacer:
                     self.errors += 1
                     log.exception("pacer: stream %r failed on tick; removing it", stream)
                     self.remove(stream)
+            written += len(chunk)
         total = time.monotonic() - t0
         slots.observe(total - waited, len(streams))
-        self.spin_seconds += waited
-        return total
+        self.spin_seconds += spun
+        return total, done
+
+    def _after_until(self, afters: _Afters, done: int,
+                     written: int, until: float) -> int:
+        """Run the ``after_tick`` of streams ``done`` to ``written`` (of the tick's
+        snapshot) while one more fits before ``until``; returns the new ``done``."""
+        cost = self._after_cost
+        while done < written:
+            now = time.monotonic()
+            if now + cost > until:
+                break
+            stream, after = afters[done]
+            done += 1
+            if after is not None:
+                self._after_one(stream, after, afters)
+                spent = time.monotonic() - now
+                cost += 0.05 * (2.0 * spent - cost)  # a running mean, with margin
+        self._after_cost = cost
+        return done
+
+    def _after_from(self, afters: _Afters, done: int) -> None:
+        """The ``after_tick`` of every stream from ``done`` on (the tick's writes are over)."""
+        for stream, after in afters[done:]:
+            if after is not None:
+                self._after_one(stream, after, afters)
+
+    def _after_one(self, stream: PacedStream, after: Callable[[], None],
+                   afters: _Afters) -> None:
+        if afters is not self._after_at and stream not in self._streams:
+            return  # removed during this tick (its write failed)
+        try:
+            after()
+        except Exception:
+            self.errors += 1
+            log.exception("pacer: stream %r failed after its tick; removing it", stream)
+            self.remove(stream)
 
     def _run_every(self) -> None:
         now = 0.0
