@@ -322,6 +322,7 @@ class Gateway:
         sched = self.pacer.schedule
         if sched is not None:
             self.metrics.stats.missed_ticks = sched.missed
+        self.metrics.stats.pacer_wait_seconds = self.pacer.spin_seconds
 
     # -- HTTP ----------------------------------------------------------------------
 

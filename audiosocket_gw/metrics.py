@@ -32,6 +32,7 @@ class Stats:
     frames_dropped_slow_peer: int = 0
     underruns: int = 0
     missed_ticks: int = 0
+    pacer_wait_seconds: float = 0.0
 
 
 class _StatsCollector(Collector):
@@ -63,6 +64,12 @@ class _StatsCollector(Collector):
             "aigw_pacer_missed_ticks",
             "Ticks skipped because the event loop was blocked too long.",
             s.missed_ticks,
+        )
+        yield _counter(
+            "aigw_pacer_wait_seconds",
+            "CPU seconds the pacer spent waiting on the clock itself (just before each "
+            "tick's deadline, and between write groups where no bookkeeping was left).",
+            s.pacer_wait_seconds,
         )
 
 
@@ -131,9 +138,9 @@ class Metrics:
         )
         self.pacer_writes = Histogram(
             "aigw_pacer_writes_seconds",
-            "How long each pacer tick took to write every call's frame, back to back: "
-            "the last call's frame leaves this long after the first one's, so its "
-            "variation from tick to tick is the jitter the pacer adds.",
+            "How long each pacer tick took from its first call's frame to its last "
+            "one's (written in groups at fixed offsets from the tick): the last call's "
+            "frame leaves this long after the first one's.",
             buckets=WRITES_BUCKETS,
             registry=r,
         )

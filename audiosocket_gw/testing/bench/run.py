@@ -86,9 +86,12 @@ def _brief(r: dict[str, Any]) -> str:
     others = ", ".join(f"{k} {v['cpu_percent']} % (late p99 {v['late_p99_ms']} ms)"
                        for k, v in p.items() if k != "simulator")
     return (f"{r['ok_calls']}/{r['calls']} ok, {r['cpu_ms_per_call_s']} ms CPU/call-s "
+            f"({r.get('pacer_wait_ms_per_call_s')} of it waiting on the clock) "
             f"(~{r['calls_per_core']} calls/core), set-up {r['setup_cpu_ms_per_call']} ms/call, "
             f"jitter p50/p99 {r['jitter_p50_ms']}/{r['jitter_p99_ms']} ms, gaps>40ms "
-            f"{r['gaps_over_40ms']}, tick writes p50/p99 <= {r.get('pacer_writes_p50_le_ms')}/"
+            f"{r['gaps_over_40ms']}, stalled ticks {r.get('stalled_ticks')} (median "
+            f"{r.get('stall_p50_ms')} ms late, {r.get('late_in_stalls')} of frames > 1 ms "
+            f"late), tick writes p50/p99 <= {r.get('pacer_writes_p50_le_ms')}/"
             f"{r.get('pacer_writes_p99_le_ms')} ms, underruns {r['underruns']}, RSS/call "
             f"{r['rss_per_call_kib']} KiB, real time {r['real_time']}; simulator "
             f"{sim['cpu_percent']} % (send late p99 {sim['send_late_p99_ms']} ms, loop "

@@ -34,6 +34,14 @@ Figures per run (all over the window unless said otherwise):
 * ``jitter_p50_ms``/``jitter_p99_ms``: |inter-arrival - 20 ms| of the frames the callers
   received, pooled over every call (both frames inside the window); ``gaps_over_40ms``
   and ``max_gap_ms`` from the same intervals;
+* ``stalled_ticks``: ticks of the window in which nearly every call's frame reached
+  its caller more than 1 ms later than that call's usual offset in the tick (the tick
+  itself started late), with ``stall_p50_ms``/``stall_max_ms`` (how late) and
+  ``late_in_stalls`` (the share of all frames over 1 ms late that were in such ticks;
+  :mod:`.ticks`);
+* ``pacer_wait_ms_per_call_s``: of ``cpu_ms_per_call_s``, the pacer's waits on the
+  clock (``aigw_pacer_wait_seconds``: the spin before each deadline and between write
+  groups), a cost per tick rather than per call;
 * ``underruns``, ``missed_ticks``, ``media_dropped``: deltas of the gateway's own
   counters (``/metrics``) over the window;
 * ``rss_per_call_kib``: (RSS mid-window - RSS before the first call) / calls;
@@ -77,6 +85,7 @@ from ..proc import GatewayProcess, cpu_seconds, rss_kib
 from ..simulator.audio import speech_like, tag_frames
 from ..simulator.pbx import CallPlan, SimLateness, SimulationReport, run_simulation
 from .soak_peers import PeerProcess
+from .ticks import tick_delays
 
 __all__ = [
     "BACKENDS",
@@ -476,6 +485,7 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
     span = t1 - t0
     s = report.summary()
     jit = window_jitter([c.arrivals for c in report.calls], t0, t1)
+    stalls = tick_delays([c.arrivals for c in report.calls], t0, t1)
     rate = (cpu1 - cpu0) / (span * calls)  # CPU seconds per call-second
     live_before = sum(t0 - c.connected_at for c in report.calls
                       if c.connected_at is not None and c.connected_at < t0)
@@ -527,6 +537,10 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
         "jitter_p99_ms": jit["jitter_p99_ms"],
         "gaps_over_40ms": jit["gaps_over_40ms"],
         "max_gap_ms": jit["max_gap_ms"],
+        "stalled_ticks": stalls["stalled_ticks"],
+        "stall_p50_ms": stalls["stall_p50_ms"],
+        "stall_max_ms": stalls["stall_max_ms"],
+        "late_in_stalls": stalls["late_in_stalls"],
         "frames_in_window": jit["frames"],
         "frames_expected": int(calls * span * 1000 / FRAME_MS),
         "audio_frames_share": round(sum(c.nonzero_frames for c in report.calls)
@@ -538,6 +552,9 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
         "pacer_lateness_p99_le_ms": lat99,
         "pacer_writes_p50_le_ms": wr50,
         "pacer_writes_p99_le_ms": wr99,
+        "pacer_wait_ms_per_call_s": _r(1000 * (m1.get("aigw_pacer_wait_seconds_total", 0.0)
+                                               - m0.get("aigw_pacer_wait_seconds_total", 0.0))
+                                       / (span * calls), 3) if m0 and m1 else None,
         "transit_p50_ms": _r(s["transit_p50_ms"]),
         "transit_p99_ms": _r(s["transit_p99_ms"]),
         "rss_idle_mib": round(rss_idle / 1024, 1),
@@ -566,6 +583,7 @@ SUMMARY_KEYS: Final = (
     "jitter_p99_ms", "gaps_over_40ms", "max_gap_ms", "underruns", "missed_ticks",
     "rss_per_call_kib", "transit_p50_ms", "transit_p99_ms", "peer_cores_busy_percent",
     "gateway_core_others_percent", "pacer_writes_p50_le_ms", "pacer_writes_p99_le_ms",
+    "stalled_ticks", "late_in_stalls",
 )
 
 
