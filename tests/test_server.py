@@ -18,7 +18,7 @@ from audiosocket_gw.quality.mos import MosMonitor
 from audiosocket_gw.testing.simulator.audio import speech_like
 from audiosocket_gw.testing.simulator.pbx import CallPlan, run_simulation
 
-from .helpers import GAP_MS, MS, RawPeer, make_config, running_gateway
+from .helpers import GAP_MS, MS, RawPeer, make_config, running_gateway, until
 
 
 def calls_ended(gw: Gateway, outcome: str, backend: str = "echo") -> float:
@@ -553,3 +553,18 @@ async def test_one_peer_cannot_hold_every_connection() -> None:
         assert counter(gw, "aigw_connections_rejected_total", reason="peer_capacity") == 1
         for p in (*mine[1:], other, again):
             await p.close()
+
+
+async def test_a_cancelled_simulation_closes_its_calls() -> None:
+    """The test tool's own hygiene: cancelling ``run_simulation`` (a test that gives up
+    on it, or the AMI simulator's channel ending) closes its connections at once; they
+    stayed open until the garbage collector found them, and its unclosed-socket warning
+    then failed whichever test happened to be running."""
+    async with running_gateway() as gw:
+        sim = asyncio.create_task(run_simulation(*gw.audiosocket.address, calls=2,
+                                                 seconds=5.0))
+        await until(lambda: len(gw.audiosocket.calls) == 2)
+        sim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sim
+        await until(lambda: not gw.audiosocket.calls, within=1.0)

@@ -840,6 +840,8 @@ class AmiSimulator:
                     await asyncio.wait_for(sim, 1.0)
         finally:
             ended.cancel()
+            if not sim.done():  # this channel's task was cancelled: so is its leg
+                sim.cancel()
             ch.leg = None
         if not sim.done() or sim.cancelled() or sim.exception() is not None:
             return "ended"

@@ -652,6 +652,13 @@ async def run_simulation(
         limit = max(p.seconds for p in plans) + ramp_s + INACTIVITY_S + 5.0
         if live:
             await asyncio.wait([s.closed for s in live], timeout=limit)
+    except BaseException:  # cancelled (or failed): leave no connection or socket behind
+        for task in connecting:
+            task.cancel()
+        for sim in sims:
+            if sim is not None and sim.transport is not None:
+                sim.transport.abort()
+        raise
     finally:
         for handle in probe:
             handle.cancel()
