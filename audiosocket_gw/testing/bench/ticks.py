@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-PERIOD_S = 0.020
+from ...pacer import PERIOD
 
 
 def _wrap(x: np.ndarray[Any, Any], period: float) -> np.ndarray[Any, Any]:
@@ -25,7 +25,7 @@ def _wrap(x: np.ndarray[Any, Any], period: float) -> np.ndarray[Any, Any]:
     return (x + period / 2) % period - period / 2
 
 
-def tick_delays(arrivals: list[Any], t0: float, t1: float, *, period: float = PERIOD_S,
+def tick_delays(arrivals: list[Any], t0: float, t1: float, *, period: float = PERIOD,
                 late_ms: float = 1.0, share: float = 0.9) -> dict[str, Any]:
     """Frames of ``arrivals`` (per call, ascending arrival times) inside [t0, t1].
 
