@@ -194,6 +194,13 @@ class Pacer:
         since. So its cost, and how that cost varies from tick to tick, is not paid
         between the deadline and the writes (it was the largest part of the frames'
         jitter at the caller). A hook must therefore handle being run with nothing new."""
+        self.reads: list[Callable[[], None]] = []
+        """Per-tick input (reading every call's socket): run once per tick, right after
+        the tick's writes and bookkeeping, followed by the ``before_tick`` hooks (the
+        levels of what was read), before the ``every`` callbacks (which so see this
+        tick's input). The furthest point from the next deadline: the work that the
+        input causes (messages to the AI, ...) has the rest of the period, and the loop
+        makes no readiness callback per frame per call."""
         self._every: tuple[Every, ...] = ()
         self.slots = WriteSlots()
         """Where each group of streams starts writing within a tick."""
@@ -245,11 +252,11 @@ class Pacer:
     def poll(self) -> None:
         """Run the tick now if its deadline has passed.
 
-        The server calls this after handling incoming bytes. Under load the event loop
-        may be busy running a long batch of socket callbacks when the tick's timer
-        expires, and asyncio only looks at timers between batches; checking the clock
-        in every callback (one comparison) bounds the pacer's lateness to one callback
-        instead of one batch.
+        The server calls this after handling incoming bytes, the WebSocket backends
+        after each message. Under load the event loop may be busy running a long batch
+        of socket callbacks when the tick's timer expires, and asyncio only looks at
+        timers between batches; checking the clock in every callback (one comparison)
+        bounds the pacer's lateness to one callback instead of one batch.
         """
         sched = self.schedule
         if sched is not None and time.monotonic() >= sched.next_deadline:
@@ -258,7 +265,7 @@ class Pacer:
     def _run_due(self, sched: Schedule) -> None:
         n, lateness = sched.due(time.monotonic())
         writes = 0.0
-        for _ in range(n):
+        for i in range(n):
             self._run_hooks()
             # No collection of the garbage collector in the middle of the writes (it
             # runs at the next allocation after).
@@ -272,6 +279,9 @@ class Pacer:
                 if gc_on:
                     gc.enable()
             self._after_from(afters, done)
+            if self.reads and i == n - 1:
+                self._run_reads()
+                self._run_hooks()
             if self._every:
                 self._run_every()
         if n and self._on_tick_stats is not None:
@@ -363,6 +373,14 @@ class Pacer:
             except Exception:
                 self.errors += 1
                 log.exception("pacer: periodic callback %r failed", sub)
+
+    def _run_reads(self) -> None:
+        for fn in self.reads:
+            try:
+                fn()
+            except Exception:
+                self.errors += 1
+                log.exception("pacer: read hook %r failed", fn)
 
     def _run_hooks(self) -> None:
         for hook in self.before_tick:

@@ -362,3 +362,41 @@ async def test_the_waits_between_write_groups_do_the_written_streams_bookkeeping
     # once the write cost is known, the first groups' bookkeeping is done in the waits
     # (six per tick on an idle machine; at least one per tick on a busy one)
     assert in_gaps >= len(ticks), in_gaps
+
+
+async def test_reads_run_once_per_tick_after_the_writes_then_the_hooks() -> None:
+    """The calls' sockets are read by the pacer (``reads``): once per tick, after every
+    stream's write and bookkeeping (the furthest point from the next deadline), and
+    the ``before_tick`` hooks run right after them (the levels of what was read)."""
+    log: list[str] = []
+
+    class Stream:
+        def on_tick(self) -> None:
+            log.append("write")
+
+        def after_tick(self) -> None:
+            log.append("after")
+
+    pacer = Pacer(period=20 * MS)
+    for _ in range(3):
+        pacer.add(Stream())
+    pacer.reads.append(lambda: log.append("read"))
+    pacer.before_tick.append(lambda: log.append("hook"))
+
+    def failing_read() -> None:
+        raise RuntimeError("boom")
+
+    pacer.reads.append(failing_read)
+    pacer.start()
+    await asyncio.sleep(210 * MS)
+    await pacer.stop()
+    text = " ".join(log)
+    ticks = [t for t in text.split("write write write") if t.strip()]
+    assert len(ticks) >= 8
+    for tick in ticks[1:-1]:  # whole ticks (the first and last may be cut)
+        words = tick.split()
+        # 3 bookkeepings, one read pass, then the hooks (maybe again ahead of the next).
+        assert words.count("after") == 3 and words.count("read") == 1, tick
+        assert words.index("read") > max(i for i, w in enumerate(words) if w == "after")
+        assert words[words.index("read") + 1] == "hook", tick
+    assert pacer.errors >= 8  # the failing read is counted each tick, and kept
