@@ -195,12 +195,17 @@ class Pacer:
         between the deadline and the writes (it was the largest part of the frames'
         jitter at the caller). A hook must therefore handle being run with nothing new."""
         self.reads: list[Callable[[], None]] = []
-        """Per-tick input (reading every call's socket): run once per tick, right after
-        the tick's writes and bookkeeping, followed by the ``before_tick`` hooks (the
-        levels of what was read), before the ``every`` callbacks (which so see this
-        tick's input). The furthest point from the next deadline: the work that the
-        input causes (messages to the AI, ...) has the rest of the period, and the loop
-        makes no readiness callback per frame per call."""
+        """Per-tick input (reading the calls' sockets that have data): run twice per
+        tick. Right after the tick's writes and bookkeeping, followed by the
+        ``before_tick`` hooks (the levels of what was read) and before the ``every``
+        callbacks (which so see this tick's input); and again midway to the next
+        deadline, for what came in since. The loop makes no readiness callback per
+        frame per call, and the work the input causes (messages to the AI, ...) runs
+        well before the next deadline. The last read before a tick's writes is the
+        midway one, not the one right after the writes: a peer that answers the
+        writes with its own frames (a single-threaded PBX, the simulator) sends them
+        just then, and a read at that moment would catch some and miss others from
+        tick to tick."""
         self._every: tuple[Every, ...] = ()
         self.slots = WriteSlots()
         """Where each group of streams starts writing within a tick."""
@@ -402,6 +407,14 @@ class Pacer:
                 continue
             # epoll timeouts have millisecond granularity (asyncio rounds them up), so
             # the timers wake up to a millisecond late: ``ahead`` and ``spin`` early.
+            if self.reads:
+                # The input that came in since the tick's own read: midway between the
+                # writes (a peer may answer them with its own frames, which must not
+                # straddle a read) and the deadline.
+                await _until(loop, deadline - self.period / 2)
+                if sched.next_deadline != deadline:
+                    continue
+                self._run_reads()
             if self.before_tick and self.ahead > self.spin:
                 await _until(loop, deadline - self.ahead)
                 if sched.next_deadline != deadline:

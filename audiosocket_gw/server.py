@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import select
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -206,7 +207,8 @@ class AudioSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         server = self._server
         server.connections.discard(self)
-        server.tick_readers.pop(self, None)
+        if self in server.tick_readers:
+            server.stop_reading(self)
         ip, self._counted_ip = self._counted_ip, None
         if ip is not None:
             left = server.per_peer.get(ip, 1) - 1
@@ -307,7 +309,7 @@ class AudioSocketProtocol(asyncio.Protocol):
             # From now on the pacer reads this socket (``read_tick``), not the loop.
             self._fd = sock.fileno()
             self.transport.pause_reading()
-            self._server.tick_readers[self] = None
+            self._server.read_by_tick(self)
 
     def _uuid_timeout(self) -> None:
         self._timer = None
@@ -377,7 +379,11 @@ class AudioSocketServer:
         self.levels = LevelBatch()
         pacer.before_tick.append(self.levels.run)
         self.tick_readers: dict[AudioSocketProtocol, None] = {}
-        """The connections of live calls, read by the pacer once per tick."""
+        """The connections of live calls, read by the pacer (``Pacer.reads``)."""
+        self._by_fd: dict[int, AudioSocketProtocol] = {}
+        self._readable: select.epoll | None = (
+            select.epoll() if hasattr(select, "epoll") else None)
+        """Which of them have data (without it, every one is read every time)."""
         pacer.reads.append(self._read_all)
         self._on_call_start = on_call_start
         self._on_call_end = on_call_end
@@ -389,13 +395,37 @@ class AudioSocketServer:
         Asterisk normally holds every call; with several PBXs, one must not starve the
         others."""
 
+    def read_by_tick(self, conn: AudioSocketProtocol) -> None:
+        self.tick_readers[conn] = None
+        self._by_fd[conn._fd] = conn
+        if self._readable is not None:
+            self._readable.register(conn._fd, select.EPOLLIN)
+
+    def stop_reading(self, conn: AudioSocketProtocol) -> None:
+        """Before its socket is closed (``connection_lost``) or on a failure."""
+        self.tick_readers.pop(conn, None)
+        if self._by_fd.get(conn._fd) is conn:
+            del self._by_fd[conn._fd]
+            if self._readable is not None and not self._readable.closed:
+                with contextlib.suppress(OSError):
+                    self._readable.unregister(conn._fd)
+
     def _read_all(self) -> None:
-        for conn in list(self.tick_readers):
+        """The pacer's read pass: every live call's socket that has data."""
+        ep = self._readable
+        if ep is None:
+            conns = list(self.tick_readers)
+        elif ep.closed or not self._by_fd:
+            return
+        else:
+            by_fd = self._by_fd
+            conns = [c for fd, _ in ep.poll(0, len(by_fd)) if (c := by_fd.get(fd)) is not None]
+        for conn in conns:
             try:
                 conn.read_tick()
             except Exception:  # a bug on one call ends that call only
                 log.exception("reading the AudioSocket of %s failed; closing it", conn.peer)
-                self.tick_readers.pop(conn, None)
+                self.stop_reading(conn)
                 if conn.transport is not None:
                     conn.transport.abort()
 
@@ -470,5 +500,7 @@ class AudioSocketServer:
         for call in list(self._ended):
             await call.wait_closed()
         await self.pacer.stop()
+        if self._readable is not None:
+            self._readable.close()
         if self._server is not None:
             await self._server.wait_closed()

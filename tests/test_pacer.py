@@ -364,24 +364,25 @@ async def test_the_waits_between_write_groups_do_the_written_streams_bookkeeping
     assert in_gaps >= len(ticks), in_gaps
 
 
-async def test_reads_run_once_per_tick_after_the_writes_then_the_hooks() -> None:
-    """The calls' sockets are read by the pacer (``reads``): once per tick, after every
-    stream's write and bookkeeping (the furthest point from the next deadline), and
-    the ``before_tick`` hooks run right after them (the levels of what was read)."""
-    log: list[str] = []
+async def test_reads_run_after_the_writes_then_the_hooks_and_again_midway() -> None:
+    """The calls' sockets are read by the pacer (``reads``): after every stream's write
+    and bookkeeping, followed by the ``before_tick`` hooks (the levels of what was
+    read), and once more midway to the next deadline, not just before it."""
+    loop = asyncio.get_running_loop()
+    log: list[tuple[str, float]] = []
 
     class Stream:
         def on_tick(self) -> None:
-            log.append("write")
+            log.append(("write", loop.time()))
 
         def after_tick(self) -> None:
-            log.append("after")
+            log.append(("after", loop.time()))
 
     pacer = Pacer(period=20 * MS)
     for _ in range(3):
         pacer.add(Stream())
-    pacer.reads.append(lambda: log.append("read"))
-    pacer.before_tick.append(lambda: log.append("hook"))
+    pacer.reads.append(lambda: log.append(("read", loop.time())))
+    pacer.before_tick.append(lambda: log.append(("hook", loop.time())))
 
     def failing_read() -> None:
         raise RuntimeError("boom")
@@ -390,13 +391,23 @@ async def test_reads_run_once_per_tick_after_the_writes_then_the_hooks() -> None
     pacer.start()
     await asyncio.sleep(210 * MS)
     await pacer.stop()
-    text = " ".join(log)
-    ticks = [t for t in text.split("write write write") if t.strip()]
+    ticks: list[list[tuple[str, float]]] = []
+    for i, (what, _) in enumerate(log):
+        if what == "write" and (i == 0 or log[i - 1][0] != "write"):
+            ticks.append([])
+        if ticks:
+            ticks[-1].append(log[i])
     assert len(ticks) >= 8
-    for tick in ticks[1:-1]:  # whole ticks (the first and last may be cut)
-        words = tick.split()
-        # 3 bookkeepings, one read pass, then the hooks (maybe again ahead of the next).
-        assert words.count("after") == 3 and words.count("read") == 1, tick
-        assert words.index("read") > max(i for i, w in enumerate(words) if w == "after")
-        assert words[words.index("read") + 1] == "hook", tick
-    assert pacer.errors >= 8  # the failing read is counted each tick, and kept
+    for tick in ticks[:-1]:  # whole ticks (the last may be cut)
+        words = [w for w, _ in tick]
+        assert words[:3] == ["write"] * 3 and words.count("after") == 3, words
+        reads = [k for k, w in enumerate(words) if w == "read"]
+        assert len(reads) == 2, words
+        first, second = reads
+        assert first > max(k for k, w in enumerate(words) if w == "after")
+        assert words[first + 1] == "hook", words
+        # The second read comes about half a period after the writes, well before the
+        # next tick (whose writes start this list's successor).
+        midway = tick[second][1] - tick[0][1]
+        assert 5 * MS <= midway <= 16 * MS, midway
+    assert pacer.errors >= 16  # the failing read is counted each time, and kept
