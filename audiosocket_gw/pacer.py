@@ -194,18 +194,6 @@ class Pacer:
         since. So its cost, and how that cost varies from tick to tick, is not paid
         between the deadline and the writes (it was the largest part of the frames'
         jitter at the caller). A hook must therefore handle being run with nothing new."""
-        self.reads: list[Callable[[], None]] = []
-        """Per-tick input (reading the calls' sockets that have data): run twice per
-        tick. Right after the tick's writes and bookkeeping, followed by the
-        ``before_tick`` hooks (the levels of what was read) and before the ``every``
-        callbacks (which so see this tick's input); and again midway to the next
-        deadline, for what came in since. The loop makes no readiness callback per
-        frame per call, and the work the input causes (messages to the AI, ...) runs
-        well before the next deadline. The last read before a tick's writes is the
-        midway one, not the one right after the writes: a peer that answers the
-        writes with its own frames (a single-threaded PBX, the simulator) sends them
-        just then, and a read at that moment would catch some and miss others from
-        tick to tick."""
         self._every: tuple[Every, ...] = ()
         self.slots = WriteSlots()
         """Where each group of streams starts writing within a tick."""
@@ -257,11 +245,11 @@ class Pacer:
     def poll(self) -> None:
         """Run the tick now if its deadline has passed.
 
-        The server calls this after handling incoming bytes, the WebSocket backends
-        after each message. Under load the event loop may be busy running a long batch
-        of socket callbacks when the tick's timer expires, and asyncio only looks at
-        timers between batches; checking the clock in every callback (one comparison)
-        bounds the pacer's lateness to one callback instead of one batch.
+        The server calls this after handling incoming bytes. Under load the event loop
+        may be busy running a long batch of socket callbacks when the tick's timer
+        expires, and asyncio only looks at timers between batches; checking the clock
+        in every callback (one comparison) bounds the pacer's lateness to one callback
+        instead of one batch.
         """
         sched = self.schedule
         if sched is not None and time.monotonic() >= sched.next_deadline:
@@ -270,7 +258,7 @@ class Pacer:
     def _run_due(self, sched: Schedule) -> None:
         n, lateness = sched.due(time.monotonic())
         writes = 0.0
-        for i in range(n):
+        for _ in range(n):
             self._run_hooks()
             # No collection of the garbage collector in the middle of the writes (it
             # runs at the next allocation after).
@@ -284,9 +272,6 @@ class Pacer:
                 if gc_on:
                     gc.enable()
             self._after_from(afters, done)
-            if self.reads and i == n - 1:
-                self._run_reads()
-                self._run_hooks()
             if self._every:
                 self._run_every()
         if n and self._on_tick_stats is not None:
@@ -379,14 +364,6 @@ class Pacer:
                 self.errors += 1
                 log.exception("pacer: periodic callback %r failed", sub)
 
-    def _run_reads(self) -> None:
-        for fn in self.reads:
-            try:
-                fn()
-            except Exception:
-                self.errors += 1
-                log.exception("pacer: read hook %r failed", fn)
-
     def _run_hooks(self) -> None:
         for hook in self.before_tick:
             try:
@@ -407,14 +384,6 @@ class Pacer:
                 continue
             # epoll timeouts have millisecond granularity (asyncio rounds them up), so
             # the timers wake up to a millisecond late: ``ahead`` and ``spin`` early.
-            if self.reads:
-                # The input that came in since the tick's own read: midway between the
-                # writes (a peer may answer them with its own frames, which must not
-                # straddle a read) and the deadline.
-                await _until(loop, deadline - self.period / 2)
-                if sched.next_deadline != deadline:
-                    continue
-                self._run_reads()
             if self.before_tick and self.ahead > self.spin:
                 await _until(loop, deadline - self.ahead)
                 if sched.next_deadline != deadline:

@@ -2,10 +2,8 @@
 
 One ``asyncio.Protocol`` per connection (no reader task per call). The protocol waits
 for the UUID frame, asks the ``CallRegistry`` whether the id is expected, then hands
-the connection to a ``Call`` and feeds it audio and DTMF. Once the call is open, the
-event loop no longer watches its socket: the pacer reads every call's socket once per
-tick (``AudioSocketProtocol.read_tick``). Everything that is wrong on one connection
-ends that connection only, with one log line and one counter.
+the connection to a ``Call`` and feeds it audio and DTMF. Everything that is wrong on
+one connection ends that connection only, with one log line and one counter.
 """
 
 from __future__ import annotations
@@ -14,8 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-import select
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,9 +29,6 @@ from .pacer import Pacer
 log = logging.getLogger("audiosocket_gw.server")
 
 _SLIN: Final = int(asp.Kind.SLIN)
-_READ_SIZE: Final = 4096
-"""Bytes per read of a call's socket (12 slin frames)."""
-_READS_PER_TICK: Final = 4
 
 
 class CallRegistry:
@@ -102,8 +95,8 @@ class CallRegistry:
 
 class AudioSocketProtocol(asyncio.Protocol):
     __slots__ = (
-        "_bytes", "_counted_ip", "_fd", "_pending", "_rejected", "_server", "_timer", "call",
-        "decoder", "peer", "transport",
+        "_bytes", "_counted_ip", "_pending", "_rejected", "_server", "_timer", "call", "decoder",
+        "peer", "transport",
     )
 
     def __init__(self, server: AudioSocketServer) -> None:
@@ -117,7 +110,6 @@ class AudioSocketProtocol(asyncio.Protocol):
         self._rejected = False
         self._counted_ip: str | None = None
         self._pending = False
-        self._fd = -1
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -151,42 +143,12 @@ class AudioSocketProtocol(asyncio.Protocol):
         self._timer = loop.call_later(server.config.uuid_timeout, self._uuid_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self._feed(data)
-        self._server.pacer.poll()
-
-    def read_tick(self) -> None:
-        """Read what the socket holds: the pacer's read pass, once per tick.
-
-        A call's socket is not watched by the event loop (one readiness callback per
-        frame per call was a fifth of the gateway's CPU); the pacer reads every call's
-        socket right after the tick's writes, so its frames are handled within a tick
-        of arriving and the work they cause has the rest of the period.
-        """
-        t = self.transport
-        if t is None or t.is_closing():
-            return
-        for _ in range(_READS_PER_TICK):
-            try:
-                data = os.read(self._fd, _READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.debug("connection from %s failed: %s", self.peer, exc)
-                t.abort()
-                return
-            if not data:  # Asterisk closed the connection
-                t.close()
-                return
-            self._feed(data)
-            if len(data) < _READ_SIZE or t.is_closing():
-                return  # (more than that waits for the next tick, in the kernel)
-
-    def _feed(self, data: bytes) -> None:
         self._bytes += len(data)
         dec = self.decoder
         call = self.call
         if call is not None and (pcm := dec.whole_slin_frame(data)) is not None:
             call.on_caller_audio(pcm)  # one whole frame, the usual case: no buffering
+            self._server.pacer.poll()
             return
         dec.feed(data)
         try:
@@ -200,6 +162,7 @@ class AudioSocketProtocol(asyncio.Protocol):
                     return
         except asp.ProtocolError as exc:
             self._protocol_error(exc)
+        self._server.pacer.poll()
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close; connection_lost does the rest
@@ -207,8 +170,6 @@ class AudioSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         server = self._server
         server.connections.discard(self)
-        if self in server.tick_readers:
-            server.stop_reading(self)
         ip, self._counted_ip = self._counted_ip, None
         if ip is not None:
             left = server.per_peer.get(ip, 1) - 1
@@ -294,8 +255,7 @@ class AudioSocketProtocol(asyncio.Protocol):
             return
         self._open(call_id, info)
         if self.call is not None and not t.is_closing():
-            if self not in self._server.tick_readers:
-                t.resume_reading()
+            t.resume_reading()
             self.data_received(b"")  # the frames that arrived behind the UUID
 
     def _open(self, call_id: str, info: CallInfo | None) -> None:
@@ -304,12 +264,6 @@ class AudioSocketProtocol(asyncio.Protocol):
             return
         assert self.transport is not None
         self.call = self._server.open_call(info, self.transport)
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None and not self.transport.is_closing():
-            # From now on the pacer reads this socket (``read_tick``), not the loop.
-            self._fd = sock.fileno()
-            self.transport.pause_reading()
-            self._server.read_by_tick(self)
 
     def _uuid_timeout(self) -> None:
         self._timer = None
@@ -378,13 +332,6 @@ class AudioSocketServer:
         self._drained = asyncio.Event()
         self.levels = LevelBatch()
         pacer.before_tick.append(self.levels.run)
-        self.tick_readers: dict[AudioSocketProtocol, None] = {}
-        """The connections of live calls, read by the pacer (``Pacer.reads``)."""
-        self._by_fd: dict[int, AudioSocketProtocol] = {}
-        self._readable: select.epoll | None = (
-            select.epoll() if hasattr(select, "epoll") else None)
-        """Which of them have data (without it, every one is read every time)."""
-        pacer.reads.append(self._read_all)
         self._on_call_start = on_call_start
         self._on_call_end = on_call_end
         self.reject_log = LogRate()
@@ -394,40 +341,6 @@ class AudioSocketServer:
         """At most this many connections from one IP (0: only ``max_connections``). One
         Asterisk normally holds every call; with several PBXs, one must not starve the
         others."""
-
-    def read_by_tick(self, conn: AudioSocketProtocol) -> None:
-        self.tick_readers[conn] = None
-        self._by_fd[conn._fd] = conn
-        if self._readable is not None:
-            self._readable.register(conn._fd, select.EPOLLIN)
-
-    def stop_reading(self, conn: AudioSocketProtocol) -> None:
-        """Before its socket is closed (``connection_lost``) or on a failure."""
-        self.tick_readers.pop(conn, None)
-        if self._by_fd.get(conn._fd) is conn:
-            del self._by_fd[conn._fd]
-            if self._readable is not None and not self._readable.closed:
-                with contextlib.suppress(OSError):
-                    self._readable.unregister(conn._fd)
-
-    def _read_all(self) -> None:
-        """The pacer's read pass: every live call's socket that has data."""
-        ep = self._readable
-        if ep is None:
-            conns = list(self.tick_readers)
-        elif ep.closed or not self._by_fd:
-            return
-        else:
-            by_fd = self._by_fd
-            conns = [c for fd, _ in ep.poll(0, len(by_fd)) if (c := by_fd.get(fd)) is not None]
-        for conn in conns:
-            try:
-                conn.read_tick()
-            except Exception:  # a bug on one call ends that call only
-                log.exception("reading the AudioSocket of %s failed; closing it", conn.peer)
-                self.stop_reading(conn)
-                if conn.transport is not None:
-                    conn.transport.abort()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -500,7 +413,5 @@ class AudioSocketServer:
         for call in list(self._ended):
             await call.wait_closed()
         await self.pacer.stop()
-        if self._readable is not None:
-            self._readable.close()
         if self._server is not None:
             await self._server.wait_closed()

@@ -34,12 +34,6 @@ async def healthy_call(gw: Gateway, seconds: float = 0.6) -> Any:
     return await run_simulation(*gw.audiosocket.address, calls=1, seconds=seconds)
 
 
-async def calls_over(gw: Gateway) -> None:
-    """Wait until the gateway has ended every call whose caller hung up: it reads a
-    call's socket once per pacer tick, so it sees the close up to a tick later."""
-    await until(lambda: not gw.audiosocket.calls, within=1.0)
-
-
 def assert_healthy(report: Any) -> None:
     c = report.calls[0]
     assert c.ok, c
@@ -59,10 +53,7 @@ async def test_echo_call_returns_the_callers_audio_exactly() -> None:
             # every echoed frame matched to the frame sent, in order
             assert len(c.transit_ms) >= c.frames_sent - 3
         s = report.summary()
-        # Read after the tick's writes, a frame is echoed at the next tick: the echo
-        # delay plus up to one tick (transit counts beyond the 20 ms offset).
-        assert s["transit_p50_ms"] is not None and -1.0 <= s["transit_p50_ms"] <= 45.0
-        await calls_over(gw)
+        assert s["transit_p50_ms"] is not None and -1.0 <= s["transit_p50_ms"] <= 25.0
         assert calls_ended(gw, "completed") == 2
         assert counter(gw, "aigw_frames_received_total") == sum(c.frames_sent for c in report.calls)
         assert counter(gw, "aigw_active_calls", backend="echo") == 0
@@ -79,7 +70,6 @@ async def test_echo_caller_pauses_are_not_underruns_and_outbound_mos_holds() -> 
                           pauses=[(0.4, 1.0), (1.4, 1.9)])
                  for frame_ms in (20, 30)]
         report = await run_simulation(*gw.audiosocket.address, plans=plans, out_dir=None)
-        await calls_over(gw)
         await gw.component(MosMonitor).drain()
         for plan, c in zip(plans, report.calls, strict=True):
             assert c.ok, c
@@ -167,7 +157,6 @@ async def test_abrupt_close_mid_frame_is_a_normal_hangup_for_others() -> None:
         await asyncio.sleep(50 * MS)
         peer.writer.transport.abort()
         assert_healthy(await healthy)
-        await calls_over(gw)
         assert counter(gw, "aigw_protocol_errors_total", reason="truncated") == 1
         assert calls_ended(gw, "completed") == 2
 
@@ -403,7 +392,6 @@ async def test_marks_are_echoed_after_their_audio_is_written() -> None:
 async def test_metrics_and_health_endpoints() -> None:
     async with running_gateway() as gw:
         await healthy_call(gw, seconds=0.3)
-        await calls_over(gw)
         base = "http://{}:{}".format(*gw.http_address)
         async with aiohttp.ClientSession() as http:
             async with http.get(base + "/healthz") as r:
@@ -580,66 +568,3 @@ async def test_a_cancelled_simulation_closes_its_calls() -> None:
         with pytest.raises(asyncio.CancelledError):
             await sim
         await until(lambda: not gw.audiosocket.calls, within=1.0)
-
-
-async def test_a_live_calls_socket_is_read_by_the_pacer_and_loses_nothing() -> None:
-    """Once a call is open the event loop no longer watches its socket (one readiness
-    callback per frame per call cost a fifth of the gateway's CPU): the pacer reads it
-    once per tick. A burst larger than one tick's reads, a frame split across reads,
-    DTMF and the hang-up still all arrive, in order."""
-    backend = ScriptedBackend()
-    gw = Gateway(make_config(), backend=backend)
-    await gw.start()
-    try:
-        peer = await RawPeer.connect(gw.audiosocket.address)
-        cid = peer.send_uuid()
-        await until(lambda: cid in gw.audiosocket.calls)
-        (conn,) = gw.audiosocket.tick_readers
-        assert conn.transport is not None and not conn.transport.is_reading()
-        (s,) = backend.sessions
-        pcm = [np.full(160, i, dtype="<i2").tobytes() for i in range(150)]
-        burst = b"".join(asp.encode_audio(p) for p in pcm[:120])  # 38 KB: 3 ticks' reads
-        peer.send(burst + asp.encode_dtmf("5"))
-        split = asp.encode_audio(pcm[120])
-        peer.send(split[:100])
-        await peer.writer.drain()
-        await asyncio.sleep(50 * MS)
-        peer.send(split[100:] + b"".join(asp.encode_audio(p) for p in pcm[121:]))
-        peer.send(asp.encode_dtmf("#"))  # the scripted backend hangs up on '#'
-        events = await peer.read_until_closed(within=2)
-        assert events and isinstance(events[-1], asp.Hangup)
-        assert bytes(s.audio) == b"".join(pcm)
-        assert s.dtmf == ["5", "#"]
-        assert s.closed == "caller-pressed-hash"
-        await until(lambda: not gw.audiosocket.tick_readers)
-    finally:
-        await gw.shutdown(grace=0)
-
-
-class FailingOnAudio(ScriptedBackend):
-    """A backend with a bug: it raises on the audio of calls whose id starts with 'bad'."""
-
-    def create(self, call: CallInfo, control: CallControl) -> BackendSession:
-        s = super().create(call, control)
-        if call.call_id.startswith("bad"):
-            def broken(pcm: bytes) -> None:
-                raise ValueError("backend bug")
-            s.on_audio = broken  # type: ignore[method-assign]
-        return s
-
-
-async def test_a_call_whose_audio_fails_is_closed_alone(caplog: pytest.LogCaptureFixture) -> None:
-    gw = Gateway(make_config(), backend=FailingOnAudio())
-    await gw.start()
-    try:
-        healthy = asyncio.create_task(healthy_call(gw, seconds=0.8))
-        await asyncio.sleep(100 * MS)
-        peer = await RawPeer.connect(gw.audiosocket.address)
-        cid = peer.send_uuid("bad" + str(uuid.uuid4())[3:])
-        await until(lambda: cid in gw.audiosocket.calls)  # read by the pacer from now on
-        peer.send(asp.encode_audio(bytes(320)))
-        await peer.read_until_closed(within=2)
-        assert "reading the AudioSocket of" in caplog.text and "backend bug" in caplog.text
-        assert_healthy(await healthy)
-    finally:
-        await gw.shutdown(grace=0)

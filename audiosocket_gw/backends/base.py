@@ -99,19 +99,6 @@ class Ticker(Protocol):
     def every(self, n_ticks: int, fn: Callable[[float], None]) -> Subscription:
         """Call ``fn(now)`` every ``n_ticks`` pacer ticks (``now``: time.monotonic())."""
 
-    def poll(self) -> None:
-        """Run the tick now if it is due (cheap: one clock read). A loop that handles
-        many messages in a row calls it after each, so a long batch of them does not
-        hold the calls' frames back."""
-
-
-def poll_of(control: CallControl) -> Callable[[], None]:
-    """``control``'s ``Ticker.poll``, or a no-op for a call without a pacer."""
-    try:
-        return control.ticker.poll
-    except RuntimeError:
-        return lambda: None
-
 
 class CallControl(Protocol):
     """What a backend session may do to its call. Every method returns at once.

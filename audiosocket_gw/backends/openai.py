@@ -102,7 +102,7 @@ from ..dump import CallDump
 from ..realtime import protocol as rt
 from ..tenants import Agent, ToolSpec, TransferDestination
 from ..wssend import send_now
-from .base import Backend, BackendSession, CallControl, CallInfo, CallLog, poll_of
+from .base import Backend, BackendSession, CallControl, CallInfo, CallLog
 from .openai_policy import (
     ContextHistory,
     OpenAISettings,
@@ -496,10 +496,8 @@ class OpenAISession(BackendSession):
         writer = asyncio.get_running_loop().create_task(
             self._write_loop(ws), name=f"{self.info.call_id}:openai-send")
         try:
-            poll = poll_of(self._control)
             async for message in ws:
                 self._handle(message)
-                poll()
         except ConnectionClosed:
             pass
         finally:

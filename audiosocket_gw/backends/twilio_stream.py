@@ -112,7 +112,6 @@ from .base import (
     CallInfo,
     CallLog,
     Subscription,
-    poll_of,
 )
 
 log = logging.getLogger("audiosocket_gw.backends.twilio_stream")
@@ -120,10 +119,8 @@ log = logging.getLogger("audiosocket_gw.backends.twilio_stream")
 CHUNK: Final = 160
 """mu-law bytes in one 20 ms media event."""
 SILENCE_ULAW: Final = b"\xff" * CHUNK
-GAP_S: Final = 0.060
-"""No caller audio for longer than this: stream silence in its place. The gateway reads
-the caller's socket once per pacer tick, so frames that arrive every 20 ms are seen
-20 or 40 ms apart (one just missed by a read comes with the next): three ticks."""
+GAP_S: Final = 0.040
+"""No caller audio for longer than this: stream silence in its place."""
 PLAY_DIGIT_S: Final = 0.3
 """About how long one ``<Play digits>`` tone takes (PlayDTMF's 250 ms and the reply)."""
 APP_IDLE_S: Final = 0.060
@@ -844,10 +841,8 @@ class TwilioStreamSession(BackendSession):
 
     async def _reader(self, ws: ClientConnection) -> None:
         try:
-            poll = poll_of(self.control)
             async for frame in ws:
                 self._on_app_frame(frame)
-                poll()
         except ConnectionClosed:
             pass
         if self.closing:
