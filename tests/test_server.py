@@ -568,3 +568,32 @@ async def test_a_cancelled_simulation_closes_its_calls() -> None:
         with pytest.raises(asyncio.CancelledError):
             await sim
         await until(lambda: not gw.audiosocket.calls, within=1.0)
+
+
+async def test_a_burst_a_split_frame_and_dtmf_arrive_whole_and_in_order() -> None:
+    """A caller that sends many frames at once (a PBX catching up after a stall), then
+    a frame split across two segments, DTMF and the hang-up key: the backend gets
+    every sample in order and both digits."""
+    backend = ScriptedBackend()
+    gw = Gateway(make_config(), backend=backend)
+    await gw.start()
+    try:
+        peer = await RawPeer.connect(gw.audiosocket.address)
+        cid = peer.send_uuid()
+        await until(lambda: cid in gw.audiosocket.calls)
+        (s,) = backend.sessions
+        pcm = [np.full(160, i, dtype="<i2").tobytes() for i in range(150)]
+        peer.send(b"".join(asp.encode_audio(p) for p in pcm[:120]) + asp.encode_dtmf("5"))
+        split = asp.encode_audio(pcm[120])
+        peer.send(split[:100])
+        await peer.writer.drain()
+        await asyncio.sleep(50 * MS)
+        peer.send(split[100:] + b"".join(asp.encode_audio(p) for p in pcm[121:]))
+        peer.send(asp.encode_dtmf("#"))  # the scripted backend hangs up on '#'
+        events = await peer.read_until_closed(within=2)
+        assert events and isinstance(events[-1], asp.Hangup)
+        assert bytes(s.audio) == b"".join(pcm)
+        assert s.dtmf == ["5", "#"]
+        assert s.closed == "caller-pressed-hash"
+    finally:
+        await gw.shutdown(grace=0)

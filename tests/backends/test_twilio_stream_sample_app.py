@@ -7,12 +7,9 @@ call (:func:`run_simulation`). What the app believes (mark echoes, how
 much was played, when it cut) is checked against what the caller actually heard: the
 simulator's per-frame arrival times (``CallReport.heard``).
 
-Clocks: ``heard`` times are relative to the simulated call's connect. The app stamps
-events with the same :func:`time.monotonic` clock, so the two are tied by the caller's
-speech onset: the caller's first loud frame (frame ``n``, sent at connect + n x 20 ms)
-reaches the app as the first loud inbound ``media``; connect is estimated as that arrival
-minus n x 20 ms. The estimate is late by the caller -> gateway -> app transit (about a
-millisecond), which only makes the clear-to-silence figures below look worse, never better.
+Clocks: ``heard`` times are relative to the simulated call's connect
+(``CallReport.connected_at``); the app stamps events with the same
+:func:`time.monotonic` clock, in the same process.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from audiosocket_gw.testing.fakeapp import AppSession, FakeTwilioApp
 from audiosocket_gw.testing.simulator.pbx import CallPlan, CallReport, run_simulation
 from tests.helpers import MS, running_gateway
 
-FRAME_S = 0.020
 LOUD = 256.0  # the simulator's silence threshold (mean |sample|)
 
 
@@ -33,12 +29,6 @@ def sample_app(*, greeting_ms: int, delta_ms: int = 100, reply_ms: int = 0) -> F
     return FakeTwilioApp(greeting_ms=greeting_ms, greeting_chunk_bytes=8 * delta_ms,
                          mark_each_chunk=True, barge_in=True, reply_ms=reply_ms,
                          path="/media-stream")
-
-
-def connect_time(call: AppSession, onset_s: float, app: FakeTwilioApp) -> float:
-    """Monotonic time of the simulated call's connect (see the module docstring)."""
-    first_loud = next(t for t, _, level in call.inbound_levels if level >= app.speech_level)
-    return first_loud - round(onset_s / FRAME_S) * FRAME_S
 
 
 async def place_call(app: FakeTwilioApp, seconds: float,
@@ -57,7 +47,8 @@ async def test_greeting_heard_and_each_mark_echoed_after_its_audio() -> None:
         report, call = await place_call(app, 1.0, [(0.8, 2.0)])
     assert report.ok, report.error
     assert call.violations == []
-    t0 = connect_time(call, 0.8, app)
+    assert report.connected_at is not None
+    t0 = report.connected_at
     loud = [t0 + t for t, level in report.heard if level >= LOUD]
     assert len(loud) == 20  # 400 ms of greeting, whole
     assert max(b - a for a, b in zip(loud, loud[1:], strict=False)) < 0.035  # paced, no gap
@@ -80,7 +71,8 @@ async def test_barge_in_clear_silences_the_line_within_a_tick() -> None:
     assert len(call.interruptions) == 1
     cut = call.interruptions[0]
     assert cut.item == "greeting"
-    t0 = connect_time(call, 0.8, app)
+    assert report.connected_at is not None
+    t0 = report.connected_at
     heard = [(t0 + t, level >= LOUD) for t, level in report.heard]
     reply_at = next(t for t, m in call.timed_sent() if m["event"] == "media" and t > cut.at)
 
