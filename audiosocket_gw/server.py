@@ -29,6 +29,8 @@ from .pacer import Pacer
 log = logging.getLogger("audiosocket_gw.server")
 
 _SLIN: Final = int(asp.Kind.SLIN)
+_SETTLE_ITERATIONS: Final = 5
+"""Event-loop iterations a shutdown gives connections still being set up or closed."""
 
 
 class CallRegistry:
@@ -116,6 +118,7 @@ class AudioSocketProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._server.open_sockets.add(self)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         sock = transport.get_extra_info("socket")
@@ -169,6 +172,9 @@ class AudioSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self._server
+        server.open_sockets.discard(self)
+        if not server.open_sockets:
+            server.sockets_closed.set()
         server.connections.discard(self)
         ip, self._counted_ip = self._counted_ip, None
         if ip is not None:
@@ -321,6 +327,10 @@ class AudioSocketServer:
         self.registry = registry
         self.pacer = pacer
         self.connections: set[AudioSocketProtocol] = set()
+        self.open_sockets: set[AudioSocketProtocol] = set()
+        """Every accepted connection until its socket is closed, turned away or not."""
+        self.sockets_closed = asyncio.Event()
+        """Set whenever the last of ``open_sockets`` is closed."""
         self.calls: dict[str, Call] = {}
         self.reuse_port = False
         """Listen with SO_REUSEPORT (``serve --workers N``: the workers share the port)."""
@@ -415,3 +425,31 @@ class AudioSocketServer:
         await self.pacer.stop()
         if self._server is not None:
             await self._server.wait_closed()
+        await self._close_sockets()
+
+    async def _close_sockets(self) -> None:
+        """Close every accepted socket before the shutdown returns.
+
+        A connection accepted just before the listening socket closed is set up by a
+        task of asyncio's that ``Server.close()`` does not wait for (Python 3.11), and
+        a closed transport's socket is only closed on a later loop iteration: if the
+        loop stops right after the shutdown, those sockets were left to the garbage
+        collector. So: give them the iterations to be set up and turned away (the
+        server no longer accepts), and a peer that is slow to read its bounded time
+        (``write_stall_timeout``, as ``close_bounded`` gives it); then abort whatever
+        is still open, and wait for that.
+        """
+        for _ in range(_SETTLE_ITERATIONS):
+            await asyncio.sleep(0)
+        if self.open_sockets:
+            self.sockets_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.sockets_closed.wait(),
+                                       self.config.write_stall_timeout)
+        for conn in list(self.open_sockets):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for _ in range(_SETTLE_ITERATIONS):
+            if not self.open_sockets:
+                break
+            await asyncio.sleep(0)
