@@ -118,7 +118,7 @@ class AudioSocketProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self._server.open_sockets.add(self)
+        self._server._open_sockets.add(self)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         sock = transport.get_extra_info("socket")
@@ -172,9 +172,9 @@ class AudioSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self._server
-        server.open_sockets.discard(self)
-        if not server.open_sockets:
-            server.sockets_closed.set()
+        server._open_sockets.discard(self)
+        if not server._open_sockets:
+            server._sockets_closed.set()
         server.connections.discard(self)
         ip, self._counted_ip = self._counted_ip, None
         if ip is not None:
@@ -327,10 +327,10 @@ class AudioSocketServer:
         self.registry = registry
         self.pacer = pacer
         self.connections: set[AudioSocketProtocol] = set()
-        self.open_sockets: set[AudioSocketProtocol] = set()
+        self._open_sockets: set[AudioSocketProtocol] = set()
         """Every accepted connection until its socket is closed, turned away or not."""
-        self.sockets_closed = asyncio.Event()
-        """Set whenever the last of ``open_sockets`` is closed."""
+        self._sockets_closed = asyncio.Event()
+        """Set whenever the last of ``_open_sockets`` is closed."""
         self.calls: dict[str, Call] = {}
         self.reuse_port = False
         """Listen with SO_REUSEPORT (``serve --workers N``: the workers share the port)."""
@@ -441,15 +441,15 @@ class AudioSocketServer:
         """
         for _ in range(_SETTLE_ITERATIONS):
             await asyncio.sleep(0)
-        if self.open_sockets:
-            self.sockets_closed.clear()
+        if self._open_sockets:
+            self._sockets_closed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.sockets_closed.wait(),
+                await asyncio.wait_for(self._sockets_closed.wait(),
                                        self.config.write_stall_timeout)
-        for conn in list(self.open_sockets):
+        for conn in list(self._open_sockets):
             if conn.transport is not None:
                 conn.transport.abort()
         for _ in range(_SETTLE_ITERATIONS):
-            if not self.open_sockets:
+            if not self._open_sockets:
                 break
             await asyncio.sleep(0)

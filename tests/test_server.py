@@ -258,17 +258,21 @@ async def _stalled_peer(gw: Gateway) -> socket.socket:
     return sock
 
 
+async def _stalled_calls(gw: Gateway, n: int) -> list[socket.socket]:
+    """``n`` stalled peers (``_stalled_peer``), once every call's user-space write
+    buffer holds data."""
+    socks = [await _stalled_peer(gw) for _ in range(n)]
+    await until(lambda: len(gw.audiosocket.calls) == n and all(
+        c.transport.get_write_buffer_size() for c in gw.audiosocket.calls.values()))
+    return socks
+
+
 @pytest.mark.parametrize("how", ["hangup", "shutdown"])
 async def test_ended_call_to_a_peer_that_stopped_reading_is_aborted(how: str) -> None:
     async with running_gateway(
         socket_sndbuf=4096, write_buffer_limit=1 << 20, write_stall_timeout=0.3
     ) as gw:
-        socks = [await _stalled_peer(gw) for _ in range(3)]
-        for _ in range(250):  # until every call's user-space write buffer holds data
-            if len(gw.audiosocket.calls) == 3 and all(
-                    c.transport.get_write_buffer_size() for c in gw.audiosocket.calls.values()):
-                break
-            await asyncio.sleep(20 * MS)
+        socks = await _stalled_calls(gw, 3)
         assert len(gw.audiosocket.connections) == 3
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -599,7 +603,6 @@ async def test_a_burst_a_split_frame_and_dtmf_arrive_whole_and_in_order() -> Non
         await gw.shutdown(grace=0)
 
 
-
 async def test_shutdown_returns_once_every_accepted_socket_is_closed() -> None:
     """Three calls whose Asterisk stopped reading, one connection that never sent its
     UUID: when the shutdown returns, every socket the gateway accepted is closed (the
@@ -609,23 +612,24 @@ async def test_shutdown_returns_once_every_accepted_socket_is_closed() -> None:
     gw = Gateway(make_config(socket_sndbuf=4096, write_buffer_limit=1 << 20,
                              write_stall_timeout=0.3))
     await gw.start()
-    socks = [await _stalled_peer(gw) for _ in range(3)]
-    silent = await RawPeer.connect(gw.audiosocket.address)
-    for _ in range(250):  # until every call's user-space write buffer holds data
-        if len(gw.audiosocket.calls) == 3 and all(
-                c.transport.get_write_buffer_size() for c in gw.audiosocket.calls.values()):
-            break
-        await asyncio.sleep(20 * MS)
-    assert len(gw.audiosocket.connections) == 4
-    accepted = list(gw.audiosocket.connections)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    await gw.shutdown(grace=0)
-    assert loop.time() - t0 >= 0.25  # the stalled peers got their bounded chance
-    for conn in accepted:
-        assert conn.transport is not None
-        sock = conn.transport.get_extra_info("socket")
-        assert sock is None or sock.fileno() == -1, conn.peer  # closed, not closing
-    await silent.close()
-    for sock in socks:
-        sock.close()
+    socks: list[socket.socket] = []
+    silent: RawPeer | None = None
+    try:
+        socks = await _stalled_calls(gw, 3)
+        silent = await RawPeer.connect(gw.audiosocket.address)
+        await until(lambda: len(gw.audiosocket.connections) == 4)
+        accepted = list(gw.audiosocket.connections)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await gw.shutdown(grace=0)
+        assert loop.time() - t0 >= 0.25  # the stalled peers got their bounded chance
+        for conn in accepted:
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+            assert sock is None or sock.fileno() == -1, conn.peer  # closed, not closing
+    finally:
+        await gw.shutdown(grace=0)  # (a no-op when the test got that far)
+        if silent is not None:
+            await silent.close()
+        for sock in socks:
+            sock.close()
