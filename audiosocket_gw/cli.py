@@ -24,6 +24,7 @@ from typing import Any
 from . import __version__, cli_call, cli_rollout, numbers_import
 from .config import DEFAULT_AUDIOSOCKET, DEFAULT_HTTP, ConfigError, parse_hostport
 from .logfmt import setup_logging
+from .priority import MAX_PRIORITY
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--py-spy", metavar="DIR", dest="py_spy",
                    help="also profile the gateway over each run's window with py-spy "
                         "(speedscope JSON per run in DIR, top functions printed)")
+    b.add_argument("--realtime-priority", type=int, default=10, metavar="N",
+                   help="the gateway's AIGW_REALTIME_PRIORITY in the steady-state runs, as "
+                        "the systemd unit runs it (default 10; 0: normal scheduling)")
     b.add_argument("--table", metavar="JSON",
                    help="instead: print the README's performance table from this file")
     b.add_argument("--out", default="bench/results.json", help="JSON file for the figures")
@@ -274,13 +278,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.table:
             return print_table(args.table)
-        if args.runs < 1 or args.seconds <= 0 or min(args.calls) < 1:
-            print("audiosocket-gw bench: need --runs >= 1, --seconds > 0 and --calls >= 1",
-                  file=sys.stderr)
+        if (args.runs < 1 or args.seconds <= 0 or min(args.calls) < 1
+                or not 0 <= args.realtime_priority <= MAX_PRIORITY):
+            print("audiosocket-gw bench: need --runs >= 1, --seconds > 0, --calls >= 1 and "
+                  f"--realtime-priority 0 to {MAX_PRIORITY}", file=sys.stderr)
             return 2
         return asyncio.run(run_bench(levels=args.calls, seconds=args.seconds, out=args.out,
                                      backends=args.backends, runs=args.runs,
-                                     extras=not args.no_extras, py_spy=args.py_spy))
+                                     extras=not args.no_extras, py_spy=args.py_spy,
+                                     realtime_priority=args.realtime_priority))
     if args.command == "soak":
         from .testing.bench.soak import main_async
 

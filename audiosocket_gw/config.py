@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .priority import MAX_PRIORITY
+
 DEFAULT_AUDIOSOCKET = "127.0.0.1:9092"
 DEFAULT_HTTP = "127.0.0.1:9094"
 BACKENDS = ("echo", "openai", "twilio-stream")
@@ -95,6 +97,7 @@ class Config:
     max_payload: int = 65535
     playout_max_seconds: float = 120.0
     pacer_spin_ms: float = 1.0  # wake this early and wait out the rest (epoll is ms-grained)
+    realtime_priority: int = 0  # SCHED_FIFO priority of the event loop (0: normal)
     # Timeouts (seconds)
     uuid_timeout: float = 5.0
     shutdown_grace: float = 10.0
@@ -133,6 +136,7 @@ class Config:
             "log_format": "AIGW_LOG_FORMAT",
             "barge_in": "AIGW_BARGE_IN",
             "pacer_spin_ms": "AIGW_PACER_SPIN_MS",
+            "realtime_priority": "AIGW_REALTIME_PRIORITY",
             "vad_threshold": "AIGW_VAD_THRESHOLD",
             "vad_onset_ms": "AIGW_VAD_ONSET_MS",
             "openai_api_key": "OPENAI_API_KEY",
@@ -176,6 +180,9 @@ class Config:
             raise ConfigError("max connections must be >= 1")
         if self.max_connections_per_peer < 0:
             raise ConfigError("AIGW_MAX_CONNECTIONS_PER_PEER: must be >= 0")
+        if not 0 <= self.realtime_priority <= MAX_PRIORITY:
+            raise ConfigError(f"AIGW_REALTIME_PRIORITY: {self.realtime_priority} is not 0 "
+                              f"(normal scheduling) to {MAX_PRIORITY}")
         if self.uuid_timeout <= 0 or self.shutdown_grace < 0:
             raise ConfigError("timeouts must be positive")
         host, _ = parse_hostport(self.http, setting="--http/AIGW_HTTP")

@@ -48,6 +48,7 @@ from .httpapi import PUBLIC_PATHS, ConnectionGuard, auth_middleware, error_middl
 from .metrics import BackendCounters, Metrics
 from .metrics_merge import WorkerMetrics
 from .pacer import Pacer
+from .priority import raise_priority
 from .private import write_atomic
 from .quality.cost import CostMeter
 from .quality.mos import MosMonitor
@@ -319,10 +320,13 @@ class Gateway:
     def _tick_stats(self, lateness: float, frames: int, writes: float) -> None:
         self.metrics.pacer_lateness.observe(lateness)
         self.metrics.pacer_writes.observe(writes)
+        stats = self.metrics.stats
         sched = self.pacer.schedule
         if sched is not None:
-            self.metrics.stats.missed_ticks = sched.missed
-        self.metrics.stats.pacer_wait_seconds = self.pacer.spin_seconds
+            stats.missed_ticks = sched.missed
+        stats.pacer_wait_seconds = self.pacer.spin_seconds
+        stats.pacer_cpu_stalls = self.pacer.cpu_stalls.count
+        stats.pacer_cpu_stall_seconds = self.pacer.cpu_stalls.seconds
 
     # -- HTTP ----------------------------------------------------------------------
 
@@ -444,6 +448,9 @@ class Gateway:
     async def serve(self, ready_file: str | None = None,
                     on_ready: Callable[[], None] | None = None) -> None:
         await self.start()
+        # Only now: setting up ran at normal priority, and so do the threads started
+        # so far (the realtime policy is not inherited by what the loop starts later).
+        self.metrics.realtime_priority.set(raise_priority(self.config.realtime_priority))
         if ready_file:
             info = json.dumps(
                 {

@@ -33,6 +33,8 @@ class Stats:
     underruns: int = 0
     missed_ticks: int = 0
     pacer_wait_seconds: float = 0.0
+    pacer_cpu_stalls: int = 0
+    pacer_cpu_stall_seconds: float = 0.0
 
 
 class _StatsCollector(Collector):
@@ -70,6 +72,18 @@ class _StatsCollector(Collector):
             "CPU seconds the pacer spent waiting on the clock itself (just before each "
             "tick's deadline, and between write groups where no bookkeeping was left).",
             s.pacer_wait_seconds,
+        )
+        yield _counter(
+            "aigw_pacer_cpu_stalls",
+            "Times the CPU was taken from the gateway for more than 0.5 ms while the pacer "
+            "waited on the clock (the hypervisor or the kernel did not run it): a sample of "
+            "what delays whole ticks; not caused by the gateway.",
+            s.pacer_cpu_stalls,
+        )
+        yield _counter(
+            "aigw_pacer_cpu_stall_seconds",
+            "Seconds lost in those stalls (aigw_pacer_cpu_stalls).",
+            s.pacer_cpu_stall_seconds,
         )
 
 
@@ -109,6 +123,12 @@ class Metrics:
         r.register(_StatsCollector(self.stats))
         self.active_calls = Gauge(
             "aigw_active_calls", "Calls with a live AudioSocket.", ["backend"], registry=r
+        )
+        self.realtime_priority = Gauge(
+            "aigw_realtime_priority",
+            "SCHED_FIFO priority the event loop runs at (AIGW_REALTIME_PRIORITY; 0: normal "
+            "scheduling, also when the priority was asked for but not permitted).",
+            registry=r,
         )
         self.calls = Counter(
             "aigw_calls", "Finished calls by outcome.", ["backend", "tenant", "outcome"],

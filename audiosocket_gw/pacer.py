@@ -186,6 +186,8 @@ class Pacer:
         Sleeping it instead (the kernel's timers are finer than epoll's) made the ticks
         slower and no steadier on a virtual machine: an idle virtual CPU is descheduled
         and comes back with cold caches."""
+        self.cpu_stalls = CpuStalls()
+        """How often, and for how long, the CPU was taken away during those waits."""
         self.before_tick: list[Callable[[], None]] = []
         """Batched per-tick work that must see everything that arrived before the tick's
         writes (the caller frames' levels: a barge-in decided there is cut by that
@@ -299,7 +301,7 @@ class Pacer:
                 start = t0 + g * step
                 w0 = time.monotonic()
                 done = self._after_until(afters, done, written, start)
-                spun += _spin_until(start)
+                spun += _spin_until(start, self.cpu_stalls)
                 waited += time.monotonic() - w0
             for stream in chunk:
                 try:
@@ -395,7 +397,7 @@ class Pacer:
             await _until(loop, deadline - self.spin)
             if sched.next_deadline != deadline:
                 continue
-            self.spin_seconds += _spin_until(deadline)
+            self.spin_seconds += _spin_until(deadline, self.cpu_stalls)
             self._run_due(sched)
 
 
@@ -404,9 +406,40 @@ async def _until(loop: asyncio.AbstractEventLoop, when: float) -> None:
     await asyncio.sleep(max(0.0, when - loop.time()))
 
 
-def _spin_until(when: float) -> float:
-    """Wait on the clock itself until ``when``; return the seconds spent."""
-    now = start = time.monotonic()
+CPU_STALL: Final = 0.0005
+"""A gap longer than this between two readings of the clock in a spin: the CPU was
+taken from the gateway (a spin iteration takes well under a microsecond)."""
+
+
+class CpuStalls:
+    """The times the CPU was taken from the pacer while it waited on the clock.
+
+    A spin reads the clock back to back, so two readings more than ``CPU_STALL`` apart
+    mean the process did not run in between: the hypervisor did not run the virtual CPU
+    (steal, a late wake-up of an idle one), or the kernel ran something else on it. No
+    code of the gateway can cause that, and it is what delays whole ticks at the caller
+    (README, "What limits it"). The spins cover only part of each tick (the wait before
+    the deadline and between write groups, ``Pacer.spin_seconds``), so these counts are
+    a sample of the stalls, taken where they cost the callers most.
+    """
+
+    __slots__ = ("count", "seconds")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+
+
+def _spin_until(when: float, stalls: CpuStalls,
+                clock: Callable[[], float] = time.monotonic) -> float:
+    """Wait on the clock itself until ``when``; return the seconds spent.
+
+    Gaps over ``CPU_STALL`` between two readings are added to ``stalls``.
+    """
+    now = start = clock()
     while now < when:
-        now = time.monotonic()
+        last, now = now, clock()
+        if now - last > CPU_STALL:
+            stalls.count += 1
+            stalls.seconds += now - last
     return now - start

@@ -362,3 +362,50 @@ async def test_the_waits_between_write_groups_do_the_written_streams_bookkeeping
     # once the write cost is known, the first groups' bookkeeping is done in the waits
     # (six per tick on an idle machine; at least one per tick on a busy one)
     assert in_gaps >= len(ticks), in_gaps
+
+
+def test_a_spin_counts_the_gaps_in_its_clock_readings_as_cpu_stalls() -> None:
+    """Readings 0.4 ms apart are a busy CPU's; 0.6 ms apart, the CPU was taken away."""
+    from audiosocket_gw.pacer import CpuStalls, _spin_until
+
+    readings = iter([0.0, 0.0001, 0.0005, 0.0011, 0.0012, 0.0032, 0.0033, 0.0034])
+    stalls = CpuStalls()
+    spent = _spin_until(0.0034, stalls, clock=lambda: next(readings))
+    assert spent == pytest.approx(0.0034)
+    assert stalls.count == 2  # 0.0005 -> 0.0011 and 0.0012 -> 0.0032, not 0.0001 -> 0.0005
+    assert stalls.seconds == pytest.approx(0.0006 + 0.002)
+
+
+def test_a_process_stopped_during_its_spin_counts_one_cpu_stall() -> None:
+    """The real thing: the spinning process is stopped (SIGSTOP) for 30 ms, as a
+    hypervisor that does not run the virtual CPU would; its spin sees one stall that
+    long."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with subprocess.Popen(
+        [sys.executable, "-c", (
+            "import time\n"
+            "from audiosocket_gw.pacer import CpuStalls, _spin_until\n"
+            "s = CpuStalls()\n"
+            "print('spinning', flush=True)\n"
+            "_spin_until(time.monotonic() + 0.6, s)\n"
+            "print(s.count, s.seconds, flush=True)\n")],
+        stdout=subprocess.PIPE, text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "spinning"
+            time.sleep(0.1)
+            os.kill(child.pid, signal.SIGSTOP)
+            time.sleep(0.03)
+            os.kill(child.pid, signal.SIGCONT)
+            count, seconds = child.stdout.readline().split()
+        finally:
+            child.kill()
+    # this machine's own stalls may add a few more short ones
+    assert 1 <= int(count) <= 20
+    assert 0.025 <= float(seconds) < 0.3

@@ -407,7 +407,8 @@ async def test_metrics_and_health_endpoints() -> None:
         for name in ("aigw_active_calls", "aigw_calls_total", "aigw_frames_received_total",
                      "aigw_frames_sent_total", "aigw_pacer_lateness_seconds_bucket",
                      "aigw_playout_underruns_total", "aigw_protocol_errors_total",
-                     "aigw_pacer_wait_seconds_total"):
+                     "aigw_pacer_wait_seconds_total", "aigw_pacer_cpu_stalls_total",
+                     "aigw_pacer_cpu_stall_seconds_total"):
             assert name in text, name
         # the pacer waited on the clock before each tick of the call (a spin of up to
         # pacer_spin_ms per tick): counted, not left out of the gateway's CPU

@@ -91,7 +91,9 @@ def _brief(r: dict[str, Any]) -> str:
             f"jitter p50/p99 {r['jitter_p50_ms']}/{r['jitter_p99_ms']} ms, gaps>40ms "
             f"{r['gaps_over_40ms']}, stalled ticks {r.get('stalled_ticks')} (median "
             f"{r.get('stall_p50_ms')} ms late, {r.get('late_in_stalls')} of frames > 1 ms "
-            f"late), tick writes p50/p99 <= {r.get('pacer_writes_p50_le_ms')}/"
+            f"late), CPU stalls seen in the pacer's waits {r.get('cpu_stalls')} "
+            f"({r.get('cpu_stall_ms')} ms in {r.get('pacer_wait_share')} of the window), "
+            f"tick writes p50/p99 <= {r.get('pacer_writes_p50_le_ms')}/"
             f"{r.get('pacer_writes_p99_le_ms')} ms, underruns {r['underruns']}, RSS/call "
             f"{r['rss_per_call_kib']} KiB, real time {r['real_time']}; simulator "
             f"{sim['cpu_percent']} % (send late p99 {sim['send_late_p99_ms']} ms, loop "
@@ -104,8 +106,8 @@ def _brief(r: dict[str, Any]) -> str:
 
 async def run_bench(levels: list[int], seconds: float, out: str, *,
                     backends: list[str] | None = None, runs: int = 3, extras: bool = True,
-                    chunk_ms: int = 100, lead_ms: int = 300, py_spy: str | None = None
-                    ) -> int:
+                    chunk_ms: int = 100, lead_ms: int = 300, py_spy: str | None = None,
+                    realtime_priority: int = 0) -> int:
     """Run the benchmark (see the module docstring); 0 when every call of every run was
     ok (peer-limited levels included: they are reported as such, not failed)."""
     backends = list(backends or BACKENDS)
@@ -143,7 +145,8 @@ async def run_bench(levels: list[int], seconds: float, out: str, *,
                                if py_spy else None)
                         try:
                             r = await run_steady(backend, n, seconds, chunk_ms=chunk_ms,
-                                                 lead_ms=lead_ms, bounds=bounds, py_spy=spy)
+                                                 lead_ms=lead_ms, bounds=bounds, py_spy=spy,
+                                                 realtime_priority=realtime_priority)
                         except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
                             where = traceback.extract_tb(exc.__traceback__)[-1]
                             r = {"backend": backend, "calls": n, "error": f"{exc!r} at "
@@ -167,7 +170,7 @@ async def run_bench(levels: list[int], seconds: float, out: str, *,
         pass
     doc.update({"machine": mach, "date": time.strftime("%Y-%m-%d"),
                 "config": config_dict(backends, levels, runs, seconds, chunk_ms, lead_ms,
-                                      bounds),
+                                      bounds, realtime_priority),
                 "elapsed_s": round(time.monotonic() - t_begin, 1),
                 "steady": steady, "barge_in": barge, "twilio_stream": twilio})
     await asyncio.to_thread(_write, path, json.dumps(doc, indent=2) + "\n")

@@ -42,6 +42,11 @@ Figures per run (all over the window unless said otherwise):
 * ``pacer_wait_ms_per_call_s``: of ``cpu_ms_per_call_s``, the pacer's waits on the
   clock (``aigw_pacer_wait_seconds``: the spin before each deadline and between write
   groups), a cost per tick rather than per call;
+* ``cpu_stalls``/``cpu_stall_ms``: how often, and for how long in all, the CPU was taken
+  from the gateway for more than 0.5 ms while its pacer waited on the clock
+  (``aigw_pacer_cpu_stalls``: the hypervisor or the kernel did not run it), with
+  ``pacer_wait_share``, the share of the window the pacer spent so waiting: the counts
+  are a sample of the stalls over that share of the time, the one nearest the writes;
 * ``underruns``, ``missed_ticks``, ``media_dropped``: deltas of the gateway's own
   counters (``/metrics``) over the window;
 * ``rss_per_call_kib``: (RSS mid-window - RSS before the first call) / calls;
@@ -279,10 +284,11 @@ def estimate_seconds(backends: list[str], levels: list[int], runs: int,
 
 async def run_steady(backend: str, calls: int, seconds: float, *, chunk_ms: int = 100,
                      lead_ms: int = 300, bounds: PeerBounds = PeerBounds(),
-                     log_dir: str | None = None, py_spy: str | None = None
-                     ) -> dict[str, Any]:
+                     log_dir: str | None = None, py_spy: str | None = None,
+                     realtime_priority: int = 0) -> dict[str, Any]:
     """One run of one backend at one level (see the module docstring). ``py_spy``: a
-    path for a py-spy profile of the gateway over the window (speedscope JSON)."""
+    path for a py-spy profile of the gateway over the window (speedscope JSON).
+    ``realtime_priority``: the gateway's ``AIGW_REALTIME_PRIORITY`` (0: normal)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
     if calls < 1 or seconds <= 0:
@@ -297,7 +303,7 @@ async def run_steady(backend: str, calls: int, seconds: float, *, chunk_ms: int 
             os.sched_setaffinity(0, set(peer_cpus))  # the peers inherit the other core(s)
         try:
             return await _run(backend, calls, seconds, chunk_ms, lead_ms, bounds, Path(tmp),
-                              logs, gw_cpu, peer_cpus, py_spy)
+                              logs, gw_cpu, peer_cpus, py_spy, realtime_priority)
         finally:
             if pin:
                 os.sched_setaffinity(0, set(cpus))
@@ -305,11 +311,13 @@ async def run_steady(backend: str, calls: int, seconds: float, *, chunk_ms: int 
 
 async def _run(backend: str, calls: int, seconds: float, chunk_ms: int, lead_ms: int,
                bounds: PeerBounds, tmp: Path, logs: Path, gw_cpu: int | None,
-               peer_cpus: list[int], py_spy: str | None = None) -> dict[str, Any]:
+               peer_cpus: list[int], py_spy: str | None = None,
+               realtime_priority: int = 0) -> dict[str, Any]:
     ramp = ramp_for(backend, calls)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("AIGW_") and k != "OPENAI_API_KEY"}
     env["AIGW_LOG_LEVEL"] = "warning"
+    env["AIGW_REALTIME_PRIORITY"] = str(realtime_priority)
     peers: dict[str, PeerProcess] = {}
     life_ms = int((2 * ramp + SETTLE_S + seconds + RAMP_GRACE_S + TAIL_S + 60.0) * 1000)
     opts = {"chunk_ms": chunk_ms, "lead_ms": lead_ms, "reply_ms": life_ms}
@@ -554,6 +562,12 @@ def _figures(backend: str, calls: int, seconds: float, report: SimulationReport,
         "pacer_writes_p99_le_ms": wr99,
         "pacer_wait_ms_per_call_s": _r(1000 * _delta(m0, m1, "aigw_pacer_wait_seconds_total")
                                        / (span * calls), 3) if m0 and m1 else None,
+        "gateway_realtime_priority": int(m0.get("aigw_realtime_priority", 0)) if m0 else None,
+        "pacer_wait_share": _r(_delta(m0, m1, "aigw_pacer_wait_seconds_total") / span, 3)
+        if m0 and m1 else None,
+        "cpu_stalls": int(_delta(m0, m1, "aigw_pacer_cpu_stalls_total")) if m0 and m1 else None,
+        "cpu_stall_ms": _r(1000 * _delta(m0, m1, "aigw_pacer_cpu_stall_seconds_total"), 1)
+        if m0 and m1 else None,
         "transit_p50_ms": _r(s["transit_p50_ms"]),
         "transit_p99_ms": _r(s["transit_p99_ms"]),
         "rss_idle_mib": round(rss_idle / 1024, 1),
@@ -627,6 +641,22 @@ def _cell(summary: dict[str, Any], key: str, digits: int = 2) -> str:
     return f"{f(v['median'])} ({f(v['min'])}-{f(v['max'])})"
 
 
+def _sched(doc: dict[str, Any]) -> str:
+    """The gateway's scheduling in the runs (``AIGW_REALTIME_PRIORITY`` in effect)."""
+    got = {r.get("gateway_realtime_priority") for lv in doc.get("steady", [])
+           for r in lv.get("runs", []) if "error" not in r}
+    got.discard(None)
+    if not got:
+        return "at normal priority"
+    if got == {0}:
+        asked = doc.get("config", {}).get("realtime_priority")
+        return ("at normal priority (realtime priority asked for, not permitted)" if asked
+                else "at normal priority")
+    if len(got) == 1:
+        return f"under SCHED_FIFO, priority {got.pop()} (AIGW_REALTIME_PRIORITY)"
+    return f"at realtime priorities {sorted(got)} (0: normal) in different runs"
+
+
 def steady_table(doc: dict[str, Any]) -> str:
     """The README's performance table (markdown) from ``bench/results.json``."""
     m = doc.get("machine", {})
@@ -635,7 +665,8 @@ def steady_table(doc: dict[str, Any]) -> str:
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, Python "
         f"{m.get('python', '?')}, {m.get('platform', '?')}; {doc.get('date', '?')}; gateway "
         f"pinned to core {m.get('gateway_cpu', '?')}, simulator and peers on "
-        f"{m.get('peer_cpus', '?')}; {cfg.get('seconds', '?')} s steady window, "
+        f"{m.get('peer_cpus', '?')}; gateway's event loop {_sched(doc)}; "
+        f"{cfg.get('seconds', '?')} s steady window, "
         f"{cfg.get('runs', '?')} runs per level: median (min-max).",
         "",
         "| backend | calls | CPU ms per call-s | calls per core | set-up CPU ms per call "
@@ -666,8 +697,10 @@ def steady_table(doc: dict[str, Any]) -> str:
 
 
 def config_dict(backends: list[str], levels: list[int], runs: int, seconds: float,
-                chunk_ms: int, lead_ms: int, bounds: PeerBounds) -> dict[str, Any]:
+                chunk_ms: int, lead_ms: int, bounds: PeerBounds,
+                realtime_priority: int = 0) -> dict[str, Any]:
     return {"backends": backends, "levels": levels, "runs": runs, "seconds": seconds,
+            "realtime_priority": realtime_priority,
             "settle_s": SETTLE_S, "echo_delay_ms": ECHO_DELAY_MS, "peer_chunk_ms": chunk_ms,
             "peer_lead_ms": lead_ms, "peer_bounds": asdict(bounds),
             "callers": "echo: tagged speech-like audio; openai, twilio-stream: silent"}
