@@ -76,8 +76,9 @@ class _StatsCollector(Collector):
         yield _counter(
             "aigw_pacer_cpu_stalls",
             "Times the CPU was taken from the gateway for more than 0.5 ms while the pacer "
-            "waited on the clock (the hypervisor or the kernel did not run it): a sample of "
-            "what delays whole ticks; not caused by the gateway.",
+            "waited on the clock (the kernel ran another task on its core, an interrupt, or "
+            "the hypervisor did not run it): a sample of what delays whole ticks; not "
+            "caused by the gateway.",
             s.pacer_cpu_stalls,
         )
         yield _counter(

@@ -415,12 +415,13 @@ class CpuStalls:
     """The times the CPU was taken from the pacer while it waited on the clock.
 
     A spin reads the clock back to back, so two readings more than ``CPU_STALL`` apart
-    mean the process did not run in between: the hypervisor did not run the virtual CPU
-    (steal, a late wake-up of an idle one), or the kernel ran something else on it. No
-    code of the gateway can cause that, and it is what delays whole ticks at the caller
-    (README, "What limits it"). The spins cover only part of each tick (the wait before
-    the deadline and between write groups, ``Pacer.spin_seconds``), so these counts are
-    a sample of the stalls, taken where they cost the callers most.
+    mean the process did not run in between: the kernel ran another task on its core
+    (at normal priority; ``AIGW_REALTIME_PRIORITY`` prevents that), an interrupt took
+    that long, or the hypervisor did not run the virtual CPU. No code of the gateway
+    causes it, and it is what delays whole ticks at the caller (README, "What limits
+    it"). The spins cover only part of each tick (the wait before the deadline and
+    between write groups, ``Pacer.spin_seconds``), so these counts are a sample of the
+    stalls, taken where they cost the callers most.
     """
 
     __slots__ = ("count", "seconds")
