@@ -96,11 +96,27 @@ def test_aggregate_and_table_show_median_spread_and_peer_limited_levels() -> Non
            "steady": [echo, twilio, busy]}
     table = steady_table(doc).splitlines()
     assert table[0].startswith("Machine: Test CPU, 2 cores") and "3 runs" in table[0]
+    assert "gateway's event loop at normal priority;" in table[0]  # runs that do not say
     rows = [line for line in table if line.startswith(("| echo", "| twilio", "| openai"))]
     assert rows[0].startswith("| echo | 200 | 2.40 (2.00-2.60) | 417 (385-500) |")
     assert rows[0].endswith("| 3/3 | 40 | gateway |")
     assert "**peer-limited** (1/2 runs: peers' core 95 % busy (> 85 %))" in rows[1]
     assert rows[2].endswith("| **gateway core shared** (1/1 runs: other processes 60 %) |")
+
+
+@pytest.mark.parametrize(("in_effect", "asked", "says"), [
+    ([10, 10], 10, "under SCHED_FIFO, priority 10 (AIGW_REALTIME_PRIORITY)"),
+    ([0, 0], 10, "at normal priority (realtime priority asked for, not permitted)"),
+    ([0], 0, "at normal priority;"),
+    ([10, 0], 10, "at realtime priorities [0, 10] (0: normal) in different runs"),
+])
+def test_the_table_says_how_the_gateway_was_scheduled(in_effect: list[int], asked: int,
+                                                     says: str) -> None:
+    runs = [{**_run(2.0, 0.5, False), "gateway_realtime_priority": p} for p in in_effect]
+    doc = {"machine": {}, "config": {"seconds": 30, "runs": len(runs),
+                                     "realtime_priority": asked},
+           "steady": [aggregate("echo", 200, runs)]}
+    assert says in steady_table(doc).splitlines()[0]
 
 
 def test_estimate_covers_every_run() -> None:
@@ -120,7 +136,8 @@ async def test_run_bench_tiny_writes_sane_json_and_the_table(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results.json"
     out.write_text(json.dumps({"workers": {"runs": []}}))  # kept from `bench --workers`
-    code = await run_bench([5], 3.0, str(out), backends=["echo"], runs=1, extras=False)
+    code = await run_bench([5], 3.0, str(out), backends=["echo"], runs=1, extras=False,
+                           realtime_priority=1)
     assert code == 0
     doc = json.loads(out.read_text())
     assert doc["workers"] == {"runs": []}
@@ -143,6 +160,11 @@ async def test_run_bench_tiny_writes_sane_json_and_the_table(
     # the gateway's own tick writes (5 calls: well under a millisecond, as a bucket bound)
     assert 0 < r["pacer_writes_p50_le_ms"] <= r["pacer_writes_p99_le_ms"] <= 20.0
     assert r["underruns"] >= 0 and r["missed_ticks"] >= 0 and r["rss_per_call_kib"] != 0
+    # the CPU stalls the pacer saw in its waits, and the share of the window it waited
+    assert r["cpu_stalls"] >= 0 and r["cpu_stall_ms"] >= 0
+    assert 0 < r["pacer_wait_share"] < 1
+    # the gateway ran at the realtime priority asked for, where that is permitted
+    assert doc["config"]["realtime_priority"] == 1 and r["gateway_realtime_priority"] in (0, 1)
     sim = r["peers"]["simulator"]
     assert sim["cpu_percent"] > 0
     assert sim["send_late_p99_ms"] is not None and sim["loop_late_max_ms"] is not None
@@ -153,6 +175,8 @@ async def test_run_bench_tiny_writes_sane_json_and_the_table(
     assert cli_main(["bench", "--table", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| echo | 5 |" in printed and printed.startswith("Machine: ")
+    assert ("under SCHED_FIFO, priority 1 " if r["gateway_realtime_priority"] else
+            "at normal priority (realtime priority asked for, not permitted)") in printed
 
 
 @pytest.mark.parametrize("backend, peer", [("openai", "bot"), ("twilio-stream", "app")])
