@@ -117,6 +117,8 @@ class RecordingPipeline:
             self._tasks.append(loop.create_task(self._sweep_loop(), name="rec-sweep"))
             if self.queue.shared:
                 self._tasks.append(loop.create_task(self._takeover_loop(), name="rec-takeover"))
+        if self.queue.shared:
+            self._tasks.append(loop.create_task(self._erase_loop(), name="rec-erase"))
         if self.transcriber is not None:
             self._tasks.append(loop.create_task(self._job_loop(), name="rec-transcribe"))
 
@@ -190,18 +192,49 @@ class RecordingPipeline:
         An upload attempt running at that moment finds no row to update and its
         object is removed here only if it was already stored: a recording deleted
         mid-upload can leave one orphan object (logged by the uploader's key).
+
+        With a shared store, the file of another node's recording is on that node's
+        disk: the row is marked ``erasing`` instead, which hides it at once, and that
+        node erases the file, the object and the row (``erase_requested``, within
+        ``takeover_s``; a node that is down does it when it is back).
         """
+        if self.queue.shared and row.node_id != self.queue.node_id:
+            asked = await self.queue.request_erase(row.call_id)
+            if row.state in ("uploaded", "verified", "deleted"):
+                await self._delete_object(row)
+            await self._update_depth()
+            return asked
         removed = await self.queue.remove(row.call_id)
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.remove, row.path)
-        if self.uploader is not None and row.state in ("uploaded", "verified", "deleted"):
-            try:
-                await asyncio.to_thread(self.uploader.delete_object, row.key)
-            except Exception as exc:
-                log.warning("recording %s: object %s not deleted: %s", row.recording_sid,
-                            row.key, exc)
+        if row.state in ("uploaded", "verified", "deleted"):
+            await self._delete_object(row)
         await self._update_depth()
         return bool(removed)
+
+    async def erase_requested(self) -> int:
+        """Erase this node's recordings deleted through another node (``delete``): the
+        file, the object (an upload may have finished since), then the row. Returns how
+        many."""
+        rows = await self.queue.to_erase()
+        for row in rows:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.remove, row.path)
+            await self._delete_object(row)
+            await self.queue.remove(row.call_id)
+            log.info("recording %s: erased (deleted through another node)", row.recording_sid)
+        if rows:
+            await self._update_depth()
+        return len(rows)
+
+    async def _delete_object(self, row: RecordingRow) -> None:
+        if self.uploader is None:
+            return
+        try:
+            await asyncio.to_thread(self.uploader.delete_object, row.key)
+        except Exception as exc:
+            log.warning("recording %s: object %s not deleted: %s", row.recording_sid,
+                        row.key, exc)
 
     async def get_job(self, call_id: str) -> TranscriptRow | None:
         return await self.queue.get_job(call_id)
@@ -312,6 +345,16 @@ class RecordingPipeline:
                 await asyncio.to_thread(os.remove, row.path)
             await self.queue.set_state(row.call_id, RecState.DELETED, deleted_at=self.clock())
         return len(rows)
+
+    async def _erase_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.erase_requested()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("erasing recordings deleted through another node failed")
+            await self._idle(self._wake_sweep, None, self.takeover_s)
 
     # -- a dead node's recordings ------------------------------------------------------
 

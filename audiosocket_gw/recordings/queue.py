@@ -83,6 +83,9 @@ class RecState(StrEnum):
     DELETED = "deleted"
     FAILED = "failed"
     STRANDED = "stranded"
+    ERASING = "erasing"
+    """Deleted through another node's API (a shared store): hidden from every listing,
+    waiting for the node whose disk holds the file to erase it (``to_erase``)."""
 
 
 TAKEOVER_STATES = ("pending", "uploading", "uploaded", "stranded", "verified")
@@ -471,6 +474,15 @@ class RecordingJobs(Protocol):
         ``verified`` one ``deleted`` instead (uploaded: only its local copy is out of
         reach, not deleted here), its unfinished transcription job ``failed``."""
 
+    async def request_erase(self, call_id: str) -> bool:
+        """A recording deleted here whose file is on another node's disk: mark it
+        ``erasing`` (gone from ``get`` and ``page`` at once; its state no longer
+        changes, its transcription job is dropped) for that node to erase. False: no
+        such row, or already asked."""
+
+    async def to_erase(self) -> list[RecordingRow]:
+        """This node's rows that another node asked to erase (``request_erase``)."""
+
 
 class SqliteRecordingQueue:
     """``RecordingJobs`` over ``RecordingDB`` on one worker thread (one process).
@@ -575,3 +587,9 @@ class SqliteRecordingQueue:
 
     async def strand(self, row: RecordingRow, reason: str) -> bool:
         return False
+
+    async def request_erase(self, call_id: str) -> bool:
+        return False  # one process: every file is ours, deleted at once
+
+    async def to_erase(self) -> list[RecordingRow]:
+        return []

@@ -97,7 +97,8 @@ class PostgresRecordingQueue:
 
     async def get(self, call_id: str) -> RecordingRow | None:
         return recording_from_row(await self.store._with(lambda c: c.fetchrow(
-            f"SELECT {_REC_SELECT} FROM recordings WHERE call_id = $1", call_id)))
+            f"SELECT {_REC_SELECT} FROM recordings WHERE call_id = $1"
+            " AND state <> 'erasing'", call_id)))
 
     async def all(self) -> list[RecordingRow]:
         rows = await self.store._with(lambda c: c.fetch(
@@ -106,15 +107,13 @@ class PostgresRecordingQueue:
 
     async def page(self, *, tenant: str | None = None, call_id: str | None = None,
                    limit: int = 50, offset: int = 0) -> list[RecordingRow]:
-        where: list[str] = []
+        where: list[str] = ["state <> 'erasing'"]
         args: list[Any] = []
         for column, value in (("tenant", tenant), ("call_id", call_id)):
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
-        sql = f"SELECT {_REC_SELECT} FROM recordings"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql = f"SELECT {_REC_SELECT} FROM recordings WHERE " + " AND ".join(where)
         args += [max(0, int(limit)), max(0, int(offset))]
         sql += f" ORDER BY captured_at DESC, call_id LIMIT ${len(args) - 1} OFFSET ${len(args)}"
         rows = await self.store._with(lambda c: c.fetch(sql, *args))
@@ -148,7 +147,7 @@ class PostgresRecordingQueue:
         args: list[Any] = [state.value, *(v for _, v in cols), call_id, self.node_id]
         status = await self.store._with(lambda c: c.execute(
             f"UPDATE recordings SET {', '.join(sets)} WHERE call_id = ${len(args) - 1}"
-            f" AND node_id = ${len(args)}", *args))
+            f" AND node_id = ${len(args)} AND state <> 'erasing'", *args))
         return _count(status) > 0
 
     async def due_for_deletion(self, now: float, retention_s: float) -> list[RecordingRow]:
@@ -253,3 +252,21 @@ class PostgresRecordingQueue:
             return True
 
         return await self.store._with(move, tx=True)
+
+    async def request_erase(self, call_id: str) -> bool:
+        async def mark(c: asyncpg.Connection) -> bool:
+            status = await c.execute(
+                "UPDATE recordings SET state = 'erasing' WHERE call_id = $1"
+                " AND state <> 'erasing'", call_id)
+            if _count(status) != 1:
+                return False
+            await c.execute("DELETE FROM transcripts WHERE call_id = $1", call_id)
+            return True
+
+        return await self.store._with(mark, tx=True)
+
+    async def to_erase(self) -> list[RecordingRow]:
+        rows = await self.store._with(lambda c: c.fetch(
+            f"SELECT {_REC_SELECT} FROM recordings WHERE node_id = $1 AND state = 'erasing'",
+            self.node_id))
+        return [RecordingRow(*tuple(r)) for r in rows]

@@ -304,3 +304,65 @@ def test_update_columns_are_checked_the_same_for_both_stores() -> None:
                       ("transcript", "call_id"), ("recording", "bogus; DROP")):
         with pytest.raises(TypeError, match=f"unknown {kind} column"):
             update_columns(kind, {col: "x"})
+
+
+async def test_a_recording_deleted_through_another_node_is_erased_by_its_own(
+        tmp_path: Path) -> None:
+    """REST ``DELETE`` is served by whichever node the request reaches; the file is on
+    the disk of the node that recorded it. The serving node hides the recording at once
+    (no API lists or fetches it again) and the owner erases the file and the row; an
+    upload the owner finishes meanwhile does not bring the row back, and its
+    transcription job is dropped."""
+    wav = spool_file(tmp_path, "a-disk.wav")
+    async with temp_database() as url, PostgresCallStore(url, node_id="a") as pg_a, \
+            PostgresCallStore(url, node_id="b") as pg_b:
+        a = PostgresRecordingQueue(pg_a, "a")
+        b = PostgresRecordingQueue(pg_b, "b")
+        on_a = RecordingPipeline(RecordingSettings.from_env(env={}), tmp_path / "a", queue=a)
+        on_b = RecordingPipeline(RecordingSettings.from_env(env={}), tmp_path / "b", queue=b)
+        assert await a.add(row("c1", str(wav), 10, state="uploading"))
+        assert await a.add_job("c1", 0.0)
+        assert await a.add(row("c2", str(wav) + ".other", 10))
+        listed = await on_b.get("c1")
+        assert listed is not None and listed.node_id == "a"
+        assert await on_b.delete(listed)
+        assert not await on_b.delete(listed)  # asked once
+        # gone from every listing at once, on both nodes; the file is still a's
+        for q in (a, b):
+            assert await q.get("c1") is None
+            assert [r.call_id for r in await q.page()] == ["c2"]
+        assert await a.get_job("c1") is None
+        assert wav.exists()
+        # a's upload finishes after the delete: the row stays deleted
+        assert not await a.set_state("c1", RecState.UPLOADED, uploaded_at=1.0)
+        assert await on_b.erase_requested() == 0  # not b's file
+        assert await on_a.erase_requested() == 1
+        assert not wav.exists()
+        assert [r.call_id for r in await a.all()] == ["c2"]
+        assert await on_a.erase_requested() == 0
+
+
+async def test_erase_requests_are_carried_out_by_the_owners_running_pipeline(
+        tmp_path: Path) -> None:
+    """The owner's pipeline, once started, erases within ``takeover_s`` on its own."""
+    wav = spool_file(tmp_path, "owned.wav")
+    async with temp_database() as url, PostgresCallStore(url, node_id="a") as pg_a, \
+            PostgresCallStore(url, node_id="b") as pg_b:
+        a = PostgresRecordingQueue(pg_a, "a")
+        b = PostgresRecordingQueue(pg_b, "b")
+        settings = RecordingSettings.from_env(env={})
+        on_a = RecordingPipeline(settings, tmp_path / "a", queue=a, takeover_s=0.05)
+        on_b = RecordingPipeline(settings, tmp_path / "b", queue=b)
+        assert await a.add(row("c1", str(wav), 10, state="local"))
+        await on_a.start()
+        try:
+            listed = await on_b.get("c1")
+            assert listed is not None and await on_b.delete(listed)
+            for _ in range(100):
+                if not wav.exists():
+                    break
+                await asyncio.sleep(0.02)
+            assert not wav.exists()
+            assert await a.all() == []
+        finally:
+            await on_a.stop()
