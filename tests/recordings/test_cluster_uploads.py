@@ -22,12 +22,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
 
 from audiosocket_gw import audiosocket as asp
 from audiosocket_gw.recordings.queue import RecordingRow
 from audiosocket_gw.store.pg_recordings import PostgresRecordingQueue
 from audiosocket_gw.store.postgres import PostgresCallStore
 from audiosocket_gw.testing.proc import GatewayProcess
+from audiosocket_gw.twilio.ids import recording_sid_for
 from tests.helpers import MS, RawPeer, until
 from tests.pgtest import temp_database
 
@@ -158,3 +161,63 @@ async def test_two_nodes_upload_once_and_a_killed_nodes_recording_is_taken_over(
             body = await r.json()
             assert r.status == 200 and body["status"] == "stranded"
             assert "not readable" in body["last_error"]
+
+
+ACCOUNT = "AC" + "7" * 32
+TOKEN = "tok-" + "9" * 28
+
+
+async def test_a_recording_deleted_through_the_other_node_leaves_no_file_no_object(
+        tmp_path: Path, bucket: str, moto_url: str, proxy_to: Any, db_url: str) -> None:
+    """The Twilio SDK deletes a recording through the node that did not record it: 204,
+    then neither node fetches it, and the recording node erases its file, the stored
+    object and the row."""
+    (tmp_path / "t.toml").write_text(TOML.replace(
+        "max_concurrent_calls = 10",
+        f'max_concurrent_calls = 10\ntwilio_account_sid = "{ACCOUNT}"\n'
+        'twilio_auth_token_env = "ACME_TWILIO_TOKEN"'))
+    proxy = await proxy_to()
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for i in range(2):
+            env = dict(os.environ, AIGW_DATABASE_URL=db_url, AIGW_NODE_ID=f"node-{i}",
+                       AIGW_NODE_LEASE_S=str(LEASE_S), AIGW_CONFIG=str(tmp_path / "t.toml"),
+                       AIGW_DATA_DIR=str(tmp_path / f"data{i}"), ACME_TWILIO_TOKEN=TOKEN,
+                       AIGW_S3_ENDPOINT=proxy.url, AIGW_S3_BUCKET=bucket,
+                       AIGW_S3_PREFIX="rec/", AIGW_RECORDING_RETENTION_S="3600")
+            env.pop("AIGW_AMI_HOST", None)
+            gw = GatewayProcess("--audiosocket", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                                env=env, log_path=str(tmp_path / f"node{i}.log"))
+            nodes.append(await stack.enter_async_context(gw))
+        store = await stack.enter_async_context(PostgresCallStore(db_url))
+        q = PostgresRecordingQueue(store, "observer")
+        cid = await call(nodes[0], "+15550000009")
+        row = await wait_row(q, cid, lambda r: r.state == "verified", 20_000 * MS)
+        assert row.node_id == "node-0" and await asyncio.to_thread(os.path.isfile, row.path)
+        client = s3_client(moto_url)
+        assert client.head_object(Bucket=bucket, Key=row.key)["ContentLength"] == row.size
+
+        def sdk(node: GatewayProcess) -> Client:
+            c = Client(ACCOUNT, TOKEN)
+            c.api.base_url = f"http://127.0.0.1:{node.http[1]}"
+            return c
+
+        sid = recording_sid_for(cid)
+        assert (await asyncio.to_thread(sdk(nodes[1]).recordings(sid).fetch)).sid == sid
+        assert await asyncio.to_thread(sdk(nodes[1]).recordings(sid).delete) is True
+        for node in nodes:  # gone from both nodes' APIs at once
+            with pytest.raises(TwilioRestException) as err:
+                await asyncio.to_thread(sdk(node).recordings(sid).fetch)
+            assert err.value.status == 404
+        # node-0 erases its file and the row (within lease/3), and the object is gone
+        await until(lambda: not os.path.exists(row.path), within=10.0, step=50 * MS)
+
+        async def no_rows() -> bool:
+            return await q.all() == []
+
+        await until(no_rows, within=10.0, step=50 * MS)
+        # by node-0 (this host's disk is both nodes', so node-1 could have reached it)
+        log0 = await asyncio.to_thread((tmp_path / "node0.log").read_text)
+        assert f"recording {sid}: erased (deleted through another node)" in log0
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="rec/")
+        assert listed.get("KeyCount", 0) == 0
