@@ -189,9 +189,8 @@ class RecordingPipeline:
     async def delete(self, row: RecordingRow) -> bool:
         """Forget ``row`` and remove its local file and its object (REST ``DELETE``).
 
-        An upload attempt running at that moment finds no row to update and its
-        object is removed here only if it was already stored: a recording deleted
-        mid-upload can leave one orphan object (logged by the uploader's key).
+        An upload attempt running at that moment finds no row to update and removes
+        the object it stored itself (``_drop_if_deleted``).
 
         With a shared store, the file of another node's recording is on that node's
         disk: the row is marked ``erasing`` instead, which hides it at once, and that
@@ -226,6 +225,13 @@ class RecordingPipeline:
         if rows:
             await self._update_depth()
         return len(rows)
+
+    async def _drop_if_deleted(self, row: RecordingRow) -> None:
+        """An upload finished after its recording was deleted (``delete`` found no
+        object to remove yet): remove the object it stored. A row taken over by another
+        node is still there (that node uploads to the same key): left alone."""
+        if await self.queue.get(row.call_id) is None:
+            await self._delete_object(row)
 
     async def _delete_object(self, row: RecordingRow) -> None:
         if self.uploader is None:
@@ -277,6 +283,7 @@ class RecordingPipeline:
             if not await q.set_state(row.call_id, RecState.UPLOADED, uploaded_at=self.clock()):
                 log.warning("call %s: recording no longer ours (deleted or taken over by "
                             "another node); upload attempt dropped", row.call_id)
+                await self._drop_if_deleted(row)
                 return
             await asyncio.to_thread(up.verify, row.key, row.sha256, row.size)
         except UploadError as exc:
@@ -287,6 +294,7 @@ class RecordingPipeline:
                                  last_error=None):
             log.warning("call %s: recording no longer ours after its upload; "
                         "no callback from this node", row.call_id)
+            await self._drop_if_deleted(row)
             return
         self.metrics.verified.labels(row.tenant).inc()
         self.metrics.upload_seconds.observe(max(0.0, now - row.captured_at))

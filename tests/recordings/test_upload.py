@@ -212,3 +212,27 @@ async def test_kill_9_mid_queue_resumes_with_nothing_lost_or_duplicated(
         body = client.get_object(Bucket=bucket, Key=r.key)["Body"].read()
         assert hashlib.sha256(body).hexdigest() == expected[cid]
     assert all(rows[c].attempts == 2 for c in interrupted)
+
+
+async def test_an_upload_that_ends_after_its_recording_was_deleted_leaves_no_object(
+    tmp_path: Path, moto_url: str, bucket: str
+) -> None:
+    """The REST ``DELETE`` comes while the recording is being uploaded: the row goes at
+    once, there is no object to remove yet, and the upload then stores one. The upload
+    finds its row gone and removes that object: nothing of the call stays in the bucket."""
+    p = RecordingPipeline(settings(moto_url, bucket), tmp_path)
+    await p.queue.open()  # no upload workers: this test plays the one in flight
+    try:
+        f = tmp_path / "d.wav"
+        make_file(f, 64 * 1024)
+        await add(p, "call-d", f)
+        claimed = await p.queue.claim_upload(time.time() + 1)
+        assert claimed is not None and claimed.state == "uploading"
+        assert await p.delete(claimed)  # mid-upload: nothing stored yet
+        assert not f.exists()
+        make_file(f, 64 * 1024)  # the upload had the file open: its bytes still go out
+        await p._upload_one(claimed)
+        listed = s3_client(moto_url).list_objects_v2(Bucket=bucket, Prefix="rec/")
+        assert listed.get("KeyCount", 0) == 0
+    finally:
+        await p.queue.close()
