@@ -42,6 +42,8 @@ Recording states::
     failed     gave up (attempts exhausted or a permanent error), last_error says why
     stranded   the owning node is gone and the file is not readable from the node that
                looked (last_error says which); resumed by a node that can read it
+    erasing    deleted through another node's API (PostgreSQL): hidden from get and
+               page, no longer changed; the owning node erases file, object and row
 
 Transcription states: pending, running, done, failed.
 
