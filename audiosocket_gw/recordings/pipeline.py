@@ -195,7 +195,8 @@ class RecordingPipeline:
         With a shared store, the file of another node's recording is on that node's
         disk: the row is marked ``erasing`` instead, which hides it at once, and that
         node erases the file, the object and the row (``erase_requested``, within
-        ``takeover_s``; a node that is down does it when it is back).
+        ``takeover_s``; for a node that is down, a survivor that reads the file, or the
+        node when it is back).
         """
         if self.queue.shared and row.node_id != self.queue.node_id:
             asked = await self.queue.request_erase(row.call_id)
@@ -213,9 +214,12 @@ class RecordingPipeline:
 
     async def erase_requested(self) -> int:
         """Erase this node's recordings deleted through another node (``delete``): the
-        file, the object (an upload may have finished since), then the row. Returns how
-        many."""
-        rows = await self.queue.to_erase()
+        file, the object (an upload may have finished since), then the row; and those
+        of a lost node whose file is readable here (a shared spool; otherwise they wait
+        for that node). Returns how many."""
+        rows = [row for row in await self.queue.to_erase()
+                if row.node_id == self.queue.node_id
+                or await asyncio.to_thread(file_reachable, row.path, row.size)]
         for row in rows:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.remove, row.path)

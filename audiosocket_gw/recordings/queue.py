@@ -483,7 +483,9 @@ class RecordingJobs(Protocol):
         such row, or already asked."""
 
     async def to_erase(self) -> list[RecordingRow]:
-        """This node's rows that another node asked to erase (``request_erase``)."""
+        """Rows another node asked to erase (``request_erase``): this node's, and those
+        of nodes without a live lease (whose files a survivor may reach on a shared
+        spool)."""
 
 
 class SqliteRecordingQueue:

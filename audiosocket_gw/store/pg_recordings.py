@@ -266,7 +266,8 @@ class PostgresRecordingQueue:
         return await self.store._with(mark, tx=True)
 
     async def to_erase(self) -> list[RecordingRow]:
+        cols = ", ".join("r." + c for c in REC_COLUMNS)
         rows = await self.store._with(lambda c: c.fetch(
-            f"SELECT {_REC_SELECT} FROM recordings WHERE node_id = $1 AND state = 'erasing'",
-            self.node_id))
+            f"SELECT {cols} FROM recordings r WHERE r.state = 'erasing'"
+            f" AND (r.node_id = $1 OR {_NOT_LIVE}) ORDER BY r.captured_at", self.node_id))
         return [RecordingRow(*tuple(r)) for r in rows]

@@ -316,6 +316,8 @@ async def test_a_recording_deleted_through_another_node_is_erased_by_its_own(
     wav = spool_file(tmp_path, "a-disk.wav")
     async with temp_database() as url, PostgresCallStore(url, node_id="a") as pg_a, \
             PostgresCallStore(url, node_id="b") as pg_b:
+        for node, pg in (("a", pg_a), ("b", pg_b)):
+            await pg.node_heartbeat(node, 30.0)  # both alive
         a = PostgresRecordingQueue(pg_a, "a")
         b = PostgresRecordingQueue(pg_b, "b")
         on_a = RecordingPipeline(RecordingSettings.from_env(env={}), tmp_path / "a", queue=a)
@@ -350,6 +352,8 @@ async def test_erase_requests_are_carried_out_by_the_owners_running_pipeline(
             PostgresCallStore(url, node_id="b") as pg_b:
         a = PostgresRecordingQueue(pg_a, "a")
         b = PostgresRecordingQueue(pg_b, "b")
+        for node, pg in (("a", pg_a), ("b", pg_b)):
+            await pg.node_heartbeat(node, 30.0)
         settings = RecordingSettings.from_env(env={})
         on_a = RecordingPipeline(settings, tmp_path / "a", queue=a, takeover_s=0.05)
         on_b = RecordingPipeline(settings, tmp_path / "b", queue=b)
@@ -366,3 +370,28 @@ async def test_erase_requests_are_carried_out_by_the_owners_running_pipeline(
             assert await a.all() == []
         finally:
             await on_a.stop()
+
+
+async def test_a_lost_nodes_erase_requests_are_done_by_a_survivor_that_reads_the_file(
+        tmp_path: Path) -> None:
+    """The node that recorded the call is gone (no live lease): a survivor that can read
+    the file (a shared spool) erases it; one that cannot leaves the request for the
+    lost node, which erases it when it is back."""
+    shared = spool_file(tmp_path, "shared.wav")
+    async with temp_database() as url, PostgresCallStore(url, node_id="gone") as pg_gone, \
+            PostgresCallStore(url, node_id="b") as pg_b:
+        gone = PostgresRecordingQueue(pg_gone, "gone")  # holds no lease
+        assert await gone.add(row("c1", str(shared), 10, state="verified"))
+        assert await gone.add(row("c2", str(tmp_path / "gone-disk.wav"), 10, state="local"))
+        b, on_b = await survivor(pg_b, tmp_path)
+        for cid in ("c1", "c2"):
+            listed = await on_b.get(cid)
+            assert listed is not None and await on_b.delete(listed)
+        assert await on_b.erase_requested() == 1
+        assert not shared.exists()
+        assert [(r.call_id, r.state) for r in await gone.all()] == [("c2", "erasing")]
+        await pg_b.node_heartbeat("gone", 30.0)  # back (a lease): only it erases c2 now
+        assert await b.to_erase() == []
+        on_gone = RecordingPipeline(RecordingSettings.from_env(env={}), tmp_path, queue=gone)
+        assert await on_gone.erase_requested() == 1
+        assert await gone.all() == []
