@@ -114,11 +114,16 @@ class RecordingPipeline:
         if self.uploader is not None:
             for i in range(self.settings.upload_concurrency):
                 self._tasks.append(loop.create_task(self._upload_loop(), name=f"rec-upload-{i}"))
-            self._tasks.append(loop.create_task(self._sweep_loop(), name="rec-sweep"))
+            self._tasks.append(loop.create_task(self._periodically(
+                self.sweep_once, self.settings.sweep_s, "retention sweep"), name="rec-sweep"))
             if self.queue.shared:
-                self._tasks.append(loop.create_task(self._takeover_loop(), name="rec-takeover"))
+                self._tasks.append(loop.create_task(self._periodically(
+                    self.take_over_orphans, self.takeover_s, "recording takeover"),
+                    name="rec-takeover"))
         if self.queue.shared:
-            self._tasks.append(loop.create_task(self._erase_loop(), name="rec-erase"))
+            self._tasks.append(loop.create_task(self._periodically(
+                self.erase_requested, self.takeover_s,
+                "erasing recordings deleted through another node"), name="rec-erase"))
         if self.transcriber is not None:
             self._tasks.append(loop.create_task(self._job_loop(), name="rec-transcribe"))
 
@@ -337,17 +342,20 @@ class RecordingPipeline:
         await self.queue.set_state(row.call_id, RecState.PENDING,
                                    next_attempt_at=now + delay, last_error=str(exc)[:500])
 
-    # -- retention -------------------------------------------------------------------
-
-    async def _sweep_loop(self) -> None:
+    async def _periodically(self, work: Callable[[], Awaitable[object]], every_s: float,
+                            what: str) -> None:
+        """Run ``work`` now, then every ``every_s`` (sooner when ``_wake_sweep`` is
+        set), until the pipeline stops; a failing round is logged and the next one runs."""
         while not self._stopping:
             try:
-                await self.sweep_once()
+                await work()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("retention sweep failed")
-            await self._idle(self._wake_sweep, None, self.settings.sweep_s)
+                log.exception("%s failed", what)
+            await self._idle(self._wake_sweep, None, every_s)
+
+    # -- retention -------------------------------------------------------------------
 
     async def sweep_once(self) -> int:
         """Delete local files of verified recordings past retention; returns how many."""
@@ -358,27 +366,7 @@ class RecordingPipeline:
             await self.queue.set_state(row.call_id, RecState.DELETED, deleted_at=self.clock())
         return len(rows)
 
-    async def _erase_loop(self) -> None:
-        while not self._stopping:
-            try:
-                await self.erase_requested()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("erasing recordings deleted through another node failed")
-            await self._idle(self._wake_sweep, None, self.takeover_s)
-
     # -- a dead node's recordings ------------------------------------------------------
-
-    async def _takeover_loop(self) -> None:
-        while not self._stopping:
-            try:
-                await self.take_over_orphans()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("recording takeover failed")
-            await self._idle(self._wake_sweep, None, self.takeover_s)
 
     async def take_over_orphans(self) -> tuple[int, int]:
         """Adopt the rows of nodes without a live lease whose file is readable here;
