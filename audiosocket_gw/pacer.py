@@ -437,10 +437,11 @@ def _spin_until(when: float, stalls: CpuStalls,
 
     Gaps over ``CPU_STALL`` between two readings are added to ``stalls``.
     """
+    stall = CPU_STALL
     now = start = clock()
     while now < when:
         last, now = now, clock()
-        if now - last > CPU_STALL:
+        if now - last > stall:
             stalls.count += 1
             stalls.seconds += now - last
     return now - start
