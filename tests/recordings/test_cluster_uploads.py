@@ -88,6 +88,24 @@ async def wait_row(q: PostgresRecordingQueue, cid: str,
     return last
 
 
+async def start_nodes(stack: AsyncExitStack, tmp_path: Path, db_url: str, bucket: str,
+                      s3_urls: list[str], **env: str) -> list[GatewayProcess]:
+    """One gateway node per S3 endpoint (``node-<i>``, its own data directory and log),
+    on the database ``db_url`` and the agents of ``tmp_path/t.toml``; ``env`` added."""
+    nodes = []
+    for i, s3_url in enumerate(s3_urls):
+        node_env = dict(os.environ, AIGW_DATABASE_URL=db_url, AIGW_NODE_ID=f"node-{i}",
+                        AIGW_NODE_LEASE_S=str(LEASE_S), AIGW_CONFIG=str(tmp_path / "t.toml"),
+                        AIGW_DATA_DIR=str(tmp_path / f"data{i}"), AIGW_S3_ENDPOINT=s3_url,
+                        AIGW_S3_BUCKET=bucket, AIGW_S3_PREFIX="rec/",
+                        AIGW_RECORDING_RETENTION_S="3600", **env)
+        node_env.pop("AIGW_AMI_HOST", None)
+        gw = GatewayProcess("--audiosocket", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                            env=node_env, log_path=str(tmp_path / f"node{i}.log"))
+        nodes.append(await stack.enter_async_context(gw))
+    return nodes
+
+
 @pytest.fixture
 async def db_url() -> AsyncIterator[str]:
     async with temp_database() as url:
@@ -99,18 +117,8 @@ async def test_two_nodes_upload_once_and_a_killed_nodes_recording_is_taken_over(
     (tmp_path / "t.toml").write_text(TOML)
     proxies = [await proxy_to(), await proxy_to()]
     async with AsyncExitStack() as stack:
-        nodes = []
-        for i in range(2):
-            env = dict(os.environ, AIGW_DATABASE_URL=db_url, AIGW_NODE_ID=f"node-{i}",
-                       AIGW_NODE_LEASE_S=str(LEASE_S), AIGW_CONFIG=str(tmp_path / "t.toml"),
-                       AIGW_DATA_DIR=str(tmp_path / f"data{i}"),
-                       AIGW_S3_ENDPOINT=proxies[i].url, AIGW_S3_BUCKET=bucket,
-                       AIGW_S3_PREFIX="rec/", AIGW_RECORDING_BACKOFF_S="60",
-                       AIGW_RECORDING_RETENTION_S="3600")
-            env.pop("AIGW_AMI_HOST", None)
-            gw = GatewayProcess("--audiosocket", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                                env=env, log_path=str(tmp_path / f"node{i}.log"))
-            nodes.append(await stack.enter_async_context(gw))
+        nodes = await start_nodes(stack, tmp_path, db_url, bucket, [p.url for p in proxies],
+                                  AIGW_RECORDING_BACKOFF_S="60")
         store = await stack.enter_async_context(PostgresCallStore(db_url))
         q = PostgresRecordingQueue(store, "observer")
         node1_s3 = proxies[1].connections
@@ -178,17 +186,8 @@ async def test_a_recording_deleted_through_the_other_node_leaves_no_file_no_obje
         'twilio_auth_token_env = "ACME_TWILIO_TOKEN"'))
     proxy = await proxy_to()
     async with AsyncExitStack() as stack:
-        nodes = []
-        for i in range(2):
-            env = dict(os.environ, AIGW_DATABASE_URL=db_url, AIGW_NODE_ID=f"node-{i}",
-                       AIGW_NODE_LEASE_S=str(LEASE_S), AIGW_CONFIG=str(tmp_path / "t.toml"),
-                       AIGW_DATA_DIR=str(tmp_path / f"data{i}"), ACME_TWILIO_TOKEN=TOKEN,
-                       AIGW_S3_ENDPOINT=proxy.url, AIGW_S3_BUCKET=bucket,
-                       AIGW_S3_PREFIX="rec/", AIGW_RECORDING_RETENTION_S="3600")
-            env.pop("AIGW_AMI_HOST", None)
-            gw = GatewayProcess("--audiosocket", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                                env=env, log_path=str(tmp_path / f"node{i}.log"))
-            nodes.append(await stack.enter_async_context(gw))
+        nodes = await start_nodes(stack, tmp_path, db_url, bucket, [proxy.url, proxy.url],
+                                  ACME_TWILIO_TOKEN=TOKEN)
         store = await stack.enter_async_context(PostgresCallStore(db_url))
         q = PostgresRecordingQueue(store, "observer")
         cid = await call(nodes[0], "+15550000009")

@@ -28,6 +28,7 @@ from audiosocket_gw.store.factory import build_recording_queue
 from audiosocket_gw.store.pg_recordings import PostgresRecordingQueue
 from audiosocket_gw.store.postgres import PostgresCallStore
 from audiosocket_gw.store.sqlite import SqliteCallStore
+from tests.helpers import MS, until
 from tests.pgtest import temp_database
 
 
@@ -362,11 +363,7 @@ async def test_erase_requests_are_carried_out_by_the_owners_running_pipeline(
         try:
             listed = await on_b.get("c1")
             assert listed is not None and await on_b.delete(listed)
-            for _ in range(100):
-                if not wav.exists():
-                    break
-                await asyncio.sleep(0.02)
-            assert not wav.exists()
+            await until(lambda: not wav.exists(), within=5.0, step=20 * MS)
             assert await a.all() == []
         finally:
             await on_a.stop()
